@@ -1,0 +1,383 @@
+"""
+emaild's configuration: one TOML file, every key with a default, and
+environment overrides named C{EMAILD_<SECTION>_<KEY>}.
+
+Every key is declared once in L{SCHEMA} with its type and default; the loader
+refuses unknown keys and bad values with a L{ConfigError} naming the key, so a
+typo stops start-up instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import attrs
+
+
+class ConfigError(Exception):
+    """
+    The configuration is unusable; the message names the key and the problem.
+    """
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+# -- value parsers -----------------------------------------------------------
+# Each takes the raw value (from TOML, or a string from the environment) and
+# returns the typed value or raises ValueError with a human explanation.
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """
+    C{"30s"}, C{"5m"}, C{"1h"}, C{"250ms"}, C{"2d"} or a number of seconds.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '30s', got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(
+                f"expected a duration such as '30s', '5m' or '1h', got {value!r}"
+            )
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    return seconds
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _integer(minimum: int = 0) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a whole number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(positive: bool = False) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        if value < 0 or (positive and value == 0):
+            raise ValueError(
+                f"must be {'greater than' if positive else 'at least'} 0, got {value}"
+            )
+        return float(value)
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    return parse
+
+
+def _durations(value: Any) -> tuple[float, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f"expected a non-empty list of durations such as ['30s', '5m'], got {value!r}"
+        )
+    return tuple(parse_duration(item) for item in value)
+
+
+def _endpoint(value: Any) -> str:
+    value = _string(value)
+    if ":" not in value:
+        raise ValueError(
+            f"expected a Twisted endpoint string such as "
+            f"'tcp:8080:interface=127.0.0.1', got {value!r}"
+        )
+    return value
+
+
+def _url(value: Any) -> str:
+    value = _string(value).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _domain(value: Any) -> str:
+    value = _string(value).strip().lower()
+    if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$", value):
+        raise ValueError(f"expected a domain name, got {value!r}")
+    return value
+
+
+def _address(value: Any) -> str:
+    value = _string(value).strip()
+    if value and not re.match(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+$", value):
+        raise ValueError(f"expected a plain e-mail address such as a@example.org, got {value!r}")
+    return value
+
+
+# -- the schema --------------------------------------------------------------
+
+#: section -> key -> (parser, default).  A default of None means "no value".
+SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
+    "paths": {
+        "state_dir": (_string, "./var"),
+    },
+    "database": {
+        "url": (_string, ""),
+        "pool_size": (_integer(1), 4),
+    },
+    "http": {
+        "endpoint": (_endpoint, "tcp:8080:interface=127.0.0.1"),
+        "public_url": (_url, "http://127.0.0.1:8080"),
+    },
+    "smtp": {
+        "endpoint": (_endpoint, "tcp:2525:interface=127.0.0.1"),
+        "relay_domain": (_domain, "localhost"),
+    },
+    "mail": {
+        "from_address": (_address, ""),
+        "from_name": (_string, "emaild"),
+    },
+    "relay": {
+        "transport": (_choice("maildir", "smtp"), "maildir"),
+        "host": (_string, "localhost"),
+        "port": (_integer(1), 587),
+        "tls": (_choice("starttls", "implicit", "none"), "starttls"),
+        "username": (_string, ""),
+        "password": (_string, ""),
+        "ca_file": (_string, ""),
+        "helo_name": (_string, ""),
+        "rate": (_number(positive=True), 14.0),
+        "burst": (_number(positive=True), 14.0),
+        "daily_quota": (_integer(0), 0),
+        "connections": (_integer(1), 4),
+        "connect_timeout": (parse_duration, 30.0),
+        "reply_timeout": (parse_duration, 60.0),
+        "lease": (parse_duration, 300.0),
+        "shutdown_grace": (parse_duration, 10.0),
+        "poll_interval": (parse_duration, 10.0),
+    },
+    "templates": {
+        "dir": (_string, ""),
+    },
+}
+
+#: keys of each [qos.<name>] table
+QOS_SCHEMA: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "priority": (_integer(0), 50),
+    "max_attempts": (_integer(1), 8),
+    "backoff": (_durations, ["30s", "2m", "10m", "1h"]),
+    "rate": (_number(), 0.0),
+}
+
+#: the classes every installation has; [qos.<name>] tables override their
+#: keys and may add more classes
+BUILTIN_QOS: dict[str, dict[str, Any]] = {
+    "transactional": {"priority": 100, "max_attempts": 10, "backoff": ["10s", "1m", "5m", "30m"]},
+    "default": {"priority": 50, "max_attempts": 8, "backoff": ["30s", "2m", "10m", "1h"]},
+    "notification": {"priority": 40, "max_attempts": 6, "backoff": ["1m", "10m", "1h"]},
+    "bulk": {"priority": 10, "max_attempts": 6, "backoff": ["5m", "30m", "2h"]},
+}
+
+#: environment variables with the EMAILD_ prefix that are not overrides
+_NOT_OVERRIDES = {"EMAILD_CONFIG", "EMAILD_TEST_DATABASE_URL"}
+
+
+# -- typed result --------------------------------------------------------------
+
+
+@attrs.frozen
+class QoSClass:
+    name: str
+    priority: int
+    max_attempts: int
+    #: seconds to wait before attempt 2, 3, …; the last one repeats
+    backoff: tuple[float, ...]
+    #: recipients per second for this class alone; 0 means only the relay rate
+    rate: float
+
+    def delay_after(self, attempts: int) -> float:
+        """
+        Seconds to wait after C{attempts} failed attempts (1 = the first).
+        """
+        return self.backoff[min(max(attempts, 1), len(self.backoff)) - 1]
+
+
+@attrs.frozen
+class Config:
+    #: section -> key -> typed value, for every key in SCHEMA
+    values: Mapping[str, Mapping[str, Any]]
+    qos: Mapping[str, QoSClass]
+    #: the file it came from, if any (for messages)
+    source: str | None = None
+
+    def __getitem__(self, section: str) -> Mapping[str, Any]:
+        return self.values[section]
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.values["paths"]["state_dir"]).expanduser().absolute()
+
+    @property
+    def from_address(self) -> str:
+        return self.values["mail"]["from_address"] or (
+            f"noreply@{self.values['smtp']['relay_domain']}"
+        )
+
+    def qos_class(self, name: str | None) -> QoSClass:
+        """
+        The class called C{name}; C{default} for None or a class that has
+        since been removed from the configuration (so old rows still send).
+        """
+        return self.qos.get(name or "default") or self.qos["default"]
+
+
+def _parse_value(key: str, parser: Callable[[Any], Any], raw: Any) -> Any:
+    try:
+        return parser(raw)
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
+
+
+def _env_overrides(environ: Mapping[str, str], qos_names: set[str]) -> dict[str, dict[str, str]]:
+    """
+    Map C{EMAILD_RELAY_PASSWORD=x} to C{{"relay": {"password": "x"}}} and
+    C{EMAILD_QOS_BULK_RATE=2} to C{{"qos.bulk": {"rate": "2"}}}.
+    """
+    found: dict[str, dict[str, str]] = {}
+    for var, value in environ.items():
+        if not var.startswith("EMAILD_") or var in _NOT_OVERRIDES:
+            continue
+        rest = var[len("EMAILD_"):].lower()
+        target = None
+        for section, keys in SCHEMA.items():
+            if rest.startswith(section + "_") and rest[len(section) + 1:] in keys:
+                target = (section, rest[len(section) + 1:])
+        if target is None and rest.startswith("qos_"):
+            for key in QOS_SCHEMA:
+                if rest.endswith("_" + key) and len(rest) > len("qos_" + key) + 1:
+                    target = ("qos." + rest[len("qos_"): -len(key) - 1], key)
+        if target is None:
+            raise ConfigError(
+                var,
+                "unknown environment override; expected EMAILD_<SECTION>_<KEY> "
+                "for a key that exists, e.g. EMAILD_RELAY_PASSWORD",
+            )
+        found.setdefault(target[0], {})[target[1]] = value
+    return found
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """
+    Read the TOML file at C{path} (none: defaults only), apply environment
+    overrides and then C{overrides} (used by tests), and validate everything.
+
+    @raise ConfigError: naming the first bad key.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = None
+    if path:
+        source = str(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError("config", f"file {source} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("config", f"{source} is not valid TOML: {e}") from None
+
+    qos_raw = raw.pop("qos", {})
+    if not isinstance(qos_raw, dict):
+        raise ConfigError("qos", "must be tables such as [qos.bulk]")
+
+    layered: dict[str, dict[str, Any]] = {}
+    for section, table in raw.items():
+        if section not in SCHEMA:
+            raise ConfigError(section, f"unknown section [{section}]; known: {', '.join(sorted(SCHEMA))}, qos.<name>")
+        if not isinstance(table, dict):
+            raise ConfigError(section, f"must be a table [{section}]")
+        for key in table:
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{section}.{key}", f"unknown key in [{section}]; known: {', '.join(SCHEMA[section])}")
+        layered[section] = dict(table)
+    qos_tables: dict[str, dict[str, Any]] = {n: dict(t) for n, t in BUILTIN_QOS.items()}
+    for name, table in qos_raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"qos.{name}", "must be a table [qos.<name>]")
+        for key in table:
+            if key not in QOS_SCHEMA:
+                raise ConfigError(f"qos.{name}.{key}", f"unknown key; known: {', '.join(QOS_SCHEMA)}")
+        qos_tables.setdefault(name, {}).update(table)
+
+    for layer in (_env_overrides(environ, set(qos_tables)), overrides or {}):
+        for section, table in layer.items():
+            if section.startswith("qos."):
+                qos_tables.setdefault(section[4:], {}).update(table)
+            else:
+                if section not in SCHEMA:
+                    raise ConfigError(section, "unknown section")
+                layered.setdefault(section, {}).update(table)
+
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        given = layered.get(section, {})
+        values[section] = {}
+        for key, (parser, default) in keys.items():
+            if key in given:
+                values[section][key] = _parse_value(f"{section}.{key}", parser, given[key])
+            else:
+                values[section][key] = default
+    qos: dict[str, QoSClass] = {}
+    for name, table in qos_tables.items():
+        if not re.match(r"^[a-z0-9][a-z0-9_-]*$", name):
+            raise ConfigError(f"qos.{name}", "class names are lower-case letters, digits, '-' and '_'")
+        typed = {}
+        for key, (parser, default) in QOS_SCHEMA.items():
+            typed[key] = _parse_value(f"qos.{name}.{key}", parser, table.get(key, default))
+        qos[name] = QoSClass(name=name, **typed)
+
+    relay = values["relay"]
+    if relay["burst"] < 1:
+        raise ConfigError("relay.burst", "must be at least 1 (one recipient)")
+    if relay["transport"] == "smtp" and relay["tls"] == "none" and relay["username"]:
+        raise ConfigError(
+            "relay.tls", "is 'none' while relay.username is set: credentials would travel in clear"
+        )
+    return Config(values=values, qos=qos, source=source)
