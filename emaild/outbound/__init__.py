@@ -1,0 +1,1 @@
+"""Outbound mail: the outbox, its sender, and the transports it delivers through."""

@@ -1,0 +1,349 @@
+"""
+The outbound part's tables: C{outbox}, C{outbox_attempts}, C{send_buckets},
+C{send_daily_usage} and C{suppressions}.  Nothing else touches them.
+
+Times passed in (C{now}) are seconds since the epoch on the sender's clock,
+so tests can drive the queue with a L{twisted.internet.task.Clock}.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Iterable, Mapping, Sequence
+
+import attrs
+from psycopg2 import Binary
+
+from emaild.config import QoSClass
+from emaild.db.database import Database, notify
+from emaild.outbound.bucket import Bucket
+from emaild.outbound.compose import Rendered
+from emaild.outbound.policy import Decision
+
+#: NOTIFY channel that wakes idle senders when mail is queued
+OUTBOX_CHANNEL = "emaild_outbox"
+RELAY_BUCKET = "relay"
+STATES = ("queued", "sending", "sent", "failed", "suppressed")
+
+
+@attrs.frozen
+class Claimed:
+    id: int
+    qos: str
+    recipient: str
+    envelope_from: str
+    data: bytes
+    #: attempts that counted before this claim
+    attempts: int
+
+
+@attrs.frozen
+class ClaimResult:
+    messages: list[Claimed]
+    suppressed: int
+    #: seconds until claiming again is worth it (tokens, quota or a pause);
+    #: None when nothing is due
+    retry_in: float | None
+
+
+@attrs.frozen
+class RateLimits:
+    rate: float
+    burst: float
+    daily_quota: int  # 0 = none
+    lease: float
+
+
+def _utc_day(now: float) -> datetime.date:
+    return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
+
+
+async def _load_bucket(cursor, name: str, burst: float, now: float) -> Bucket:
+    await cursor.execute(
+        "INSERT INTO send_buckets (name, tokens, refilled_at) VALUES (%s, %s, %s)"
+        " ON CONFLICT (name) DO NOTHING",
+        (name, burst, now),
+    )
+    await cursor.execute(
+        "SELECT tokens, refilled_at, slowdown, slowed_at, paused_until"
+        " FROM send_buckets WHERE name = %s FOR UPDATE",
+        (name,),
+    )
+    return Bucket(name, *cursor.fetchone())
+
+
+async def _save_bucket(cursor, bucket: Bucket) -> None:
+    await cursor.execute(
+        "UPDATE send_buckets SET tokens = %s, refilled_at = %s, slowdown = %s,"
+        " slowed_at = %s, paused_until = %s WHERE name = %s",
+        (bucket.tokens, bucket.refilled_at, bucket.slowdown, bucket.slowed_at,
+         bucket.paused_until, bucket.name),
+    )
+
+
+class OutboxStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # -- enqueue ---------------------------------------------------------------
+    def enqueue(self, template: str, qos: QoSClass, messages: Sequence[Rendered],
+                batch: str | None = None):
+        """
+        Insert one row per message, in one transaction, and wake the senders.
+        Fires with the new ids in order.
+        """
+
+        async def insert(cursor):
+            await cursor.execute(
+                "INSERT INTO outbox (template, qos, priority, recipient, envelope_from,"
+                " message_id, subject, body, batch)"
+                " SELECT %s, %s, %s, r, e, m, s, b, %s"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[])"
+                "   WITH ORDINALITY AS v(r, e, m, s, b, n)"
+                " ORDER BY n RETURNING id",
+                (template, qos.name, qos.priority, batch,
+                 [m.recipient for m in messages], [m.envelope_from for m in messages],
+                 [m.message_id for m in messages], [m.subject for m in messages],
+                 [Binary(m.data) for m in messages]),
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+            await notify(cursor, OUTBOX_CHANNEL)
+            return ids
+
+        return self.db.transaction(insert)
+
+    # -- claim -----------------------------------------------------------------
+    def claim(self, owner: str, now: float, limit: int, limits: RateLimits,
+              classes: Mapping[str, QoSClass]):
+        """
+        Take up to C{limit} due messages for C{owner}, as many as the shared
+        token buckets and the daily quota allow, highest priority first;
+        mark them C{sending} under a lease.  Messages to suppressed addresses
+        are marked C{suppressed} instead.  Fires with a L{ClaimResult}.
+        """
+        return self.db.transaction(self._claim, owner, now, limit, limits, classes)
+
+    async def _claim(self, cursor, owner, now, limit, limits: RateLimits, classes):
+        relay = await _load_bucket(cursor, RELAY_BUCKET, limits.burst, now)
+        relay.refill(limits.rate, limits.burst, now)
+        allowed = min(limit, relay.available(now))
+        retry_in = relay.wait(limits.rate, now) if allowed == 0 else None
+        if limits.daily_quota and allowed:
+            await cursor.execute(
+                "SELECT coalesce((SELECT sent FROM send_daily_usage WHERE day = %s), 0)"
+                " + (SELECT count(*) FROM outbox WHERE state = 'sending')",
+                (_utc_day(now),),
+            )
+            remaining = limits.daily_quota - cursor.fetchone()[0]
+            if remaining <= 0:
+                tomorrow = datetime.datetime.combine(
+                    _utc_day(now) + datetime.timedelta(days=1), datetime.time(),
+                    datetime.timezone.utc)
+                retry_in = tomorrow.timestamp() - now
+            allowed = max(0, min(allowed, remaining))
+
+        # classes with their own rate: their bucket caps their share
+        capped = {}
+        for name, qos in classes.items():
+            if qos.rate > 0:
+                bucket = await _load_bucket(cursor, f"qos:{name}", max(1.0, qos.rate), now)
+                bucket.refill(qos.rate, max(1.0, qos.rate), now)
+                capped[name] = bucket
+        exhausted = [name for name, b in capped.items() if b.available(now) == 0]
+
+        if allowed == 0:
+            await cursor.execute(
+                "SELECT 1 FROM outbox WHERE state = 'queued' AND next_attempt_at <= to_timestamp(%s)"
+                " LIMIT 1", (now,))
+            due = cursor.fetchone() is not None
+            await _save_bucket(cursor, relay)
+            return ClaimResult([], 0, retry_in if due else None)
+
+        await cursor.execute(
+            "SELECT o.id, o.qos, o.recipient, o.envelope_from, o.body, o.attempts, s.reason"
+            " FROM outbox o LEFT JOIN suppressions s ON s.address = lower(o.recipient)"
+            " WHERE o.state = 'queued' AND o.next_attempt_at <= to_timestamp(%s)"
+            "   AND o.qos <> ALL(%s::text[])"
+            " ORDER BY o.priority DESC, o.next_attempt_at, o.id"
+            " LIMIT %s FOR UPDATE OF o SKIP LOCKED",
+            (now, exhausted, allowed),
+        )
+        rows = cursor.fetchall()
+        claimed, suppressed = [], []
+        for row_id, qos, recipient, envelope_from, body, attempts, suppression in rows:
+            if suppression is not None:
+                suppressed.append((row_id, f"suppressed: {suppression}"))
+                continue
+            bucket = capped.get(qos)
+            if bucket is not None:
+                if bucket.available(now) == 0:
+                    continue  # left queued for a later claim
+                bucket.take(1)
+            claimed.append(Claimed(row_id, qos, recipient, envelope_from, bytes(body), attempts))
+        relay.take(len(claimed))
+
+        if claimed:
+            await cursor.execute(
+                "UPDATE outbox SET state = 'sending', lease_owner = %s,"
+                " lease_until = to_timestamp(%s), updated_at = now()"
+                " WHERE id = ANY(%s)",
+                (owner, now + limits.lease, [m.id for m in claimed]),
+            )
+        if suppressed:
+            await cursor.execute(
+                "UPDATE outbox o SET state = 'suppressed', reason = v.reason,"
+                " updated_at = now(), finished_at = now()"
+                " FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason) WHERE o.id = v.id",
+                ([i for i, _ in suppressed], [r for _, r in suppressed]),
+            )
+        await _save_bucket(cursor, relay)
+        for bucket in capped.values():
+            await _save_bucket(cursor, bucket)
+        if len(claimed) < allowed and len(rows) == allowed:
+            retry_in = 0.0  # some rows were skipped by a class cap or suppressed: look again
+        elif len(claimed) == allowed and allowed < limit:
+            retry_in = relay.wait(limits.rate, now)
+        return ClaimResult(claimed, len(suppressed), retry_in)
+
+    # -- results ---------------------------------------------------------------
+    def record(self, owner: str, decisions: Sequence[Decision], now: float,
+               throttled: bool = False, pause_until: float = 0.0):
+        """
+        Apply the decisions (one transaction), log every attempt, count the
+        day's sent recipients, and slow or pause the relay bucket when the
+        relay throttled us.
+        """
+        return self.db.transaction(self._record, owner, decisions, now, throttled, pause_until)
+
+    async def _record(self, cursor, owner, decisions, now, throttled, pause_until):
+        if decisions:
+            await cursor.execute(
+                "UPDATE outbox o SET state = v.state, attempts = v.attempts,"
+                " next_attempt_at = coalesce(to_timestamp(v.next_at), o.next_attempt_at),"
+                " reason = v.reason, lease_owner = NULL, lease_until = NULL, updated_at = now(),"
+                " finished_at = CASE WHEN v.state IN ('sent', 'failed') THEN now() END"
+                " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::float8[], %s::text[])"
+                "   AS v(id, state, attempts, next_at, reason)"
+                " WHERE o.id = v.id AND o.state = 'sending' AND o.lease_owner = %s",
+                ([d.outbox_id for d in decisions], [d.state for d in decisions],
+                 [d.attempts for d in decisions], [d.next_attempt_at for d in decisions],
+                 [d.reason for d in decisions], owner),
+            )
+            await cursor.execute(
+                "INSERT INTO outbox_attempts (outbox_id, outcome, code, reply)"
+                " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[])",
+                ([d.outbox_id for d in decisions], [d.outcome for d in decisions],
+                 [d.code for d in decisions], [d.reply for d in decisions]),
+            )
+            sent = sum(1 for d in decisions if d.state == "sent")
+            if sent:
+                await cursor.execute(
+                    "INSERT INTO send_daily_usage (day, sent) VALUES (%s, %s)"
+                    " ON CONFLICT (day) DO UPDATE SET sent = send_daily_usage.sent + EXCLUDED.sent",
+                    (_utc_day(now), sent),
+                )
+            if any(d.state == "queued" for d in decisions):
+                await notify(cursor, OUTBOX_CHANNEL)
+        if throttled or pause_until:
+            await cursor.execute(
+                "SELECT tokens, refilled_at, slowdown, slowed_at, paused_until"
+                " FROM send_buckets WHERE name = %s FOR UPDATE", (RELAY_BUCKET,))
+            row = cursor.fetchone()
+            if row is not None:
+                bucket = Bucket(RELAY_BUCKET, *row)
+                if throttled:
+                    bucket.throttled(now)
+                if pause_until:
+                    bucket.pause(pause_until)
+                await _save_bucket(cursor, bucket)
+
+    def recover_leases(self, now: float):
+        """
+        Put rows whose lease ran out (their sender died or hung) back in the
+        queue, logging why; fires with how many.  The attempt does not count:
+        the message may or may not have reached the relay.
+        """
+
+        async def recover(cursor):
+            await cursor.execute(
+                "UPDATE outbox SET state = 'queued', next_attempt_at = to_timestamp(%s),"
+                " reason = 'lease of ' || lease_owner || ' expired; requeued',"
+                " lease_owner = NULL, lease_until = NULL, updated_at = now()"
+                " WHERE id IN (SELECT id FROM outbox WHERE state = 'sending'"
+                "   AND lease_until < to_timestamp(%s) FOR UPDATE SKIP LOCKED)"
+                " RETURNING id",
+                (now, now),
+            )
+            ids = [r[0] for r in cursor.fetchall()]
+            if ids:
+                await cursor.execute(
+                    "INSERT INTO outbox_attempts (outbox_id, outcome, reply)"
+                    " SELECT unnest(%s::bigint[]), 'expired',"
+                    " 'lease expired while sending; delivery unknown, requeued'",
+                    (ids,),
+                )
+                await notify(cursor, OUTBOX_CHANNEL)
+            return len(ids)
+
+        return self.db.transaction(recover)
+
+    async def release(self, owner: str, ids: Iterable[int], reason: str) -> None:
+        """
+        Give claimed rows back to the queue without burning an attempt.
+        """
+        ids = list(ids)
+        if ids:
+            await self.db.runOperation(
+                "UPDATE outbox SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+                " reason = %s, updated_at = now()"
+                " WHERE id = ANY(%s) AND state = 'sending' AND lease_owner = %s",
+                (reason, ids, owner),
+            )
+
+    async def next_due(self) -> float | None:
+        """
+        When the earliest queued message becomes due (epoch seconds), or None.
+        """
+        rows = await self.db.runQuery(
+            "SELECT extract(epoch FROM min(next_attempt_at)) FROM outbox WHERE state = 'queued'")
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    # -- looking things up ---------------------------------------------------------
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """
+        {state: {qos: count}} with every state present.
+        """
+        rows = await self.db.runQuery(
+            "SELECT state, qos, count(*) FROM outbox GROUP BY state, qos ORDER BY state, qos")
+        result: dict[str, dict[str, int]] = {state: {} for state in STATES}
+        for state, qos, count in rows:
+            result[state][qos] = count
+        return result
+
+    async def failures(self, limit: int = 100) -> list[tuple]:
+        """
+        (id, recipient, template, qos, attempts, reason, finished_at) of the
+        most recent failures.
+        """
+        return await self.db.runQuery(
+            "SELECT id, recipient, template, qos, attempts, reason, finished_at FROM outbox"
+            " WHERE state = 'failed' ORDER BY finished_at DESC, id DESC LIMIT %s", (limit,))
+
+    async def history(self, outbox_id: int) -> tuple[tuple | None, list[tuple]]:
+        """
+        The row's (state, reason, attempts, recipient) and its attempts
+        (at, outcome, code, reply), oldest first.
+        """
+        row = await self.db.runQuery(
+            "SELECT state, reason, attempts, recipient FROM outbox WHERE id = %s", (outbox_id,))
+        attempts = await self.db.runQuery(
+            "SELECT at, outcome, code, reply FROM outbox_attempts WHERE outbox_id = %s ORDER BY id",
+            (outbox_id,))
+        return (row[0] if row else None), attempts
+
+    async def suppress(self, address: str, reason: str) -> None:
+        await self.db.runOperation(
+            "INSERT INTO suppressions (address, reason) VALUES (lower(%s), %s)"
+            " ON CONFLICT (address) DO UPDATE SET reason = EXCLUDED.reason",
+            (address, reason),
+        )
