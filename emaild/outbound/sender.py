@@ -1,0 +1,296 @@
+"""
+The sender: claims due messages from the outbox as fast as the shared token
+bucket allows, hands them to the transport, and records every outcome.
+
+It is event-driven: a claim happens when mail is queued (NOTIFY), when a
+delivery finishes and frees transport capacity, or when the bucket says the
+next token is due.  A LoopingCall heartbeat recovers expired leases and
+polls as a safety net for lost notifications.  Results are written back in
+small batches (one transaction per batch) so a fast relay does not cost one
+commit per message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from emaild.db.database import DatabaseUnavailable
+from emaild.outbound.policy import QUOTA_PAUSE, Decision, decide
+from emaild.outbound.store import OUTBOX_CHANNEL, OutboxStore, RateLimits
+from emaild.outbound.transport import DeliveryResult, OutgoingMessage, Outcome
+
+log = Logger()
+
+#: write results back when this many are waiting …
+FLUSH_BATCH = 200
+#: … or this long after the first one arrived
+FLUSH_DELAY = 0.01
+#: after a database error, try again after this long
+DB_RETRY_DELAY = 1.0
+
+
+def make_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Sender(service.Service):
+    name = "sender"
+
+    def __init__(self, reactor, store: OutboxStore, transport, config, owner: str | None = None):
+        self.reactor = reactor
+        self.store = store
+        self.transport = transport
+        self.config = config
+        self.owner = owner or make_owner()
+        relay = config["relay"]
+        self.limits = RateLimits(rate=relay["rate"], burst=relay["burst"],
+                                 daily_quota=relay["daily_quota"], lease=relay["lease"])
+        self.poll_interval = relay["poll_interval"]
+        self.shutdown_grace = relay["shutdown_grace"]
+        self._heartbeat = task.LoopingCall(self._beat)
+        self._heartbeat.clock = reactor
+        self._timer = None          # the scheduled next claim
+        self._pumping = False       # a claim is under way
+        self._again = False         # something asked for a claim meanwhile
+        self._stopping = False
+        self._in_flight: dict[int, defer.Deferred] = {}
+        self._results: list[Decision] = []
+        self._throttled = False
+        self._pause_until = 0.0
+        self._flush_timer = None
+        self._flushing: defer.Deferred | None = None
+        #: counters for /healthz and tests
+        self.stats = {"claimed": 0, "sent": 0, "failed": 0, "retried": 0,
+                      "throttled": 0, "suppressed": 0, "recovered": 0}
+
+    # -- life cycle ----------------------------------------------------------
+    def startService(self):  # noqa: N802
+        super().startService()
+        self._stopping = False
+        self._heartbeat.start(max(1.0, min(self.poll_interval, self.limits.lease / 4)), now=True)
+        return defer.ensureDeferred(self._listen())
+
+    async def _listen(self):
+        try:
+            await self.store.db.listen(OUTBOX_CHANNEL, lambda _payload: self.wake(),
+                                       on_recovered=self.wake)
+        except Exception:
+            log.failure("Cannot LISTEN for new mail; relying on polling")
+
+    def stopService(self):  # noqa: N802
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self):
+        """
+        Stop claiming; give in-flight deliveries C{shutdown_grace} seconds,
+        then abort them (they are released, not failed); write every result.
+        """
+        self._stopping = True
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        self._cancel_timer()
+        closing = defer.ensureDeferred(self._close_transport())
+        await closing
+        while self._in_flight:
+            await defer.DeferredList(list(self._in_flight.values()))
+        await self._flush_until_done()
+
+    async def _close_transport(self):
+        closed = self.transport.close()
+        bound = self.reactor.callLater(self.shutdown_grace, self._abort_transport)
+        try:
+            await closed
+        finally:
+            if bound.active():
+                bound.cancel()
+
+    def _abort_transport(self):
+        log.warn("{n} deliveries still running after {s}s; aborting them",
+                 n=len(self._in_flight), s=self.shutdown_grace)
+        self.transport.abort()
+
+    async def _flush_until_done(self):
+        if self._flush_timer is not None and self._flush_timer.active():
+            self._flush_timer.cancel()
+        self._flush_timer = None
+        for _ in range(30):
+            if not self._results and self._flushing is None:
+                return
+            if self._flushing is not None:
+                await self._flushing
+            else:
+                await self._flush()
+            if self._results:
+                await task.deferLater(self.reactor, DB_RETRY_DELAY, lambda: None)
+        log.error("Could not record {n} delivery results before shutdown; their leases "
+                  "will expire and they will be sent again", n=len(self._results))
+
+    def health(self) -> dict:
+        return {
+            "state": "stopping" if self._stopping else ("running" if self.running else "stopped"),
+            "transport": self.transport.name,
+            "in_flight": len(self._in_flight),
+            "unrecorded_results": len(self._results),
+            **self.stats,
+        }
+
+    # -- scheduling ------------------------------------------------------------
+    def wake(self) -> None:
+        """
+        Something changed (mail queued, capacity freed): claim soon.
+        """
+        if self._stopping or not self.running:
+            return
+        if self._pumping:
+            self._again = True
+            return
+        self._schedule(0)
+
+    def _schedule(self, delay: float) -> None:
+        if self._stopping:
+            return
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= self.reactor.seconds() + delay:
+                return
+            self._timer.cancel()
+        self._timer = self.reactor.callLater(delay, self._pump)
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _beat(self):
+        d = defer.ensureDeferred(self._recover())
+        d.addErrback(lambda f: log.failure("lease recovery failed", f)
+                     if not f.check(DatabaseUnavailable) else None)
+        self.wake()
+
+    async def _recover(self):
+        n = await self.store.recover_leases(self.reactor.seconds())
+        if n:
+            self.stats["recovered"] += n
+            log.warn("Requeued {n} messages whose sending lease expired", n=n)
+
+    def _pump(self):
+        self._timer = None
+        if self._pumping or self._stopping:
+            return
+        self._pumping = True
+        self._again = False
+        d = defer.ensureDeferred(self._claim_and_send())
+        d.addErrback(self._pump_failed)
+        d.addBoth(self._pumped)
+
+    def _pump_failed(self, failure):
+        if failure.check(DatabaseUnavailable):
+            log.warn("Database unavailable while claiming: {e}", e=failure.value)
+        else:
+            log.failure("claiming from the outbox failed", failure)
+        self._schedule(DB_RETRY_DELAY)
+
+    def _pumped(self, _):
+        self._pumping = False
+        if self._again:
+            self._schedule(0)
+
+    async def _claim_and_send(self):
+        capacity = self.transport.capacity()
+        if capacity <= 0:
+            return  # a finishing delivery will wake us
+        now = self.reactor.seconds()
+        result = await self.store.claim(self.owner, now, capacity, self.limits, self.config.qos)
+        self.stats["claimed"] += len(result.messages)
+        self.stats["suppressed"] += result.suppressed
+        for claimed in result.messages:
+            if self._stopping:
+                break
+            self._dispatch(claimed)
+        if self._stopping:
+            return
+        if len(result.messages) == capacity:
+            self._again = True  # maybe more due; capacity decides
+        elif result.retry_in is not None:
+            self._schedule(result.retry_in)
+        else:
+            await self._sleep_until_due()
+
+    async def _sleep_until_due(self):
+        due = await self.store.next_due()
+        delay = self.poll_interval
+        if due is not None:
+            delay = min(delay, max(0.0, due - self.reactor.seconds()))
+        self._schedule(delay)
+
+    # -- delivering ------------------------------------------------------------
+    def _dispatch(self, claimed) -> None:
+        message = OutgoingMessage(claimed.id, claimed.envelope_from, claimed.recipient, claimed.data)
+        d = defer.maybeDeferred(self.transport.deliver, message)
+        d.addErrback(lambda f: DeliveryResult(Outcome.RETRY, None, f"transport error: {f.value}"))
+        self._in_flight[claimed.id] = d
+        d.addCallback(self._delivered, claimed)
+
+    def _delivered(self, result: DeliveryResult, claimed) -> None:
+        del self._in_flight[claimed.id]
+        now = self.reactor.seconds()
+        qos = self.config.qos_class(claimed.qos)
+        decision = decide(claimed.id, claimed.attempts, qos, result, now,
+                          releasing=self._stopping)
+        key = {"sent": "sent", "failed": "failed"}.get(decision.state, "retried")
+        self.stats[key] += 1
+        if result.outcome is Outcome.THROTTLED:
+            self.stats["throttled"] += 1
+            self._throttled = True
+        elif result.outcome is Outcome.QUOTA:
+            self._pause_until = max(self._pause_until, now + QUOTA_PAUSE)
+        if decision.state == "failed":
+            log.info("Message {id} to {to} failed: {why}", id=claimed.id,
+                     to=claimed.recipient, why=decision.reason)
+        self._results.append(decision)
+        if len(self._results) >= FLUSH_BATCH:
+            self._start_flush()
+        elif self._flush_timer is None:
+            self._flush_timer = self.reactor.callLater(FLUSH_DELAY, self._start_flush)
+        self.wake()
+
+    def _start_flush(self) -> None:
+        if self._flush_timer is not None:
+            if self._flush_timer.active():
+                self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._flushing is None and self._results:
+            d = defer.ensureDeferred(self._flush())
+            if not d.called:
+                self._flushing = d
+                d.addBoth(self._flushed)
+
+    def _flushed(self, _):
+        self._flushing = None
+        if self._results and self._flush_timer is None and not self._stopping:
+            self._start_flush()
+
+    async def _flush(self):
+        batch, self._results = self._results, []
+        throttled, self._throttled = self._throttled, False
+        pause, self._pause_until = self._pause_until, 0.0
+        try:
+            await self.store.record(self.owner, batch, self.reactor.seconds(),
+                                    throttled=throttled, pause_until=pause)
+        except Exception as e:
+            # keep them: the messages were sent (or not); we must not forget
+            self._results[:0] = batch
+            self._throttled = self._throttled or throttled
+            self._pause_until = max(self._pause_until, pause)
+            if isinstance(e, DatabaseUnavailable):
+                log.warn("Database unavailable; {n} results wait to be recorded", n=len(batch))
+            else:
+                log.failure("recording delivery results failed")
+            if not self._stopping and self._flush_timer is None:
+                self._flush_timer = self.reactor.callLater(DB_RETRY_DELAY, self._start_flush)

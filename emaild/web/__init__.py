@@ -1,0 +1,1 @@
+"""The Klein web site: links, unsubscribe, LTI, pages, API, health."""
