@@ -31,6 +31,10 @@ log = Logger()
 FLUSH_BATCH = 200
 #: … or this long after the first one arrived
 FLUSH_DELAY = 0.01
+#: messages handed to the transport and not finished, per relay connection:
+#: enough to keep every connection busy between claims, and to claim in
+#: batches rather than one transaction per message
+WINDOW_PER_CONNECTION = 32
 #: after a database error, try again after this long
 DB_RETRY_DELAY = 1.0
 
@@ -52,6 +56,7 @@ class Sender(service.Service):
         self.limits = RateLimits(rate=relay["rate"], burst=relay["burst"],
                                  daily_quota=relay["daily_quota"], lease=relay["lease"])
         self.poll_interval = relay["poll_interval"]
+        self.window = WINDOW_PER_CONNECTION * relay["connections"]
         self.shutdown_grace = relay["shutdown_grace"]
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = reactor
@@ -202,7 +207,7 @@ class Sender(service.Service):
             self._schedule(0)
 
     async def _claim_and_send(self):
-        capacity = self.transport.capacity()
+        capacity = self.window - len(self._in_flight)
         if capacity <= 0:
             return  # a finishing delivery will wake us
         now = self.reactor.seconds()
@@ -216,7 +221,7 @@ class Sender(service.Service):
         if self._stopping:
             return
         if len(result.messages) == capacity:
-            self._again = True  # maybe more due; capacity decides
+            pass  # the window is full: finishing deliveries will wake us
         elif result.retry_in is not None:
             self._schedule(result.retry_in)
         else:
@@ -258,7 +263,8 @@ class Sender(service.Service):
             self._start_flush()
         elif self._flush_timer is None:
             self._flush_timer = self.reactor.callLater(FLUSH_DELAY, self._start_flush)
-        self.wake()
+        if len(self._in_flight) <= self.window // 2:
+            self.wake()
 
     def _start_flush(self) -> None:
         if self._flush_timer is not None:

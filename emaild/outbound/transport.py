@@ -72,9 +72,10 @@ class ITransport(Interface):
 
     def capacity():
         """
-        How many messages the transport can take right now without queueing
-        them internally (e.g. idle connections plus connections it may still
-        open).  The sender claims no more than this from the outbox.
+        How many messages the transport could start on at once right now
+        (e.g. idle connections plus connections it may still open); 0 once
+        closing.  Informational (health pages): the sender keeps a window of
+        messages per connection in the transport, which queues them.
         """
 
     def close():
