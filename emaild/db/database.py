@@ -83,6 +83,35 @@ class _Detector(reconnection.DeadConnectionDetector):
             self._reconnecting.cancel()
 
 
+def _read_or_lost(selectable):
+    """
+    Read for a txpostgres connection or cursor, but report a dead server as
+    a lost connection (the reactor's convention: return the reason) instead
+    of raising, which the reactor would log as an unhandled error each time
+    PostgreSQL restarts.
+    """
+    try:
+        return txpostgres._PollingMixin.doRead(selectable)
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+        return e
+
+
+class _Cursor(txpostgres.Cursor):
+    doRead = _read_or_lost
+
+
+class _Connection(txpostgres.Connection):
+    cursorFactory = _Cursor
+
+    def doRead(self):  # noqa: N802 (reactor API)
+        lost = _read_or_lost(self)
+        if lost is not None:
+            return lost
+        self.checkForNotifies()
+        if not self._connection.closed:
+            self.reactor.addReader(self)
+
+
 class _Pool(txpostgres.ConnectionPool):
     def __init__(self, reactor, dsn: str, size: int):
         self.reactor = reactor
@@ -90,7 +119,7 @@ class _Pool(txpostgres.ConnectionPool):
         super().__init__(None, dsn, min=size)
 
     def connectionFactory(self, reactor, cooperator):  # noqa: N802 (txpostgres API)
-        connection = txpostgres.Connection(reactor, cooperator, detector=_Detector(reactor))
+        connection = _Connection(reactor, cooperator, detector=_Detector(reactor))
         self.__dict__.setdefault("every_connection", []).append(connection)
         return connection
 
@@ -201,7 +230,7 @@ class Database:
         """
         if self._listen_conn is None:
             detector = _Detector(self.reactor)
-            conn = txpostgres.Connection(self.reactor, detector=detector)
+            conn = _Connection(self.reactor, detector=detector)
             await conn.connect(self.dsn, **_connect_kwargs())
             conn.addNotifyObserver(self._dispatch)
             detector.addRecoveryHandler(self._relisten)
