@@ -142,3 +142,28 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await task.deferLater(reactor, interval, lambda: None)
+
+
+def http_get(url: str, timeout: float = 10.0):
+    """
+    GET C{url} with the standard library in a thread (a client that is not
+    ours); fires with (status, headers, parsed JSON or text).
+    """
+    import json
+    import urllib.error
+    import urllib.request
+
+    from twisted.internet import threads
+
+    def get():
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                status, headers, raw = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as e:
+            status, headers, raw = e.code, e.headers, e.read()
+        text = raw.decode("utf-8")
+        if headers.get("Content-Type", "").startswith("application/json"):
+            return status, headers, json.loads(text)
+        return status, headers, text
+
+    return threads.deferToThread(get)
