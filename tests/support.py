@@ -96,7 +96,7 @@ class DatabaseTestCase(unittest.TestCase):
     pool_size = 3
 
     def setUp(self):
-        self.tmp = Path(self.mktemp())
+        self.tmp = Path(self.mktemp()).absolute()
         self.tmp.mkdir(parents=True)
         self.dsn = create_database()
         self.addCleanup(drop_database, self.dsn)
