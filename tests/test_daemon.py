@@ -180,6 +180,35 @@ class PluginTests(DaemonTestCase):
         self.assertLessEqual(duplicates, in_flight)
 
 
+    @defer.inlineCallbacks
+    def test_two_daemons_on_one_database_share_the_rate_and_never_send_twice(self):
+        relay = Relay()
+        relay_port = relay.start()
+        self.addCleanup(relay.stop)
+        rate, burst, count = 20, 2, 100
+        daemons = []
+        for i in range(2):
+            port = free_port()
+            config = self.write_config(port, relay={
+                "transport": "smtp", "host": "127.0.0.1", "port": relay_port, "tls": "none",
+                "rate": rate, "burst": burst, "poll_interval": "1s"})
+            config = config.rename(self.tmp / f"emaild{i}.toml")
+            daemons.append(self.start_daemon(["emaild", "--config", str(config)]))
+            yield defer.ensureDeferred(self.healthy(port, daemons[-1]))
+        yield defer.ensureDeferred(self.enqueue(count))
+        yield wait_for(lambda: self.states().get("sent") == count, timeout=60)
+        for daemon in daemons:
+            self.assertTrue((yield defer.ensureDeferred(daemon.stopped_cleanly())), daemon.text())
+        copies = collections.Counter(m.mail_from for m in relay.accepted)
+        self.assertEqual((len(copies), max(copies.values())), (count, 1))
+        senders = self.query("SELECT sender, count(*) FROM outbox_attempts GROUP BY sender")
+        self.assertEqual(len(senders), 2, "both daemons sent")
+        (spread,), = self.query(
+            "SELECT extract(epoch FROM max(at) - min(at)) FROM outbox_attempts")
+        # all but the burst waited for tokens refilled at `rate` per second
+        self.assertGreaterEqual(float(spread), (count - burst - 1) / rate)
+
+
 class PrivilegeTests(DaemonTestCase):
     def setUp(self):
         if os.geteuid() != 0:

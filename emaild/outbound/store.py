@@ -230,9 +230,9 @@ class OutboxStore:
                  [d.reason for d in decisions], owner),
             )
             await cursor.execute(
-                "INSERT INTO outbox_attempts (outbox_id, outcome, code, reply)"
-                " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[])",
-                ([d.outbox_id for d in decisions], [d.outcome for d in decisions],
+                "INSERT INTO outbox_attempts (outbox_id, outcome, code, reply, sender)"
+                " SELECT *, %s FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[])",
+                (owner, [d.outbox_id for d in decisions], [d.outcome for d in decisions],
                  [d.code for d in decisions], [d.reply for d in decisions]),
             )
             sent = sum(1 for d in decisions if d.state == "sent")

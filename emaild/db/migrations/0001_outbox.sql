@@ -35,6 +35,8 @@ CREATE TABLE outbox_attempts (
     outbox_id   bigint NOT NULL REFERENCES outbox (id) ON DELETE CASCADE,
     at          timestamptz NOT NULL DEFAULT now(),
     outcome     text NOT NULL,
+    -- the emaild process that made the attempt (host:pid:random)
+    sender      text,
     code        integer,
     reply       text NOT NULL DEFAULT ''
 );
