@@ -75,7 +75,6 @@ class Emaild(service.MultiService):
             from twisted.internet import reactor
         self.reactor = reactor
         self.config = config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
         self.db, self.embedded = database_for(config, reactor)
         self.store = OutboxStore(self.db)
         self.outbox = Outbox(config, self.store)
@@ -94,6 +93,9 @@ class Emaild(service.MultiService):
         self.ready.addErrback(self._start_failed)
 
     async def _start(self):
+        # created here, not in __init__: under `twistd --uid` this runs after
+        # privileges were dropped, so the files belong to the service user
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
         await open_database(self.db, self.embedded)
         await self.sender.startService()
         log.info("emaild ready: transport {t}, rate {r}/s", t=self.transport.name,

@@ -54,8 +54,6 @@ class EmbeddedPostgres:
         self.database = database
         self.started_here = False
         self._run_as = None
-        if os.geteuid() == 0:
-            self._run_as = _SERVICE_USER
 
     # -- paths -----------------------------------------------------------
     @property
@@ -127,6 +125,9 @@ class EmbeddedPostgres:
         Initialise the data directory if needed and start the server if it is
         not running.  Blocks (a second or two).  Returns the DSN.
         """
+        # decided now, not at construction: `twistd --uid` may have dropped
+        # root in between, and then we simply run it as ourselves
+        self._run_as = _SERVICE_USER if os.geteuid() == 0 else None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)

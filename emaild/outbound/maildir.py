@@ -32,13 +32,18 @@ class MaildirTransport:
 
     def __init__(self, reactor, path: Path, concurrency: int = 4):
         self.reactor = reactor
-        self.path = ensure_maildir(Path(path))
+        # the folders are made on first delivery, by the user we then run as
+        self.path = Path(path)
+        self._made = False
         self.concurrency = concurrency
         self._hostname = socket.gethostname().replace("/", "_").replace(":", "_")
         self._in_flight: set[defer.Deferred] = set()
         self._closing = False
 
     def _write(self, message: OutgoingMessage) -> str:
+        if not self._made:
+            ensure_maildir(self.path)
+            self._made = True
         # unique per the Maildir spec: time, pid and our row id, host
         name = f"{time.time():.6f}.P{os.getpid()}Q{message.id}.{self._hostname}"
         tmp = self.path / "tmp" / name
