@@ -103,6 +103,28 @@ class _Cursor(txpostgres.Cursor):
 class _Connection(txpostgres.Connection):
     cursorFactory = _Cursor
 
+    def _runInteraction(self, interaction, *args, **kwargs):  # noqa: N802
+        # txpostgres' own version logs a traceback whenever the ROLLBACK after
+        # a failed transaction fails, which is every time the server went away
+        # mid-transaction; we report it as RollbackFailed (a dead connection)
+        # without the noise.
+        cursor = self.cursor()
+        d = cursor.execute("begin")
+        d.addCallback(interaction, *args, **kwargs)
+
+        def commit(result):
+            return cursor.execute("commit").addCallback(lambda _: result)
+
+        def rollback(failure):
+            d = defer.maybeDeferred(cursor.execute, "rollback")
+            d.addCallbacks(lambda _: failure,
+                           lambda _: defer.fail(txpostgres.RollbackFailed(self, failure)))
+            return d
+
+        d.addCallback(commit)
+        d.addErrback(rollback)
+        return d
+
     def doRead(self):  # noqa: N802 (reactor API)
         lost = _read_or_lost(self)
         if lost is not None:
