@@ -47,6 +47,7 @@ def make_transport(config, reactor):
         helo_name=relay["helo_name"] or None,
         connect_timeout=relay["connect_timeout"],
         reply_timeout=relay["reply_timeout"],
+        data_timeout=relay["reply_timeout"],
         trust_roots_pem=relay["ca_file"] or None,
     )
 

@@ -164,6 +164,22 @@ class ClockedSenderTests(DatabaseTestCase):
         self.assertTrue(all(r[2].startswith("released at shutdown") for r in rows))
 
     @defer.inlineCallbacks
+    def test_a_slow_delivery_keeps_its_lease(self):
+        hanging = defer.Deferred()
+        self.make_sender(lambda m, n: hanging, lease="4s")
+        yield defer.ensureDeferred(self.start())
+        yield defer.ensureDeferred(self.enqueue("a@example.org"))
+        yield defer.ensureDeferred(self.drive(20, step=0.5))
+        (state, owner, until), = self.query(
+            "SELECT state, lease_owner, extract(epoch FROM lease_until) FROM outbox")
+        self.assertEqual((state, owner), ("sending", "test"))
+        self.assertGreater(float(until), self.clock.seconds())
+        self.assertEqual((yield self.store.recover_leases(self.clock.seconds())), 0)
+        hanging.callback(SENT)
+        yield defer.ensureDeferred(self.drive(0.5, step=0.1))
+        self.assertEqual(self.query("SELECT state FROM outbox"), [("sent",)])
+
+    @defer.inlineCallbacks
     def test_new_mail_wakes_an_idle_sender_without_polling(self):
         self.make_sender(lambda m, n: SENT, poll_interval="1h")
         yield defer.ensureDeferred(self.start())

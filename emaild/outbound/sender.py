@@ -78,7 +78,8 @@ class Sender(service.Service):
     def startService(self):  # noqa: N802
         super().startService()
         self._stopping = False
-        self._heartbeat.start(max(1.0, min(self.poll_interval, self.limits.lease / 4)), now=True)
+        # the heartbeat renews our leases well before they run out
+        self._heartbeat.start(max(0.5, min(self.poll_interval, self.limits.lease / 4)), now=True)
         return defer.ensureDeferred(self._listen())
 
     async def _listen(self):
@@ -179,7 +180,10 @@ class Sender(service.Service):
         self.wake()
 
     async def _recover(self):
-        n = await self.store.recover_leases(self.reactor.seconds())
+        now = self.reactor.seconds()
+        if self._in_flight:
+            await self.store.renew_leases(self.owner, list(self._in_flight), now, self.limits.lease)
+        n = await self.store.recover_leases(now)
         if n:
             self.stats["recovered"] += n
             log.warn("Requeued {n} messages whose sending lease expired", n=n)

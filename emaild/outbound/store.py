@@ -287,6 +287,17 @@ class OutboxStore:
 
         return self.db.transaction(recover)
 
+    def renew_leases(self, owner: str, ids: Sequence[int], now: float, lease: float):
+        """
+        Extend the leases of rows this process is still sending, so a slow
+        relay never makes a live process's messages look abandoned.
+        """
+        return self.db.runOperation(
+            "UPDATE outbox SET lease_until = to_timestamp(%s)"
+            " WHERE id = ANY(%s) AND state = 'sending' AND lease_owner = %s",
+            (now + lease, list(ids), owner),
+        )
+
     async def release(self, owner: str, ids: Iterable[int], reason: str) -> None:
         """
         Give claimed rows back to the queue without burning an attempt.
