@@ -1,0 +1,8 @@
+"""
+C{python -m emaild}: the same as the C{emaild} command.
+"""
+
+from emaild.cli import main
+
+if __name__ == "__main__":
+    main()

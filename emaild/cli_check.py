@@ -1,0 +1,92 @@
+"""
+C{emaild check}: the configuration, the database and every template, one
+line each, so an operator sees everything that is wrong at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import jinja2
+
+from emaild.cli_output import CheckReport, CliError, one_line
+from emaild.outbound.compose import ComposeError
+
+#: files in a template folder worth compiling (not editor backups, dot files)
+TEMPLATE_FILES = (".txt", ".html", ".htm", ".xml", ".j2", ".jinja")
+
+
+def compile_all(report: CheckReport, env: jinja2.Environment, label: str, skip=()) -> None:
+    """
+    Compile every template file of C{env} except those in C{skip}.
+    """
+    for name in env.list_templates():
+        if name in skip or Path(name).name.startswith(".") or not name.endswith(TEMPLATE_FILES):
+            continue
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as e:
+            report.fail(f"{label} {name}", f"line {e.lineno}: {e.message}")
+        except (jinja2.TemplateError, UnicodeDecodeError, OSError) as e:
+            report.fail(f"{label} {name}", one_line(e))
+        else:
+            report.ok(f"{label} {name}", "compiled")
+
+
+async def run_checks(config, db, open_db: Callable[[], Awaitable[str]]) -> int:
+    """
+    Print one line per check; return 0 when all passed, else 1 (and list
+    the failed items on stderr).
+
+    @param open_db: opens (and migrates) C{db}; returns a description of
+        where it is, or raises L{CliError}.
+    """
+    from emaild.db.migrations import available
+    from emaild.outbound.outbox import make_composer
+    from emaild.templating import environment, search_path
+
+    report = CheckReport()
+    report.ok("config", str(Path(config.source).absolute()) if config.source
+              else "built-in defaults (no --config or $EMAILD_CONFIG)")
+
+    try:
+        where = await open_db()
+        rows = await db.runQuery("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        latest = available()[-1][0]
+        if rows[0][0] < latest:
+            report.fail("database", f"{where}: schema version {rows[0][0]}, expected {latest}")
+        else:
+            report.ok("database", f"reachable ({where}), migrations current (version {rows[0][0]})")
+    except CliError as e:
+        report.fail("database", e.message)
+
+    template_dir = config["templates"]["dir"]
+    try:
+        composer = make_composer(config)
+    except (FileNotFoundError, RuntimeError) as e:
+        report.fail("templates", str(e))
+    else:
+        covered = set()
+        for name in composer.template_names():
+            covered.update({f"{name}.subject.txt", f"{name}.txt", f"{name}.html"})
+            try:
+                _subject, _text, html = composer.templates(name)
+            except ComposeError as e:
+                report.fail(f"template {name}", str(e))
+            else:
+                report.ok(f"template {name}", "subject, text" + (", html" if html is not None else ""))
+        # partials and layouts the templates include
+        compile_all(report, composer.env, "template file", skip=covered)
+        if any(Path(p).is_dir() for p in search_path(template_dir, "web")):
+            compile_all(report, environment(template_dir, "web"), "web template")
+        else:
+            report.skip("web templates", "no web/ folder in the template search path")
+
+    if report.failed:
+        print(f"emaild check: {len(report.failed)} of {len(report.failed) + report.passed} checks "
+              f"failed: {', '.join(report.failed)}", file=sys.stderr)
+        return 1
+    print(f"all {report.passed} checks passed")
+    return 0

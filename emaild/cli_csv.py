@@ -1,0 +1,119 @@
+"""
+C{emaild send --recipients FILE.csv}: stream a CSV into the outbox.
+
+The file is read with L{csv.DictReader} and queued in chunks of
+L{CSV_CHUNK} rows, one L{Outbox.enqueue} call (one transaction) each, so
+memory stays flat however long the file is.  The C{email} column is the
+recipient; every other column is that row's template context (empty cells
+stay empty strings).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from emaild.cli_output import CliError, Interrupted, csv_summary, one_line
+from emaild.outbound.compose import ComposeError
+
+#: CSV rows per Outbox.enqueue call (one transaction each)
+CSV_CHUNK = 1000
+
+
+def open_csv(path: str):
+    """
+    Open C{path} (UTF-8, a BOM tolerated) and read its header; return the
+    open file and its reader, whose recipient column is now called C{email}
+    (the header's names are stripped; C{Email} or C{ EMAIL } will do).
+
+    @raise CliError: unreadable, empty, or no C{email} column.
+    """
+    try:
+        f = open(path, encoding="utf-8-sig", newline="")
+    except OSError as e:
+        raise CliError(f"error: --recipients: cannot open {path}: {e.strerror or e}", 2) from None
+    try:
+        reader = csv.DictReader(f, restval="")
+        fields = reader.fieldnames
+    except (UnicodeDecodeError, csv.Error) as e:
+        f.close()
+        raise CliError(f"{path}: cannot read the header line: {one_line(e)}") from None
+    if not fields:
+        f.close()
+        raise CliError(f"{path} is empty: expected a header line with an 'email' column")
+    names = [name.strip() for name in fields]
+    lowered = [name.lower() for name in names]
+    if "email" not in lowered:
+        f.close()
+        found = ", ".join(repr(n) for n in names)
+        raise CliError(f"{path} has no 'email' column; columns found: {found}")
+    names[lowered.index("email")] = "email"
+    reader.fieldnames = names
+    return f, reader
+
+
+async def _enqueue(outbox, template, recipients, qos, batch):
+    try:
+        return await outbox.enqueue(template, recipients, qos=qos, batch=batch)
+    except ComposeError as e:
+        raise CliError(str(e)) from None
+
+
+async def send_csv(outbox, reader, path: str, template: str, qos: str | None,
+                   batch: str | None, check_interrupt=lambda: None, out=None) -> int:
+    """
+    Queue every row; print the summary (with every rejected row and why)
+    and return the exit code: 0 when all rows were queued, else 1.
+
+    @param check_interrupt: called after each chunk; raises L{Interrupted}
+        to stop there (the summary of what was queued is still printed).
+    """
+    out = out or sys.stdout
+    batch = batch if batch is not None else Path(path).name
+    queued, first, last, rejected = 0, None, None, []
+    chunk, lines = [], []
+
+    async def flush():
+        nonlocal queued, first, last
+        report = await _enqueue(outbox, template, chunk, qos, batch)
+        if report.ids:
+            queued += len(report.ids)
+            low, high = min(report.ids), max(report.ids)
+            first = low if first is None else min(first, low)
+            last = high if last is None else max(last, high)
+        rejected.extend((lines[r.index], r.recipient, r.reason) for r in report.rejected)
+        chunk.clear()
+        lines.clear()
+
+    error = None
+    try:
+        for row in reader:
+            if None in row:  # more cells than the header has columns
+                rejected.append((reader.line_num, row["email"],
+                                 f"{len(row[None])} more cells than the header's "
+                                 f"{len(reader.fieldnames)} columns"))
+                continue
+            chunk.append((row.pop("email"), row))
+            lines.append(reader.line_num)
+            if len(chunk) >= CSV_CHUNK:
+                await flush()
+                check_interrupt()
+        if chunk:
+            await flush()
+    except (UnicodeDecodeError, csv.Error) as e:
+        error = f"{path}: cannot read past line {reader.line_num}: {one_line(e)}"
+        if chunk:  # queue the rows read before the bad one
+            await flush()
+    except Interrupted:
+        rejected.sort()
+        print(csv_summary(queued, first, last, rejected), file=out, flush=True)
+        print("emaild: interrupted; later rows were not queued", file=sys.stderr)
+        raise
+    if queued == 0 and not rejected and error is None:
+        raise CliError(f"{path} has no recipient rows")
+    rejected.sort()
+    print(csv_summary(queued, first, last, rejected), file=out)
+    if error:
+        print(f"emaild: {error}", file=sys.stderr)
+    return 1 if (rejected or error or not queued) else 0
