@@ -11,6 +11,7 @@ its listener, since NOTIFYs sent during the outage are lost.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
@@ -20,6 +21,18 @@ from txpostgres import reconnection, retrying, txpostgres
 from txpostgres.psycopg2_impl import psycopg2
 
 log = Logger()
+
+
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
+_PASSWORD_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*(@)")
+
+
+def redact(text: str) -> str:
+    """
+    C{text} with any database password (C{password=…} or C{://user:pw@})
+    replaced by C{***}, for logs and error messages.
+    """
+    return _PASSWORD_URL.sub(r"\1***\2", _PASSWORD_KV.sub(r"\1***", text))
 
 
 class DatabaseUnavailable(Exception):
@@ -150,7 +163,8 @@ class _Pool(txpostgres.ConnectionPool):
         # set); close the checked-out ones too, and stop their reconnecting.
         for connection in self.every_connection:
             connection.detector.stop()
-            connection.close()
+            if connection._connection is not None:  # never connected: nothing to close
+                connection.close()
 
 
 def _connect_kwargs() -> dict:
@@ -186,7 +200,11 @@ class Database:
             await pool.start()
         except Exception as e:
             pool.close()
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL ({self.dsn}): {e}") from e
+            if isinstance(e, defer.FirstError):
+                e = e.subFailure.value
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL ({redact(self.dsn)}): {reason}") from None
         self._pool = pool
 
     def close(self) -> None:

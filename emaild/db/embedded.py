@@ -174,6 +174,30 @@ class EmbeddedPostgres:
             self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", mode, "stop")
         self.started_here = False
 
+    def stop_if_unused(self) -> bool:
+        """
+        Stop the server if we started it and nobody else is connected (a
+        daemon may have attached to the server a CLI command started).
+        Returns whether it was stopped.
+        """
+        import psycopg2
+
+        if not self.started_here:
+            return False
+        conn = psycopg2.connect(self.dsn("postgres"))
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type ="
+                            " 'client backend' AND pid <> pg_backend_pid()")
+                others = cur.fetchone()[0]
+        finally:
+            conn.close()
+        if others:
+            self.started_here = False  # someone else relies on it now
+            return False
+        self.stop()
+        return True
+
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.data_dir, ignore_errors=True)
