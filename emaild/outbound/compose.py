@@ -67,6 +67,8 @@ def header_text(value: Any) -> str:
 
 def _encoded_header(name: str, value: str) -> str:
     value = header_text(value)
+    if value.isascii() and "=?" not in value and len(name) + 2 + len(value) <= 78:
+        return f"{name}: {value}"  # the common case, without email.header's cost
     charset = "us-ascii" if value.isascii() else "utf-8"
     return f"{name}: " + Header(value, charset, header_name=name).encode(linesep="\n")
 
