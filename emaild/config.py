@@ -147,6 +147,43 @@ def _address(value: Any) -> str:
     return value
 
 
+def _origins(value: Any) -> tuple[str, ...]:
+    """
+    A list of origins (scheme://host[:port], no path), e.g. the LMS that may
+    frame our pages.  From the environment: comma-separated.
+    """
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of origins such as ['https://lms.example.org'], got {value!r}")
+    origins = []
+    for item in value:
+        if not isinstance(item, str) or not re.match(r"^https?://[A-Za-z0-9.-]+(:\d+)?$", item.rstrip("/")):
+            raise ValueError(f"{item!r} is not an origin like https://lms.example.org (no path)")
+        origins.append(item.rstrip("/").lower())
+    return tuple(origins)
+
+
+def _consumers(value: Any) -> dict[str, str]:
+    """
+    LTI consumer key -> shared secret.  A TOML table, or from the environment
+    C{key1=secret1,key2=secret2}.
+    """
+    if isinstance(value, str):
+        pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("expected key=secret pairs separated by commas")
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of consumer key = secret")
+    for key, secret in value.items():
+        if not isinstance(secret, str) or not secret:
+            raise ValueError(f"the secret of consumer {key!r} must be a non-empty string")
+        if len(secret) < 16:
+            raise ValueError(f"the secret of consumer {key!r} is shorter than 16 characters")
+    return dict(value)
+
+
 # -- the schema --------------------------------------------------------------
 
 #: section -> key -> (parser, default).  A default of None means "no value".
@@ -191,6 +228,24 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     },
     "templates": {
         "dir": (_string, ""),
+    },
+    "web": {
+        "session_idle": (parse_duration, 8 * 3600.0),
+        "session_max": (parse_duration, 30 * 86400.0),
+        "allowed_origins": (_origins, ()),
+        "lms_origins": (_origins, ()),
+        "fresh_link_limit": (_integer(1), 3),
+        "fresh_link_window": (parse_duration, 3600.0),
+    },
+    "links": {
+        "salt": (_string, "emaild links"),
+        "login_ttl": (parse_duration, 30 * 86400.0),
+        "unsubscribe_ttl": (parse_duration, 365 * 86400.0),
+    },
+    "lti": {
+        "consumers": (_consumers, {}),
+        "group_parameter": (_string, "custom_group"),
+        "timestamp_window": (parse_duration, 300.0),
     },
 }
 

@@ -1,0 +1,97 @@
+"""
+The links part's table: C{links}.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+
+from emaild.links.tokens import TokenParts, new_secret
+
+
+@attrs.frozen
+class LinkRow:
+    id: int
+    person_id: int
+    purpose: str
+    target: str
+    secret_hi: int
+    secret_lo: int
+    #: seconds since the epoch
+    expires_at: float
+    uses: int = 0
+
+    @property
+    def parts(self) -> TokenParts:
+        return TokenParts(self.id, self.secret_hi, self.secret_lo)
+
+
+@attrs.frozen
+class LinkRequest:
+    person_id: int
+    purpose: str
+    target: str
+    #: seconds the link is valid for
+    ttl: float
+
+
+_COLUMNS = ("id, person_id, purpose, target, secret_hi, secret_lo,"
+            " extract(epoch FROM expires_at)::float8, uses")
+_JOINED_COLUMNS = ("l.id, l.person_id, l.purpose, l.target, l.secret_hi, l.secret_lo,"
+                   " extract(epoch FROM l.expires_at)::float8, l.uses")
+
+
+class LinkStore:
+    def __init__(self, db):
+        self.db = db
+
+    def mint_many(self, requests: Sequence[LinkRequest], now: float):
+        """
+        One link row per request, in order: an existing row for the same
+        (person, purpose, target) that stays valid for at least half its
+        lifetime is reused (so a weekly mail to 10,000 people does not add
+        10,000 rows a week, and no mail carries a link about to expire);
+        otherwise a new row with a fresh 64-bit secret.
+        """
+        return self.db.transaction(self._mint_many, list(requests), now)
+
+    async def _mint_many(self, cursor, requests, now):
+        if not requests:
+            return []
+        keys = sorted({(r.person_id, r.purpose, r.target, r.ttl) for r in requests})
+        await cursor.execute(
+            f"SELECT DISTINCT ON (l.person_id, l.purpose, l.target) {_JOINED_COLUMNS}"
+            " FROM links l JOIN unnest(%s::bigint[], %s::text[], %s::text[], %s::float8[])"
+            "   AS r(person_id, purpose, target, ttl)"
+            "   ON l.person_id = r.person_id AND l.purpose = r.purpose AND l.target = r.target"
+            " WHERE l.expires_at > to_timestamp(%s + r.ttl / 2)"
+            " ORDER BY l.person_id, l.purpose, l.target, l.expires_at DESC",
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+             [k[3] for k in keys], now),
+        )
+        found = {(row[1], row[2], row[3]): LinkRow(*row) for row in cursor.fetchall()}
+        missing = [k for k in keys if (k[0], k[1], k[2]) not in found]
+        if missing:
+            secrets = [new_secret() for _ in missing]
+            await cursor.execute(
+                "INSERT INTO links (person_id, purpose, target, secret_hi, secret_lo, expires_at)"
+                " SELECT p, u, t, h, l, to_timestamp(%s + ttl)"
+                " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],"
+                "   %s::float8[]) AS v(p, u, t, h, l, ttl)"
+                " RETURNING " + _COLUMNS,
+                (now, [k[0] for k in missing], [k[1] for k in missing], [k[2] for k in missing],
+                 [s[0] for s in secrets], [s[1] for s in secrets], [k[3] for k in missing]),
+            )
+            for row in cursor.fetchall():
+                found[(row[1], row[2], row[3])] = LinkRow(*row)
+        return [found[(r.person_id, r.purpose, r.target)] for r in requests]
+
+    async def get(self, link_id: int) -> LinkRow | None:
+        rows = await self.db.runQuery(f"SELECT {_COLUMNS} FROM links WHERE id = %s", (link_id,))
+        return LinkRow(*rows[0]) if rows else None
+
+    def record_use(self, link_id: int):
+        return self.db.runOperation(
+            "UPDATE links SET uses = uses + 1, last_used_at = now() WHERE id = %s", (link_id,))

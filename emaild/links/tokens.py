@@ -1,0 +1,56 @@
+"""
+URL tokens for link rows.
+
+hashids makes the token short and URL-safe, but it is not encryption: the
+salt can be recovered from samples and an altered token can decode to other
+numbers.  So the token carries the row id *and* 64 random bits stored in the
+row, which the server compares; and a token is only accepted if re-encoding
+what it decoded gives the same string, so each row has exactly one token.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import attrs
+from hashids import Hashids
+
+MIN_LENGTH = 12
+_MAX_TOKEN = 64
+
+
+@attrs.frozen
+class TokenParts:
+    link_id: int
+    secret_hi: int
+    secret_lo: int
+
+
+def new_secret() -> tuple[int, int]:
+    """
+    64 random bits as two 32-bit halves (hashids encodes non-negative ints).
+    """
+    return secrets.randbits(32), secrets.randbits(32)
+
+
+class TokenCodec:
+    def __init__(self, salt: str, min_length: int = MIN_LENGTH):
+        self._hashids = Hashids(salt=salt, min_length=min_length)
+
+    def encode(self, parts: TokenParts) -> str:
+        return self._hashids.encode(parts.link_id, parts.secret_hi, parts.secret_lo)
+
+    def decode(self, token: str) -> TokenParts | None:
+        """
+        The parts of a canonical token, or None for anything else (garbage,
+        truncated, altered, or a non-canonical spelling of a valid one).
+        """
+        if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN or not token.isalnum():
+            return None
+        numbers = self._hashids.decode(token)
+        if len(numbers) != 3:
+            return None
+        parts = TokenParts(*numbers)
+        if self.encode(parts) != token:
+            return None
+        return parts

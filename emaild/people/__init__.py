@@ -1,0 +1,1 @@
+"""People: learners and staff, their LTI identities, courses and groups."""
