@@ -81,7 +81,8 @@ class Emaild(service.MultiService):
         self.outbox = Outbox(config, self.store)
         self.transport = make_transport(config, reactor)
         self.sender = Sender(reactor, self.store, self.transport, config)
-        self.web = WebApp(reactor, self.db, parts={"sender": self.sender})
+        self.web = WebApp(reactor, config, self.db, parts={"sender": self.sender},
+                          outbox=self.outbox)
         listener = strports.service(config["http"]["endpoint"], Site(self.web.resource()))
         listener.setName("http")
         listener.setServiceParent(self)

@@ -1,15 +1,27 @@
 """
-The Klein application.  Routes live in small modules by concern; this one
-builds the app and holds the health check.
+The Klein application: what every route shares (config, database, pages,
+sessions, links, people) and the routes that belong to no other concern
+(health, static files, error pages, sign-out).  Routes of a concern live in
+their own module (C{routes_*.py}) and register on L{WebApp.app}.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.static import File
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from emaild.links.service import Links
+from emaild.links.store import LinkStore
+from emaild.people.store import PeopleStore
+from emaild.templating import search_path
+from emaild.web.pages import Pages, SecurityHeaders
+from emaild.web.sessions import SessionStore, Sessions
 
 log = Logger()
 
@@ -24,23 +36,45 @@ def json_response(request, status: int, body) -> bytes:
     return json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
 
 
+def form_value(request, name: str) -> str:
+    """
+    A form field as text ('' when absent or not UTF-8): request args are bytes.
+    """
+    raw = (request.args.get(name.encode("ascii")) or [b""])[0]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
 class WebApp:
     """
     @param parts: the daemon's parts, by name, each with a C{health()} that
-        returns a JSON-able dict with at least C{"state"}; the database part
-        is checked with a real query.
+        returns a JSON-able dict with at least C{"state"}; the database is
+        checked with a real query.
+    @param outbox: the outbound L{Outbox}, for pages that send mail.
     """
 
     app = Klein()
 
-    def __init__(self, reactor, db, parts=None):
+    def __init__(self, reactor, config, db, parts=None, outbox=None):
         self.reactor = reactor
+        self.config = config
         self.db = db
         self.parts = parts or {}
+        self.outbox = outbox
+        self.pages = Pages(config)
+        self.sessions = Sessions(config, SessionStore(db))
+        self.links = Links(config, LinkStore(db))
+        self.people = PeopleStore(db)
+        self._static = next(
+            (Path(p) / "static" for p in search_path(config["templates"]["dir"], "web")
+             if (Path(p) / "static").is_dir()), None)
 
     def resource(self):
-        return self.app.resource()
+        return SecurityHeaders(self.app.resource(), self.config["web"]["lms_origins"])
 
+    # -- health ------------------------------------------------------------
     async def _database_state(self) -> dict:
         d = self.db.runQuery("SELECT 1")
         d.addTimeout(HEALTH_QUERY_TIMEOUT, self.reactor)
@@ -63,3 +97,29 @@ class WebApp:
         healthy = parts["database"]["state"] == "ok"
         return json_response(request, 200 if healthy else 503,
                              {"status": "ok" if healthy else "unavailable", "parts": parts})
+
+    @app.route("/static/", branch=True, methods=["GET", "HEAD"])
+    def static(self, request):
+        if self._static is None:
+            return self.pages.error(request, 404, "There is no such page.")
+        return File(str(self._static))
+
+    # -- errors --------------------------------------------------------------
+    @app.handle_errors(NotFound)
+    def not_found(self, request, failure):
+        return self.pages.error(request, 404, "There is no such page.")
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request, failure):
+        return self.pages.error(request, 405, "This page does not accept that kind of request.")
+
+    @app.handle_errors
+    def server_error(self, request, failure):
+        log.failure("Error serving {method} {path}", failure,
+                    method=request.method, path=request.path)
+        return self.pages.error(request, 500, "Something went wrong on our side; "
+                                "it has been logged. Please try again later.")
+
+
+# The concerns' routes register themselves on WebApp.app when imported.
+from emaild.web import routes_home, routes_links, routes_lti, routes_unsubscribe  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Routes: home (see the module docstring once written)."""

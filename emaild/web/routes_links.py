@@ -1,0 +1,1 @@
+"""Routes: links (see the module docstring once written)."""

@@ -1,0 +1,1 @@
+"""Routes: lti (see the module docstring once written)."""

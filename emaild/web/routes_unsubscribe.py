@@ -1,0 +1,1 @@
+"""Routes: unsubscribe (see the module docstring once written)."""
