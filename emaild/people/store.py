@@ -67,3 +67,25 @@ class PeopleStore:
         rows = await self.db.runQuery(
             f"SELECT {_PERSON} FROM people ORDER BY id LIMIT %s OFFSET %s", (limit, offset))
         return [Person(*row) for row in rows]
+
+    async def courses_of(self, person_id: int) -> list[tuple[int, str, list[str]]]:
+        """
+        (course id, title, roles) of every course the person belongs to.
+        """
+        rows = await self.db.runQuery(
+            "SELECT c.id, coalesce(nullif(c.title, ''), c.context_id), m.roles"
+            " FROM course_members m JOIN courses c ON c.id = m.course_id"
+            " WHERE m.person_id = %s ORDER BY c.id", (person_id,))
+        return [(r[0], r[1], list(r[2])) for r in rows]
+
+    async def groups_of(self, person_id: int) -> list[tuple[int, str, str]]:
+        """
+        (group id, group name, course title) of every group the person is a
+        current member of.
+        """
+        rows = await self.db.runQuery(
+            "SELECT g.id, g.name, coalesce(nullif(c.title, ''), c.context_id)"
+            " FROM group_members m JOIN groups g ON g.id = m.group_id"
+            " JOIN courses c ON c.id = g.course_id"
+            " WHERE m.person_id = %s AND m.left_at IS NULL ORDER BY g.id", (person_id,))
+        return [tuple(r) for r in rows]
