@@ -5,6 +5,8 @@ The C{emaild} command: queue mail, watch the queue, check an installation.
                                 (--to EMAIL [--context JSON] ... | --recipients FILE.csv)
     emaild [--config PATH] queue [--json | --failed [--limit N] | --watch [--interval S]]
     emaild [--config PATH] check
+    emaild [--config PATH] person (add EMAIL [--name NAME] [--course KEY]
+                                   | list [--course KEY] [--json] | import FILE.csv)
 
 It reads the daemon's configuration (C{--config}, else C{$EMAILD_CONFIG},
 else built-in defaults) and talks to the same database, starting the
@@ -33,6 +35,7 @@ from emaild.cli_check import run_checks
 from emaild.cli_csv import open_csv, send_csv
 from emaild.cli_output import (CliError, Interrupted, counts_table, drained_line,
                                failures_json, failures_table, one_line, progress_line)
+from emaild.cli_people import add_person_commands
 from emaild.config import ConfigError, load_config
 from emaild.outbound.compose import ComposeError
 from emaild.outbound.stats import finished, pending, queue_summary
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Validate the configuration, connect to the database "
                                             "and compile every template.")
     check.set_defaults(func=_check)
+
+    add_person_commands(commands, common)
     return parser
 
 
@@ -256,7 +261,8 @@ def main(argv=None) -> None:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.error("no command given; use one of: send, queue, check (see emaild --help)")
+            parser.error("no command given; use one of: send, queue, check, person "
+                         "(see emaild --help)")
         if args.command == "queue" and args.json and args.watch:
             parser.error("argument --json: not allowed with argument --watch")
         path = args.config or os.environ.get("EMAILD_CONFIG") or None

@@ -1,0 +1,282 @@
+"""
+C{emaild person}: add, list and import people by hand.
+
+    emaild person add EMAIL [--name NAME] [--course KEY]
+    emaild person list [--course KEY] [--json]
+    emaild person import FILE.csv
+
+A person is known by their address (case-insensitively): adding an address
+that exists updates that person's name (an empty name keeps the stored one)
+and course membership instead of making a second person, so the same CSV can
+be imported again safely.  People who arrive by LTI launch are the same
+people: a launch whose address matches joins the person made here.
+
+A course key names the course whose C{context_id} it is: the one made by
+hand if there is one, else the only LTI course with that id (so a course's
+LMS id, e.g. C{course-v1:MITx+6.00x+2026}, works); when there is none, a
+course is made by hand (consumer key '', C{context_id} = the key).  A key
+that several LTI consumers use for different courses is refused as
+ambiguous.
+
+The import file is UTF-8 CSV (a BOM is fine) with a header line: an
+C{email} column, optional C{name} and C{course} columns, nothing else (a
+misspelt column is an error rather than silently ignored data).  Each row
+is checked like a C{send --recipients} row; rejected rows are listed with
+their line number and reason, the others are imported in transactions of
+L{IMPORT_CHUNK} rows.
+
+Exit codes: 0 success; 1 rejected rows or the work failed; 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+from emaild.cli_output import CliError, Interrupted, one_line, table
+from emaild.outbound.compose import ComposeError, check_address
+
+#: CSV rows per transaction
+IMPORT_CHUNK = 500
+#: the columns an import file may have
+IMPORT_COLUMNS = ("email", "name", "course")
+
+
+def add_person_commands(commands, common) -> None:
+    """
+    Add C{person add|list|import} to the C{emaild} command's subparsers.
+    """
+    person = commands.add_parser(
+        "person", parents=[common], help="add, list and import people",
+        description="Add, list and import the people who get course mail.")
+    sub = person.add_subparsers(dest="person_command", metavar="SUBCOMMAND", required=True)
+
+    add = sub.add_parser("add", parents=[common], help="add a person (or update their name)",
+                         description="Add a person by address, or update the one who has it.")
+    add.add_argument("email", metavar="EMAIL", help="their address")
+    add.add_argument("--name", default="", metavar="NAME", help="display name")
+    add.add_argument("--course", metavar="KEY",
+                     help="make them a member of this course (created if there is none)")
+    add.set_defaults(func=_add)
+
+    listing = sub.add_parser("list", parents=[common], help="list people",
+                             description="List people with their courses, groups and LTI "
+                                         "identities.")
+    listing.add_argument("--course", metavar="KEY", help="only the members of this course")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=_list)
+
+    imports = sub.add_parser("import", parents=[common], help="add or update people from a CSV",
+                             description="Add or update people from a CSV file with columns "
+                                         "email, name (optional) and course (optional).")
+    imports.add_argument("file", metavar="FILE.csv")
+    imports.set_defaults(func=_import)
+
+
+def _name(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _describe(person, course) -> str:
+    who = f"{person.display_name} <{person.email}>" if person.display_name else f"<{person.email}>"
+    where = f" in course {course.context_id}" if course is not None else ""
+    return f"person {person.id}: {who}{where}"
+
+
+async def _open_db(db, embedded):
+    from emaild.cli import _open
+    from emaild.people.store import PeopleStore
+
+    await _open(db, embedded)
+    return PeopleStore(db)
+
+
+# -- add -------------------------------------------------------------------------
+
+
+async def _add(reactor, args, config, db, embedded) -> int:
+    from emaild.people.store import PersonError
+
+    try:
+        email = check_address(args.email)
+    except ComposeError as e:
+        raise CliError(f"not added: {one_line(e)}") from None
+    course = args.course.strip() if args.course is not None else None
+    if course == "":
+        raise CliError("not added: --course is empty", 2)
+    store = await _open_db(db, embedded)
+    try:
+        person, created, course = await store.add_person(email, _name(args.name), course)
+    except PersonError as e:
+        raise CliError(f"not added: {one_line(e)}") from None
+    print(f"{'added' if created else 'updated'} {_describe(person, course)}")
+    return 0
+
+
+# -- list ------------------------------------------------------------------------
+
+
+def _role(role: str) -> str:
+    """
+    C{urn:lti:role:ims/lis/Instructor} -> C{Instructor}.
+    """
+    return role.rsplit("/", 1)[-1].rsplit(":", 1)[-1] or role
+
+
+def people_json(entries) -> list[dict]:
+    return [{
+        "id": e.person.id,
+        "email": e.person.email,
+        "name": e.person.display_name,
+        "identities": [{"consumer_key": k, "user_id": u} for k, u in e.identities],
+        "courses": [{"consumer_key": m.course.consumer_key, "context_id": m.course.context_id,
+                     "title": m.course.title, "roles": list(m.roles)} for m in e.courses],
+        "groups": [{"course": c, "name": n} for c, n in e.groups],
+    } for e in entries]
+
+
+def people_table(entries) -> str:
+    rows = []
+    for e in entries:
+        courses = ", ".join(
+            m.course.context_id + (f" ({', '.join(_role(r) for r in m.roles)})" if m.roles else "")
+            for m in e.courses)
+        rows.append([e.person.id, e.person.email or "-", e.person.display_name or "-",
+                     ", ".join(dict.fromkeys(k for k, _ in e.identities)) or "-",
+                     ", ".join(n for _, n in e.groups) or "-", courses or "-"])
+    return table(["id", "email", "name", "lti", "groups", "courses"], rows,
+                 right=[True, False, False, False, False, False])
+
+
+async def _list(reactor, args, config, db, embedded) -> int:
+    store = await _open_db(db, embedded)
+    course = args.course.strip() if args.course is not None else None
+    if course is not None and not await store.find_courses(course):
+        raise CliError(f"no course {course!r}")
+    entries = await store.directory(course)
+    print(json.dumps(people_json(entries), indent=2, ensure_ascii=False) if args.json
+          else people_table(entries))
+    return 0
+
+
+# -- import ----------------------------------------------------------------------
+
+
+def open_people_csv(path: str):
+    """
+    Open C{path} and check its header; return the file and its reader, whose
+    columns are now called C{email}, C{name}, C{course}.
+
+    @raise CliError: unreadable, empty, no C{email} column, or unknown or
+        repeated columns.
+    """
+    try:
+        f = open(path, encoding="utf-8-sig", newline="")
+    except OSError as e:
+        raise CliError(f"error: cannot open {path}: {e.strerror or e}", 2) from None
+    try:
+        reader = csv.DictReader(f, restval="")
+        fields = reader.fieldnames
+    except (UnicodeDecodeError, csv.Error) as e:
+        f.close()
+        raise CliError(f"{path}: cannot read the header line: {one_line(e)}") from None
+    if not fields:
+        f.close()
+        raise CliError(f"{path} is empty: expected a header line with an 'email' column")
+    names = [name.strip().lower() for name in fields]
+    found = ", ".join(repr(n.strip()) for n in fields)
+    unknown = [n for n in names if n not in IMPORT_COLUMNS]
+    if "email" not in names or unknown or len(set(names)) != len(names):
+        f.close()
+        problem = ("has no 'email' column" if "email" not in names else
+                   f"has unknown columns {', '.join(repr(n) for n in unknown)}" if unknown else
+                   "repeats a column")
+        raise CliError(f"{path} {problem}; expected email, name (optional) and course "
+                       f"(optional); columns found: {found}")
+    reader.fieldnames = names
+    return f, reader
+
+
+def import_summary(new: int, updated: int, rejected) -> str:
+    done = new + updated
+    lines = [f"imported {done} {'person' if done == 1 else 'people'} ({new} new, {updated} "
+             f"updated), rejected {len(rejected)} {'row' if len(rejected) == 1 else 'rows'}"]
+    for line, address, reason in rejected:
+        lines.append(f"line {line}: {address.strip() or '(empty)'}: {one_line(reason)}")
+    if rejected:
+        lines.append(f"the {len(rejected)} rejected {'row was' if len(rejected) == 1 else 'rows were'}"
+                     " not imported; fix and import them again")
+    return "\n".join(lines)
+
+
+async def import_csv(store, reader, path: str, check_interrupt=lambda: None, out=None) -> int:
+    """
+    Import every row; print the summary with every rejected row and why;
+    return 0 when every row was imported, else 1.
+    """
+    from emaild.people.store import PersonError
+
+    out = out or sys.stdout
+    new = updated = 0
+    rejected: list[tuple[int, str, str]] = []
+    chunk: list[tuple[str, str, str | None]] = []
+    lines: list[tuple[int, str]] = []
+
+    async def flush():
+        nonlocal new, updated
+        results = await store.import_people(chunk)
+        for (line, address), result in zip(lines, results):
+            if isinstance(result, PersonError):
+                rejected.append((line, address, str(result)))
+            elif result[1]:
+                new += 1
+            else:
+                updated += 1
+        chunk.clear()
+        lines.clear()
+
+    error = None
+    try:
+        for row in reader:
+            address = row.get("email") or ""
+            if None in row:
+                rejected.append((reader.line_num, address,
+                                 f"{len(row[None])} more cells than the header's "
+                                 f"{len(reader.fieldnames)} columns"))
+                continue
+            try:
+                email = check_address(address)
+            except ComposeError as e:
+                rejected.append((reader.line_num, address, str(e)))
+                continue
+            chunk.append((email, _name(row.get("name")), (row.get("course") or "").strip() or None))
+            lines.append((reader.line_num, address))
+            if len(chunk) >= IMPORT_CHUNK:
+                await flush()
+                check_interrupt()
+        if chunk:
+            await flush()
+    except (UnicodeDecodeError, csv.Error) as e:
+        error = f"{path}: cannot read past line {reader.line_num}: {one_line(e)}"
+        if chunk:
+            await flush()
+    except Interrupted:
+        rejected.sort()
+        print(import_summary(new, updated, rejected), file=out, flush=True)
+        print("emaild: interrupted; later rows were not imported", file=sys.stderr)
+        raise
+    if new + updated == 0 and not rejected and error is None:
+        raise CliError(f"{path} has no rows")
+    rejected.sort()
+    print(import_summary(new, updated, rejected), file=out)
+    if error:
+        print(f"emaild: {error}", file=sys.stderr)
+    return 1 if (rejected or error) else 0
+
+
+async def _import(reactor, args, config, db, embedded) -> int:
+    f, reader = open_people_csv(args.file)
+    with f:
+        store = await _open_db(db, embedded)
+        return await import_csv(store, reader, args.file, args.interruption.check)
