@@ -18,6 +18,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from emaild.links.service import Links
 from emaild.links.store import LinkStore
+from emaild.people.lti import LaunchVerifier, NonceStore
 from emaild.people.store import PeopleStore
 from emaild.templating import search_path
 from emaild.web.pages import Pages, SecurityHeaders
@@ -67,6 +68,8 @@ class WebApp:
         self.sessions = Sessions(config, SessionStore(db))
         self.links = Links(config, LinkStore(db))
         self.people = PeopleStore(db)
+        self.lti = LaunchVerifier(config, NonceStore(db, config["lti"]["timestamp_window"]),
+                                  clock=reactor.seconds)
         self._static = next(
             (Path(p) / "static" for p in search_path(config["templates"]["dir"], "web")
              if (Path(p) / "static").is_dir()), None)

@@ -23,23 +23,10 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.people.lti import LaunchRefused, LaunchVerifier, NonceStore
+from emaild.people.lti import LaunchRefused
 from emaild.web.app import WebApp
 
 log = Logger()
-
-
-def _verifier(web: WebApp) -> LaunchVerifier:
-    """
-    The app's L{LaunchVerifier}, made on first use (it keeps the time of
-    the last nonce sweep).
-    """
-    verifier = getattr(web, "_lti_verifier", None)
-    if verifier is None:
-        window = web.config["lti"]["timestamp_window"]
-        verifier = web._lti_verifier = LaunchVerifier(
-            web.config, NonceStore(web.db, window), clock=web.reactor.seconds)
-    return verifier
 
 
 def _client(request) -> str:
@@ -59,7 +46,7 @@ async def lti_launch(self, request):
 
 
 async def _launch(self: WebApp, request) -> bytes:
-    verifier = _verifier(self)
+    verifier = self.lti
     query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
     request.content.seek(0)
     body = request.content.read()
