@@ -106,6 +106,22 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def _boolean(value: Any) -> bool:
+    """
+    C{true}/C{false} (TOML), or from the environment C{true}, C{false},
+    C{yes}, C{no}, C{1}, C{0}.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _durations(value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
         value = [part for part in value.split(",") if part.strip()]
@@ -266,6 +282,29 @@ BUILTIN_QOS: dict[str, dict[str, Any]] = {
     "bulk": {"priority": 10, "max_attempts": 6, "backoff": ["5m", "30m", "2h"]},
 }
 
+#: keys of each [kinds.<name>] table: the kinds of mail a person can tell
+#: apart (and turn off, where C{unsubscribable})
+KIND_SCHEMA: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "description": (_string, ""),
+    "unsubscribable": (_boolean, True),
+    "qos": (_string, "default"),
+}
+
+#: the kinds every installation has; [kinds.<name>] tables override their
+#: keys and may add more kinds
+BUILTIN_KINDS: dict[str, dict[str, Any]] = {
+    "login": {"description": "Sign-in links you asked for", "unsubscribable": False,
+              "qos": "transactional"},
+    "transactional": {"description": "Messages about your account and your requests",
+                      "unsubscribable": False, "qos": "transactional"},
+    "announcement": {"description": "Announcements from the course team",
+                     "unsubscribable": True, "qos": "default"},
+    "notification": {"description": "Notifications about activity in your groups",
+                     "unsubscribable": True, "qos": "notification"},
+    "digest": {"description": "The weekly digest of what happened in the course",
+               "unsubscribable": True, "qos": "bulk"},
+}
+
 #: environment variables with the EMAILD_ prefix that are not overrides
 _NOT_OVERRIDES = {"EMAILD_CONFIG", "EMAILD_TEST_DATABASE_URL"}
 
@@ -291,12 +330,30 @@ class QoSClass:
 
 
 @attrs.frozen
+class MailKind:
+    """
+    A kind of mail (see L{emaild.outbound.kinds}).
+    """
+
+    name: str
+    #: what a person sees on the preferences and unsubscribe pages
+    description: str
+    #: whether a person may turn it off; mail of a kind that is not carries
+    #: no List-Unsubscribe and is never suppressed by an opt-out
+    unsubscribable: bool
+    #: the QoS class its mail is queued in unless the caller names one
+    qos: str
+
+
+@attrs.frozen
 class Config:
     #: section -> key -> typed value, for every key in SCHEMA
     values: Mapping[str, Mapping[str, Any]]
     qos: Mapping[str, QoSClass]
     #: the file it came from, if any (for messages)
     source: str | None = None
+    #: kind name -> L{MailKind}
+    kinds: Mapping[str, MailKind] = attrs.field(factory=dict)
 
     def __getitem__(self, section: str) -> Mapping[str, Any]:
         return self.values[section]
@@ -328,8 +385,9 @@ def _parse_value(key: str, parser: Callable[[Any], Any], raw: Any) -> Any:
 
 def _env_overrides(environ: Mapping[str, str], qos_names: set[str]) -> dict[str, dict[str, str]]:
     """
-    Map C{EMAILD_RELAY_PASSWORD=x} to C{{"relay": {"password": "x"}}} and
-    C{EMAILD_QOS_BULK_RATE=2} to C{{"qos.bulk": {"rate": "2"}}}.
+    Map C{EMAILD_RELAY_PASSWORD=x} to C{{"relay": {"password": "x"}}},
+    C{EMAILD_QOS_BULK_RATE=2} to C{{"qos.bulk": {"rate": "2"}}} and
+    C{EMAILD_KINDS_DIGEST_QOS=bulk} to C{{"kinds.digest": {"qos": "bulk"}}}.
     """
     found: dict[str, dict[str, str]] = {}
     for var, value in environ.items():
@@ -344,6 +402,10 @@ def _env_overrides(environ: Mapping[str, str], qos_names: set[str]) -> dict[str,
             for key in QOS_SCHEMA:
                 if rest.endswith("_" + key) and len(rest) > len("qos_" + key) + 1:
                     target = ("qos." + rest[len("qos_"): -len(key) - 1], key)
+        if target is None and rest.startswith("kinds_"):
+            for key in KIND_SCHEMA:
+                if rest.endswith("_" + key) and len(rest) > len("kinds_" + key) + 1:
+                    target = ("kinds." + rest[len("kinds_"): -len(key) - 1], key)
         if target is None:
             raise ConfigError(
                 var,
@@ -381,11 +443,14 @@ def load_config(
     qos_raw = raw.pop("qos", {})
     if not isinstance(qos_raw, dict):
         raise ConfigError("qos", "must be tables such as [qos.bulk]")
+    kinds_raw = raw.pop("kinds", {})
+    if not isinstance(kinds_raw, dict):
+        raise ConfigError("kinds", "must be tables such as [kinds.digest]")
 
     layered: dict[str, dict[str, Any]] = {}
     for section, table in raw.items():
         if section not in SCHEMA:
-            raise ConfigError(section, f"unknown section [{section}]; known: {', '.join(sorted(SCHEMA))}, qos.<name>")
+            raise ConfigError(section, f"unknown section [{section}]; known: {', '.join(sorted(SCHEMA))}, qos.<name>, kinds.<name>")
         if not isinstance(table, dict):
             raise ConfigError(section, f"must be a table [{section}]")
         for key in table:
@@ -400,11 +465,24 @@ def load_config(
             if key not in QOS_SCHEMA:
                 raise ConfigError(f"qos.{name}.{key}", f"unknown key; known: {', '.join(QOS_SCHEMA)}")
         qos_tables.setdefault(name, {}).update(table)
+    kind_tables: dict[str, dict[str, Any]] = {n: dict(t) for n, t in BUILTIN_KINDS.items()}
+    for name, table in kinds_raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"kinds.{name}", "must be a table [kinds.<name>]")
+        for key in table:
+            if key not in KIND_SCHEMA:
+                raise ConfigError(f"kinds.{name}.{key}", f"unknown key; known: {', '.join(KIND_SCHEMA)}")
+        kind_tables.setdefault(name, {}).update(table)
 
     for layer in (_env_overrides(environ, set(qos_tables)), overrides or {}):
         for section, table in layer.items():
             if section.startswith("qos."):
                 qos_tables.setdefault(section[4:], {}).update(table)
+            elif section.startswith("kinds."):
+                for key in table:
+                    if key not in KIND_SCHEMA:
+                        raise ConfigError(f"{section}.{key}", f"unknown key; known: {', '.join(KIND_SCHEMA)}")
+                kind_tables.setdefault(section[6:], {}).update(table)
             else:
                 if section not in SCHEMA:
                     raise ConfigError(section, "unknown section")
@@ -427,6 +505,18 @@ def load_config(
         for key, (parser, default) in QOS_SCHEMA.items():
             typed[key] = _parse_value(f"qos.{name}.{key}", parser, table.get(key, default))
         qos[name] = QoSClass(name=name, **typed)
+    kinds: dict[str, MailKind] = {}
+    for name, table in kind_tables.items():
+        if not re.match(r"^[a-z0-9][a-z0-9_-]*$", name):
+            raise ConfigError(f"kinds.{name}", "kind names are lower-case letters, digits, '-' and '_'")
+        typed = {}
+        for key, (parser, default) in KIND_SCHEMA.items():
+            typed[key] = _parse_value(f"kinds.{name}.{key}", parser, table.get(key, default))
+        if typed["qos"] not in qos:
+            raise ConfigError(f"kinds.{name}.qos", f"no QoS class {typed['qos']!r}; configured: "
+                              f"{', '.join(sorted(qos))}")
+        typed["description"] = " ".join(typed["description"].split()) or name
+        kinds[name] = MailKind(name=name, **typed)
 
     relay = values["relay"]
     if relay["burst"] < 1:
@@ -435,4 +525,4 @@ def load_config(
         raise ConfigError(
             "relay.tls", "is 'none' while relay.username is set: credentials would travel in clear"
         )
-    return Config(values=values, qos=qos, source=source)
+    return Config(values=values, qos=qos, source=source, kinds=kinds)

@@ -1,6 +1,7 @@
 """
 The outbound part's tables: C{outbox}, C{outbox_attempts}, C{send_buckets},
-C{send_daily_usage} and C{suppressions}.  Nothing else touches them.
+C{send_daily_usage}, C{suppressions} and C{mail_optouts}.  Nothing else
+touches them.
 
 Times passed in (C{now}) are seconds since the epoch on the sender's clock,
 so tests can drive the queue with a L{twisted.internet.task.Clock}.
@@ -18,6 +19,7 @@ from emaild.config import QoSClass
 from emaild.db.database import Database, notify
 from emaild.outbound.bucket import Bucket
 from emaild.outbound.compose import Rendered
+from emaild.outbound.kinds import Scope, optout_reason
 from emaild.outbound.policy import Decision
 
 #: NOTIFY channel that wakes idle senders when mail is queued
@@ -44,6 +46,16 @@ class ClaimResult:
     #: seconds until claiming again is worth it (tokens, quota or a pause);
     #: None when nothing is due
     retry_in: float | None
+
+
+@attrs.frozen
+class OptOut:
+    person_id: int
+    scope: Scope
+    #: web, one-click, mailto, preferences
+    source: str
+    #: seconds since the epoch
+    created_at: float
 
 
 @attrs.frozen
@@ -96,15 +108,18 @@ class OutboxStore:
         async def insert(cursor):
             await cursor.execute(
                 "INSERT INTO outbox (template, qos, priority, recipient, envelope_from,"
-                " message_id, subject, body, batch)"
-                " SELECT %s, %s, %s, r, e, m, s, b, %s"
-                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[])"
-                "   WITH ORDINALITY AS v(r, e, m, s, b, n)"
+                " message_id, subject, body, batch, person_id, course_id, kind, unsubscribable)"
+                " SELECT %s, %s, %s, r, e, m, s, b, %s, p, c, k, u"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[],"
+                "   %s::bigint[], %s::bigint[], %s::text[], %s::boolean[])"
+                "   WITH ORDINALITY AS v(r, e, m, s, b, p, c, k, u, n)"
                 " ORDER BY n RETURNING id",
                 (template, qos.name, qos.priority, batch,
                  [m.recipient for m in messages], [m.envelope_from for m in messages],
                  [m.message_id for m in messages], [m.subject for m in messages],
-                 [Binary(m.data) for m in messages]),
+                 [Binary(m.data) for m in messages], [m.person_id for m in messages],
+                 [m.course_id for m in messages], [m.kind for m in messages],
+                 [m.unsubscribable for m in messages]),
             )
             ids = [row[0] for row in cursor.fetchall()]
             await notify(cursor, OUTBOX_CHANNEL)
@@ -118,8 +133,10 @@ class OutboxStore:
         """
         Take up to C{limit} due messages for C{owner}, as many as the shared
         token buckets and the daily quota allow, highest priority first;
-        mark them C{sending} under a lease.  Messages to suppressed addresses
-        are marked C{suppressed} instead.  Fires with a L{ClaimResult}.
+        mark them C{sending} under a lease.  Messages to suppressed addresses,
+        and unsubscribable messages whose person opted out of their kind or
+        of all mail (in their course or in every course), are marked
+        C{suppressed} instead, with the reason.  Fires with a L{ClaimResult}.
         """
         return self.db.transaction(self._claim, owner, now, limit, limits, classes)
 
@@ -160,7 +177,8 @@ class OutboxStore:
             return ClaimResult([], 0, retry_in if due else None)
 
         await cursor.execute(
-            "SELECT o.id, o.qos, o.recipient, o.envelope_from, o.body, o.attempts, s.reason"
+            "SELECT o.id, o.qos, o.recipient, o.envelope_from, o.body, o.attempts, s.reason,"
+            "   CASE WHEN o.unsubscribable THEN o.person_id END, o.course_id, o.kind"
             " FROM outbox o LEFT JOIN suppressions s ON s.address = lower(o.recipient)"
             " WHERE o.state = 'queued' AND o.next_attempt_at <= to_timestamp(%s)"
             "   AND o.qos <> ALL(%s::text[])"
@@ -169,10 +187,15 @@ class OutboxStore:
             (now, exhausted, allowed),
         )
         rows = cursor.fetchall()
+        opted_out = await self._opted_out(cursor, rows)
         claimed, suppressed = [], []
-        for row_id, qos, recipient, envelope_from, body, attempts, suppression in rows:
+        for (row_id, qos, recipient, envelope_from, body, attempts, suppression,
+             _person, _course, _kind) in rows:
             if suppression is not None:
                 suppressed.append((row_id, f"suppressed: {suppression}"))
+                continue
+            if row_id in opted_out:
+                suppressed.append((row_id, f"suppressed: {opted_out[row_id]}"))
                 continue
             bucket = capped.get(qos)
             if bucket is not None:
@@ -204,6 +227,31 @@ class OutboxStore:
         elif len(claimed) == allowed and allowed < limit:
             retry_in = relay.wait(limits.rate, now)
         return ClaimResult(claimed, len(suppressed), retry_in)
+
+    @staticmethod
+    async def _opted_out(cursor, rows) -> dict[int, str]:
+        """
+        {outbox id: reason} for the claimed rows whose person opted out of
+        them; one indexed query, and none when no row is unsubscribable.
+        """
+        wanted = [(r[0], r[7], r[8], r[9]) for r in rows if r[7] is not None and r[6] is None]
+        if not wanted:
+            return {}
+        await cursor.execute(
+            "SELECT DISTINCT ON (v.id) v.id, m.person_id, m.course_id, m.kind, m.source,"
+            "   to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[])"
+            "   AS v(id, person_id, course_id, kind)"
+            " JOIN mail_optouts m ON m.person_id = v.person_id"
+            "   AND (m.course_id IS NULL OR m.course_id = v.course_id)"
+            "   AND (m.kind IS NULL OR m.kind = v.kind)"
+            # the narrowest matching opt-out names the reason
+            " ORDER BY v.id, m.kind IS NULL, m.course_id IS NULL, m.id",
+            ([w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted],
+             [w[3] for w in wanted]),
+        )
+        return {row_id: optout_reason(person_id, Scope(course_id, kind), source, day)
+                for row_id, person_id, course_id, kind, source, day in cursor.fetchall()}
 
     # -- results ---------------------------------------------------------------
     def record(self, owner: str, decisions: Sequence[Decision], now: float,
@@ -358,3 +406,70 @@ class OutboxStore:
             " ON CONFLICT (address) DO UPDATE SET reason = EXCLUDED.reason",
             (address, reason),
         )
+
+    # -- opt-outs (mail_optouts) ---------------------------------------------------
+    async def add_optout(self, person_id: int, scope: Scope, source: str) -> bool:
+        """
+        Turn off the mail in C{scope} for C{person_id}; fires with whether
+        that was new (an existing opt-out keeps its source and date).
+        """
+        rows = await self.db.runQuery(
+            "INSERT INTO mail_optouts (person_id, course_id, kind, source) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (person_id, coalesce(course_id, 0), coalesce(kind, '')) DO NOTHING"
+            " RETURNING id",
+            (person_id, scope.course_id, scope.kind, source),
+        )
+        return bool(rows)
+
+    async def remove_optout(self, person_id: int, scope: Scope) -> bool:
+        """
+        Turn the mail in C{scope} back on (exactly that opt-out; broader or
+        narrower ones stay); fires with whether there was one.
+        """
+        rows = await self.db.runQuery(
+            "DELETE FROM mail_optouts WHERE person_id = %s"
+            " AND coalesce(course_id, 0) = coalesce(%s, 0) AND coalesce(kind, '') = coalesce(%s, '')"
+            " RETURNING id",
+            (person_id, scope.course_id, scope.kind),
+        )
+        return bool(rows)
+
+    async def optouts(self, person_id: int) -> list[OptOut]:
+        rows = await self.db.runQuery(
+            "SELECT person_id, course_id, kind, source, extract(epoch FROM created_at)::float8"
+            " FROM mail_optouts WHERE person_id = %s ORDER BY course_id NULLS FIRST, kind NULLS FIRST",
+            (person_id,),
+        )
+        return [OptOut(r[0], Scope(r[1], r[2]), r[3], r[4]) for r in rows]
+
+    def set_optouts(self, person_id: int, managed: Iterable[Scope], off: Iterable[Scope],
+                    source: str):
+        """
+        Of the C{managed} scopes (what a preferences form showed), make
+        exactly those in C{off} opted out, in one transaction; opt-outs
+        outside C{managed} are left alone, and ones that stay keep their
+        source and date.  Fires with (added, removed) counts.
+        """
+        managed = set(managed)
+        off = set(off) & managed
+        on = managed - off
+
+        async def apply(cursor):
+            removed = added = 0
+            if on:
+                await cursor.execute(
+                    "DELETE FROM mail_optouts m USING unnest(%s::bigint[], %s::text[]) AS v(c, k)"
+                    " WHERE m.person_id = %s AND coalesce(m.course_id, 0) = coalesce(v.c, 0)"
+                    "   AND coalesce(m.kind, '') = coalesce(v.k, '')",
+                    ([s.course_id for s in on], [s.kind for s in on], person_id))
+                removed = cursor.rowcount
+            if off:
+                await cursor.execute(
+                    "INSERT INTO mail_optouts (person_id, course_id, kind, source)"
+                    " SELECT %s, c, k, %s FROM unnest(%s::bigint[], %s::text[]) AS v(c, k)"
+                    " ON CONFLICT (person_id, coalesce(course_id, 0), coalesce(kind, '')) DO NOTHING",
+                    (person_id, source, [s.course_id for s in off], [s.kind for s in off]))
+                added = cursor.rowcount
+            return added, removed
+
+        return self.db.transaction(apply)
