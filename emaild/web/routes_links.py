@@ -1,1 +1,392 @@
-"""Routes: links (see the module docstring once written)."""
+"""
+Routes: login links from mail (C{/email/<token>}).
+
+C{GET /email/<token>}
+    A valid login link signs its person in with a I{new} session (the
+    browser's previous session, if any, is revoked: no fixation), records
+    the use, and answers C{303 See Other} to the link's target (a path on
+    this site or an allowed origin, checked when the link was minted).
+    An unknown, altered, truncated or foreign token (another purpose, another
+    row's secret) is a 404 page; a real but expired one is a 410 page that
+    offers to mail a fresh link.  A database outage is a 503 page.  Never a
+    500, never a traceback.
+
+    Every response under C{/email/} (errors and unknown sub-paths included)
+    carries C{Referrer-Policy: no-referrer}, because the token is in the URL
+    and must not leak to the target or to any resource the page loads, and
+    C{Cache-Control: no-store}.
+
+Prefetching mail scanners
+    Links stay valid until they expire and may be used any number of times,
+    so a scanner that fetches a link does not burn it for the learner.  A
+    scanner's GET does start a session, but the cookie goes to the scanner
+    only; the learner's own click starts their own session (accepted
+    practice for magic links).
+    C{HEAD} never signs anyone in: it answers with the status and headers a
+    GET would (303 with its Location, 404 or 410) but starts no session, sets
+    no cookie and does not count as a use.  Link checkers that probe with
+    HEAD therefore see a live link without side effects.
+
+C{POST /email/<token>/fresh}  ("mail me a new link", the 410 page's form)
+    Mails the link's person, at their I{current} address from the people
+    store, a fresh login link to the same target (template C{login_link},
+    QoS C{transactional}).  The answer page shows the address only masked
+    (C{a***@example.org}).  A person without an address gets a page saying
+    so.  At most C{[web] fresh_link_limit} requests per person per
+    C{[web] fresh_link_window}, counted in C{fresh_link_requests} under a
+    per-person advisory lock (so two concurrent requests cannot both take
+    the last slot); beyond that a 429 page with C{Retry-After} saying when to
+    try again.  If the link is still valid, the POST simply redirects (303)
+    to it.
+
+    CSRF without a session: the expired token itself is the capability (it
+    is in the URL; only someone who has the mail can post here, and the mail
+    only ever goes to the person's own address, never to the requester).
+    In addition the form must echo the token in a hidden C{token} field (a
+    bare POST to the URL, e.g. from a scanner or a replayed URL, sends
+    nothing), and a request that a browser marks as cross-site
+    (C{Sec-Fetch-Site: cross-site/same-site}, or an C{Origin} header that is
+    neither this site's origin nor C{null}) is refused with a 403.  (The 410
+    page is served with C{no-referrer}, so browsers send C{Origin: null} on
+    its own form: that is accepted.)
+
+Both routes
+    A client that disconnects does not cancel the work in flight (see
+    L{uncancellable}): the session, the use count or the mail are completed.
+    Uses are counted by L{UseCounter}, which writes the uses of concurrent
+    clicks in one UPDATE; each redirect still waits for its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import weakref
+from urllib.parse import quote, urlsplit
+
+from klein.interfaces import IKleinRequest
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from emaild.db.database import DatabaseUnavailable
+from emaild.links.service import LOGIN, LinkError
+from emaild.outbound.compose import ComposeError, check_address
+from emaild.web.app import WebApp, form_value
+
+log = Logger()
+
+#: first key of the advisory lock that serialises one person's fresh-link requests
+_FRESH_LOCK_CLASS = 0x656D6C6B  # "emlk"
+
+#: the email template of a fresh login link (subject, text and HTML)
+LOGIN_LINK_TEMPLATE = "login_link"
+
+#: characters left as they are in a redirect target (already a valid URL)
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def uncancellable(route):
+    """
+    Run an C{async def} route to the end even if the client goes away.
+
+    Klein cancels a route's Deferred when the connection is lost; that
+    cancellation would reach the query in flight, and txpostgres answers a
+    cancel with an error (logged as "Unhandled Error Processing Request")
+    and a pool connection in mid-cancel.  A click whose browser went away
+    must still finish its transaction, so the cancellation stops here: Klein
+    gets its CancelledError (which it ignores for a finished request) and
+    the work completes.
+    """
+
+    @functools.wraps(route)
+    def wrapper(*args, **kwargs):
+        work = defer.ensureDeferred(route(*args, **kwargs))
+        answer = defer.Deferred()
+
+        def forward(result):
+            if not answer.called:
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(result)
+            elif isinstance(result, Failure):
+                log.failure("Error in {route} after the client went away", result,
+                            route=route.__name__)
+
+        work.addBoth(forward)
+        return answer
+
+    return wrapper
+
+
+def mask_address(address: str) -> str:
+    """
+    C{alice@example.org} -> C{a***@example.org}: enough for a person to
+    recognise their own address, not enough to learn someone else's.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain}"
+
+
+def _when(seconds: float) -> str:
+    seconds = max(1, int(seconds + 0.999))
+    if seconds < 90:
+        return f"{seconds} seconds"
+    minutes = (seconds + 59) // 60
+    if minutes < 90:
+        return f"{minutes} minutes"
+    hours = (minutes + 59) // 60
+    return f"{hours} hours"
+
+
+class FreshLinkRequests:
+    """
+    The web part's C{fresh_link_requests} table: who asked for a fresh
+    login link when, for the per-person rate limit.
+    """
+
+    def __init__(self, db):
+        self.db = db
+
+    def take(self, person_id: int, limit: int, window: float):
+        """
+        Record a request for C{person_id} if fewer than C{limit} were made in
+        the last C{window} seconds.  Fires with C{(True, 0)} when recorded,
+        or C{(False, seconds until the oldest one leaves the window)}.
+        """
+        return self.db.transaction(self._take, person_id, limit, window)
+
+    async def _take(self, cursor, person_id, limit, window):
+        await cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                             (_FRESH_LOCK_CLASS, person_id % 2147483647))
+        await cursor.execute(
+            "DELETE FROM fresh_link_requests WHERE person_id = %s"
+            " AND requested_at <= now() - make_interval(secs => %s)", (person_id, window))
+        await cursor.execute(
+            "SELECT count(*), extract(epoch FROM min(requested_at)"
+            "   + make_interval(secs => %s) - now())::float8"
+            " FROM fresh_link_requests WHERE person_id = %s", (window, person_id))
+        count, wait = cursor.fetchone()
+        if count >= limit:
+            return False, max(float(wait or 0.0), 1.0)
+        await cursor.execute(
+            "INSERT INTO fresh_link_requests (person_id) VALUES (%s)", (person_id,))
+        return True, 0.0
+
+
+class UseCounter:
+    """
+    Counts link uses (C{links.uses}, C{last_used_at}) in batches: while one
+    UPDATE is in flight, the uses of the requests that arrive meanwhile are
+    collected and written by the next one, so under load many clicks share
+    one statement and one commit.  Each caller's Deferred fires once its own
+    use is written (or fails with the write's error), so a redirect is never
+    sent before its use is recorded.  Under light load a batch is one use,
+    written at once.
+    """
+
+    def __init__(self, db):
+        self.db = db
+        self._pending: dict[int, int] = {}
+        self._waiting: list[defer.Deferred] = []
+        self._busy = False
+
+    def record(self, link_id: int) -> defer.Deferred:
+        d = defer.Deferred()
+        self._pending[link_id] = self._pending.get(link_id, 0) + 1
+        self._waiting.append(d)
+        if not self._busy:
+            self._flush()
+        return d
+
+    def _flush(self) -> None:
+        pending, waiting = self._pending, self._waiting
+        self._pending, self._waiting = {}, []
+        self._busy = True
+        ids = list(pending)
+        written = self.db.runOperation(
+            "UPDATE links SET uses = uses + v.n, last_used_at = now()"
+            " FROM unnest(%s::bigint[], %s::int[]) AS v(id, n) WHERE links.id = v.id",
+            (ids, [pending[i] for i in ids]))
+
+        def done(result):
+            self._busy = False
+            for d in waiting:
+                if isinstance(result, defer.Failure):
+                    d.errback(result)
+                else:
+                    d.callback(None)
+            if self._pending:
+                self._flush()
+
+        written.addBoth(done)
+
+
+#: one use counter per web app (its database)
+_counters: "weakref.WeakKeyDictionary[WebApp, UseCounter]" = weakref.WeakKeyDictionary()
+
+
+def _use_counter(app: WebApp) -> UseCounter:
+    counter = _counters.get(app)
+    if counter is None:
+        counter = _counters[app] = UseCounter(app.db)
+    return counter
+
+
+def _no_referrer(request) -> None:
+    request.setHeader(b"Referrer-Policy", b"no-referrer")
+    request.setHeader(b"Cache-Control", b"no-store")
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _cross_site(request, site_origin: str) -> bool:
+    """
+    Whether the browser says this POST comes from another site.
+    """
+    fetch_site = (request.getHeader(b"sec-fetch-site") or b"").lower()
+    if fetch_site in (b"cross-site", b"same-site"):
+        return True
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return False
+    origin = origin.decode("latin-1").strip().lower()
+    return origin not in ("null", site_origin)
+
+
+def _unavailable(self: WebApp, request) -> bytes:
+    return self.pages.error(request, 503, "We cannot reach our database right now. "
+                            "Please try your link again in a few minutes.")
+
+
+def _unknown(self: WebApp, request) -> bytes:
+    return self.pages.render(request, "link_invalid.html", 404, status=404, title="Link not valid")
+
+
+def _expired(self: WebApp, request, token: str) -> bytes:
+    return self.pages.render(request, "link_expired.html", 410, status=410, title="Link expired",
+                             token=token)
+
+
+def _unusable_address(self: WebApp, request, address: str) -> bytes:
+    return self.pages.render(request, "link_no_address.html", 200, title="No usable email address",
+                             masked=mask_address(address), unusable=True)
+
+
+@WebApp.app.route("/email/<token>", methods=["GET", "HEAD"])
+@uncancellable
+async def login_link(self: WebApp, request, token: str):
+    _no_referrer(request)
+    try:
+        resolution = await self.links.resolve(token, LOGIN)
+        if resolution.status == "unknown":
+            return _unknown(self, request)
+        if resolution.status == "expired":
+            return _expired(self, request, token)
+        link = resolution.link
+        if request.method != b"HEAD":
+            # count the use while the session is being created
+            used = _use_counter(self).record(link.id)
+            try:
+                await self.sessions.start(request, link.person_id)
+            except BaseException:
+                used.addErrback(lambda _: None)
+                raise
+            await used
+    except DatabaseUnavailable:
+        return _unavailable(self, request)
+    # targets were checked when minted; quote anything non-ASCII (an IRI)
+    location = quote(self.links.redirect_location(link), safe=_URL_SAFE).encode("ascii")
+    request.setResponseCode(303)
+    request.setHeader(b"Location", location)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return b"Signed in; continue to " + location + b"\n"
+
+
+@WebApp.app.route("/email/<token>/fresh", methods=["POST"])
+@uncancellable
+async def fresh_link(self: WebApp, request, token: str):
+    _no_referrer(request)
+    site_origin = _origin_of(self.config["http"]["public_url"])
+    try:
+        resolution = await self.links.resolve(token, LOGIN)
+        if resolution.status == "unknown":
+            return _unknown(self, request)
+        if _cross_site(request, site_origin):
+            return self.pages.error(request, 403, "This form can only be sent from our own page. "
+                                    "Open the link from your email again.")
+        if form_value(request, "token") != token:
+            return self.pages.error(request, 400, "The form was incomplete. Open the link "
+                                    "from your email again and use its button.")
+        if resolution.status == "ok":
+            # still valid (e.g. the page was open across a clock change): use it
+            request.setResponseCode(303)
+            request.setHeader(b"Location", f"/email/{token}".encode("ascii"))
+            return b""
+        link = resolution.link
+        person = await self.people.get(link.person_id)
+        if person is None:
+            return _unknown(self, request)
+        if not person.email:
+            return self.pages.render(request, "link_no_address.html", 200,
+                                     title="No email address", unusable=False)
+        try:
+            check_address(person.email)
+        except ComposeError:
+            return _unusable_address(self, request, person.email)
+        if self.outbox is None:
+            return self.pages.error(request, 503, "We cannot send mail from here right now.")
+        web = self.config["web"]
+        allowed, wait = await FreshLinkRequests(self.db).take(
+            person.id, web["fresh_link_limit"], web["fresh_link_window"])
+        if not allowed:
+            request.setHeader(b"Retry-After", str(int(wait + 0.999)).encode("ascii"))
+            return self.pages.render(
+                request, "link_rate_limited.html", 429, status=429, title="Too many requests",
+                wait=_when(wait),
+                retry_at=time.strftime("%H:%M UTC", time.gmtime(time.time() + wait)),
+                limit=web["fresh_link_limit"], window=_when(web["fresh_link_window"]))
+        try:
+            url = await self.links.login_url(person.id, link.target)
+        except LinkError:
+            # the target is no longer allowed by the configuration
+            url = await self.links.login_url(person.id, "/home")
+        context = {"name": person.display_name, "login_url": url,
+                   "site_url": self.config["http"]["public_url"]}
+        try:
+            report = await self.outbox.enqueue(LOGIN_LINK_TEMPLATE, [(person.email, context)],
+                                               qos="transactional")
+        except ComposeError as e:
+            log.error("Cannot mail a fresh login link to person {person}: {error}",
+                      person=person.id, error=str(e))
+            return self.pages.error(request, 503, "We could not prepare the email right now; "
+                                    "it has been logged. Please try again later.")
+        if report.rejected:
+            return _unusable_address(self, request, person.email)
+    except DatabaseUnavailable:
+        return _unavailable(self, request)
+    return self.pages.render(request, "link_sent.html", 200, title="New link sent",
+                             masked=mask_address(person.email))
+
+
+@WebApp.app.route("/email/", branch=True, methods=_ALL_METHODS)
+def other_email_paths(self: WebApp, request):
+    """
+    Anything else under /email/ (a wrong method, a token with a slash):
+    the usual 404/405 pages, but never leaking the URL as a referrer.
+    """
+    _no_referrer(request)
+    segments = [s for s in IKleinRequest(request).branch_segments if s]
+    exists = (len(segments) == 1 and request.method not in (b"GET", b"HEAD")) or (
+        len(segments) == 2 and segments[1] == "fresh" and request.method != b"POST")
+    if exists:
+        return self.pages.error(request, 405, "This page does not accept that kind of request.")
+    return _unknown(self, request)
