@@ -1,0 +1,373 @@
+"""
+Login-link redirects under load: C{GET /email/<token>} of the real daemon
+(twistd -n emaild, embedded PostgreSQL in a temp state dir) beside a bare
+Klein route that returns a constant (a tiny Klein app in its own process, same
+Python, same reactor, same Site with its access log), driven by wrk in the
+same run.
+
+Each request to the daemon picks a random token out of --links valid login
+links (one per person), so every request is the real thing: decode the
+token, look the row up, start a session (a transaction: INSERT into
+web_sessions), count the use (UPDATE links), answer 303 with Set-Cookie.
+wrk keeps no cookies, so no session is ever revoked.
+
+Targets (from the issue): at least half the bare route's requests/s, and a
+p99 under 20 ms, at 50 concurrent connections.
+
+    python bench/links_bench.py [--duration 20] [--connections 50] [--rounds 2]
+                                [--links 5000] [--profile]
+
+Needs wrk (Debian: apt-get install -y wrk).  --profile records the daemon
+with py-spy (pip install py-spy) during the last link run and prints where
+the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (Bench, cpu_seconds, free_port, python, reexec_in_venv,  # noqa: E402
+                          table, wait_for)
+
+SALT = "links bench salt"
+
+BARE_APP = r"""
+import sys
+from klein import Klein
+from twisted.internet import reactor
+from twisted.python import log
+from twisted.web.server import Site
+
+log.startLogging(open(sys.argv[2], "a"), setStdout=False)
+app = Klein()
+
+@app.route("/bare", methods=["GET"])
+def bare(request):
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return b"ok\n"
+
+reactor.listenTCP(int(sys.argv[1]), Site(app.resource()), interface="127.0.0.1")
+print("listening", flush=True)
+reactor.run()
+"""
+
+# --single-insert: an experiment, not emaild's code.  It starts the same
+# daemon with SessionStore.create replaced by one autocommitted INSERT when
+# there is no previous session to revoke (what wrk's cookie-less requests
+# always hit), instead of BEGIN; INSERT; COMMIT: the change to sessions.py
+# that RESULTS-web.md proposes, measured.
+SINGLE_INSERT_DAEMON = r"""
+import secrets, sys
+from emaild.web import sessions
+
+original = sessions.SessionStore.create
+
+async def create(self, person_id, now, max_age, replaces):
+    if replaces is not None:
+        return await original(self, person_id, now, max_age, replaces)
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+    await self.db.runOperation(
+        "INSERT INTO web_sessions (id, person_id, csrf_token, expires_at)"
+        " VALUES (%s, %s, %s, to_timestamp(%s))",
+        (sessions._hash(token), person_id, csrf, now + max_age))
+    return token, sessions.Session(sessions._hash(token), person_id, csrf)
+
+sessions.SessionStore.create = create
+from twisted.scripts.twistd import run
+sys.argv = ["twistd", "-n", "--pidfile=", "emaild", "--config", sys.argv[1]]
+run()
+"""
+
+LUA = r"""
+local paths = {}
+for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
+local threads = 0
+
+setup = function(thread)
+  threads = threads + 1
+  thread:set("seed", threads)
+end
+
+init = function(args)
+  math.randomseed(os.time() * 1000 + (seed or 0))
+end
+
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p90_us": %%d, ' ..
+    '"p99_us": %%d, "max_us": %%d, "mean_us": %%.1f, "connect": %%d, "read": %%d, ' ..
+    '"write": %%d, "status": %%d, "timeout": %%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, latency.mean, e.connect, e.read, e.write,
+    e.status, e.timeout))
+end
+"""
+
+
+def need_wrk() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        raise SystemExit("wrk is not installed. On Debian/Ubuntu: apt-get update && "
+                         "apt-get install -y wrk  (or build it from its sources).")
+    return path
+
+
+def write_config(b: Bench, port: int, pool_size: int) -> Path:
+    path = b.dir / "links.toml"
+    path.write_text("\n".join([
+        "[paths]", f'state_dir = "{b.dir}"',
+        "[database]", f'url = "{b.dsn}"', f"pool_size = {pool_size}",
+        "[http]", f'endpoint = "tcp:{port}:interface=127.0.0.1"',
+        f'public_url = "http://127.0.0.1:{port}"',
+        "[smtp]", f'endpoint = "tcp:{free_port()}:interface=127.0.0.1"',
+        'relay_domain = "bench.example.org"',
+        "[mail]", 'from_address = "course@bench.example.org"',
+        "[links]", f'salt = "{SALT}"',
+    ]) + "\n")
+    return path
+
+
+def start_patched_daemon(b: Bench, config: Path) -> subprocess.Popen:
+    log = b.dir / "daemon.log"
+    proc = b.spawn([python(), "-c", SINGLE_INSERT_DAEMON, str(config)], log=log, cwd=b.dir)
+
+    def ready():
+        if proc.poll() is not None:
+            raise SystemExit(f"daemon exited ({proc.returncode}):\n" + log.read_text()[-3000:])
+        return b"emaild ready" in log.read_bytes()
+
+    wait_for(ready, 60, 0.05, "the daemon to be ready")
+    return proc
+
+
+def make_links(b: Bench, n: int) -> list[str]:
+    """n people, one valid login link each (to /home); their URL paths."""
+    from emaild.links.tokens import TokenCodec, TokenParts, new_secret
+
+    b.sql("INSERT INTO people (email, display_name)"
+          " SELECT 'learner' || i || '@example.edu', 'Learner ' || i"
+          " FROM generate_series(1, %s) i", (n,))
+    people = [row[0] for row in b.sql("SELECT id FROM people ORDER BY id")]
+    secrets_ = [new_secret() for _ in people]
+    rows = b.sql(
+        "INSERT INTO links (person_id, purpose, target, secret_hi, secret_lo, expires_at)"
+        " SELECT p, 'login', '/home', h, l, now() + interval '30 days'"
+        " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS v(p, h, l)"
+        " RETURNING id, secret_hi, secret_lo",
+        (people, [s[0] for s in secrets_], [s[1] for s in secrets_]))
+    codec = TokenCodec(SALT)
+    return [f"/email/{codec.encode(TokenParts(*row))}" for row in rows]
+
+
+def check_link(port: int, path: str) -> None:
+    """One request by hand: the daemon must answer 303 with a cookie."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        opener.open(f"http://127.0.0.1:{port}{path}", timeout=10)
+        raise SystemExit(f"{path}: expected a 303, got a 2xx")
+    except urllib.error.HTTPError as e:
+        if e.code != 303 or "emaild_session=" not in (e.headers.get("Set-Cookie") or ""):
+            raise SystemExit(f"{path}: expected 303 with a session cookie, got {e.code}")
+
+
+def run_wrk(wrk: str, lua: Path, url: str, duration: float, connections: int,
+            threads: int) -> dict:
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
+            "--timeout", "5s", "-s", str(lua), url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["argv"] = " ".join(argv)
+    return result
+
+
+def measured(wrk, lua, url, pids, args) -> dict:
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = run_wrk(wrk, lua, url, args.duration, args.connections, args.threads)
+    for name, pid in pids.items():
+        result[f"cpu_{name}"] = (cpu_seconds(pid) - before[name]) / (result["duration_us"] / 1e6)
+    return result
+
+
+def profile(b: Bench, pid: int, seconds: float) -> subprocess.Popen | None:
+    spy = shutil.which("py-spy") or str(Path(python()).parent / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy not found (pip install py-spy): no profile", file=sys.stderr)
+        return None
+    return b.spawn([spy, "record", "--pid", str(pid), "--rate", "250", "--duration",
+                    str(int(seconds)), "--format", "raw", "--idle", "--nonblocking",
+                    "--output", str(b.dir / "links.pyspy")], log=b.dir / "py-spy.log")
+
+
+def _area(frames: list[str]) -> str:
+    leaf = frames[-1]
+    if leaf.startswith("EPollReactor.doPoll") or (
+            leaf.startswith("untilConcludes") and len(frames) > 1
+            and frames[-2].startswith("EPollReactor.doPoll")):
+        return "idle: waiting in epoll (for PostgreSQL or clients)"
+    joined = ";".join(frames)
+    if "HTTPFactory.log" in joined or "twisted/logger/" in joined:
+        return "access log and other logging"
+    if "jinja2" in joined:
+        return "templates"
+    if "txpostgres" in joined or "psycopg2" in joined:
+        return "database client (txpostgres/psycopg2)"
+    if "hashids" in joined:
+        return "token decode (hashids)"
+    if "(emaild/" in leaf:
+        return "emaild code itself"
+    if "klein/" in joined or "werkzeug/" in joined:
+        return "Klein/werkzeug routing and rendering"
+    return "Twisted HTTP, TCP and Deferreds"
+
+
+def summarise_profile(path: Path, top: int = 15) -> str:
+    """Share of py-spy samples (raw format, --idle) per area and per innermost frame."""
+    leaves: dict[str, int] = {}
+    areas: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        area = _area(frames)
+        areas[area] = areas.get(area, 0) + n
+        if not area.startswith("idle"):
+            leaves[frames[-1]] = leaves.get(frames[-1], 0) + n
+    lines = ["share  area"] + [f"{100 * v / total:5.1f}%  {k}"
+                               for k, v in sorted(areas.items(), key=lambda kv: -kv[1])]
+    lines += ["", "share  innermost frame (busy samples)"] + [
+        f"{100 * v / total:5.1f}%  {k}"
+        for k, v in sorted(leaves.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    reexec_in_venv()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--links", type=int, default=5000)
+    parser.add_argument("--pool-size", type=int, default=4,
+                        help="[database] pool_size of the daemon (emaild's default: 4)")
+    parser.add_argument("--async-commit", action="store_true",
+                        help="experiment: ALTER DATABASE ... SET synchronous_commit = off")
+    parser.add_argument("--single-insert", action="store_true",
+                        help="experiment: sessions start with one INSERT (see the source)")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    wrk = need_wrk()
+
+    with Bench("links", keep=args.keep) as b:
+        paths = make_links(b, args.links)
+        (b.dir / "links.txt").write_text("\n".join(paths) + "\n")
+        (b.dir / "bare.txt").write_text("/bare\n")
+        links_lua, bare_lua = b.dir / "links.lua", b.dir / "bare.lua"
+        links_lua.write_text(LUA % {"paths": b.dir / "links.txt"})
+        bare_lua.write_text(LUA % {"paths": b.dir / "bare.txt"})
+
+        if args.async_commit:
+            b.sql("ALTER DATABASE emaild SET synchronous_commit = off")
+        port = free_port()
+        config = write_config(b, port, args.pool_size)
+        if args.single_insert:
+            daemon = start_patched_daemon(b, config)
+        else:
+            daemon = b.start_daemon(config, "daemon.log")
+        bare_port = free_port()
+        bare = b.spawn([python(), "-c", BARE_APP, str(bare_port), str(b.dir / "bare.log")],
+                       stdout=subprocess.PIPE)
+        if bare.stdout.readline().strip() != b"listening":
+            raise SystemExit("the bare Klein app did not start")
+        check_link(port, paths[0])
+
+        pg = b.postmaster_pid()
+        links_url = f"http://127.0.0.1:{port}/"
+        bare_url = f"http://127.0.0.1:{bare_port}/"
+        for lua, url in ((bare_lua, bare_url), (links_lua, links_url)):  # warm up
+            run_wrk(wrk, lua, url, args.warmup, args.connections, args.threads)
+
+        results = []
+        spy = None
+        for round_ in range(1, args.rounds + 1):
+            r = measured(wrk, bare_lua, bare_url, {"app": bare.pid}, args)
+            results.append(("bare Klein route", round_, r))
+            if args.profile and round_ == args.rounds:
+                spy = profile(b, daemon.pid, args.duration)
+            r = measured(wrk, links_lua, links_url, {"app": daemon.pid, "pg": pg}, args)
+            results.append(("GET /email/<token>", round_, r))
+        if spy is not None:
+            spy.wait()
+        b.end(bare)
+        b.end(daemon)
+
+        sessions = b.sql("SELECT count(*) FROM web_sessions")[0][0]
+        uses = b.sql("SELECT sum(uses) FROM links")[0][0]
+        log = (b.dir / "daemon.log").read_bytes().splitlines()
+        access = sum(1 for line in log if b'"GET /email/' in line)
+        tracebacks = sum(1 for line in log if b"Traceback" in line)
+
+        rows = []
+        for name, round_, r in results:
+            rows.append([name, round_, f"{r['rps']:.0f}", f"{r['p50_us'] / 1000:.2f}",
+                         f"{r['p90_us'] / 1000:.2f}", f"{r['p99_us'] / 1000:.2f}",
+                         f"{r['max_us'] / 1000:.1f}",
+                         r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"],
+                         f"{100 * r['cpu_app']:.0f}%",
+                         f"{100 * r['cpu_pg']:.0f}%" if "cpu_pg" in r else "-"])
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+              f"{platform.python_implementation()} {platform.python_version()}, "
+              f"{platform.platform()}")
+        print(f"wrk: {results[0][2]['argv']}")
+        print(f"daemon: [database] pool_size = {args.pool_size}"
+              + (", EXPERIMENT: single-INSERT sessions" if args.single_insert else "")
+              + (", EXPERIMENT: synchronous_commit = off" if args.async_commit else ""))
+        print(f"links: {args.links} valid login links, one per person; "
+              f"{args.rounds} rounds of {args.duration:g}s each, bare then links\n")
+        print(table(["route", "round", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                     "errors", "app CPU", "pg CPU"], rows))
+        for round_ in range(1, args.rounds + 1):
+            bare_r = next(r for n, k, r in results if k == round_ and n.startswith("bare"))
+            link_r = next(r for n, k, r in results if k == round_ and n.startswith("GET"))
+            ratio = link_r["rps"] / bare_r["rps"]
+            print(f"round {round_}: links/bare throughput ratio {ratio:.2f} "
+                  f"(target >= 0.5: {'met' if ratio >= 0.5 else 'MISSED'}); links p99 "
+                  f"{link_r['p99_us'] / 1000:.1f} ms (target < 20 ms: "
+                  f"{'met' if link_r['p99_us'] < 20000 else 'MISSED'})")
+        print(f"\nsessions created: {sessions}, link uses recorded: {uses}; daemon log: "
+              f"{len(log)} lines, {access} of them access-log lines for /email/, "
+              f"{tracebacks} tracebacks")
+        if spy is not None and (b.dir / "links.pyspy").exists():
+            print("\nwhere the daemon's time goes (py-spy, last links run):")
+            print(summarise_profile(b.dir / "links.pyspy"))
+
+
+if __name__ == "__main__":
+    main()
