@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
 
 from txpostgres.psycopg2_impl import psycopg2
@@ -179,6 +180,27 @@ def _connect_kwargs() -> dict:
     }
 
 
+def _uncancellable(d: defer.Deferred) -> defer.Deferred:
+    """
+    A Deferred for C{d}'s result whose cancellation does not reach C{d}.
+
+    Cancelling a txpostgres query in flight raises from its canceller and
+    leaves the connection mid-cancel; callers that give up (a client that
+    disconnected, Ctrl-C in the CLI) only stop waiting, and the query or
+    transaction runs to its end.
+    """
+    waiter = defer.Deferred()
+
+    def forward(result):
+        if not waiter.called:
+            waiter.callback(result) if not isinstance(result, Failure) else waiter.errback(result)
+        elif isinstance(result, Failure) and not result.check(DatabaseUnavailable):
+            log.failure("database call failed after its caller stopped waiting", result)
+
+    d.addBoth(forward)
+    return waiter
+
+
 class Database:
     """
     @ivar dsn: libpq connection string or URL.
@@ -229,11 +251,11 @@ class Database:
 
     def runQuery(self, sql: str, params: Any = None) -> defer.Deferred:  # noqa: N802
         d = defer.maybeDeferred(lambda: self._checked().runQuery(sql, params))
-        return d.addErrback(self._fail_clearly)
+        return _uncancellable(d.addErrback(self._fail_clearly))
 
     def runOperation(self, sql: str, params: Any = None) -> defer.Deferred:  # noqa: N802
         d = defer.maybeDeferred(lambda: self._checked().runOperation(sql, params))
-        return d.addErrback(self._fail_clearly)
+        return _uncancellable(d.addErrback(self._fail_clearly))
 
     def transaction(self, fn: Callable[..., Awaitable[Any]], *args, **kwargs) -> defer.Deferred:
         """
@@ -248,7 +270,7 @@ class Database:
             return defer.ensureDeferred(fn(cursor, *args, **kwargs))
 
         d = defer.maybeDeferred(lambda: self._checked().runInteraction(interaction))
-        return d.addErrback(self._fail_clearly)
+        return _uncancellable(d.addErrback(self._fail_clearly))
 
     @property
     def connected(self) -> bool:
