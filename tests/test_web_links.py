@@ -427,7 +427,7 @@ class FreshLinkTests(LinkTestCase):
         (row,) = self.outbox_rows()
         recipient, template, qos, raw = row
         self.assertEqual((recipient, template, qos),
-                         ("ada.lovelace@example.org", "login_link", "transactional"))
+                         ("ada.lovelace@example.org", "login", "transactional"))
         message = email.message_from_bytes(bytes(raw))
         self.assertIn("sign-in link", message["Subject"])
         self.assertIn("ada.lovelace@example.org", message["To"])

@@ -1,18 +1,22 @@
 """
 The Klein application: what every route shares (config, database, pages,
 sessions, links, people) and the routes that belong to no other concern
-(health, static files, error pages, sign-out).  Routes of a concern live in
+(health, static files, error pages).  Routes of a concern live in
 their own module (C{routes_*.py}) and register on L{WebApp.app}.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from pathlib import Path
 
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -28,6 +32,18 @@ log = Logger()
 
 #: how long /healthz waits for the database before calling it down
 HEALTH_QUERY_TIMEOUT = 2.0
+
+
+_TOKEN_IN_PATH = re.compile(r"(/(?:email|unsubscribe)/)[A-Za-z0-9]+")
+
+
+def access_log_line(timestamp, request) -> str:
+    """
+    The combined-log-format access line, with link tokens (credentials:
+    anyone holding one signs in as its person) replaced by C{<token>}, in
+    the request path and the referrer alike.
+    """
+    return _TOKEN_IN_PATH.sub(r"\1<token>", http.combinedLogFormatter(timestamp, request))
 
 
 def json_response(request, status: int, body) -> bytes:
@@ -46,6 +62,39 @@ def form_value(request, name: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return ""
+
+
+def uncancellable(route):
+    """
+    Run an C{async def} route to the end even if the client goes away.
+
+    Klein cancels a route's Deferred when the connection is lost.  Database
+    calls are never cancelled (see L{emaild.db.database}), but a route with
+    several steps (a sign-in: check the link, make the session, count the
+    use) would stop between them; with this it completes, and Klein gets its
+    CancelledError (which it ignores for a finished request).
+    """
+
+    @functools.wraps(route)
+    def wrapper(*args, **kwargs):
+        work = defer.ensureDeferred(route(*args, **kwargs))
+        answer = defer.Deferred()
+
+        def forward(result):
+            if not answer.called:
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(result)
+            elif isinstance(result, Failure):
+                log.failure("Error in {route} after the client went away", result,
+                            route=route.__name__)
+
+        work.addBoth(forward)
+        return answer
+
+    return wrapper
+
 
 
 class WebApp:
@@ -76,6 +125,11 @@ class WebApp:
 
     def resource(self):
         return SecurityHeaders(self.app.resource(), self.config["web"]["lms_origins"])
+
+    def site(self):
+        from twisted.web.server import Site
+
+        return Site(self.resource(), logFormatter=access_log_line)
 
     # -- health ------------------------------------------------------------
     async def _database_state(self) -> dict:

@@ -22,24 +22,9 @@ All pages are autoescaped Jinja2 (names and course titles come from the LMS).
 
 from __future__ import annotations
 
-import functools
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.web.app import WebApp
-
-
-def uncancellable(route):
-    """
-    L{emaild.web.routes_links.uncancellable}, looked up when called (the two
-    route modules are imported by app.py in either order).
-    """
-
-    @functools.wraps(route)
-    def wrapper(*args, **kwargs):
-        from emaild.web.routes_links import uncancellable as shield
-        return shield(route)(*args, **kwargs)
-
-    return wrapper
+from emaild.web.app import WebApp, uncancellable
 
 
 def _unavailable(self: WebApp, request) -> bytes:

@@ -29,7 +29,7 @@ Prefetching mail scanners
 
 C{POST /email/<token>/fresh}  ("mail me a new link", the 410 page's form)
     Mails the link's person, at their I{current} address from the people
-    store, a fresh login link to the same target (template C{login_link},
+    store, a fresh login link to the same target (template C{login},
     QoS C{transactional}).  The answer page shows the address only masked
     (C{a***@example.org}).  A person without an address gets a page saying
     so.  At most C{[web] fresh_link_limit} requests per person per
@@ -59,7 +59,6 @@ Both routes
 
 from __future__ import annotations
 
-import functools
 import time
 import weakref
 from urllib.parse import quote, urlsplit
@@ -67,12 +66,11 @@ from urllib.parse import quote, urlsplit
 from klein.interfaces import IKleinRequest
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.links.service import LOGIN, LinkError
 from emaild.outbound.compose import ComposeError, check_address
-from emaild.web.app import WebApp, form_value
+from emaild.web.app import WebApp, form_value, uncancellable
 
 log = Logger()
 
@@ -80,46 +78,13 @@ log = Logger()
 _FRESH_LOCK_CLASS = 0x656D6C6B  # "emlk"
 
 #: the email template of a fresh login link (subject, text and HTML)
-LOGIN_LINK_TEMPLATE = "login_link"
+#: the e-mail template of sign-in links (it calls link(target))
+LOGIN_TEMPLATE = "login"
 
 #: characters left as they are in a redirect target (already a valid URL)
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
-
-def uncancellable(route):
-    """
-    Run an C{async def} route to the end even if the client goes away.
-
-    Klein cancels a route's Deferred when the connection is lost; that
-    cancellation would reach the query in flight, and txpostgres answers a
-    cancel with an error (logged as "Unhandled Error Processing Request")
-    and a pool connection in mid-cancel.  A click whose browser went away
-    must still finish its transaction, so the cancellation stops here: Klein
-    gets its CancelledError (which it ignores for a finished request) and
-    the work completes.
-    """
-
-    @functools.wraps(route)
-    def wrapper(*args, **kwargs):
-        work = defer.ensureDeferred(route(*args, **kwargs))
-        answer = defer.Deferred()
-
-        def forward(result):
-            if not answer.called:
-                if isinstance(result, Failure):
-                    answer.errback(result)
-                else:
-                    answer.callback(result)
-            elif isinstance(result, Failure):
-                log.failure("Error in {route} after the client went away", result,
-                            route=route.__name__)
-
-        work.addBoth(forward)
-        return answer
-
-    return wrapper
 
 
 def mask_address(address: str) -> str:
@@ -354,16 +319,14 @@ async def fresh_link(self: WebApp, request, token: str):
                 wait=_when(wait),
                 retry_at=time.strftime("%H:%M UTC", time.gmtime(time.time() + wait)),
                 limit=web["fresh_link_limit"], window=_when(web["fresh_link_window"]))
+        target = link.target
         try:
-            url = await self.links.login_url(person.id, link.target)
+            self.links.request(person.id, LOGIN, target)
         except LinkError:
-            # the target is no longer allowed by the configuration
-            url = await self.links.login_url(person.id, "/home")
-        context = {"name": person.display_name, "login_url": url,
-                   "site_url": self.config["http"]["public_url"]}
+            target = "/home"  # the target is no longer allowed by the configuration
         try:
-            report = await self.outbox.enqueue(LOGIN_LINK_TEMPLATE, [(person.email, context)],
-                                               qos="transactional")
+            report = await self.outbox.enqueue_people(
+                LOGIN_TEMPLATE, [(person.id, {"target": target})], kind="login")
         except ComposeError as e:
             log.error("Cannot mail a fresh login link to person {person}: {error}",
                       person=person.id, error=str(e))
