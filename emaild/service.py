@@ -16,7 +16,6 @@ from __future__ import annotations
 from twisted.application import service, strports
 from twisted.internet import defer, threads
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from emaild.db.database import Database
 from emaild.db.embedded import EmbeddedPostgres
@@ -83,7 +82,7 @@ class Emaild(service.MultiService):
         self.sender = Sender(reactor, self.store, self.transport, config)
         self.web = WebApp(reactor, config, self.db, parts={"sender": self.sender},
                           outbox=self.outbox)
-        listener = strports.service(config["http"]["endpoint"], Site(self.web.resource()))
+        listener = strports.service(config["http"]["endpoint"], self.web.site())
         listener.setName("http")
         listener.setServiceParent(self)
         #: fires when the database is open and the sender runs

@@ -4,6 +4,7 @@ headers, static files.
 """
 
 from twisted.internet import defer
+from twisted.trial import unittest
 
 from tests.webtest import WebTestCase
 
@@ -39,3 +40,20 @@ class PagesTests(WebTestCase):
         self.assertIn("font-family", body)
         response, _ = yield defer.ensureDeferred(browser.get("/static/../../setup.cfg"))
         self.assertEqual(response.code, 404)
+
+
+class AccessLogTests(unittest.TestCase):
+    def test_link_tokens_never_reach_the_access_log(self):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from emaild.web.app import access_log_line
+
+        request = DummyRequest([b"email", b"Ab3dE9xYz0Qw"])
+        request.uri = b"/email/Ab3dE9xYz0Qw"
+        request.code, request.sentLength = 303, 0
+        request.requestHeaders.addRawHeader(b"referer", b"https://x.org/unsubscribe/Zz9Yy8Xx7Ww6")
+        line = access_log_line("[28/Nov/2026:00:00:00 +0000]", request)
+        self.assertIn("/email/<token>", line)
+        self.assertIn("/unsubscribe/<token>", line)
+        self.assertNotIn("Ab3dE9xYz0Qw", line)
+        self.assertNotIn("Zz9Yy8Xx7Ww6", line)
