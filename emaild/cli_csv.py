@@ -21,18 +21,19 @@ from emaild.outbound.compose import ComposeError
 CSV_CHUNK = 1000
 
 
-def open_csv(path: str):
+def read_header(path: str, what: str = "error"):
     """
-    Open C{path} (UTF-8, a BOM tolerated) and read its header; return the
-    open file and its reader, whose recipient column is now called C{email}
-    (the header's names are stripped; C{Email} or C{ EMAIL } will do).
+    Open C{path} (UTF-8, a BOM tolerated) and read its header line; return
+    the open file, its reader and the column names, stripped.
 
-    @raise CliError: unreadable, empty, or no C{email} column.
+    @param what: how the path was given, for the message when it cannot
+        be opened (e.g. C{"error: --recipients"}).
+    @raise CliError: unreadable or empty.
     """
     try:
         f = open(path, encoding="utf-8-sig", newline="")
     except OSError as e:
-        raise CliError(f"error: --recipients: cannot open {path}: {e.strerror or e}", 2) from None
+        raise CliError(f"{what}: cannot open {path}: {e.strerror or e}", 2) from None
     try:
         reader = csv.DictReader(f, restval="")
         fields = reader.fieldnames
@@ -42,7 +43,17 @@ def open_csv(path: str):
     if not fields:
         f.close()
         raise CliError(f"{path} is empty: expected a header line with an 'email' column")
-    names = [name.strip() for name in fields]
+    return f, reader, [name.strip() for name in fields]
+
+
+def open_csv(path: str):
+    """
+    Open a recipients CSV; return the open file and its reader, whose
+    recipient column is now called C{email} (C{Email} or C{ EMAIL } will do).
+
+    @raise CliError: unreadable, empty, or no C{email} column.
+    """
+    f, reader, names = read_header(path, "error: --recipients")
     lowered = [name.lower() for name in names]
     if "email" not in lowered:
         f.close()

@@ -7,7 +7,6 @@ printing), so the CLI module stays about arguments and the database.
 from __future__ import annotations
 
 import datetime
-import re
 import sys
 from typing import Iterable, Sequence, TextIO
 
@@ -146,14 +145,22 @@ def csv_summary(queued: int, first: int | None, last: int | None,
     """
     ids = f" (ids {first}\u2013{last})" if queued else ""
     noun = "message" if queued == 1 else "messages"
-    lines = [f"queued {queued} {noun}{ids}, rejected {len(rejected)} "
-             f"{'row' if len(rejected) == 1 else 'rows'}"]
-    for line, address, reason in rejected:
-        lines.append(f"line {line}: {address.strip() or '(empty)'}: {one_line(reason)}")
+    return "\n".join([f"queued {queued} {noun}{ids}, rejected {len(rejected)} "
+                      f"{'row' if len(rejected) == 1 else 'rows'}",
+                      *rejected_lines(rejected, "queued; fix and send them again")])
+
+
+def rejected_lines(rejected: Sequence[tuple[int, str, str]], consequence: str) -> list[str]:
+    """
+    C{line L: <address>: <reason>} for each rejected CSV row, then what
+    became of them (C{"the 2 rejected rows were not <consequence>"}).
+    """
+    lines = [f"line {line}: {address.strip() or '(empty)'}: {one_line(reason)}"
+             for line, address, reason in rejected]
     if rejected:
-        lines.append(f"the {len(rejected)} rejected {'row was' if len(rejected) == 1 else 'rows were'}"
-                     " not queued; fix and send them again")
-    return "\n".join(lines)
+        lines.append(f"the {len(rejected)} rejected "
+                     f"{'row was' if len(rejected) == 1 else 'rows were'} not {consequence}")
+    return lines
 
 
 class CheckReport:

@@ -34,7 +34,8 @@ import csv
 import json
 import sys
 
-from emaild.cli_output import CliError, Interrupted, one_line, table
+from emaild.cli_csv import read_header
+from emaild.cli_output import CliError, Interrupted, one_line, rejected_lines, table
 from emaild.outbound.compose import ComposeError, check_address
 
 #: CSV rows per transaction
@@ -171,21 +172,9 @@ def open_people_csv(path: str):
     @raise CliError: unreadable, empty, no C{email} column, or unknown or
         repeated columns.
     """
-    try:
-        f = open(path, encoding="utf-8-sig", newline="")
-    except OSError as e:
-        raise CliError(f"error: cannot open {path}: {e.strerror or e}", 2) from None
-    try:
-        reader = csv.DictReader(f, restval="")
-        fields = reader.fieldnames
-    except (UnicodeDecodeError, csv.Error) as e:
-        f.close()
-        raise CliError(f"{path}: cannot read the header line: {one_line(e)}") from None
-    if not fields:
-        f.close()
-        raise CliError(f"{path} is empty: expected a header line with an 'email' column")
-    names = [name.strip().lower() for name in fields]
-    found = ", ".join(repr(n.strip()) for n in fields)
+    f, reader, stripped = read_header(path)
+    names = [name.lower() for name in stripped]
+    found = ", ".join(repr(n) for n in stripped)
     unknown = [n for n in names if n not in IMPORT_COLUMNS]
     if "email" not in names or unknown or len(set(names)) != len(names):
         f.close()
@@ -200,14 +189,10 @@ def open_people_csv(path: str):
 
 def import_summary(new: int, updated: int, rejected) -> str:
     done = new + updated
-    lines = [f"imported {done} {'person' if done == 1 else 'people'} ({new} new, {updated} "
-             f"updated), rejected {len(rejected)} {'row' if len(rejected) == 1 else 'rows'}"]
-    for line, address, reason in rejected:
-        lines.append(f"line {line}: {address.strip() or '(empty)'}: {one_line(reason)}")
-    if rejected:
-        lines.append(f"the {len(rejected)} rejected {'row was' if len(rejected) == 1 else 'rows were'}"
-                     " not imported; fix and import them again")
-    return "\n".join(lines)
+    return "\n".join([f"imported {done} {'person' if done == 1 else 'people'} ({new} new, "
+                      f"{updated} updated), rejected {len(rejected)} "
+                      f"{'row' if len(rejected) == 1 else 'rows'}",
+                      *rejected_lines(rejected, "imported; fix and import them again")])
 
 
 async def import_csv(store, reader, path: str, check_interrupt=lambda: None, out=None) -> int:
