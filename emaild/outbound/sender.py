@@ -267,7 +267,11 @@ class Sender(service.Service):
             self._start_flush()
         elif self._flush_timer is None:
             self._flush_timer = self.reactor.callLater(FLUSH_DELAY, self._start_flush)
-        if len(self._in_flight) <= self.window // 2:
+        # a finished delivery frees room in the window; but when a claim is
+        # already scheduled (the bucket said when the next token comes),
+        # claiming earlier would only find the bucket empty
+        if len(self._in_flight) <= self.window // 2 and not (
+                self._timer is not None and self._timer.active()):
             self.wake()
 
     def _start_flush(self) -> None:
