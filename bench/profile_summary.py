@@ -1,0 +1,69 @@
+"""
+Where a py-spy profile of the daemon spends its time: every sample goes to
+the innermost emaild frame on its stack (claim transaction, record
+transaction, SMTP client, sender), else to the reactor, txpostgres or idle.
+
+    py-spy record --pid PID --idle --format raw -o prof.txt   # then:
+    python bench/profile_summary.py prof.txt
+
+(bench/throughput.py --profile does both.)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import table  # noqa: E402
+
+
+def _profile_category(frames: list[str]) -> str:
+    """Attribute a sample to the innermost emaild frame, else to what runs."""
+    ours = [f for f in frames if "(emaild/" in f]
+    if ours:
+        leaf = ours[-1]
+        if "(emaild/outbound/store.py" in leaf:
+            name = leaf.split(" ")[0].rsplit(".", 1)[-1]
+            return {"_claim": "claim transaction (store._claim)",
+                    "_record": "record transaction (store._record)"}.get(
+                name, "other queries (lease recovery, next_due)")
+        if "(emaild/outbound/smtp" in leaf:
+            return "SMTP client (smtp.py, smtpclient.py)"
+        if "(emaild/outbound/sender.py" in leaf or "(emaild/outbound/policy.py" in leaf:
+            return "sender bookkeeping (sender.py, policy.py)"
+        if "(emaild/db/" in leaf:
+            return "PostgreSQL I/O (txpostgres via db/database.py)"
+        return "other emaild code"
+    if frames and frames[-1].startswith("EPollReactor.doPoll") and len(frames) > 1 \
+            and frames[-2].startswith("ReactorBase.mainLoop"):
+        return "idle: reactor waiting in epoll"
+    if any("txpostgres" in f for f in frames):
+        return "txpostgres/psycopg2 I/O (no emaild frame)"
+    if any("twisted/logger/" in f for f in frames):
+        return "logging (twisted.logger)"
+    if any(f.startswith("untilConcludes") for f in frames[-2:]):
+        return "socket send() syscalls (SMTP writes)"
+    return "Twisted reactor, TCP, Deferreds"
+
+
+def profile_summary(path: Path) -> str:
+    """Share of py-spy samples (raw/collapsed format, --idle) per category."""
+    totals: dict[str, int] = {}
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if count.isdigit():
+            label = _profile_category(stack.split(";"))
+            totals[label] = totals.get(label, 0) + int(count)
+    every = sum(totals.values())
+    busy = every - totals.get("idle: reactor waiting in epoll", 0)
+    rows = [[label, n, f"{100 * n / every:.1f}%",
+             "-" if label.startswith("idle") else f"{100 * n / busy:.1f}%"]
+            for label, n in sorted(totals.items(), key=lambda kv: -kv[1])]
+    return f"py-spy samples in {path}:\n" + table(["where", "samples", "of wall", "of busy"], rows)
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        print(profile_summary(Path(path)))
