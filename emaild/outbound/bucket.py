@@ -61,9 +61,11 @@ class Bucket:
         The relay said we are too fast: slow down and empty the bucket.
         """
         if now - self.slowed_at > 0.5 or self.slowdown == 1.0:
-            # several throttle replies in the same instant are one event
+            # several throttle replies in the same instant are one event;
+            # only a new event restarts the clock, so replies that keep
+            # coming keep slowing us down
             self.slowdown = max(MIN_SLOWDOWN, self.slowdown * SLOWDOWN_FACTOR)
-        self.slowed_at = now
+            self.slowed_at = now
         self.tokens = min(self.tokens, 0.0)
 
     def pause(self, until: float) -> None:
