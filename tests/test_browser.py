@@ -39,7 +39,11 @@ def _browser(user_data_dir: str):
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
                  f"--user-data-dir={user_data_dir}"):
         options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    # a click that submits a form returns before the next page has loaded:
+    # let lookups wait for it instead of failing on the old page
+    driver.implicitly_wait(15)
+    return driver
 
 
 class BrowserTests(DatabaseTestCase):
