@@ -163,6 +163,13 @@ def _address(value: Any) -> str:
     return value
 
 
+def _local_part(value: Any) -> str:
+    value = _string(value).strip().lower()
+    if not re.match(r"^[a-z0-9]([a-z0-9.]*[a-z0-9])?$", value):
+        raise ValueError(f"expected letters, digits and dots such as 'group', got {value!r}")
+    return value
+
+
 def _origins(value: Any) -> tuple[str, ...]:
     """
     A list of origins (scheme://host[:port], no path), e.g. the LMS that may
@@ -258,6 +265,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "login_ttl": (parse_duration, 30 * 86400.0),
         "unsubscribe_ttl": (parse_duration, 365 * 86400.0),
     },
+    "groups": {
+        "address_prefix": (_local_part, "group"),
+        "address_salt": (_string, ""),
+        "hard_bounce_limit": (_integer(1), 3),
+    },
     "lti": {
         "consumers": (_consumers, {}),
         "group_parameter": (_string, "custom_group"),
@@ -303,6 +315,8 @@ BUILTIN_KINDS: dict[str, dict[str, Any]] = {
                      "unsubscribable": True, "qos": "notification"},
     "digest": {"description": "The weekly digest of what happened in the course",
                "unsubscribable": True, "qos": "bulk"},
+    "group": {"description": "Messages from the members of your groups",
+              "unsubscribable": True, "qos": "default"},
 }
 
 #: environment variables with the EMAILD_ prefix that are not overrides

@@ -449,5 +449,7 @@ async def _ensure_group(cursor, course_id: int, name: str) -> int:
 async def _join_group(cursor, group_id: int, person_id: int) -> None:
     await cursor.execute(
         "INSERT INTO group_members (group_id, person_id) VALUES (%s, %s)"
-        " ON CONFLICT (group_id, person_id) DO UPDATE SET left_at = NULL"
+        " ON CONFLICT (group_id, person_id) DO UPDATE SET left_at = NULL, joined_at = now(),"
+        # a new reply address: the one they had before leaving stays dead
+        "   reply_secret_hi = emaild_random32(), reply_secret_lo = emaild_random32()"
         " WHERE group_members.left_at IS NOT NULL", (group_id, person_id))

@@ -1,0 +1,1 @@
+"""Course groups: members, their personal reply addresses, posts and visits."""

@@ -1,0 +1,64 @@
+"""
+Personal reply addresses: C{<prefix>-<token>@<relay domain>}.
+
+The token is hashids over (group id, person id, 64 secret bits stored in
+the membership), so decoding alone proves nothing: the secret must match the
+live membership row (see PITFALLS, hashids).  The alphabet is lower-case
+letters and digits because some MTAs fold the case of local parts; a
+decoded token is canonical (hashids re-encodes and compares), so each
+membership has exactly one address.
+"""
+
+from __future__ import annotations
+
+import attrs
+from hashids import Hashids
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+MIN_LENGTH = 16
+_MAX_TOKEN = 64
+
+
+@attrs.frozen
+class ReplyToken:
+    group_id: int
+    person_id: int
+    secret_hi: int
+    secret_lo: int
+
+
+class ReplyAddresses:
+    """
+    Encode and parse the reply addresses of one relay domain.
+    """
+
+    def __init__(self, salt: str, relay_domain: str, prefix: str = "group"):
+        self._hashids = Hashids(salt=salt, min_length=MIN_LENGTH, alphabet=ALPHABET)
+        self.domain = relay_domain.lower()
+        self.prefix = prefix.lower()
+
+    def address(self, token: ReplyToken) -> str:
+        encoded = self._hashids.encode(token.group_id, token.person_id,
+                                       token.secret_hi, token.secret_lo)
+        return f"{self.prefix}-{encoded}@{self.domain}"
+
+    def parse(self, address: str) -> ReplyToken | None:
+        """
+        The token of a reply address on our domain, or None for anything
+        else (other domains, other local parts, altered or truncated tokens).
+        """
+        local, at, domain = address.rpartition("@")
+        if not at or domain.lower() != self.domain:
+            return None
+        prefix, dash, encoded = local.lower().rpartition("-")
+        if prefix != self.prefix or not dash:
+            return None
+        if not encoded or len(encoded) > _MAX_TOKEN or not encoded.isalnum():
+            return None
+        numbers = self._hashids.decode(encoded)
+        if len(numbers) != 4:
+            return None
+        return ReplyToken(*numbers)
+
+    def is_ours(self, address: str) -> bool:
+        return address.rpartition("@")[2].lower() == self.domain

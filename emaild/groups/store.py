@@ -1,0 +1,189 @@
+"""
+The groups part's tables: C{groups}, C{group_members} (shared with the
+people part, which creates them on LTI launches), C{group_posts} and
+C{group_visits}.
+
+Functions taking a C{cursor} run inside a caller's transaction (the relay
+processor records a post in the same transaction that queues its copies).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Sequence
+
+import attrs
+
+from emaild.groups.addresses import ReplyToken
+
+
+@attrs.frozen
+class Group:
+    id: int
+    course_id: int
+    name: str
+    #: the course's title, or its context_id when it has none
+    course_title: str
+
+
+@attrs.frozen
+class Member:
+    group_id: int
+    person_id: int
+    #: their current address (None when the LMS never shared one)
+    email: str | None
+    display_name: str
+    #: set when they left: their reply address no longer works
+    left_at: datetime.datetime | None
+    secret_hi: int
+    secret_lo: int
+
+    @property
+    def live(self) -> bool:
+        return self.left_at is None
+
+    @property
+    def token(self) -> ReplyToken:
+        return ReplyToken(self.group_id, self.person_id, self.secret_hi, self.secret_lo)
+
+
+@attrs.frozen
+class Thread:
+    id: int
+    subject: str
+    #: display name of who started it
+    started_by: str
+    posts: int
+    last_post_at: datetime.datetime
+
+
+_GROUP_COLUMNS = "g.id, g.course_id, g.name, coalesce(nullif(c.title, ''), c.context_id)"
+_GROUP_FROM = "groups g JOIN courses c ON c.id = g.course_id"
+_GROUP = f"{_GROUP_COLUMNS} FROM {_GROUP_FROM}"
+_MEMBER = ("m.group_id, m.person_id, p.email, p.display_name, m.left_at,"
+           " m.reply_secret_hi, m.reply_secret_lo"
+           " FROM group_members m JOIN people p ON p.id = m.person_id")
+
+
+class GroupStore:
+    def __init__(self, db):
+        self.db = db
+
+    async def get(self, group_id: int) -> Group | None:
+        rows = await self.db.runQuery(f"SELECT {_GROUP} WHERE g.id = %s", (group_id,))
+        return Group(*rows[0]) if rows else None
+
+    async def find(self, course_id: int, name: str) -> Group | None:
+        rows = await self.db.runQuery(
+            f"SELECT {_GROUP} WHERE g.course_id = %s AND g.name = %s", (course_id, name))
+        return Group(*rows[0]) if rows else None
+
+    async def list(self, course_id: int | None = None) -> list[tuple[Group, int]]:
+        """
+        Groups (of one course, or all) with their number of current members.
+        """
+        rows = await self.db.runQuery(
+            f"SELECT {_GROUP_COLUMNS},"
+            "  (SELECT count(*) FROM group_members m WHERE m.group_id = g.id AND m.left_at IS NULL)"
+            f" FROM {_GROUP_FROM}"
+            " WHERE %s::bigint IS NULL OR g.course_id = %s ORDER BY g.course_id, g.name",
+            (course_id, course_id))
+        return [(Group(*row[:4]), row[4]) for row in rows]
+
+    async def members(self, group_id: int, include_left: bool = False) -> list[Member]:
+        rows = await self.db.runQuery(
+            f"SELECT {_MEMBER} WHERE m.group_id = %s AND (%s OR m.left_at IS NULL)"
+            " ORDER BY lower(p.display_name), p.id", (group_id, include_left))
+        return [Member(*row) for row in rows]
+
+    async def member(self, group_id: int, person_id: int) -> Member | None:
+        """
+        The membership, current or left; None if they never belonged.
+        """
+        rows = await self.db.runQuery(
+            f"SELECT {_MEMBER} WHERE m.group_id = %s AND m.person_id = %s",
+            (group_id, person_id))
+        return Member(*rows[0]) if rows else None
+
+    async def by_token(self, token: ReplyToken) -> Member | None:
+        """
+        The membership a decoded reply address names, if its secret matches
+        (current or left: the caller tells a dead address from a wrong one).
+        """
+        member = await self.member(token.group_id, token.person_id)
+        if member is None or (member.secret_hi, member.secret_lo) != (token.secret_hi,
+                                                                      token.secret_lo):
+            return None
+        return member
+
+    async def leave(self, group_id: int, person_id: int) -> bool:
+        """
+        End a membership; its reply address stops working.  False if they
+        were not a current member.
+        """
+        rows = await self.db.runQuery(
+            "UPDATE group_members SET left_at = now()"
+            " WHERE group_id = %s AND person_id = %s AND left_at IS NULL RETURNING 1",
+            (group_id, person_id))
+        return bool(rows)
+
+    async def record_visit(self, group_id: int, person_id: int) -> None:
+        await self.db.runOperation(
+            "INSERT INTO group_visits (group_id, person_id) VALUES (%s, %s)",
+            (group_id, person_id))
+
+    async def threads(self, group_id: int, limit: int = 20) -> list[Thread]:
+        """
+        The most recently active threads of the group.
+        """
+        rows = await self.db.runQuery(
+            "SELECT t.id, t.subject, coalesce(p.display_name, ''), s.posts, s.last_at"
+            " FROM (SELECT coalesce(thread_id, id) AS tid, count(*) AS posts,"
+            "        max(created_at) AS last_at"
+            "       FROM group_posts WHERE group_id = %s GROUP BY 1) s"
+            " JOIN group_posts t ON t.id = s.tid"
+            " LEFT JOIN people p ON p.id = t.author_id"
+            " ORDER BY s.last_at DESC, t.id DESC LIMIT %s", (group_id, limit))
+        return [Thread(*row) for row in rows]
+
+
+# -- inside a caller's transaction --------------------------------------------
+async def find_posts(cursor, group_id: int, message_ids: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+    """
+    Posts of the group that a message cites, by any id it may cite: our
+    Message-ID or the author's original one.  Maps each cited id that is
+    known to (post id, thread id, our Message-ID).
+    """
+    if not message_ids:
+        return {}
+    await cursor.execute(
+        "SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
+        " WHERE group_id = %s AND (message_id = ANY(%s) OR original_message_id = ANY(%s))",
+        (group_id, list(message_ids), list(message_ids)))
+    found: dict[str, tuple[int, int, str]] = {}
+    for post_id, thread_id, ours, original in cursor.fetchall():
+        for key in (ours, original):
+            if key:
+                found[key] = (post_id, thread_id, ours)
+    return found
+
+
+async def insert_post(cursor, *, group_id: int, author_id: int | None, inbound_id: int | None,
+                      thread_id: int | None, message_id: str, original_message_id: str | None,
+                      subject: str) -> int:
+    await cursor.execute(
+        "INSERT INTO group_posts (group_id, author_id, inbound_id, thread_id, message_id,"
+        " original_message_id, subject) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (group_id, author_id, inbound_id, thread_id, message_id, original_message_id, subject))
+    return cursor.fetchone()[0]
+
+
+async def set_copies(cursor, post_id: int, copies: int) -> None:
+    await cursor.execute("UPDATE group_posts SET copies = %s WHERE id = %s", (copies, post_id))
+
+
+async def members_for_relay(cursor, group_id: int) -> list[Member]:
+    await cursor.execute(
+        f"SELECT {_MEMBER} WHERE m.group_id = %s AND m.left_at IS NULL ORDER BY m.person_id",
+        (group_id,))
+    return [Member(*row) for row in cursor.fetchall()]

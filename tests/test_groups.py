@@ -1,0 +1,88 @@
+"""
+Groups: reply addresses (encode, parse, refuse anything altered) and the
+membership rules behind them (leaving kills an address, rejoining makes a
+new one).
+"""
+
+from twisted.trial import unittest
+
+from emaild.groups.addresses import ReplyAddresses, ReplyToken
+from emaild.groups.store import GroupStore
+from emaild.people.store import PeopleStore
+from tests.support import DatabaseTestCase
+
+
+class ReplyAddressTests(unittest.TestCase):
+    codec = ReplyAddresses("salt", "relay.example.org", "group")
+
+    def test_round_trip_and_case_folding(self):
+        token = ReplyToken(7, 42, 2**32 - 1, 0)
+        address = self.codec.address(token)
+        local, domain = address.split("@")
+        self.assertEqual(domain, "relay.example.org")
+        self.assertTrue(local.startswith("group-"))
+        self.assertEqual(local, local.lower())
+        self.assertEqual(self.codec.parse(address), token)
+        self.assertEqual(self.codec.parse(address.upper()), token)
+
+    def test_anything_else_is_refused(self):
+        address = self.codec.address(ReplyToken(1, 2, 3, 4))
+        local, domain = address.split("@")
+        encoded = local.split("-", 1)[1]
+        for bad in [f"{local}@other.example.org", f"list-{encoded}@{domain}",
+                    f"group-{encoded[:-1]}@{domain}", f"group-{encoded}x@{domain}",
+                    f"group-{encoded[::-1]}@{domain}", f"group-@{domain}", f"group@{domain}",
+                    f"group-{encoded}", "", "@", f"group-{'a' * 200}@{domain}",
+                    f"group-{encoded}!@{domain}"]:
+            self.assertIsNone(self.codec.parse(bad), bad)
+
+    def test_other_salt_other_address(self):
+        token = ReplyToken(1, 2, 3, 4)
+        other = ReplyAddresses("pepper", "relay.example.org")
+        self.assertNotEqual(other.address(token), self.codec.address(token))
+        self.assertNotEqual(other.parse(self.codec.address(token)), token)
+
+
+class MembershipTests(DatabaseTestCase):
+    async def _group_with(self, *names):
+        people, groups = PeopleStore(self.db), GroupStore(self.db)
+        course = await people.ensure_course("", "c1", "Course One")
+        group_id = await people.ensure_group(course, "Team A")
+        ids = []
+        for name in names:
+            person = await people.add(f"{name.lower()}@example.org", name)
+            await people.join_group(group_id, person.id)
+            ids.append(person.id)
+        return people, groups, group_id, ids
+
+    async def test_members_have_secret_tokens_and_leaving_keeps_the_row(self):
+        people, groups, gid, (ada, bob) = await self._group_with("Ada", "Bob")
+        members = await groups.members(gid)
+        self.assertEqual([m.display_name for m in members], ["Ada", "Bob"])
+        a, b = members
+        self.assertNotEqual((a.secret_hi, a.secret_lo), (b.secret_hi, b.secret_lo))
+        self.assertTrue(0 <= a.secret_hi < 2**32 and 0 <= a.secret_lo < 2**32)
+        self.assertEqual(await groups.by_token(a.token), a)
+        forged = ReplyToken(gid, ada, a.secret_hi, a.secret_lo ^ 1)
+        self.assertIsNone(await groups.by_token(forged))
+
+        self.assertTrue(await groups.leave(gid, ada))
+        self.assertFalse(await groups.leave(gid, ada))
+        left = await groups.by_token(a.token)
+        self.assertFalse(left.live)
+        self.assertEqual([m.person_id for m in await groups.members(gid)], [bob])
+        ((group, count),) = await groups.list()
+        self.assertEqual((group.name, group.course_title, count), ("Team A", "Course One", 1))
+
+    async def test_rejoining_makes_a_new_address(self):
+        people, groups, gid, (ada,) = await self._group_with("Ada")
+        (before,) = await groups.members(gid)
+        await groups.leave(gid, ada)
+        await people.join_group(gid, ada)
+        (after,) = await groups.members(gid)
+        self.assertTrue(after.live)
+        self.assertNotEqual(after.token, before.token)
+        self.assertIsNone(await groups.by_token(before.token))
+        # joining again while a member changes nothing
+        await people.join_group(gid, ada)
+        self.assertEqual((await groups.members(gid))[0].token, after.token)
