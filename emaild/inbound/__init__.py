@@ -1,0 +1,1 @@
+"""Inbound mail: the SMTP server, what it stores, and the group relay."""

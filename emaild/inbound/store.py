@@ -1,0 +1,171 @@
+"""
+The inbound part's tables: C{inbound_messages}, C{inbound_recipients} and
+C{bounces}.
+
+A message is stored, with one row per accepted recipient saying what that
+address means, before the SMTP server answers 250.  The relay processor then
+takes one recipient row at a time (C{FOR UPDATE SKIP LOCKED}, so several
+emaild processes can share the work) and finishes it in the same
+transaction that queues its outbound copies: a crash in between leaves the
+row C{received} and the work is redone exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Sequence
+
+import attrs
+from psycopg2 import Binary
+
+from emaild.db.database import notify
+
+#: NOTIFY channel that wakes the relay processor when mail arrived
+INBOUND_CHANNEL = "emaild_inbound"
+RELAY, UNSUBSCRIBE, BOUNCE = "relay", "unsubscribe", "bounce"
+TERMINAL = ("done", "ignored", "failed")
+
+
+@attrs.frozen
+class Recipient:
+    """
+    What an accepted RCPT address means (the server keeps one per RCPT).
+    """
+
+    address: str
+    purpose: str
+    group_id: int | None = None
+    #: relay: the member whose reply address it is; bounce: whom the
+    #: bounced message was for
+    person_id: int | None = None
+    link_id: int | None = None
+    outbox_id: int | None = None
+    #: relay: the envelope sender already proved it is that member
+    sender_verified: bool = False
+    #: relay: the member's address and name, for the From check
+    member_email: str | None = None
+
+
+@attrs.frozen
+class Pending:
+    """
+    A recipient row to process, with its message.
+    """
+
+    id: int
+    message_id: int
+    address: str
+    purpose: str
+    group_id: int | None
+    person_id: int | None
+    link_id: int | None
+    outbox_id: int | None
+    attempts: int
+    mail_from: str
+    raw: bytes
+
+
+class InboundStore:
+    def __init__(self, db):
+        self.db = db
+
+    def receive(self, *, peer: str, helo: str, tls: bool, mail_from: str,
+                recipients: Sequence[Recipient], raw: bytes):
+        """
+        Store a message and its recipients in one transaction and wake the
+        processor.  Fires with the message id.
+        """
+
+        async def insert(cursor):
+            await cursor.execute(
+                "INSERT INTO inbound_messages (peer, helo, tls, mail_from, size, raw)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (peer, helo, tls, mail_from, len(raw), Binary(raw)))
+            message_id = cursor.fetchone()[0]
+            await cursor.execute(
+                "INSERT INTO inbound_recipients (message_id, address, purpose, group_id,"
+                " person_id, link_id, outbox_id)"
+                " SELECT %s, a, p, g, m, l, o FROM unnest(%s::text[], %s::text[], %s::bigint[],"
+                "   %s::bigint[], %s::bigint[], %s::bigint[]) AS v(a, p, g, m, l, o)",
+                (message_id, [r.address for r in recipients], [r.purpose for r in recipients],
+                 [r.group_id for r in recipients], [r.person_id for r in recipients],
+                 [r.link_id for r in recipients], [r.outbox_id for r in recipients]))
+            await notify(cursor, INBOUND_CHANNEL)
+            return message_id
+
+        return self.db.transaction(insert)
+
+    def process_next(self, handle: Callable[[Any, Pending], Awaitable[tuple[str, str]]]):
+        """
+        Take the oldest unprocessed recipient row no other process holds,
+        run C{await handle(cursor, pending)} in the same transaction, and
+        record the C{(state, reason)} it returns.  Fires with the row id, or
+        None when there was nothing to do.  If C{handle} raises, nothing it
+        did is kept and the row stays C{received} (see L{fail}).
+        """
+
+        async def run(cursor):
+            await cursor.execute(
+                "SELECT r.id, r.message_id, r.address, r.purpose, r.group_id, r.person_id,"
+                " r.link_id, r.outbox_id, r.attempts, m.mail_from, m.raw"
+                " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
+                " WHERE r.state = 'received' ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED")
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            pending = Pending(*row[:-1], bytes(row[-1]))
+            state, reason = await handle(cursor, pending)
+            await _finish(cursor, pending.id, state, reason)
+            return pending.id
+
+        return self.db.transaction(run)
+
+    async def fail(self, recipient_id: int, reason: str, max_attempts: int) -> str:
+        """
+        Count a failed attempt at a row; after C{max_attempts} it is
+        C{failed} with the reason, so a message that crashes the processor
+        cannot block the queue or loop for ever.  Returns the row's state.
+        """
+        rows = await self.db.runQuery(
+            "UPDATE inbound_recipients SET attempts = attempts + 1,"
+            "  state = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE state END,"
+            "  reason = %s, processed_at = CASE WHEN attempts + 1 >= %s THEN now() END"
+            " WHERE id = %s AND state = 'received' RETURNING state",
+            (max_attempts, reason, max_attempts, recipient_id))
+        return rows[0][0] if rows else "gone"
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.db.runQuery(
+            "SELECT state, count(*) FROM inbound_recipients GROUP BY state")
+        counts = {state: 0 for state in ("received", *TERMINAL)}
+        counts.update(dict(rows))
+        return counts
+
+    async def recipients_of(self, message_id: int) -> list[tuple[str, str, str, str | None]]:
+        """
+        (address, purpose, state, reason) of each recipient of a message.
+        """
+        rows = await self.db.runQuery(
+            "SELECT address, purpose, state, reason FROM inbound_recipients"
+            " WHERE message_id = %s ORDER BY id", (message_id,))
+        return [tuple(r) for r in rows]
+
+
+async def _finish(cursor, recipient_id: int, state: str, reason: str) -> None:
+    await cursor.execute(
+        "UPDATE inbound_recipients SET state = %s, reason = %s, processed_at = now(),"
+        " attempts = attempts + 1 WHERE id = %s", (state, reason, recipient_id))
+
+
+# -- bounces (inside the processor's transaction) ----------------------------
+async def record_bounce(cursor, *, address: str, outbox_id: int | None, person_id: int | None,
+                        hard: bool, status: str, diagnostic: str) -> int:
+    """
+    Record a bounce; returns the address's number of hard bounces so far.
+    """
+    address = address.lower()
+    await cursor.execute(
+        "INSERT INTO bounces (address, outbox_id, person_id, hard, status, diagnostic)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (address, outbox_id, person_id, hard, status, diagnostic[:1000]))
+    await cursor.execute("SELECT count(*) FROM bounces WHERE address = %s AND hard", (address,))
+    return cursor.fetchone()[0]
