@@ -275,9 +275,9 @@ class PreferencesTests(UnsubscribeTestCase):
         switches = self.switches(body)
         c = self.course_id
         self.assertEqual(switches, {
-            "*:*": True, "*:announcement": True, "*:digest": True, "*:notification": True,
-            f"{c}:*": True, f"{c}:announcement": True, f"{c}:digest": False,
-            f"{c}:notification": True})
+            "*:*": True, "*:announcement": True, "*:digest": True, "*:group": True,
+            "*:notification": True, f"{c}:*": True, f"{c}:announcement": True,
+            f"{c}:digest": False, f"{c}:group": True, f"{c}:notification": True})
         csrf = self.csrf(body)
 
         # turn off announcements in the course and the digest everywhere;

@@ -104,28 +104,7 @@ class OutboxStore:
         Insert one row per message, in one transaction, and wake the senders.
         Fires with the new ids in order.
         """
-
-        async def insert(cursor):
-            await cursor.execute(
-                "INSERT INTO outbox (template, qos, priority, recipient, envelope_from,"
-                " message_id, subject, body, batch, person_id, course_id, kind, unsubscribable)"
-                " SELECT %s, %s, %s, r, e, m, s, b, %s, p, c, k, u"
-                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[],"
-                "   %s::bigint[], %s::bigint[], %s::text[], %s::boolean[])"
-                "   WITH ORDINALITY AS v(r, e, m, s, b, p, c, k, u, n)"
-                " ORDER BY n RETURNING id",
-                (template, qos.name, qos.priority, batch,
-                 [m.recipient for m in messages], [m.envelope_from for m in messages],
-                 [m.message_id for m in messages], [m.subject for m in messages],
-                 [Binary(m.data) for m in messages], [m.person_id for m in messages],
-                 [m.course_id for m in messages], [m.kind for m in messages],
-                 [m.unsubscribable for m in messages]),
-            )
-            ids = [row[0] for row in cursor.fetchall()]
-            await notify(cursor, OUTBOX_CHANNEL)
-            return ids
-
-        return self.db.transaction(insert)
+        return self.db.transaction(insert_messages, template, qos, messages, batch)
 
     # -- claim -----------------------------------------------------------------
     def claim(self, owner: str, now: float, limit: int, limits: RateLimits,
@@ -400,12 +379,15 @@ class OutboxStore:
             (outbox_id,))
         return (row[0] if row else None), attempts
 
-    async def suppress(self, address: str, reason: str) -> None:
-        await self.db.runOperation(
-            "INSERT INTO suppressions (address, reason) VALUES (lower(%s), %s)"
-            " ON CONFLICT (address) DO UPDATE SET reason = EXCLUDED.reason",
-            (address, reason),
-        )
+    def by_bounce_address(self, envelope_from: str):
+        """
+        (outbox id, recipient, person id) of the message sent with this
+        bounce address, or None.
+        """
+        return self.db.transaction(bounced_message, envelope_from)
+
+    def suppress(self, address: str, reason: str):
+        return self.db.transaction(suppress_address, address, reason)
 
     # -- opt-outs (mail_optouts) ---------------------------------------------------
     async def add_optout(self, person_id: int, scope: Scope, source: str) -> bool:
@@ -473,3 +455,60 @@ class OutboxStore:
             return added, removed
 
         return self.db.transaction(apply)
+
+
+# -- inside a caller's transaction (the relay processor queues its copies in
+# the transaction that finishes the inbound message) ---------------------------
+async def insert_messages(cursor, template: str, qos: QoSClass, messages: Sequence[Rendered],
+                          batch: str | None = None) -> list[int]:
+    """
+    Queue C{messages} and wake the senders (on commit); returns the ids.
+    """
+    await cursor.execute(
+        "INSERT INTO outbox (template, qos, priority, recipient, envelope_from,"
+        " message_id, subject, body, batch, person_id, course_id, kind, unsubscribable)"
+        " SELECT %s, %s, %s, r, e, m, s, b, %s, p, c, k, u"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[],"
+        "   %s::bigint[], %s::bigint[], %s::text[], %s::boolean[])"
+        "   WITH ORDINALITY AS v(r, e, m, s, b, p, c, k, u, n)"
+        " ORDER BY n RETURNING id",
+        (template, qos.name, qos.priority, batch,
+         [m.recipient for m in messages], [m.envelope_from for m in messages],
+         [m.message_id for m in messages], [m.subject for m in messages],
+         [Binary(m.data) for m in messages], [m.person_id for m in messages],
+         [m.course_id for m in messages], [m.kind for m in messages],
+         [m.unsubscribable for m in messages]),
+    )
+    ids = [row[0] for row in cursor.fetchall()]
+    await notify(cursor, OUTBOX_CHANNEL)
+    return ids
+
+
+async def bounced_message(cursor, envelope_from: str) -> tuple[int, str, int | None] | None:
+    """
+    (outbox id, recipient, person id) of the message sent with this bounce
+    address, or None.
+    """
+    await cursor.execute(
+        "SELECT id, recipient, person_id FROM outbox WHERE envelope_from = lower(%s)",
+        (envelope_from,))
+    row = cursor.fetchone()
+    return tuple(row) if row else None
+
+
+async def record_bounced(cursor, outbox_id: int, status: str, reply: str) -> None:
+    """
+    Keep a bounce reported after the relay accepted a message with its
+    attempts, so the message's history shows it.
+    """
+    code = 550 if status.startswith("5") else 450 if status.startswith("4") else None
+    await cursor.execute(
+        "INSERT INTO outbox_attempts (outbox_id, outcome, code, reply) VALUES (%s, 'bounced', %s, %s)",
+        (outbox_id, code, f"{status} {reply}".strip()[:2000]))
+
+
+async def suppress_address(cursor, address: str, reason: str) -> None:
+    await cursor.execute(
+        "INSERT INTO suppressions (address, reason) VALUES (lower(%s), %s)"
+        " ON CONFLICT (address) DO UPDATE SET reason = EXCLUDED.reason",
+        (address, reason))
