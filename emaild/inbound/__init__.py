@@ -1,0 +1,1 @@
+"""Inbound mail: emaild's own SMTP server for the anonymous group relay."""
