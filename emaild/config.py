@@ -122,6 +122,29 @@ def _boolean(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """
+    A number of bytes, or C{"512KB"}, C{"10MB"}, C{"1GB"} (powers of 1024;
+    C{K}, C{KB} and C{KiB} all mean 1024 bytes).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as '10MB', got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ValueError(f"expected a size such as '512KB' or '10MB', got {value!r}")
+        size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "")[:1].lower()]
+    if size < 1:
+        raise ValueError(f"must be at least 1 byte, got {value!r}")
+    return size
+
+
 def _durations(value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
         value = [part for part in value.split(",") if part.strip()]
@@ -154,6 +177,10 @@ def _domain(value: Any) -> str:
     if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$", value):
         raise ValueError(f"expected a domain name, got {value!r}")
     return value
+
+
+def _optional_domain(value: Any) -> str:
+    return _domain(value) if _string(value).strip() else ""
 
 
 def _address(value: Any) -> str:
@@ -225,6 +252,15 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "smtp": {
         "endpoint": (_endpoint, "tcp:2525:interface=127.0.0.1"),
         "relay_domain": (_domain, "localhost"),
+        "hostname": (_optional_domain, ""),
+        "max_sessions": (_integer(1), 40),
+        "max_message_size": (parse_size, 10 * 1024 * 1024),
+        "max_recipients": (_integer(1), 100),
+        "idle_timeout": (parse_duration, 300.0),
+        "max_commands": (_integer(1), 1000),
+        "max_errors": (_integer(1), 20),
+        "tls_certificate": (_string, ""),
+        "tls_key": (_string, ""),
     },
     "mail": {
         "from_address": (_address, ""),

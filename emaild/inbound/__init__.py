@@ -1,1 +1,1 @@
-"""Inbound mail: the SMTP server, what it stores, and the group relay."""
+"""Inbound mail: emaild's own SMTP server for the anonymous group relay."""
