@@ -34,14 +34,14 @@ import csv
 import json
 import sys
 
-from emaild.cli_csv import read_header
+from emaild.cli_csv import open_checked_csv
 from emaild.cli_output import CliError, Interrupted, one_line, rejected_lines, table
 from emaild.outbound.compose import ComposeError, check_address
 
 #: CSV rows per transaction
 IMPORT_CHUNK = 500
-#: the columns an import file may have
-IMPORT_COLUMNS = ("email", "name", "course")
+#: the columns an import file may have, and whether it must
+IMPORT_COLUMNS = (("email", True), ("name", False), ("course", False))
 
 
 def add_person_commands(commands, common) -> None:
@@ -172,19 +172,7 @@ def open_people_csv(path: str):
     @raise CliError: unreadable, empty, no C{email} column, or unknown or
         repeated columns.
     """
-    f, reader, stripped = read_header(path)
-    names = [name.lower() for name in stripped]
-    found = ", ".join(repr(n) for n in stripped)
-    unknown = [n for n in names if n not in IMPORT_COLUMNS]
-    if "email" not in names or unknown or len(set(names)) != len(names):
-        f.close()
-        problem = ("has no 'email' column" if "email" not in names else
-                   f"has unknown columns {', '.join(repr(n) for n in unknown)}" if unknown else
-                   "repeats a column")
-        raise CliError(f"{path} {problem}; expected email, name (optional) and course "
-                       f"(optional); columns found: {found}")
-    reader.fieldnames = names
-    return f, reader
+    return open_checked_csv(path, IMPORT_COLUMNS)
 
 
 def import_summary(new: int, updated: int, rejected) -> str:
