@@ -7,6 +7,9 @@ The C{emaild} command: queue mail, watch the queue, check an installation.
     emaild [--config PATH] check
     emaild [--config PATH] person (add EMAIL [--name NAME] [--course KEY]
                                    | list [--course KEY] [--json] | import FILE.csv)
+    emaild [--config PATH] group (add --course KEY NAME | list [--course KEY] [--json]
+                                  | members GROUP [--all] [--json] | import FILE.csv
+                                  | join GROUP EMAIL | leave GROUP EMAIL)
 
 It reads the daemon's configuration (C{--config}, else C{$EMAILD_CONFIG},
 else built-in defaults) and talks to the same database, starting the
@@ -35,6 +38,7 @@ from emaild.cli_check import run_checks
 from emaild.cli_csv import open_csv, send_csv
 from emaild.cli_output import (CliError, Interrupted, counts_table, drained_line,
                                failures_json, failures_table, one_line, progress_line)
+from emaild.cli_groups import add_group_commands
 from emaild.cli_people import add_person_commands
 from emaild.config import ConfigError, load_config
 from emaild.outbound.compose import ComposeError
@@ -138,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check)
 
     add_person_commands(commands, common)
+    add_group_commands(commands, common)
     return parser
 
 
@@ -261,7 +266,7 @@ def main(argv=None) -> None:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.error("no command given; use one of: send, queue, check, person "
+            parser.error("no command given; use one of: send, queue, check, person, group "
                          "(see emaild --help)")
         if args.command == "queue" and args.json and args.watch:
             parser.error("argument --json: not allowed with argument --watch")
