@@ -3,7 +3,8 @@ The C{emaild} command: queue mail, watch the queue, check an installation.
 
     emaild [--config PATH] send --template NAME [--qos NAME] [--batch LABEL]
                                 (--to EMAIL [--context JSON] ... | --recipients FILE.csv)
-    emaild [--config PATH] queue [--json | --failed [--limit N] | --watch [--interval S]]
+    emaild [--config PATH] queue [--json] [--failed [--limit N] | --suppressed]
+    emaild [--config PATH] queue --watch [--interval S]
     emaild [--config PATH] check
     emaild [--config PATH] person (add EMAIL [--name NAME] [--course KEY]
                                    | list [--course KEY] [--json] | import FILE.csv)
@@ -37,7 +38,8 @@ from emaild import __version__
 from emaild.cli_check import run_checks
 from emaild.cli_csv import open_csv, send_csv
 from emaild.cli_output import (CliError, Interrupted, counts_table, drained_line,
-                               failures_json, failures_table, one_line, progress_line)
+                               failures_json, failures_table, one_line, progress_line,
+                               suppressions_json, suppressions_table)
 from emaild.cli_groups import add_group_commands
 from emaild.cli_people import add_person_commands
 from emaild.config import ConfigError, load_config
@@ -129,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = queue.add_mutually_exclusive_group()
     mode.add_argument("--failed", action="store_true", help="list failed messages with their last reply")
     mode.add_argument("--watch", action="store_true", help="show a progress bar until the queue drains")
+    mode.add_argument("--suppressed", action="store_true",
+                      help="list the suppressed addresses (nothing is sent to them) and why")
     queue.add_argument("--json", action="store_true", help="print JSON (counts, or failures with --failed)")
     queue.add_argument("--limit", type=_positive(int), default=50, metavar="N",
                        help="failures to list (default 50)")
@@ -328,9 +332,19 @@ async def _queue(reactor, args, config, db, embedded) -> int:
         print(json.dumps(failures_json(rows), indent=2) if args.json else failures_table(rows))
     elif args.watch:
         await _watch(reactor, store, args.interval, args.interruption)
+    elif args.suppressed:
+        rows = await store.suppressions()
+        print(json.dumps(suppressions_json(rows), indent=2) if args.json
+              else suppressions_table(rows))
     else:
         summary = queue_summary(await store.counts())
-        print(json.dumps(summary, indent=2) if args.json else counts_table(summary))
+        suppressed = len(await store.suppressions())
+        if args.json:
+            print(json.dumps({**summary, "suppressed_addresses": suppressed}, indent=2))
+        else:
+            print(counts_table(summary))
+            print(f"suppressed addresses: {suppressed}"
+                  + (" (emaild queue --suppressed lists them)" if suppressed else ""))
     return 0
 
 
