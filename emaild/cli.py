@@ -3,10 +3,14 @@ The C{emaild} command: queue mail, watch the queue, check an installation.
 
     emaild [--config PATH] send --template NAME [--qos NAME] [--batch LABEL]
                                 (--to EMAIL [--context JSON] ... | --recipients FILE.csv)
-    emaild [--config PATH] queue [--json | --failed [--limit N] | --watch [--interval S]]
+    emaild [--config PATH] queue [--json] [--failed [--limit N] | --suppressed]
+    emaild [--config PATH] queue --watch [--interval S]
     emaild [--config PATH] check
     emaild [--config PATH] person (add EMAIL [--name NAME] [--course KEY]
                                    | list [--course KEY] [--json] | import FILE.csv)
+    emaild [--config PATH] group (add --course KEY NAME | list [--course KEY] [--json]
+                                  | members GROUP [--all] [--json] | import FILE.csv
+                                  | join GROUP EMAIL | leave GROUP EMAIL)
 
 It reads the daemon's configuration (C{--config}, else C{$EMAILD_CONFIG},
 else built-in defaults) and talks to the same database, starting the
@@ -34,7 +38,9 @@ from emaild import __version__
 from emaild.cli_check import run_checks
 from emaild.cli_csv import open_csv, send_csv
 from emaild.cli_output import (CliError, Interrupted, counts_table, drained_line,
-                               failures_json, failures_table, one_line, progress_line)
+                               failures_json, failures_table, one_line, progress_line,
+                               suppressions_json, suppressions_table)
+from emaild.cli_groups import add_group_commands
 from emaild.cli_people import add_person_commands
 from emaild.config import ConfigError, load_config
 from emaild.outbound.compose import ComposeError
@@ -125,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = queue.add_mutually_exclusive_group()
     mode.add_argument("--failed", action="store_true", help="list failed messages with their last reply")
     mode.add_argument("--watch", action="store_true", help="show a progress bar until the queue drains")
+    mode.add_argument("--suppressed", action="store_true",
+                      help="list the suppressed addresses (nothing is sent to them) and why")
     queue.add_argument("--json", action="store_true", help="print JSON (counts, or failures with --failed)")
     queue.add_argument("--limit", type=_positive(int), default=50, metavar="N",
                        help="failures to list (default 50)")
@@ -138,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check)
 
     add_person_commands(commands, common)
+    add_group_commands(commands, common)
     return parser
 
 
@@ -261,7 +270,7 @@ def main(argv=None) -> None:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.error("no command given; use one of: send, queue, check, person "
+            parser.error("no command given; use one of: send, queue, check, person, group "
                          "(see emaild --help)")
         if args.command == "queue" and args.json and args.watch:
             parser.error("argument --json: not allowed with argument --watch")
@@ -323,9 +332,19 @@ async def _queue(reactor, args, config, db, embedded) -> int:
         print(json.dumps(failures_json(rows), indent=2) if args.json else failures_table(rows))
     elif args.watch:
         await _watch(reactor, store, args.interval, args.interruption)
+    elif args.suppressed:
+        rows = await store.suppressions()
+        print(json.dumps(suppressions_json(rows), indent=2) if args.json
+              else suppressions_table(rows))
     else:
         summary = queue_summary(await store.counts())
-        print(json.dumps(summary, indent=2) if args.json else counts_table(summary))
+        suppressed = len(await store.suppressions())
+        if args.json:
+            print(json.dumps({**summary, "suppressed_addresses": suppressed}, indent=2))
+        else:
+            print(counts_table(summary))
+            print(f"suppressed addresses: {suppressed}"
+                  + (" (emaild queue --suppressed lists them)" if suppressed else ""))
     return 0
 
 

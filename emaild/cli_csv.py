@@ -64,6 +64,36 @@ def open_csv(path: str):
     return f, reader
 
 
+def open_checked_csv(path: str, columns):
+    """
+    Open an import file whose header must name exactly some of C{columns}
+    (case and surrounding spaces do not matter): every required one, any of
+    the optional ones, nothing else (a misspelt column is an error rather
+    than silently ignored data), none twice.  Return the open file and its
+    reader, whose columns are now called by their names in C{columns}.
+
+    @param columns: (name, required) pairs, in the order the error message
+        lists them.
+    @raise CliError: unreadable, empty, or a header that does not fit.
+    """
+    f, reader, stripped = read_header(path)
+    names = [name.lower() for name in stripped]
+    known = [name for name, _ in columns]
+    missing = [name for name, required in columns if required and name not in names]
+    unknown = [n for n in names if n not in known]
+    if missing or unknown or len(set(names)) != len(names):
+        f.close()
+        problem = (f"has no {missing[0]!r} column" if missing else
+                   f"has unknown columns {', '.join(repr(n) for n in unknown)}" if unknown else
+                   "repeats a column")
+        wanted = [name if required else f"{name} (optional)" for name, required in columns]
+        expected = ", ".join(wanted[:-1]) + " and " + wanted[-1] if len(wanted) > 1 else wanted[0]
+        found = ", ".join(repr(n) for n in stripped)
+        raise CliError(f"{path} {problem}; expected {expected}; columns found: {found}")
+    reader.fieldnames = names
+    return f, reader
+
+
 async def _enqueue(outbox, template, recipients, qos, batch):
     try:
         return await outbox.enqueue(template, recipients, qos=qos, batch=batch)

@@ -108,6 +108,21 @@ def failures_json(rows: Sequence[tuple]) -> list[dict]:
     ]
 
 
+def suppressions_table(rows: Sequence[tuple]) -> str:
+    """
+    L{OutboxStore.suppressions} rows: (address, reason, created_at).
+    """
+    if not rows:
+        return "no suppressed addresses"
+    return table(["address", "since (UTC)", "reason"],
+                 [[address, _when(at), one_line(reason or "-")] for address, reason, at in rows])
+
+
+def suppressions_json(rows: Sequence[tuple]) -> list[dict]:
+    return [{"address": address, "reason": reason,
+             "since": at.isoformat() if at is not None else None} for address, reason, at in rows]
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:

@@ -34,14 +34,14 @@ import csv
 import json
 import sys
 
-from emaild.cli_csv import read_header
+from emaild.cli_csv import open_checked_csv
 from emaild.cli_output import CliError, Interrupted, one_line, rejected_lines, table
 from emaild.outbound.compose import ComposeError, check_address
 
 #: CSV rows per transaction
 IMPORT_CHUNK = 500
-#: the columns an import file may have
-IMPORT_COLUMNS = ("email", "name", "course")
+#: the columns an import file may have, and whether it must
+IMPORT_COLUMNS = (("email", True), ("name", False), ("course", False))
 
 
 def add_person_commands(commands, common) -> None:
@@ -125,7 +125,18 @@ def _role(role: str) -> str:
     return role.rsplit("/", 1)[-1].rsplit(":", 1)[-1] or role
 
 
-def people_json(entries) -> list[dict]:
+def people_json(entries, suppressed=None) -> list[dict]:
+    """
+    @param suppressed: {lower-cased address: (reason, since)} of the
+        suppressed addresses among them.
+    """
+    suppressed = suppressed or {}
+
+    def suppression(email):
+        found = suppressed.get((email or "").lower())
+        return None if found is None else {
+            "reason": found[0], "since": found[1].isoformat() if found[1] else None}
+
     return [{
         "id": e.person.id,
         "email": e.person.email,
@@ -134,30 +145,48 @@ def people_json(entries) -> list[dict]:
         "courses": [{"consumer_key": m.course.consumer_key, "context_id": m.course.context_id,
                      "title": m.course.title, "roles": list(m.roles)} for m in e.courses],
         "groups": [{"course": c, "name": n} for c, n in e.groups],
+        "suppressed": suppression(e.person.email),
     } for e in entries]
 
 
-def people_table(entries) -> str:
+def people_table(entries, suppressed=None) -> str:
+    """
+    A suppressed address (nothing is sent to it) is marked in the email
+    column, and a note under the table says how many there are.
+    """
+    suppressed = suppressed or {}
     rows = []
     for e in entries:
+        email = e.person.email or "-"
+        if (e.person.email or "").lower() in suppressed:
+            email += " (suppressed)"
         courses = ", ".join(
             m.course.context_id + (f" ({', '.join(_role(r) for r in m.roles)})" if m.roles else "")
             for m in e.courses)
-        rows.append([e.person.id, e.person.email or "-", e.person.display_name or "-",
+        rows.append([e.person.id, email, e.person.display_name or "-",
                      ", ".join(dict.fromkeys(k for k, _ in e.identities)) or "-",
                      ", ".join(n for _, n in e.groups) or "-", courses or "-"])
-    return table(["id", "email", "name", "lti", "groups", "courses"], rows,
+    text = table(["id", "email", "name", "lti", "groups", "courses"], rows,
                  right=[True, False, False, False, False, False])
+    marked = sum(1 for e in entries if (e.person.email or "").lower() in suppressed)
+    if marked:
+        text += (f"\n{marked} suppressed {'address' if marked == 1 else 'addresses'}: nothing is "
+                 "sent to them (emaild queue --suppressed says why)")
+    return text
 
 
 async def _list(reactor, args, config, db, embedded) -> int:
+    from emaild.outbound.store import OutboxStore
+
     store = await _open_db(db, embedded)
     course = args.course.strip() if args.course is not None else None
     if course is not None and not await store.find_courses(course):
         raise CliError(f"no course {course!r}")
     entries = await store.directory(course)
-    print(json.dumps(people_json(entries), indent=2, ensure_ascii=False) if args.json
-          else people_table(entries))
+    suppressed = {address: (reason, since) for address, reason, since
+                  in await OutboxStore(db).suppressions(e.person.email for e in entries)}
+    print(json.dumps(people_json(entries, suppressed), indent=2, ensure_ascii=False) if args.json
+          else people_table(entries, suppressed))
     return 0
 
 
@@ -172,19 +201,7 @@ def open_people_csv(path: str):
     @raise CliError: unreadable, empty, no C{email} column, or unknown or
         repeated columns.
     """
-    f, reader, stripped = read_header(path)
-    names = [name.lower() for name in stripped]
-    found = ", ".join(repr(n) for n in stripped)
-    unknown = [n for n in names if n not in IMPORT_COLUMNS]
-    if "email" not in names or unknown or len(set(names)) != len(names):
-        f.close()
-        problem = ("has no 'email' column" if "email" not in names else
-                   f"has unknown columns {', '.join(repr(n) for n in unknown)}" if unknown else
-                   "repeats a column")
-        raise CliError(f"{path} {problem}; expected email, name (optional) and course "
-                       f"(optional); columns found: {found}")
-    reader.fieldnames = names
-    return f, reader
+    return open_checked_csv(path, IMPORT_COLUMNS)
 
 
 def import_summary(new: int, updated: int, rejected) -> str:

@@ -256,7 +256,9 @@ class QueueTests(CLITestCase):
         self.fill()
         result = self.cli("queue")
         self.assertEqual(result.returncode, 0, result)
-        table = [line.split() for line in result.stdout.strip().splitlines()]
+        *lines, last = result.stdout.strip().splitlines()
+        self.assertEqual(last, "suppressed addresses: 0")
+        table = [line.split() for line in lines]
         self.assertEqual(table, [
             ["class", "queued", "sending", "sent", "failed", "suppressed", "total"],
             ["bulk", "3", "0", "2", "0", "0", "5"],
@@ -277,13 +279,38 @@ class QueueTests(CLITestCase):
                 "default": {**zero, "failed": 1, "suppressed": 1},
                 "transactional": {**zero, "sending": 1},
             },
+            "suppressed_addresses": 0,
         })
 
     def test_json_of_an_empty_queue(self):
         result = self.cli("queue", "--json")
         self.assertEqual(json.loads(result.stdout), {
             "queued": 0, "sending": 0, "sent": 0, "failed": 0, "suppressed": 0, "total": 0,
-            "by_class": {}})
+            "by_class": {}, "suppressed_addresses": 0})
+
+    def test_suppressed_addresses(self):
+        result = self.cli("queue", "--suppressed")
+        self.assertEqual((result.returncode, result.stdout), (0, "no suppressed addresses\n"))
+        self.query("INSERT INTO suppressions (address, reason, created_at) VALUES"
+                   " ('gone@example.org', 'hard bounces: 3 (last: 5.1.1 no such user)',"
+                   "  '2026-03-01 10:00:00+00'),"
+                   " ('spam@example.org', 'complaint', '2026-03-02 10:00:00+00')")
+        result = self.cli("queue")
+        self.assertEqual(result.stdout.strip().splitlines()[-1],
+                         "suppressed addresses: 2 (emaild queue --suppressed lists them)")
+        self.assertEqual(json.loads(self.cli("queue", "--json").stdout)["suppressed_addresses"], 2)
+        result = self.cli("queue", "--suppressed")
+        self.assertEqual(result.returncode, 0, result)
+        self.assertEqual(result.stdout.splitlines(), [
+            "address           since (UTC)           reason",
+            "spam@example.org  2026-03-02 10:00:00Z  complaint",
+            "gone@example.org  2026-03-01 10:00:00Z  hard bounces: 3 (last: 5.1.1 no such user)"])
+        self.assertEqual(json.loads(self.cli("queue", "--suppressed", "--json").stdout), [
+            {"address": "spam@example.org", "reason": "complaint",
+             "since": "2026-03-02T10:00:00+00:00"},
+            {"address": "gone@example.org", "reason": "hard bounces: 3 (last: 5.1.1 no such user)",
+             "since": "2026-03-01T10:00:00+00:00"}])
+        self.assertOneLineError(self.cli("queue", "--suppressed", "--failed"), 2, "not allowed")
 
     def test_failed(self):
         self.fill()

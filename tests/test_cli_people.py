@@ -139,6 +139,7 @@ class ListTests(PersonCLITestCase):
                 {"consumer_key": "moodle", "context_id": "course-v1:Logic+2026",
                  "title": "Logic 101", "roles": ["Learner", "urn:lti:role:ims/lis/TeachingAssistant"]}],
             "groups": [{"course": "course-v1:Logic+2026", "name": "Team 4"}],
+            "suppressed": None,
         })
         self.assertEqual(people[2]["name"], "Cy Zoë")
         in_sets = json.loads(self.cli("person", "list", "--course", "Sets", "--json").stdout)
@@ -146,6 +147,22 @@ class ListTests(PersonCLITestCase):
         in_lti = json.loads(self.cli("person", "list", "--course", "course-v1:Logic+2026",
                                      "--json").stdout)
         self.assertEqual([p["email"] for p in in_lti], ["ada@example.org"])
+
+    def test_suppressed_addresses_are_shown(self):
+        self.fill()
+        self.query("INSERT INTO suppressions (address, reason, created_at) VALUES"
+                   " ('bob@example.org', 'hard bounces: 3', '2026-03-01 10:00:00+00'),"
+                   " ('nobody@example.org', 'complaint', now())")
+        self.query("UPDATE people SET email = 'Bob@Example.org' WHERE email = 'bob@example.org'")
+        lines = self.cli("person", "list").stdout.splitlines()
+        self.assertEqual(len(lines), 5)
+        self.assertIn(" Bob@Example.org (suppressed) ", lines[2])
+        self.assertNotIn("suppressed", lines[1] + lines[3])
+        self.assertEqual(lines[4], "1 suppressed address: nothing is sent to them "
+                                   "(emaild queue --suppressed says why)")
+        people = json.loads(self.cli("person", "list", "--json").stdout)
+        self.assertEqual([p["suppressed"] for p in people], [
+            None, {"reason": "hard bounces: 3", "since": "2026-03-01T10:00:00+00:00"}, None])
 
     def test_empty_and_unknown_course(self):
         result = self.cli("person", "list", "--json")

@@ -6,7 +6,7 @@ new one).
 
 from twisted.trial import unittest
 
-from emaild.groups.addresses import ReplyAddresses, ReplyToken
+from emaild.groups.addresses import ReplyAddresses, ReplyToken, reply_addresses
 from emaild.groups.store import GroupStore
 from emaild.people.store import PeopleStore
 from tests.support import DatabaseTestCase
@@ -41,6 +41,21 @@ class ReplyAddressTests(unittest.TestCase):
         other = ReplyAddresses("pepper", "relay.example.org")
         self.assertNotEqual(other.address(token), self.codec.address(token))
         self.assertNotEqual(other.parse(self.codec.address(token)), token)
+
+    def test_from_config(self):
+        from tests.support import make_config
+
+        token = ReplyToken(1, 2, 3, 4)
+        config = make_config(self.mktemp(), smtp={"relay_domain": "Relay.Example.org"},
+                             links={"salt": "s1"}, groups={"address_prefix": "team"})
+        codec = reply_addresses(config)
+        self.assertEqual(codec.address(token),
+                         ReplyAddresses("s1/reply", "relay.example.org", "team").address(token))
+        self.assertTrue(codec.address(token).startswith("team-"))
+        salted = make_config(self.mktemp(), links={"salt": "s1"},
+                             groups={"address_salt": "own"})
+        self.assertEqual(reply_addresses(salted).address(token),
+                         ReplyAddresses("own", "localhost").address(token))
 
 
 class MembershipTests(DatabaseTestCase):

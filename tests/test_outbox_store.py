@@ -123,6 +123,18 @@ class ClaimTests(StoreTestCase):
         self.assertEqual(rows, [("suppressed", "suppressed: hard bounce 550 5.1.1")])
 
     @defer.inlineCallbacks
+    def test_suppressions_are_readable(self):
+        yield self.store.suppress("Gone@Example.org", "3 hard bounces")
+        yield self.store.suppress("spam@example.org", "complaint")
+        rows = yield defer.ensureDeferred(self.store.suppressions())
+        self.assertEqual(sorted((a, r) for a, r, _ in rows),
+                         [("gone@example.org", "3 hard bounces"), ("spam@example.org", "complaint")])
+        rows = yield defer.ensureDeferred(self.store.suppressions(["GONE@example.org", "x@y.org"]))
+        self.assertEqual([(a, r) for a, r, _ in rows], [("gone@example.org", "3 hard bounces")])
+        self.assertIsNotNone(rows[0][2])
+        self.assertEqual((yield defer.ensureDeferred(self.store.suppressions([]))), [])
+
+    @defer.inlineCallbacks
     def test_daily_quota_counts_sent_and_in_flight(self):
         yield defer.ensureDeferred(self.enqueue([f"r{i}@example.org" for i in range(10)]))
         lim = limits(daily_quota=4)

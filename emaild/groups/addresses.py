@@ -62,3 +62,15 @@ class ReplyAddresses:
 
     def is_ours(self, address: str) -> bool:
         return address.rpartition("@")[2].lower() == self.domain
+
+
+def reply_addresses(config) -> ReplyAddresses:
+    """
+    The reply addresses of a configuration: C{[groups] address_salt} (or
+    C{[links] salt} + C{"/reply"} when it is empty), C{[smtp] relay_domain}
+    and C{[groups] address_prefix}.  Everything that makes or reads reply
+    addresses uses this, so they always agree.
+    """
+    groups = config["groups"]
+    return ReplyAddresses(groups["address_salt"] or config["links"]["salt"] + "/reply",
+                          config["smtp"]["relay_domain"], groups["address_prefix"])

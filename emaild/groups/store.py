@@ -37,6 +37,8 @@ class Member:
     left_at: datetime.datetime | None
     secret_hi: int
     secret_lo: int
+    #: when they (last) joined
+    joined_at: datetime.datetime | None = None
 
     @property
     def live(self) -> bool:
@@ -61,7 +63,7 @@ _GROUP_COLUMNS = "g.id, g.course_id, g.name, coalesce(nullif(c.title, ''), c.con
 _GROUP_FROM = "groups g JOIN courses c ON c.id = g.course_id"
 _GROUP = f"{_GROUP_COLUMNS} FROM {_GROUP_FROM}"
 _MEMBER = ("m.group_id, m.person_id, p.email, p.display_name, m.left_at,"
-           " m.reply_secret_hi, m.reply_secret_lo"
+           " m.reply_secret_hi, m.reply_secret_lo, m.joined_at"
            " FROM group_members m JOIN people p ON p.id = m.person_id")
 
 

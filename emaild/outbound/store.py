@@ -379,6 +379,23 @@ class OutboxStore:
             (outbox_id,))
         return (row[0] if row else None), attempts
 
+    async def suppressions(self, addresses: Iterable[str] | None = None) -> list[tuple]:
+        """
+        (address, reason, created_at) of the suppressed addresses (nothing
+        is sent to them), newest first; with C{addresses}, only those among
+        them (compared case-insensitively; the table holds them lower-cased).
+        """
+        if addresses is None:
+            return await self.db.runQuery(
+                "SELECT address, reason, created_at FROM suppressions"
+                " ORDER BY created_at DESC, address")
+        wanted = sorted({a.lower() for a in addresses if a})
+        if not wanted:
+            return []
+        return await self.db.runQuery(
+            "SELECT address, reason, created_at FROM suppressions WHERE address = ANY(%s)"
+            " ORDER BY created_at DESC, address", (wanted,))
+
     def by_bounce_address(self, envelope_from: str):
         """
         (outbox id, recipient, person id) of the message sent with this

@@ -270,6 +270,13 @@ class PeopleStore:
             " ORDER BY consumer_key <> '', consumer_key, id", (key,))
         return [Course(*row) for row in rows]
 
+    async def courses(self, course_ids: Iterable[int]) -> dict[int, Course]:
+        ids = sorted(set(course_ids))
+        if not ids:
+            return {}
+        rows = await self.db.runQuery(f"SELECT {_COURSE} FROM courses WHERE id = ANY(%s)", (ids,))
+        return {row[0]: Course(*row) for row in rows}
+
     # -- adding people by hand -------------------------------------------------
     async def add_person(self, email: str, display_name: str = "",
                          course: str | None = None) -> tuple[Person, bool, Course | None]:
@@ -313,15 +320,7 @@ class PeopleStore:
                     if isinstance(course, PersonError):
                         results.append(course)
                         continue
-                await cursor.execute(
-                    "INSERT INTO people (email, display_name) VALUES (%s, %s)"
-                    " ON CONFLICT (lower(email)) DO UPDATE SET"
-                    "   display_name = CASE WHEN EXCLUDED.display_name = ''"
-                    "     THEN people.display_name ELSE EXCLUDED.display_name END,"
-                    "   updated_at = now()"
-                    f" RETURNING {_PERSON}, xmax = 0", (email, display_name or ""))
-                *person, created = cursor.fetchone()
-                person = Person(*person)
+                person, created = await _upsert_person(cursor, email, display_name)
                 if course is not None:
                     await _join_course(cursor, course.id, person.id, [])
                 results.append((person, created, course))
@@ -399,6 +398,23 @@ async def _set_email(cursor, person_id: int, email: str) -> int | None:
     return None
 
 
+async def _upsert_person(cursor, email: str, display_name: str) -> tuple[Person, bool]:
+    """
+    Add a person by (checked) address or update the name of the one who has
+    it (an empty name keeps the stored one); returns the person and whether
+    they are new.
+    """
+    await cursor.execute(
+        "INSERT INTO people (email, display_name) VALUES (%s, %s)"
+        " ON CONFLICT (lower(email)) DO UPDATE SET"
+        "   display_name = CASE WHEN EXCLUDED.display_name = ''"
+        "     THEN people.display_name ELSE EXCLUDED.display_name END,"
+        "   updated_at = now()"
+        f" RETURNING {_PERSON}, xmax = 0", (email, display_name or ""))
+    *person, created = cursor.fetchone()
+    return Person(*person), created
+
+
 async def _ensure_course(cursor, consumer_key: str, context_id: str, title: str = "") -> int:
     await cursor.execute(
         "INSERT INTO courses (consumer_key, context_id, title) VALUES (%s, %s, %s)"
@@ -434,16 +450,20 @@ async def _join_course(cursor, course_id: int, person_id: int, roles: list[str],
         (course_id, person_id, list(roles), launched))
 
 
-async def _ensure_group(cursor, course_id: int, name: str) -> int:
+async def _ensure_group(cursor, course_id: int, name: str, report: bool = False):
+    """
+    The group's id (with C{report}: and whether it was made now).
+    """
     await cursor.execute(
         "INSERT INTO groups (course_id, name) VALUES (%s, %s)"
         " ON CONFLICT (course_id, name) DO NOTHING RETURNING id", (course_id, name))
     row = cursor.fetchone()
+    created = row is not None
     if row is None:
         await cursor.execute("SELECT id FROM groups WHERE course_id = %s AND name = %s",
                              (course_id, name))
         row = cursor.fetchone()
-    return row[0]
+    return (row[0], created) if report else row[0]
 
 
 async def _join_group(cursor, group_id: int, person_id: int) -> None:

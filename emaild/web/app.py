@@ -20,6 +20,9 @@ from twisted.web import http
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from emaild.groups.addresses import reply_addresses
+from emaild.groups.store import GroupStore
+from emaild.inbound.store import InboundStore
 from emaild.links.service import Links
 from emaild.links.store import LinkStore
 from emaild.people.lti import LaunchVerifier, NonceStore
@@ -117,6 +120,9 @@ class WebApp:
         self.sessions = Sessions(config, SessionStore(db))
         self.links = Links(config, LinkStore(db))
         self.people = PeopleStore(db)
+        self.groups = GroupStore(db)
+        self.inbound = InboundStore(db)
+        self.reply_addresses = reply_addresses(config)
         self.lti = LaunchVerifier(config, NonceStore(db, config["lti"]["timestamp_window"]),
                                   clock=reactor.seconds)
         self._static = next(
@@ -179,4 +185,5 @@ class WebApp:
 
 
 # The concerns' routes register themselves on WebApp.app when imported.
-from emaild.web import routes_home, routes_links, routes_lti, routes_unsubscribe  # noqa: E402,F401
+from emaild.web import (routes_groups, routes_home, routes_links, routes_lti,  # noqa: E402,F401
+                        routes_unsubscribe)
