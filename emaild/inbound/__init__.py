@@ -1,0 +1,1 @@
+"""Inbound mail for the anonymous group relay: classify, bounces, rewriting."""
