@@ -54,23 +54,34 @@ def parse_message(raw: bytes) -> EmailMessage:
         return message
 
 
+def _raw_header_text(value: str) -> str:
+    # undeclared 8-bit in a header: the policy would show U+FFFD; UTF-8 is
+    # the usual intent, Windows Latin the usual alternative
+    value = re.sub(r"\r?\n(?=[ \t])", "", value)
+    data = value.encode("utf-8", "surrogateescape")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", "replace")
+    try:
+        return str(make_header(decode_header(text)))
+    except Exception:
+        return text
+
+
 def header_values(message, name: str) -> list[str]:
     """
-    Every C{name} header of C{message}, decoded to text; raw (RFC 2047
-    decoded best-effort) when the structured parser chokes on a value.
+    Every C{name} header of C{message}, decoded to text; from the raw value
+    when it has 8-bit bytes or the structured parser chokes on it.
     """
+    raw = [v for k, v in message.raw_items() if k.lower() == name.lower()]
     try:
-        return [str(v) for v in message.get_all(name) or ()]
+        parsed = [str(v) for v in message.get_all(name) or ()]
     except Exception:
-        pass
-    values = []
-    for key, value in message.raw_items():
-        if key.lower() == name.lower():
-            try:
-                values.append(str(make_header(decode_header(value))))
-            except Exception:
-                values.append(value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
-    return values
+        parsed = None
+    if parsed is None or len(parsed) != len(raw):
+        return [_raw_header_text(v) for v in raw]
+    return [_raw_header_text(r) if not r.isascii() else p for r, p in zip(raw, parsed)]
 
 
 def header_value(message, name: str) -> str | None:
