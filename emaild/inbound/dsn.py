@@ -49,7 +49,7 @@ _FAILED_ADDRESS = [
     # Exim and Gmail: the address alone on an indented line after the explanation
     re.compile(r"(?:failed|recipients?|permanently|delivered to)[^\n]*:\s*\n(?:[ \t]*\n)*[ \t]*<?("
                + _ADDRESS + r")>?[ \t]*$", re.IGNORECASE | re.MULTILINE),
-    re.compile(r"(?:delivery to|could not be delivered to|failed to deliver to)\s+<?("
+    re.compile(r"(?:delivery to|delivered to|failed to deliver to)\s+<?("
                + _ADDRESS + r")>?", re.IGNORECASE),
 ]
 
@@ -185,7 +185,9 @@ def _fallback(message) -> list[BounceReport]:
         diagnostic = _one_line(text[start:end if end >= 0 else None])
     else:
         diagnostic = _one_line(_PERMANENT_WORDS.search(text).group(0))
-    addresses: list[str] = []
+    # Exim names them in a header too
+    addresses = [a.strip() for v in message.get_all("X-Failed-Recipients") or () for a in str(v).split(",")
+                 if re.fullmatch(_ADDRESS, a.strip())]
     for pattern in _FAILED_ADDRESS:
         for found in pattern.findall(text):
             if found.lower() not in (a.lower() for a in addresses):
