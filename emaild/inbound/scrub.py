@@ -67,8 +67,9 @@ class Scrubber:
                    + r")(?![A-Za-z0-9-]|\.[A-Za-z0-9])")
         flags = re.IGNORECASE
         self.address = re.compile(address, flags)
-        self.angle = re.compile(r"(?:<|&lt;|&\#0*60;|%3C)\s*(?:mailto:\s*)?(" + address
-                                + r")\s*(?:>|&gt;|&\#0*62;|%3E)", flags)
+        # Gmail and Outlook write &lt;<a href="mailto:ada@x">ada@x</a>&gt;
+        self.angle = re.compile(r"(?:<|&lt;|&\#0*60;|%3C)\s*(?:<a\b[^<>]*>\s*)?(?:mailto:\s*)?("
+                                + address + r")\s*(?:</a>\s*)?(?:>|&gt;|&\#0*62;|%3E)", flags)
         self.mailto = re.compile(r"mailto:\s*(" + address + r")(?:\?[^\s\"'<>]*)?", flags)
         self.cid = re.compile(r"(cid:[^\s\"'<>()]*?)(" + address + r")", flags)
         self.raw = re.compile(b"|".join(re.escape(k.encode("utf-8", "replace"))
