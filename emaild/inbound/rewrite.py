@@ -243,11 +243,17 @@ class _Writer:
         return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
 
     def decoded(self, part) -> bytes:
+        raw = self.raw(part)
+        if str(part.get("content-transfer-encoding", "")).strip().lower() == "base64":
+            letters = re.sub(rb"\s", b"", raw)
+            junk = len(re.sub(rb"[A-Za-z0-9+/=]", b"", letters))
+            if junk * 10 > len(letters):
+                return raw  # labelled base64 but plainly is not: the text is the bytes
         try:
             data = part.get_payload(decode=True)
         except Exception:
             data = None
-        return data if isinstance(data, bytes) else self.raw(part)
+        return data if isinstance(data, bytes) else raw
 
     def text(self, part, kind: str, overrides: dict[str, str]) -> bytes:
         raw = self.raw(part)
