@@ -312,7 +312,8 @@ def prepare(message, scrub: Mapping[str, str]) -> Prepared:
     """
     scrubber = Scrubber(scrub)
     subject = clean(scrubber.text(header_value(message, "Subject") or ""))
-    date = header_value(message, "Date")
+    # as written: the policy's parsed form is empty when it cannot parse it
+    date = next((clean(v) for k, v in message.raw_items() if k.lower() == "date"), None)
     message_ids = _ids(header_value(message, "Message-ID"))
     try:
         entity = _Writer(scrubber).entity(message, top=True)
