@@ -4,8 +4,7 @@ Find the group members' real addresses in text and replace them.
 An address can hide as C{%40} or C{&#64;}, behind C{mailto:}, in angle
 brackets (also C{&lt;...&gt;}) after the person's real name, and in the
 "On ..., Ada Lovelace <ada@...> wrote:" line a client puts over a quote;
-all of these become the member's name in the group.  Only whole addresses
-count: C{bob@example.net.au} and C{jimbob@example.net} are someone else.
+all of these become the member's name in the group.
 """
 
 from __future__ import annotations
@@ -61,10 +60,10 @@ class Scrubber:
             at_forms = r"(?:@|%40|&\#0*64;|&\#x0*40;)" if at else ""
             alternatives.append(re.escape(local) + at_forms + re.escape(domain) if at
                                 else re.escape(domain))
-        # boundaries so bob@example.net.au and jimbob@example.net stay
-        # someone else's; a %-escape before the address is not a boundary
-        address = (r"(?:(?<=%[0-9A-Fa-f]{2})|(?<![A-Za-z0-9._+-]))(?:" + "|".join(alternatives)
-                   + r")(?![A-Za-z0-9-]|\.[A-Za-z0-9])")
+        # no word boundaries: in "ada@example.org.txt" or "img1.ada@example.org"
+        # the member's address is still there to read, so it goes too (the
+        # price: jimbob@example.net becomes "jimBob" when bob@example.net is a member)
+        address = "(?:" + "|".join(alternatives) + ")"
         flags = re.IGNORECASE
         self.address = re.compile(address, flags)
         # Gmail and Outlook write &lt;<a href="mailto:ada@x">ada@x</a>&gt;
