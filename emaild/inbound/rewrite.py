@@ -165,6 +165,11 @@ class _Writer:
                 pass
         return _header_line(name, self.scrubber.text(decoded, ident=lname in _ID_HEADERS))
 
+    def params(self, part, leave_out: tuple[str, ...]) -> list[tuple[str, str]]:
+        """The Content-Type parameters but C{leave_out}, scrubbed (name= can hold an address)."""
+        return [(k, self.scrubber.text(v)) for k, v in _params(part, "content-type")
+                if k.lower() not in leave_out]
+
     def headers(self, part, top: bool, overrides: dict[str, str]) -> bytes:
         lines, done = [], set()
         if top:
@@ -218,7 +223,7 @@ class _Writer:
         everything = b"".join(children) + preamble + epilogue
         if not _BOUNDARY.fullmatch(boundary) or b"--" + boundary.encode() in everything:
             boundary = f"=_emaild_{secrets.token_hex(12)}"
-            params = [(k, v) for k, v in _params(part, "content-type") if k.lower() != "boundary"]
+            params = self.params(part, ("boundary",))
             overrides["content-type"] = _param_value(kind, [*params, ("boundary", boundary)])
         if part.get("content-transfer-encoding", "7bit").strip().lower() not in ("7bit", ""):
             overrides["content-transfer-encoding"] = "7bit"
@@ -266,8 +271,7 @@ class _Writer:
         charset, cte, body = _encode_text(scrubbed, declared)
         if not kind.startswith("text/"):
             kind = "text/plain"  # a multipart without a boundary, an odd message/*
-        params = [(k, v) for k, v in _params(part, "content-type")
-                  if k.lower() not in ("charset", "boundary")]
+        params = self.params(part, ("charset", "boundary"))
         overrides["content-type"] = _param_value(kind, [("charset", charset), *params])
         overrides["content-transfer-encoding"] = cte
         return body
