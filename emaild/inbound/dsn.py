@@ -103,7 +103,7 @@ def _one_line(text: str, limit: int = 500) -> str:
 
 
 def _report(block: dict[str, str]) -> BounceReport:
-    action = block.get("action", "").split()[0].lower() if block.get("action", "").split() else ""
+    action = (block.get("action", "").split() or [""])[0].lower()
     diagnostic = block.get("diagnostic-code", "")
     _, semi, rest = diagnostic.partition(";")
     diagnostic = _one_line(rest if semi else diagnostic)
