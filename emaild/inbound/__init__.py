@@ -1,1 +1,1 @@
-"""Inbound mail: emaild's own SMTP server for the anonymous group relay."""
+"""Inbound mail: emaild's own SMTP server and the anonymous group relay."""
