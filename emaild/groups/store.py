@@ -184,8 +184,14 @@ async def set_copies(cursor, post_id: int, copies: int) -> None:
     await cursor.execute("UPDATE group_posts SET copies = %s WHERE id = %s", (copies, post_id))
 
 
-async def members_for_relay(cursor, group_id: int) -> list[Member]:
+async def name_and_course(cursor, group_id: int) -> tuple[str, int] | None:
+    await cursor.execute("SELECT name, course_id FROM groups WHERE id = %s", (group_id,))
+    row = cursor.fetchone()
+    return tuple(row) if row else None
+
+
+async def members_for_relay(cursor, group_id: int, include_left: bool = False) -> list[Member]:
     await cursor.execute(
-        f"SELECT {_MEMBER} WHERE m.group_id = %s AND m.left_at IS NULL ORDER BY m.person_id",
-        (group_id,))
+        f"SELECT {_MEMBER} WHERE m.group_id = %s AND (%s OR m.left_at IS NULL)"
+        " ORDER BY m.person_id", (group_id, include_left))
     return [Member(*row) for row in cursor.fetchall()]

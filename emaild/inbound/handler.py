@@ -1,0 +1,102 @@
+"""
+What the SMTP server asks about each RCPT and each message: which of our
+addresses it is (a member's reply address, an unsubscribe address, the
+bounce address of one of our messages), whether the sender may post, and
+storing the message before the server answers 250.
+
+No open relay: anything not on the relay domain is refused 550 5.7.1, and on
+the relay domain only the three kinds of live address are accepted (5.1.1
+otherwise).
+"""
+
+from __future__ import annotations
+
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from email.utils import getaddresses
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from emaild.groups.addresses import ReplyAddresses
+from emaild.groups.store import GroupStore
+from emaild.inbound.server import Envelope, IInboundHandler, Refused
+from emaild.inbound.store import BOUNCE, RELAY, UNSUBSCRIBE, InboundStore, Recipient
+from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
+from emaild.links.service import Links
+from emaild.outbound.store import OutboxStore
+
+UNSUBSCRIBE_PREFIX = "unsubscribe+"
+BOUNCE_PREFIX = "bounces+"
+
+
+def _from_addresses(raw: bytes) -> list[str]:
+    headers = BytesHeaderParser(policy=default_policy).parsebytes(raw)
+    try:
+        values = headers.get_all("From") or []
+        return [addr.lower() for _, addr in getaddresses([str(v) for v in values]) if addr]
+    except Exception:  # a From header too broken to parse proves nothing
+        return []
+
+
+@implementer(IInboundHandler)
+class InboundHandler:
+    def __init__(self, store: InboundStore, groups: GroupStore, addresses: ReplyAddresses,
+                 links: Links, outbox: OutboxStore):
+        self.store = store
+        self.groups = groups
+        self.addresses = addresses
+        self.links = links
+        #: for looking up our own bounce addresses
+        self.outbox = outbox
+
+    async def _check(self, address: str, mail_from: str) -> Recipient:
+        if not self.addresses.is_ours(address):
+            raise Refused(550, "5.7.1", f"relaying denied: this server only accepts mail for "
+                                        f"{self.addresses.domain}")
+        local = address.rpartition("@")[0]
+        # link tokens are case-sensitive (hashids); only the prefix is not
+        if local.lower().startswith(UNSUBSCRIBE_PREFIX):
+            resolution = await self.links.resolve(local[len(UNSUBSCRIBE_PREFIX):], UNSUBSCRIBE_LINK)
+            # an expired unsubscribe link is still honoured (see [links])
+            if resolution.link is not None:
+                return Recipient(address, UNSUBSCRIBE, person_id=resolution.link.person_id,
+                                 link_id=resolution.link.id)
+        elif local.lower().startswith(BOUNCE_PREFIX):
+            sent = await self.outbox.by_bounce_address(address)
+            if sent is not None:
+                outbox_id, _, person_id = sent
+                return Recipient(address, BOUNCE, outbox_id=outbox_id, person_id=person_id)
+        else:
+            token = self.addresses.parse(address)
+            member = await self.groups.by_token(token) if token is not None else None
+            if member is not None and not member.live:
+                raise Refused(550, "5.1.1", "this group address no longer works: its owner "
+                                            "left the group")
+            if member is not None:
+                verified = bool(member.email) and member.email.lower() == mail_from.lower()
+                return Recipient(address, RELAY, group_id=member.group_id,
+                                 person_id=member.person_id, sender_verified=verified,
+                                 member_email=member.email)
+        raise Refused(550, "5.1.1", "no such address here")
+
+    def check_recipient(self, address: str, mail_from: str):
+        return Deferred.fromCoroutine(self._check(address, mail_from))
+
+    async def _deliver(self, envelope: Envelope, raw: bytes) -> str:
+        recipients = list(envelope.recipients)
+        unverified = [r for r in recipients if r.purpose == RELAY and not r.sender_verified]
+        if unverified:
+            from_addresses = _from_addresses(raw)
+            for r in unverified:
+                if not (r.member_email and r.member_email.lower() in from_addresses):
+                    raise Refused(550, "5.7.1", "you can only post to a group through your own "
+                                                "group address, from the address the group "
+                                                "knows you by")
+        message_id = await self.store.receive(
+            peer=envelope.peer, helo=envelope.helo, tls=envelope.tls,
+            mail_from=envelope.mail_from, recipients=recipients, raw=raw)
+        return str(message_id)
+
+    def deliver(self, envelope: Envelope, raw: bytes):
+        return Deferred.fromCoroutine(self._deliver(envelope, raw))
