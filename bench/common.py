@@ -274,6 +274,7 @@ class Bench:
             "[database]", f'url = "{self.dsn}"',
             "[http]", f'endpoint = "tcp:{self.http_ports[path]}:interface=127.0.0.1"',
             "[smtp]", 'relay_domain = "bench.example.org"',
+            'endpoint = "tcp:0:interface=127.0.0.1"',
             "[mail]", 'from_address = "course@bench.example.org"', 'from_name = "Bench Course"',
             "[relay]",
         ]

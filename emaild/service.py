@@ -2,8 +2,9 @@
 The service tree of one emaild process.
 
     Emaild (MultiService)
-      ├── web listener  (Klein site on [http] endpoint)
-      └── (after the database is up) Sender
+      ├── web listener   (Klein site on [http] endpoint)
+      ├── smtp listener  (inbound ESMTP on [smtp] endpoint: the group relay)
+      └── (after the database is up) Sender and RelayProcessor
 
 Listening ports are children, so C{twistd --uid/--gid} binds them as root in
 privilegedStartService before dropping privileges.  Everything that needs the
@@ -20,6 +21,12 @@ from twisted.logger import Logger
 from emaild.db.database import Database
 from emaild.db.embedded import EmbeddedPostgres
 from emaild.db.migrations import migrate
+from emaild.groups.addresses import reply_addresses
+from emaild.groups.store import GroupStore
+from emaild.inbound.handler import InboundHandler
+from emaild.inbound.relay import RelayProcessor
+from emaild.inbound.server import inbound_listener, use_self_signed
+from emaild.inbound.store import InboundStore
 from emaild.outbound.maildir import MaildirTransport
 from emaild.outbound.outbox import Outbox
 from emaild.outbound.sender import Sender
@@ -85,6 +92,15 @@ class Emaild(service.MultiService):
         listener = strports.service(config["http"]["endpoint"], self.web.site())
         listener.setName("http")
         listener.setServiceParent(self)
+        self.inbound = InboundStore(self.db)
+        addresses = reply_addresses(config)
+        handler = InboundHandler(self.inbound, GroupStore(self.db), addresses,
+                                 self.outbox.links, self.store)
+        self.smtp = inbound_listener(config, handler, reactor)
+        self.smtp.setName("smtp")
+        self.smtp.setServiceParent(self)
+        self.relay = RelayProcessor(reactor, config, self.inbound, addresses,
+                                    self.outbox.links, self.outbox)
         #: fires when the database is open and the sender runs
         self.ready: defer.Deferred | None = None
 
@@ -97,8 +113,10 @@ class Emaild(service.MultiService):
         # created here, not in __init__: under `twistd --uid` this runs after
         # privileges were dropped, so the files belong to the service user
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        use_self_signed(self.config, self.smtp)
         await open_database(self.db, self.embedded)
         await self.sender.startService()
+        await self.relay.startService()
         log.info("emaild ready: transport {t}, rate {r}/s", t=self.transport.name,
                  r=self.config["relay"]["rate"])
 
@@ -114,6 +132,8 @@ class Emaild(service.MultiService):
     async def _stop(self):
         if self.ready is not None and not self.ready.called:
             await self.ready
+        if self.relay.running:
+            await self.relay.stopService()
         if self.sender.running:
             await self.sender.stopService()
         await super().stopService()

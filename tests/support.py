@@ -81,7 +81,9 @@ def make_config(tmp: Path | str, dsn: str = "", **sections):
     A validated config for tests: state under C{tmp}, the given database,
     and C{sections} as overrides, e.g. C{relay={"rate": 100}}.
     """
-    overrides = {"paths": {"state_dir": str(tmp)}, "database": {"url": dsn}}
+    # the inbound SMTP server listens on any free port unless a test says
+    overrides = {"paths": {"state_dir": str(tmp)}, "database": {"url": dsn},
+                 "smtp": {"endpoint": "tcp:0:interface=127.0.0.1"}}
     for section, values in sections.items():
         overrides.setdefault(section.replace("__", "."), {}).update(values)
     return load_config(None, environ={}, overrides=overrides)

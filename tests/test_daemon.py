@@ -93,7 +93,9 @@ class DaemonTestCase(DatabaseTestCase):
     def write_config(self, http_port, **sections):
         base = {"paths": {"state_dir": str(self.tmp / "state")},
                 "database": {"url": self.dsn},
-                "http": {"endpoint": f"tcp:{http_port}:interface=127.0.0.1"}}
+                "http": {"endpoint": f"tcp:{http_port}:interface=127.0.0.1"},
+                # any free port: several daemons run at once
+                "smtp": {"endpoint": "tcp:0:interface=127.0.0.1"}}
         for section, values in sections.items():
             base.setdefault(section, {}).update(values)
         return toml_config(self.tmp / "emaild.toml", **base)

@@ -40,7 +40,7 @@ from zope.interface.verify import verifyObject
 from emaild.config import ConfigError, load_config
 from emaild.inbound.server import (
     COMMAND_LINE_LIMIT, DATA_LINE_LIMIT, Envelope, IInboundHandler, InboundFactory,
-    Refused, ensure_self_signed, inbound_listener, tls_context_factory,
+    Refused, ensure_self_signed, inbound_listener, tls_context_factory, use_self_signed,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -908,6 +908,11 @@ class SetupTests(TestCase):
         factory = service.factory
         self.assertEqual((factory.hostname, factory.max_sessions, factory.max_message_size),
                          ("relay.test", 3, 2**20))
+        # nothing is written before the daemon dropped privileges…
+        self.assertFalse(state.exists())
+        self.assertIsNone(factory.tls_context)
+        # …then the self-signed pair is made in the state directory
+        use_self_signed(config, service)
         self.assertTrue((state / "tls" / "smtp-key.pem").exists())
         self.assertIsNotNone(factory.tls_context)
 

@@ -43,7 +43,7 @@ from emaild.inbound.tls import ensure_self_signed, tls_context_factory
 
 __all__ = [
     "Refused", "Envelope", "IInboundHandler", "InboundFactory", "InboundSMTP",
-    "tls_context_factory", "ensure_self_signed", "inbound_listener",
+    "tls_context_factory", "ensure_self_signed", "inbound_listener", "use_self_signed",
     "COMMAND_LINE_LIMIT", "DATA_LINE_LIMIT",
 ]
 
@@ -418,29 +418,45 @@ class InboundFactory(ServerFactory):
 def inbound_listener(config, handler, reactor):
     """
     The inbound SMTP server as a service listening on C{smtp.endpoint}, with
-    the configured limits and certificate (or a self-signed one made in the
-    state directory on first start).
+    the configured limits and certificate.  Without a configured
+    certificate, STARTTLS is offered once L{use_self_signed} has made one in
+    the state directory (the daemon calls it after dropping privileges, so
+    the files belong to the service user).
     """
     from emaild.config import ConfigError
 
     smtp = config["smtp"]
-    hostname = smtp["hostname"] or smtp["relay_domain"]
+    tls_context = None
     if smtp["tls_certificate"]:
-        certificate, key = smtp["tls_certificate"], smtp["tls_key"] or smtp["tls_certificate"]
+        tls_context = tls_context_factory(smtp["tls_certificate"],
+                                          smtp["tls_key"] or smtp["tls_certificate"])
     elif smtp["tls_key"]:
         raise ConfigError("smtp.tls_key", "is set without smtp.tls_certificate")
-    else:
-        certificate, key = ensure_self_signed(Path(config.state_dir), hostname)
     factory = InboundFactory(
         handler,
-        hostname=hostname,
+        hostname=_hostname(config),
         max_sessions=smtp["max_sessions"],
         max_message_size=smtp["max_message_size"],
         idle_timeout=smtp["idle_timeout"],
         max_recipients=smtp["max_recipients"],
         max_commands=smtp["max_commands"],
         max_errors=smtp["max_errors"],
-        tls_context=tls_context_factory(certificate, key),
+        tls_context=tls_context,
         reactor=reactor,
     )
     return strports.service(smtp["endpoint"], factory, reactor=reactor)
+
+
+def _hostname(config) -> str:
+    return config["smtp"]["hostname"] or config["smtp"]["relay_domain"]
+
+
+def use_self_signed(config, listener) -> None:
+    """
+    Give the listener a self-signed certificate from the state directory
+    (made on first start) unless one is configured.
+    """
+    factory = listener.factory
+    if factory.tls_context is None:
+        certificate, key = ensure_self_signed(Path(config.state_dir), _hostname(config))
+        factory.tls_context = tls_context_factory(certificate, key)
