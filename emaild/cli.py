@@ -8,6 +8,7 @@ The C{emaild} command: queue mail, watch the queue, check an installation.
     emaild [--config PATH] check
     emaild [--config PATH] person (add EMAIL [--name NAME] [--course KEY]
                                    | list [--course KEY] [--json] | import FILE.csv)
+    emaild [--config PATH] inbound [--json] [--state STATE ...] [MESSAGE_ID]
     emaild [--config PATH] group (add --course KEY NAME | list [--course KEY] [--json]
                                   | members GROUP [--all] [--json] | import FILE.csv
                                   | join GROUP EMAIL | leave GROUP EMAIL)
@@ -36,6 +37,7 @@ from twisted.python.failure import Failure
 
 from emaild import __version__
 from emaild.cli_check import run_checks
+from emaild.cli_inbound import add_inbound_commands
 from emaild.cli_csv import open_csv, send_csv
 from emaild.cli_output import (CliError, Interrupted, counts_table, drained_line,
                                failures_json, failures_table, one_line, progress_line,
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_person_commands(commands, common)
     add_group_commands(commands, common)
+    add_inbound_commands(commands, common)
     return parser
 
 
@@ -270,7 +273,7 @@ def main(argv=None) -> None:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.error("no command given; use one of: send, queue, check, person, group "
+            parser.error("no command given; use one of: send, queue, check, person, group, inbound "
                          "(see emaild --help)")
         if args.command == "queue" and args.json and args.watch:
             parser.error("argument --json: not allowed with argument --watch")

@@ -140,6 +140,21 @@ class InboundStore:
         counts.update(dict(rows))
         return counts
 
+    async def recent(self, states: Sequence[str] = ("received", *TERMINAL), limit: int = 50,
+                     message_id: int | None = None) -> list[tuple]:
+        """
+        The newest recipient rows in C{states} (or those of one message):
+        (message id, received at, mail from, address, purpose, state,
+        reason, size).
+        """
+        rows = await self.db.runQuery(
+            "SELECT m.id, m.received_at, m.mail_from, r.address, r.purpose, r.state,"
+            " r.reason, m.size"
+            " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
+            " WHERE r.state = ANY(%s) AND (%s::bigint IS NULL OR m.id = %s)"
+            " ORDER BY r.id DESC LIMIT %s", (list(states), message_id, message_id, limit))
+        return [tuple(r) for r in rows]
+
     async def recipients_of(self, message_id: int) -> list[tuple[str, str, str, str | None]]:
         """
         (address, purpose, state, reason) of each recipient of a message.
