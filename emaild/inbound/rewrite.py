@@ -40,6 +40,7 @@ _CONTENT_HEADERS = ("mime-version", "content-type", "content-transfer-encoding",
                     "content-disposition", "content-language", "content-id")
 #: headers whose value is an id; an address in them becomes a token, not a name
 _ID_HEADERS = ("message-id", "content-id", "in-reply-to", "references", "resent-message-id")
+_TYPE = re.compile(r"[a-z0-9!#$&.+^_-]{1,60}/[a-z0-9!#$&.+^_-]{1,100}")
 _MSG_ID = re.compile(r"<[!-;=?-~]{1,250}>")
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")
 #: a charset often mislabels its superset; decoding with the superset
@@ -157,8 +158,10 @@ class _Writer:
             return f"{name}: {_crlf(raw)}"
         if lname in ("content-type", "content-disposition"):
             try:
-                main = (part.get_content_type() if lname == "content-type"
-                        else part[name].content_disposition) or "attachment"
+                main = (self.kind(part) if lname == "content-type"
+                        else str(part[name].content_disposition or "").lower())
+                if lname == "content-disposition" and main not in ("inline", "attachment"):
+                    main = "attachment"
                 scrubbed = [(k, self.scrubber.text(v)) for k, v in _params(part, name)]
                 return f"{name}: {_param_value(main, scrubbed)}"
             except Exception:
@@ -177,7 +180,8 @@ class _Writer:
             done.add("mime-version")
         for name, raw in part.raw_items():
             lname = name.lower()
-            if not re.fullmatch(r"[!-9;-~]+", name) or (top and lname not in _CONTENT_HEADERS):
+            if not re.fullmatch(r"[!-9;-~]+", name) or (top and lname not in _CONTENT_HEADERS) \
+                    or self.scrubber.found(name):
                 continue
             if lname in overrides or (lname in done and lname in _CONTENT_HEADERS):
                 continue
@@ -187,10 +191,15 @@ class _Writer:
             lines.append(f"{'-'.join(w.capitalize() for w in lname.split('-'))}: {value}")
         return "".join(line + "\r\n" for line in lines).encode("ascii", "replace")
 
+    def kind(self, part) -> str:
+        kind = content_type(part)
+        # a type that is not one (or holds an address) is read as text
+        return kind if _TYPE.fullmatch(kind) and not self.scrubber.found(kind) else "text/plain"
+
     def entity(self, part, top: bool = False) -> bytes:
         overrides: dict[str, str] = {}
-        kind = content_type(part)
-        payload = part.get_payload()
+        kind = self.kind(part)
+        payload = getattr(part, "_payload", None)
         if isinstance(payload, list) and kind.startswith("message/"):
             body = self.message_body(payload, kind)
             overrides["content-transfer-encoding"] = "7bit"
@@ -244,7 +253,11 @@ class _Writer:
 
     @staticmethod
     def raw(part) -> bytes:
-        payload = part.get_payload()
+        # the bytes as they arrived: get_payload() would decode 8-bit ones
+        # with the declared charset (and raise on some charset names)
+        payload = getattr(part, "_payload", None)
+        if isinstance(payload, bytes):
+            return payload
         return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
 
     def decoded(self, part) -> bytes:
@@ -269,6 +282,9 @@ class _Writer:
         if scrubbed == text and _lines_ok(raw) and not self.scrubber.found_bytes(raw):
             return _crlf_bytes(raw)
         charset, cte, body = _encode_text(scrubbed, declared)
+        if self.scrubber.found_bytes(body):
+            # "=1B" + "ob@example.net" reads as bob@example.net in the bytes
+            cte, body = "base64", _crlf_bytes(base64.encodebytes(scrubbed.encode(charset)))
         if not kind.startswith("text/"):
             kind = "text/plain"  # a multipart without a boundary, an odd message/*
         params = self.params(part, ("charset", "boundary"))
@@ -279,6 +295,8 @@ class _Writer:
     def binary(self, part, overrides: dict[str, str]) -> bytes:
         raw = self.raw(part)
         data = self.decoded(part)
+        # untouched, byte for byte, if it is 7-bit clean and shows no address
+        keep = _lines_ok(raw) and not self.scrubber.found_bytes(raw)
         if self.scrubber.found_bytes(data) and b"\0" not in data:
             try:
                 text = data.decode("utf-8")
@@ -288,9 +306,9 @@ class _Writer:
                 # JSON, XML, calendar files sent as application/*: the address
                 # is plain to see, so it goes like in a text part
                 data = self.scrubber.text(text).encode("utf-8")
-                raw = b""
-        if _lines_ok(raw):
-            return _crlf_bytes(raw)  # untouched: byte for byte
+                keep = False
+        if keep:
+            return _crlf_bytes(raw)
         overrides["content-transfer-encoding"] = "base64"
         return _crlf_bytes(base64.encodebytes(data))
 
@@ -323,10 +341,11 @@ def prepare(message, scrub: Mapping[str, str]) -> Prepared:
         entity = _Writer(scrubber).entity(message, top=True)
     except Exception:
         # a structure we could not walk: send the text we can find, scrubbed
-        text = scrubber.text(_decode_text(_Writer.raw(message) or b"", None))
-        charset, cte, body = _encode_text(text, "utf-8")
-        entity = (f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"{charset}\"\r\n"
-                  f"Content-Transfer-Encoding: {cte}\r\n\r\n").encode("ascii") + body
+        # (base64, so no address can form in the encoded bytes)
+        text = scrubber.text(_decode_text(_Writer.raw(message), None))
+        body = _crlf_bytes(base64.encodebytes(text.encode("utf-8")))
+        entity = (b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+                  b"Content-Transfer-Encoding: base64\r\n\r\n") + body
     return Prepared(subject, date.strip() if date else None,
                     message_ids[0] if message_ids else None,
                     _ids(header_value(message, "In-Reply-To")),
