@@ -18,8 +18,6 @@ headers that needed scrubbing are re-encoded.
 from __future__ import annotations
 
 import base64
-import binascii
-import codecs
 import re
 import secrets
 import urllib.parse
@@ -30,10 +28,10 @@ from typing import Iterable, Mapping
 import attrs
 
 from emaild.inbound.classify import LOOP_HEADER, content_type, header_value, parse_message
+from emaild.inbound.mime import CRLF, crlf_bytes, decode_text, encode_text, lines_ok
 from emaild.inbound.scrub import ANONYMOUS, CONTROL, Scrubber, clean, scrub_map  # noqa: F401 (API)
 from emaild.outbound.compose import _address_header, _check_uri, _encoded_header, check_address
 
-CRLF = b"\r\n"
 #: what the top-level entity keeps of the original header (everything else
 #: could identify the sender: Received, DKIM, X-Originating-IP, ...)
 _CONTENT_HEADERS = ("mime-version", "content-type", "content-transfer-encoding",
@@ -43,12 +41,6 @@ _ID_HEADERS = ("message-id", "content-id", "in-reply-to", "references", "resent-
 _TYPE = re.compile(r"[a-z0-9!#$&.+^_-]{1,60}/[a-z0-9!#$&.+^_-]{1,100}")
 _MSG_ID = re.compile(r"<[!-;=?-~]{1,250}>")
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")
-#: a charset often mislabels its superset; decoding with the superset
-#: loses nothing and the part keeps its declared name when it still fits
-_SUPERSET = {"shift_jis": "cp932", "iso-8859-1": "cp1252", "us-ascii": "cp1252",
-             "gb2312": "gb18030", "euc-kr": "cp949", "iso-2022-jp": "iso2022_jp_ext"}
-
-
 def _decoded_header(raw: str) -> str:
     try:
         return str(make_header(decode_header(raw)))
@@ -92,56 +84,6 @@ def _params(part, header: str) -> list[tuple[str, str]]:
         return [(k, str(v)) for k, v in part[header].params.items()]
     except Exception:
         return []
-
-
-def _lines_ok(data: bytes) -> bool:
-    return data.isascii() and all(len(line) <= 998 for line in re.split(rb"\r\n|\r|\n", data))
-
-
-def _crlf_bytes(data: bytes) -> bytes:
-    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
-    return data if data.endswith(CRLF) or not data else data + CRLF
-
-
-def _usable_charset(name: str | None) -> str | None:
-    try:
-        return codecs.lookup(name).name if name else None
-    except (LookupError, ValueError, TypeError):
-        return None
-
-
-def _decode_text(data: bytes, declared: str | None) -> str:
-    codec = _usable_charset(declared)
-    if codec and codec != "ascii":
-        try:
-            return data.decode(codec)
-        except (UnicodeDecodeError, LookupError):
-            fallback = _SUPERSET.get(declared.lower(), codec)
-            return data.decode(fallback, "replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        # undeclared 8-bit text is more often Windows Latin than anything else
-        return data.decode("cp1252", "replace")
-
-
-def _encode_text(text: str, declared: str | None) -> tuple[str, str, bytes]:
-    """(charset, Content-Transfer-Encoding, CRLF body) for text we changed."""
-    text = re.sub(r"\r\n|\r", "\n", text)
-    charset = declared.lower() if declared and _usable_charset(declared) else "utf-8"
-    try:
-        data = text.encode(charset)
-    except (UnicodeEncodeError, LookupError):
-        charset, data = "utf-8", text.encode("utf-8")
-    if charset in ("us-ascii", "ascii") and not data.isascii():
-        charset = "utf-8"
-    if _lines_ok(data):
-        return charset, "7bit", _crlf_bytes(data)
-    wide = _usable_charset(charset) in ("utf-16", "utf-16-le", "utf-16-be", "utf-32")
-    if not wide and sum(b > 127 for b in data) * 4 < len(data):
-        qp = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-        return charset, "quoted-printable", _crlf_bytes(qp)
-    return charset, "base64", _crlf_bytes(base64.encodebytes(data))
 
 
 class _Writer:
@@ -249,7 +191,7 @@ class _Writer:
         text = self.scrubber.text(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
         lines = [line[i:i + 900] for line in re.split(r"\r\n|\r|\n", text)
                  for i in range(0, max(len(line), 1), 900)]
-        return _crlf_bytes("\n".join(lines).encode("ascii", "replace"))
+        return crlf_bytes("\n".join(lines).encode("ascii", "replace"))
 
     @staticmethod
     def raw(part) -> bytes:
@@ -276,15 +218,15 @@ class _Writer:
     def text(self, part, kind: str, overrides: dict[str, str]) -> bytes:
         raw = self.raw(part)
         declared = part.get_content_charset()
-        text = _decode_text(self.decoded(part), declared)
+        text = decode_text(self.decoded(part), declared)
         html_ = kind in ("text/html", "application/xhtml+xml")
         scrubbed = self.scrubber.text(text, html_)
-        if scrubbed == text and _lines_ok(raw) and not self.scrubber.found_bytes(raw):
-            return _crlf_bytes(raw)
-        charset, cte, body = _encode_text(scrubbed, declared)
+        if scrubbed == text and lines_ok(raw) and not self.scrubber.found_bytes(raw):
+            return crlf_bytes(raw)
+        charset, cte, body = encode_text(scrubbed, declared)
         if self.scrubber.found_bytes(body):
             # "=1B" + "ob@example.net" reads as bob@example.net in the bytes
-            cte, body = "base64", _crlf_bytes(base64.encodebytes(scrubbed.encode(charset)))
+            cte, body = "base64", crlf_bytes(base64.encodebytes(scrubbed.encode(charset)))
         if not kind.startswith("text/"):
             kind = "text/plain"  # a multipart without a boundary, an odd message/*
         params = self.params(part, ("charset", "boundary"))
@@ -296,7 +238,7 @@ class _Writer:
         raw = self.raw(part)
         data = self.decoded(part)
         # untouched, byte for byte, if it is 7-bit clean and shows no address
-        keep = _lines_ok(raw) and not self.scrubber.found_bytes(raw)
+        keep = lines_ok(raw) and not self.scrubber.found_bytes(raw)
         if self.scrubber.found_bytes(data) and b"\0" not in data:
             try:
                 text = data.decode("utf-8")
@@ -308,9 +250,9 @@ class _Writer:
                 data = self.scrubber.text(text).encode("utf-8")
                 keep = False
         if keep:
-            return _crlf_bytes(raw)
+            return crlf_bytes(raw)
         overrides["content-transfer-encoding"] = "base64"
-        return _crlf_bytes(base64.encodebytes(data))
+        return crlf_bytes(base64.encodebytes(data))
 
 
 @attrs.frozen
@@ -342,8 +284,8 @@ def prepare(message, scrub: Mapping[str, str]) -> Prepared:
     except Exception:
         # a structure we could not walk: send the text we can find, scrubbed
         # (base64, so no address can form in the encoded bytes)
-        text = scrubber.text(_decode_text(_Writer.raw(message), None))
-        body = _crlf_bytes(base64.encodebytes(text.encode("utf-8")))
+        text = scrubber.text(decode_text(_Writer.raw(message), None))
+        body = crlf_bytes(base64.encodebytes(text.encode("utf-8")))
         entity = (b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
                   b"Content-Transfer-Encoding: base64\r\n\r\n") + body
     return Prepared(subject, date.strip() if date else None,
