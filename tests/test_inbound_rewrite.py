@@ -330,6 +330,30 @@ class BrokenTests(WellFormedMixin, unittest.TestCase):
         self.assertEqual(binary.get_filename(), "Bob é.bin")
         self.assertEqual(binary.get_payload(decode=True), b"\x00\x01\x02")
 
+    def test_found_by_fuzzing(self):
+        # each of these once let an address through or raised
+        for raw in [
+                # an address in a header name, and in a Content-Type's type
+                b'Content-Type: multipart/mixed; boundary="b"\n\n--b\nX-ada@example.org: 1\n'
+                b"Content-Type: text/ada@example.orgplain\n\nhi\n--b--\n",
+                # replacing one address joins its neighbours into another
+                b"Content-Type: text/plain\n\nAada@example.orgDA@EXAMPLE.ORG\n",
+                # an address among base64 (which decoding skips)
+                b"Content-Type: application/pdf\nContent-Transfer-Encoding: base64\n\n"
+                b"JVBERi0x\nada@example.org\nLjQK\n",
+                # a charset name get_payload() cannot decode with
+                b"Content-Type: text/plain; charset=\"a\x00b\"\n\n\xe9 ada@example.org\n",
+                # quoted-printable "=1B" + "ob@example.net" spells bob@example.net
+                b"Content-Type: text/plain; charset=utf-8\n\n\x1bob@example.net \xc3\xa9\n"]:
+            self.relayed(raw)
+        # (base64 that cannot be decoded is passed on as it came, less the address)
+        copy = parse(self.relayed(b"Content-Type: application/pdf\nContent-Transfer-Encoding: "
+                                  b"base64\n\nJVBERi0x\nada@example.org\nLjQK\n"))
+        self.assertEqual(copy.get_payload(decode=True), b"JVBERi0xAdaLjQK")
+        copy = parse(self.relayed(b"Content-Type: application/pdf\nContent-Transfer-Encoding: "
+                                  b"base64\n\nJVBERi0x\nLjQK\nada@example.orgxx=\n"))
+        self.assertTrue(copy.get_payload(decode=True).startswith(b"%PDF-1.4\n"))
+
     def test_missing_closing_boundary(self):
         data = self.relayed((CORPUS / "08-broken-no-close-boundary.eml").read_bytes())
         copy = parse(data)

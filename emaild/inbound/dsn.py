@@ -80,13 +80,16 @@ def _fields(text: str) -> list[dict[str, str]]:
 
 
 def _status_text(part) -> str:
-    payload = part.get_payload()
+    payload = getattr(part, "_payload", None)  # get_payload() raises on some charset names
     if isinstance(payload, list):
         # the parser splits message/delivery-status into one Message per block
         return "\n".join(
             "".join(f"{k}: {v}\n" for k, v in block.raw_items()) for block in payload
             if hasattr(block, "raw_items"))
-    data = part.get_payload(decode=True) or b""
+    try:
+        data = part.get_payload(decode=True) or b""
+    except Exception:
+        data = str(payload or "").encode("utf-8", "surrogateescape")
     return data.decode("utf-8", "replace")
 
 

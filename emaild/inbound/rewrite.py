@@ -18,8 +18,6 @@ headers that needed scrubbing are re-encoded.
 from __future__ import annotations
 
 import base64
-import binascii
-import codecs
 import re
 import secrets
 import urllib.parse
@@ -30,24 +28,19 @@ from typing import Iterable, Mapping
 import attrs
 
 from emaild.inbound.classify import LOOP_HEADER, content_type, header_value, parse_message
+from emaild.inbound.mime import CRLF, crlf_bytes, decode_text, encode_text, lines_ok
 from emaild.inbound.scrub import ANONYMOUS, CONTROL, Scrubber, clean, scrub_map  # noqa: F401 (API)
 from emaild.outbound.compose import _address_header, _check_uri, _encoded_header, check_address
 
-CRLF = b"\r\n"
 #: what the top-level entity keeps of the original header (everything else
 #: could identify the sender: Received, DKIM, X-Originating-IP, ...)
 _CONTENT_HEADERS = ("mime-version", "content-type", "content-transfer-encoding",
                     "content-disposition", "content-language", "content-id")
 #: headers whose value is an id; an address in them becomes a token, not a name
 _ID_HEADERS = ("message-id", "content-id", "in-reply-to", "references", "resent-message-id")
+_TYPE = re.compile(r"[a-z0-9!#$&.+^_-]{1,60}/[a-z0-9!#$&.+^_-]{1,100}")
 _MSG_ID = re.compile(r"<[!-;=?-~]{1,250}>")
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")
-#: a charset often mislabels its superset; decoding with the superset
-#: loses nothing and the part keeps its declared name when it still fits
-_SUPERSET = {"shift_jis": "cp932", "iso-8859-1": "cp1252", "us-ascii": "cp1252",
-             "gb2312": "gb18030", "euc-kr": "cp949", "iso-2022-jp": "iso2022_jp_ext"}
-
-
 def _decoded_header(raw: str) -> str:
     try:
         return str(make_header(decode_header(raw)))
@@ -93,56 +86,6 @@ def _params(part, header: str) -> list[tuple[str, str]]:
         return []
 
 
-def _lines_ok(data: bytes) -> bool:
-    return data.isascii() and all(len(line) <= 998 for line in re.split(rb"\r\n|\r|\n", data))
-
-
-def _crlf_bytes(data: bytes) -> bytes:
-    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
-    return data if data.endswith(CRLF) or not data else data + CRLF
-
-
-def _usable_charset(name: str | None) -> str | None:
-    try:
-        return codecs.lookup(name).name if name else None
-    except (LookupError, ValueError, TypeError):
-        return None
-
-
-def _decode_text(data: bytes, declared: str | None) -> str:
-    codec = _usable_charset(declared)
-    if codec and codec != "ascii":
-        try:
-            return data.decode(codec)
-        except (UnicodeDecodeError, LookupError):
-            fallback = _SUPERSET.get(declared.lower(), codec)
-            return data.decode(fallback, "replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        # undeclared 8-bit text is more often Windows Latin than anything else
-        return data.decode("cp1252", "replace")
-
-
-def _encode_text(text: str, declared: str | None) -> tuple[str, str, bytes]:
-    """(charset, Content-Transfer-Encoding, CRLF body) for text we changed."""
-    text = re.sub(r"\r\n|\r", "\n", text)
-    charset = declared.lower() if declared and _usable_charset(declared) else "utf-8"
-    try:
-        data = text.encode(charset)
-    except (UnicodeEncodeError, LookupError):
-        charset, data = "utf-8", text.encode("utf-8")
-    if charset in ("us-ascii", "ascii") and not data.isascii():
-        charset = "utf-8"
-    if _lines_ok(data):
-        return charset, "7bit", _crlf_bytes(data)
-    wide = _usable_charset(charset) in ("utf-16", "utf-16-le", "utf-16-be", "utf-32")
-    if not wide and sum(b > 127 for b in data) * 4 < len(data):
-        qp = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-        return charset, "quoted-printable", _crlf_bytes(qp)
-    return charset, "base64", _crlf_bytes(base64.encodebytes(data))
-
-
 class _Writer:
     def __init__(self, scrubber: Scrubber):
         self.scrubber = scrubber
@@ -157,8 +100,10 @@ class _Writer:
             return f"{name}: {_crlf(raw)}"
         if lname in ("content-type", "content-disposition"):
             try:
-                main = (part.get_content_type() if lname == "content-type"
-                        else part[name].content_disposition) or "attachment"
+                main = (self.kind(part) if lname == "content-type"
+                        else str(part[name].content_disposition or "").lower())
+                if lname == "content-disposition" and main not in ("inline", "attachment"):
+                    main = "attachment"
                 scrubbed = [(k, self.scrubber.text(v)) for k, v in _params(part, name)]
                 return f"{name}: {_param_value(main, scrubbed)}"
             except Exception:
@@ -177,7 +122,8 @@ class _Writer:
             done.add("mime-version")
         for name, raw in part.raw_items():
             lname = name.lower()
-            if not re.fullmatch(r"[!-9;-~]+", name) or (top and lname not in _CONTENT_HEADERS):
+            if not re.fullmatch(r"[!-9;-~]+", name) or (top and lname not in _CONTENT_HEADERS) \
+                    or self.scrubber.found(name):
                 continue
             if lname in overrides or (lname in done and lname in _CONTENT_HEADERS):
                 continue
@@ -187,10 +133,15 @@ class _Writer:
             lines.append(f"{'-'.join(w.capitalize() for w in lname.split('-'))}: {value}")
         return "".join(line + "\r\n" for line in lines).encode("ascii", "replace")
 
+    def kind(self, part) -> str:
+        kind = content_type(part)
+        # a type that is not one (or holds an address) is read as text
+        return kind if _TYPE.fullmatch(kind) and not self.scrubber.found(kind) else "text/plain"
+
     def entity(self, part, top: bool = False) -> bytes:
         overrides: dict[str, str] = {}
-        kind = content_type(part)
-        payload = part.get_payload()
+        kind = self.kind(part)
+        payload = getattr(part, "_payload", None)
         if isinstance(payload, list) and kind.startswith("message/"):
             body = self.message_body(payload, kind)
             overrides["content-transfer-encoding"] = "7bit"
@@ -240,11 +191,15 @@ class _Writer:
         text = self.scrubber.text(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
         lines = [line[i:i + 900] for line in re.split(r"\r\n|\r|\n", text)
                  for i in range(0, max(len(line), 1), 900)]
-        return _crlf_bytes("\n".join(lines).encode("ascii", "replace"))
+        return crlf_bytes("\n".join(lines).encode("ascii", "replace"))
 
     @staticmethod
     def raw(part) -> bytes:
-        payload = part.get_payload()
+        # the bytes as they arrived: get_payload() would decode 8-bit ones
+        # with the declared charset (and raise on some charset names)
+        payload = getattr(part, "_payload", None)
+        if isinstance(payload, bytes):
+            return payload
         return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
 
     def decoded(self, part) -> bytes:
@@ -263,12 +218,15 @@ class _Writer:
     def text(self, part, kind: str, overrides: dict[str, str]) -> bytes:
         raw = self.raw(part)
         declared = part.get_content_charset()
-        text = _decode_text(self.decoded(part), declared)
+        text = decode_text(self.decoded(part), declared)
         html_ = kind in ("text/html", "application/xhtml+xml")
         scrubbed = self.scrubber.text(text, html_)
-        if scrubbed == text and _lines_ok(raw) and not self.scrubber.found_bytes(raw):
-            return _crlf_bytes(raw)
-        charset, cte, body = _encode_text(scrubbed, declared)
+        if scrubbed == text and lines_ok(raw) and not self.scrubber.found_bytes(raw):
+            return crlf_bytes(raw)
+        charset, cte, body = encode_text(scrubbed, declared)
+        if self.scrubber.found_bytes(body):
+            # "=1B" + "ob@example.net" reads as bob@example.net in the bytes
+            cte, body = "base64", crlf_bytes(base64.encodebytes(scrubbed.encode(charset)))
         if not kind.startswith("text/"):
             kind = "text/plain"  # a multipart without a boundary, an odd message/*
         params = self.params(part, ("charset", "boundary"))
@@ -279,6 +237,8 @@ class _Writer:
     def binary(self, part, overrides: dict[str, str]) -> bytes:
         raw = self.raw(part)
         data = self.decoded(part)
+        # untouched, byte for byte, if it is 7-bit clean and shows no address
+        keep = lines_ok(raw) and not self.scrubber.found_bytes(raw)
         if self.scrubber.found_bytes(data) and b"\0" not in data:
             try:
                 text = data.decode("utf-8")
@@ -288,11 +248,11 @@ class _Writer:
                 # JSON, XML, calendar files sent as application/*: the address
                 # is plain to see, so it goes like in a text part
                 data = self.scrubber.text(text).encode("utf-8")
-                raw = b""
-        if _lines_ok(raw):
-            return _crlf_bytes(raw)  # untouched: byte for byte
+                keep = False
+        if keep:
+            return crlf_bytes(raw)
         overrides["content-transfer-encoding"] = "base64"
-        return _crlf_bytes(base64.encodebytes(data))
+        return crlf_bytes(base64.encodebytes(data))
 
 
 @attrs.frozen
@@ -323,10 +283,11 @@ def prepare(message, scrub: Mapping[str, str]) -> Prepared:
         entity = _Writer(scrubber).entity(message, top=True)
     except Exception:
         # a structure we could not walk: send the text we can find, scrubbed
-        text = scrubber.text(_decode_text(_Writer.raw(message) or b"", None))
-        charset, cte, body = _encode_text(text, "utf-8")
-        entity = (f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"{charset}\"\r\n"
-                  f"Content-Transfer-Encoding: {cte}\r\n\r\n").encode("ascii") + body
+        # (base64, so no address can form in the encoded bytes)
+        text = scrubber.text(decode_text(_Writer.raw(message), None))
+        body = crlf_bytes(base64.encodebytes(text.encode("utf-8")))
+        entity = (b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+                  b"Content-Transfer-Encoding: base64\r\n\r\n") + body
     return Prepared(subject, date.strip() if date else None,
                     message_ids[0] if message_ids else None,
                     _ids(header_value(message, "In-Reply-To")),

@@ -20,6 +20,7 @@ ANONYMOUS = "a group member"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: words that end a name search: "at 10:00 AM Ada Lovelace <ada@...>"
 _NAME_STOP = {"am", "pm", "a.m.", "p.m."}
+_AT = re.compile(r"@|%40|&#", re.IGNORECASE)
 
 
 def clean(value: str) -> str:
@@ -37,8 +38,14 @@ def scrub_map(members: Iterable[tuple[str, str]]) -> dict[str, str]:
         key = (address or "").strip().lower()
         if key:
             text = clean(name)[:100]
-            result[key] = text if text and "@" not in text and "<" not in text else ANONYMOUS
+            result[key] = text if _usable_name(text) else ANONYMOUS
     return result
+
+
+def _usable_name(text: str) -> bool:
+    # a name that is (or has) an address, or an @ in any spelling, could
+    # join the text around it into an address again
+    return bool(text) and "<" not in text and not _AT.search(text)
 
 
 class Scrubber:
@@ -48,7 +55,8 @@ class Scrubber:
     """
 
     def __init__(self, scrub: Mapping[str, str]):
-        self.names = {k.strip().lower(): v for k, v in scrub.items() if k and k.strip()}
+        self.names = {k.strip().lower(): v if _usable_name(v) else ANONYMOUS
+                      for k, v in scrub.items() if k and k.strip()}
         self.tokens = {k: f"m{i}.{secrets.token_hex(4)}@removed.invalid"
                        for i, k in enumerate(sorted(self.names))}
         if not self.names:
@@ -90,8 +98,16 @@ class Scrubber:
         return bool(self.names) and self.raw.search(data) is not None
 
     def text(self, text: str, html_: bool = False, ident: bool = False) -> str:
-        if self.address is None:
-            return text
+        # "ADA@EXAMPLE.ORG" with "ada@example.org" pasted into it: replacing
+        # one can join the rest into another, so repeat until none is left
+        # (names hold no @, so each round removes at least one)
+        for _ in range(20):
+            if not self.found(text):
+                break
+            text = self._once(text, html_, ident)
+        return text
+
+    def _once(self, text: str, html_: bool, ident: bool) -> str:
         escape = html.escape if html_ else str
         # ids (Content-ID and the cid: links to it) must stay one token and match
         text = self.cid.sub(lambda m: m.group(1) + self.token(m.group(2)), text)
