@@ -46,7 +46,7 @@ from emaild.cli_groups import add_group_commands
 from emaild.cli_people import add_person_commands
 from emaild.config import ConfigError, load_config
 from emaild.outbound.compose import ComposeError
-from emaild.outbound.stats import finished, pending, queue_summary
+from emaild.outbound.stats import finished, pending, queue_report, queue_summary
 
 # -- arguments -------------------------------------------------------------------
 
@@ -340,10 +340,10 @@ async def _queue(reactor, args, config, db, embedded) -> int:
         print(json.dumps(suppressions_json(rows), indent=2) if args.json
               else suppressions_table(rows))
     else:
-        summary = queue_summary(await store.counts())
-        suppressed = len(await store.suppressions())
+        report = await queue_report(store)
+        summary, suppressed = report, report["suppressed_addresses"]
         if args.json:
-            print(json.dumps({**summary, "suppressed_addresses": suppressed}, indent=2))
+            print(json.dumps(report, indent=2))
         else:
             print(counts_table(summary))
             print(f"suppressed addresses: {suppressed}"

@@ -234,6 +234,26 @@ def _consumers(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _api_tokens(value: Any) -> tuple[str, ...]:
+    """
+    Bearer tokens for the JSON API: a list of strings, each at least 32
+    characters with no spaces or commas.  From the environment: comma-separated.
+    """
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise ValueError("expected a list of tokens such as ['<32 or more random characters>']")
+    for n, token in enumerate(value, 1):
+        if not isinstance(token, str):
+            raise ValueError(f"token {n} must be a string, got {type(token).__name__}")
+        if len(token) < 32:
+            raise ValueError(f"token {n} is shorter than 32 characters "
+                             "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        if not re.match(r"^[\x21-\x7e]+$", token) or "," in token:
+            raise ValueError(f"token {n} must be printable ASCII without spaces or commas")
+    return tuple(value)
+
+
 # -- the schema --------------------------------------------------------------
 
 #: section -> key -> (parser, default).  A default of None means "no value".
@@ -310,6 +330,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "consumers": (_consumers, {}),
         "group_parameter": (_string, "custom_group"),
         "timestamp_window": (parse_duration, 300.0),
+    },
+    "api": {
+        "tokens": (_api_tokens, ()),
+        "max_body": (parse_size, 1024 * 1024),
     },
 }
 

@@ -27,6 +27,7 @@ from emaild.inbound.handler import InboundHandler
 from emaild.inbound.relay import RelayProcessor
 from emaild.inbound.server import inbound_listener, use_self_signed
 from emaild.inbound.store import InboundStore
+from emaild.metrics import Metrics
 from emaild.outbound.maildir import MaildirTransport
 from emaild.outbound.outbox import Outbox
 from emaild.outbound.sender import Sender
@@ -86,9 +87,12 @@ class Emaild(service.MultiService):
         self.store = OutboxStore(self.db)
         self.outbox = Outbox(config, self.store)
         self.transport = make_transport(config, reactor)
-        self.sender = Sender(reactor, self.store, self.transport, config)
+        #: one registry for the whole process, served at /metrics
+        self.metrics = Metrics()
+        self.sender = Sender(reactor, self.store, self.transport, config, metrics=self.metrics)
         self.web = WebApp(reactor, config, self.db, parts={"sender": self.sender},
                           outbox=self.outbox)
+        self.web.metrics = self.metrics
         listener = strports.service(config["http"]["endpoint"], self.web.site())
         listener.setName("http")
         listener.setServiceParent(self)
@@ -96,11 +100,11 @@ class Emaild(service.MultiService):
         addresses = reply_addresses(config)
         handler = InboundHandler(self.inbound, GroupStore(self.db), addresses,
                                  self.outbox.links, self.store)
-        self.smtp = inbound_listener(config, handler, reactor)
+        self.smtp = inbound_listener(config, handler, reactor, metrics=self.metrics)
         self.smtp.setName("smtp")
         self.smtp.setServiceParent(self)
         self.relay = RelayProcessor(reactor, config, self.inbound, addresses,
-                                    self.outbox.links, self.outbox)
+                                    self.outbox.links, self.outbox, metrics=self.metrics)
         #: fires when the database is open and the sender runs
         self.ready: defer.Deferred | None = None
 

@@ -32,6 +32,7 @@ from emaild.inbound.dsn import parse_bounce
 from emaild.inbound.rewrite import build_copy, prepare, scrub_map
 from emaild.inbound.store import BOUNCE, RELAY, UNSUBSCRIBE, InboundStore, Pending, record_bounce
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
+from emaild.metrics import Metrics
 from emaild.outbound.compose import Rendered
 from emaild.outbound.kinds import Scope
 from emaild.outbound import store as outbox_tables
@@ -50,8 +51,11 @@ def _unique(items):
 
 class RelayProcessor(service.Service):
     def __init__(self, reactor, config, store: InboundStore, addresses: ReplyAddresses,
-                 links, outbox):
+                 links, outbox, metrics: Metrics | None = None):
         self.reactor = reactor
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: copies queued by the row in hand, counted once its transaction commits
+        self._copies = 0
         self.config = config
         self.store = store
         self.addresses = addresses
@@ -110,6 +114,7 @@ class RelayProcessor(service.Service):
     async def _drain(self) -> None:
         while self.running:
             self._current = None
+            self._copies = 0
             try:
                 done = await self.store.process_next(self._handle)
             except (DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as e:
@@ -130,6 +135,7 @@ class RelayProcessor(service.Service):
                 continue
             if done is None:
                 return
+            self.metrics.relay_copies.inc(self._copies)
 
     async def _handle(self, cursor, pending: Pending) -> tuple[str, str]:
         self._current = pending.id
@@ -246,4 +252,5 @@ class RelayProcessor(service.Service):
         await outbox_tables.insert_messages(cursor, "group-relay", qos, copies,
                                             batch=f"group {pending.group_id} post {post_id}")
         await group_tables.set_copies(cursor, post_id, len(copies))
+        self._copies = len(copies)
         return "done", f"relayed as post {post_id} to {len(copies)} members"

@@ -40,6 +40,7 @@ from zope.interface import Interface
 from emaild.inbound.lines import COMMAND_LINE_LIMIT, DATA_LINE_LIMIT, LineSession
 from emaild.inbound.syntax import is_mailbox, parse_path, printable
 from emaild.inbound.tls import ensure_self_signed, tls_context_factory
+from emaild.metrics import Metrics
 
 __all__ = [
     "Refused", "Envelope", "IInboundHandler", "InboundFactory", "InboundSMTP",
@@ -317,6 +318,7 @@ class InboundSMTP(LineSession):
         if too_big:
             self.reply(552, "5.3.4 Message size exceeds fixed limit")
             logged(552, "too big")
+            self.factory.metrics.smtp_messages.labels("refused").inc()
             return
         envelope = Envelope(peer=self.peer, helo=self._helo or "", mail_from=mail_from,
                             recipients=recipients, tls=self._tls, size=size)
@@ -325,10 +327,12 @@ class InboundSMTP(LineSession):
             if isinstance(result, Failure):
                 code = self._reply_failure(result, "delivery")
                 logged(code, "refused" if result.check(Refused) else "failed")
+                self.factory.metrics.smtp_messages.labels("refused").inc()
             else:
                 queued = printable(result, 100)
                 self.reply(250, f"2.0.0 Ok: queued as {queued}")
                 logged(250, f"queued as {queued}")
+                self.factory.metrics.smtp_messages.labels("accepted").inc()
 
         self.wait(defer.maybeDeferred(self.handler.deliver, envelope, raw), delivered)
 
@@ -388,7 +392,7 @@ class InboundFactory(ServerFactory):
     def __init__(self, handler, *, hostname: str, max_sessions: int = 40,
                  max_message_size: int = 10 * 2**20, idle_timeout: float = 300,
                  max_recipients: int = 100, max_commands: int = 1000,
-                 max_errors: int = 20, tls_context=None, reactor=None):
+                 max_errors: int = 20, tls_context=None, reactor=None, metrics=None):
         if reactor is None:
             from twisted.internet import reactor
         self.handler = handler
@@ -401,6 +405,7 @@ class InboundFactory(ServerFactory):
         self.max_errors = max_errors
         self.tls_context = tls_context
         self.reactor = reactor
+        self.metrics = metrics if metrics is not None else Metrics()
         #: the sessions now open
         self.sessions: set[InboundSMTP] = set()
 
@@ -409,13 +414,15 @@ class InboundFactory(ServerFactory):
             log.warn("inbound: {n} sessions open; refusing {addr}", n=len(self.sessions),
                      addr=getattr(addr, "host", addr))
             p = _TooBusy()
+            self.metrics.smtp_sessions.labels("too_busy").inc()
         else:
             p = InboundSMTP(self)
+            self.metrics.smtp_sessions.labels("accepted").inc()
         p.factory = self
         return p
 
 
-def inbound_listener(config, handler, reactor):
+def inbound_listener(config, handler, reactor, metrics=None):
     """
     The inbound SMTP server as a service listening on C{smtp.endpoint}, with
     the configured limits and certificate.  Without a configured
@@ -443,6 +450,7 @@ def inbound_listener(config, handler, reactor):
         max_errors=smtp["max_errors"],
         tls_context=tls_context,
         reactor=reactor,
+        metrics=metrics,
     )
     return strports.service(smtp["endpoint"], factory, reactor=reactor)
 

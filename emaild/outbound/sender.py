@@ -21,6 +21,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
+from emaild.metrics import Metrics
 from emaild.outbound.policy import QUOTA_PAUSE, Decision, decide
 from emaild.outbound.store import OUTBOX_CHANNEL, OutboxStore, RateLimits
 from emaild.outbound.transport import DeliveryResult, OutgoingMessage, Outcome
@@ -46,8 +47,10 @@ def make_owner() -> str:
 class Sender(service.Service):
     name = "sender"
 
-    def __init__(self, reactor, store: OutboxStore, transport, config, owner: str | None = None):
+    def __init__(self, reactor, store: OutboxStore, transport, config, owner: str | None = None,
+                 metrics: Metrics | None = None):
         self.reactor = reactor
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store
         self.transport = transport
         self.config = config
@@ -218,6 +221,7 @@ class Sender(service.Service):
         result = await self.store.claim(self.owner, now, capacity, self.limits, self.config.qos)
         self.stats["claimed"] += len(result.messages)
         self.stats["suppressed"] += result.suppressed
+        self.metrics.suppressed.inc(result.suppressed)
         for claimed in result.messages:
             if self._stopping:
                 break
@@ -254,6 +258,8 @@ class Sender(service.Service):
                           releasing=self._stopping)
         key = {"sent": "sent", "failed": "failed"}.get(decision.state, "retried")
         self.stats[key] += 1
+        self.metrics.delivered(claimed.qos, decision.state,
+                               throttled=result.outcome is Outcome.THROTTLED)
         if result.outcome is Outcome.THROTTLED:
             self.stats["throttled"] += 1
             self._throttled = True
@@ -295,8 +301,8 @@ class Sender(service.Service):
         throttled, self._throttled = self._throttled, False
         pause, self._pause_until = self._pause_until, 0.0
         try:
-            await self.store.record(self.owner, batch, self.reactor.seconds(),
-                                    throttled=throttled, pause_until=pause)
+            latencies = await self.store.record(self.owner, batch, self.reactor.seconds(),
+                                                throttled=throttled, pause_until=pause)
         except Exception as e:
             # keep them: the messages were sent (or not); we must not forget
             self._results[:0] = batch
@@ -308,3 +314,6 @@ class Sender(service.Service):
                 log.failure("recording delivery results failed")
             if not self._stopping and self._flush_timer is None:
                 self._flush_timer = self.reactor.callLater(DB_RETRY_DELAY, self._start_flush)
+        else:
+            for seconds in latencies or ():
+                self.metrics.send_latency.observe(max(0.0, seconds))

@@ -37,6 +37,16 @@ def queue_summary(counts: Mapping[str, Mapping[str, int]]) -> dict:
     return summary
 
 
+async def queue_report(store) -> dict:
+    """
+    What C{emaild queue --json} prints and C{GET /api/v1/queue} answers:
+    L{queue_summary} of the whole outbox plus C{suppressed_addresses}, the
+    number of addresses nothing is sent to.
+    """
+    summary = queue_summary(await store.counts())
+    return {**summary, "suppressed_addresses": await store.suppression_count()}
+
+
 def finished(summary: Mapping[str, int]) -> int:
     """
     Messages the sender is done with (sent, failed or suppressed).

@@ -238,11 +238,13 @@ class OutboxStore:
         """
         Apply the decisions (one transaction), log every attempt, count the
         day's sent recipients, and slow or pause the relay bucket when the
-        relay throttled us.
+        relay throttled us.  Fires with the seconds from enqueue to now of
+        each message recorded as sent (for the latency metric).
         """
         return self.db.transaction(self._record, owner, decisions, now, throttled, pause_until)
 
     async def _record(self, cursor, owner, decisions, now, throttled, pause_until):
+        latencies: list[float] = []
         if decisions:
             await cursor.execute(
                 "UPDATE outbox o SET state = v.state, attempts = v.attempts,"
@@ -251,11 +253,13 @@ class OutboxStore:
                 " finished_at = CASE WHEN v.state IN ('sent', 'failed') THEN now() END"
                 " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::float8[], %s::text[])"
                 "   AS v(id, state, attempts, next_at, reason)"
-                " WHERE o.id = v.id AND o.state = 'sending' AND o.lease_owner = %s",
+                " WHERE o.id = v.id AND o.state = 'sending' AND o.lease_owner = %s"
+                " RETURNING extract(epoch FROM now() - o.created_at)::float8, v.state",
                 ([d.outbox_id for d in decisions], [d.state for d in decisions],
                  [d.attempts for d in decisions], [d.next_attempt_at for d in decisions],
                  [d.reason for d in decisions], owner),
             )
+            latencies = [seconds for seconds, state in cursor.fetchall() if state == "sent"]
             await cursor.execute(
                 "INSERT INTO outbox_attempts (outbox_id, outcome, code, reply, sender)"
                 " SELECT *, %s FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[])",
@@ -283,6 +287,7 @@ class OutboxStore:
                 if pause_until:
                     bucket.pause(pause_until)
                 await _save_bucket(cursor, bucket)
+        return latencies
 
     def recover_leases(self, now: float):
         """
@@ -357,6 +362,22 @@ class OutboxStore:
         for state, qos, count in rows:
             result[state][qos] = count
         return result
+
+    async def batch_counts(self, batch: str) -> dict[str, dict[str, int]]:
+        """
+        Like L{counts}, for the rows queued with this batch label only.
+        """
+        rows = await self.db.runQuery(
+            "SELECT state, qos, count(*) FROM outbox WHERE batch = %s GROUP BY state, qos",
+            (batch,))
+        result: dict[str, dict[str, int]] = {state: {} for state in STATES}
+        for state, qos, count in rows:
+            result[state][qos] = count
+        return result
+
+    async def suppression_count(self) -> int:
+        rows = await self.db.runQuery("SELECT count(*) FROM suppressions")
+        return rows[0][0]
 
     async def failures(self, limit: int = 100) -> list[tuple]:
         """

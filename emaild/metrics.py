@@ -1,0 +1,87 @@
+"""
+Prometheus metrics of one emaild process, in its own registry (never the
+global one: two apps in one process, as in the tests, must not share counts).
+
+The parts that act (sender, inbound SMTP server, relay processor) increment
+counters on the L{Metrics} they were given; the queue depth is not kept in
+memory but read from the database at scrape time (one C{GROUP BY}), so it is
+the same whichever process is scraped.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: enqueue-to-sent, seconds: from "the relay took it at once" to "a day of retries"
+LATENCY_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.queue_depth = Gauge(
+            "emaild_outbox_messages", "Outbox rows by state and QoS class (read at scrape time)",
+            ["state", "qos"], registry=r)
+        self.sent = Counter("emaild_outbound_sent", "Messages the relay accepted", ["qos"],
+                            registry=r)
+        self.failed = Counter("emaild_outbound_failed",
+                              "Messages that failed for good (permanent reply or attempts "
+                              "used up)", ["qos"], registry=r)
+        self.retried = Counter("emaild_outbound_retried",
+                               "Delivery attempts that will be retried later", ["qos"],
+                               registry=r)
+        self.suppressed = Counter("emaild_outbound_suppressed",
+                                  "Messages not sent at claim time: address suppressed or "
+                                  "person opted out", registry=r)
+        self.throttled = Counter("emaild_outbound_throttled",
+                                 "Relay replies saying we send too fast", registry=r)
+        self.send_latency = Histogram(
+            "emaild_outbound_send_latency_seconds",
+            "Time from enqueue to the relay accepting the message",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.smtp_sessions = Counter(
+            "emaild_inbound_smtp_sessions",
+            "Inbound SMTP connections: accepted, or refused because all sessions were taken",
+            ["result"], registry=r)
+        self.smtp_messages = Counter(
+            "emaild_inbound_smtp_messages",
+            "Inbound messages at the end of DATA: accepted (stored, 250) or refused",
+            ["result"], registry=r)
+        self.relay_copies = Counter("emaild_relay_copies",
+                                    "Copies of group posts queued for members", registry=r)
+
+    # -- hooks -----------------------------------------------------------------
+    def delivered(self, qos: str, state: str, throttled: bool = False) -> None:
+        """
+        One delivery outcome as the sender decided it (C{state} is the
+        row's next state: sent, failed, or queued for a retry).
+        """
+        if state == "sent":
+            self.sent.labels(qos).inc()
+        elif state == "failed":
+            self.failed.labels(qos).inc()
+        else:
+            self.retried.labels(qos).inc()
+        if throttled:
+            self.throttled.inc()
+
+    # -- exposition ------------------------------------------------------------
+    def render(self, counts: Mapping[str, Mapping[str, int]]) -> bytes:
+        """
+        The text exposition, with the queue depth from C{counts}
+        (L{OutboxStore.counts}: C{{state: {qos: n}}}).  Synchronous, so no
+        other scrape can interleave between setting the gauge and reading it.
+        """
+        self.queue_depth.clear()
+        for state, per_class in counts.items():
+            for qos, n in per_class.items():
+                self.queue_depth.labels(state, qos).set(n)
+        return generate_latest(self.registry)
