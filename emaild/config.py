@@ -190,6 +190,23 @@ def _address(value: Any) -> str:
     return value
 
 
+def _addresses(value: Any) -> tuple[str, ...]:
+    """
+    A list of plain e-mail addresses.  From the environment: comma-separated.
+    """
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of addresses such as ['ops@example.org'], got {value!r}")
+    found = []
+    for item in value:
+        address = _address(item)
+        if not address:
+            raise ValueError("an empty string is not an address")
+        found.append(address)
+    return tuple(dict.fromkeys(found))
+
+
 def _local_part(value: Any) -> str:
     value = _string(value).strip().lower()
     if not re.match(r"^[a-z0-9]([a-z0-9.]*[a-z0-9])?$", value):
@@ -334,6 +351,15 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "api": {
         "tokens": (_api_tokens, ()),
         "max_body": (parse_size, 1024 * 1024),
+    },
+    "notifications": {
+        "online_window": (parse_duration, 300.0),
+        "active_window": (parse_duration, 3600.0),
+        "daily_limit": (_integer(0), 3),
+    },
+    "admin": {
+        "addresses": (_addresses, ()),
+        "report_interval": (parse_duration, 3600.0),
     },
 }
 

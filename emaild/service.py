@@ -4,7 +4,9 @@ The service tree of one emaild process.
     Emaild (MultiService)
       ├── web listener   (Klein site on [http] endpoint)
       ├── smtp listener  (inbound ESMTP on [smtp] endpoint: the group relay)
-      └── (after the database is up) Sender and RelayProcessor
+      └── (after the database is up) Sender, RelayProcessor and ErrorReporter
+
+The group activity notifier lives in the web app (C{self.web.notifier}).
 
 Listening ports are children, so C{twistd --uid/--gid} binds them as root in
 privilegedStartService before dropping privileges.  Everything that needs the
@@ -28,6 +30,7 @@ from emaild.inbound.relay import RelayProcessor
 from emaild.inbound.server import inbound_listener, use_self_signed
 from emaild.inbound.store import InboundStore
 from emaild.metrics import Metrics
+from emaild.notify.errors import ErrorReporter
 from emaild.outbound.maildir import MaildirTransport
 from emaild.outbound.outbox import Outbox
 from emaild.outbound.sender import Sender
@@ -105,6 +108,10 @@ class Emaild(service.MultiService):
         self.smtp.setServiceParent(self)
         self.relay = RelayProcessor(reactor, config, self.inbound, addresses,
                                     self.outbox.links, self.outbox, metrics=self.metrics)
+        #: "X is active in your group" (web app and API call its visited())
+        self.notifier = self.web.notifier
+        #: mails logged errors to [admin] addresses
+        self.errors = ErrorReporter(config, self.outbox, reactor)
         #: fires when the database is open and the sender runs
         self.ready: defer.Deferred | None = None
 
@@ -121,6 +128,7 @@ class Emaild(service.MultiService):
         await open_database(self.db, self.embedded)
         await self.sender.startService()
         await self.relay.startService()
+        self.errors.startService()
         log.info("emaild ready: transport {t}, rate {r}/s", t=self.transport.name,
                  r=self.config["relay"]["rate"])
 
@@ -136,6 +144,8 @@ class Emaild(service.MultiService):
     async def _stop(self):
         if self.ready is not None and not self.ready.called:
             await self.ready
+        if self.errors.running:
+            await self.errors.stopService()
         if self.relay.running:
             await self.relay.stopService()
         if self.sender.running:

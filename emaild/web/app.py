@@ -25,6 +25,7 @@ from emaild.groups.store import GroupStore
 from emaild.inbound.store import InboundStore
 from emaild.links.service import Links
 from emaild.links.store import LinkStore
+from emaild.notify.notifier import Notifier
 from emaild.people.lti import LaunchVerifier, NonceStore
 from emaild.people.store import PeopleStore
 from emaild.templating import search_path
@@ -106,6 +107,10 @@ class WebApp:
         returns a JSON-able dict with at least C{"state"}; the database is
         checked with a real query.
     @param outbox: the outbound L{Outbox}, for pages that send mail.
+
+    C{self.notifier} (L{Notifier}): call C{await self.notifier.visited(group_id,
+    person_id)} after recording that a member is present in a group (the
+    group page does; so does the API's presence endpoint).  It never raises.
     """
 
     app = Klein()
@@ -123,6 +128,7 @@ class WebApp:
         self.groups = GroupStore(db)
         self.inbound = InboundStore(db)
         self.reply_addresses = reply_addresses(config)
+        self.notifier = Notifier(config, db, outbox, clock=reactor.seconds)
         self.lti = LaunchVerifier(config, NonceStore(db, config["lti"]["timestamp_window"]),
                                   clock=reactor.seconds)
         self._static = next(

@@ -5,7 +5,8 @@ C{GET /groups/<id>}
     For a signed-in current member: the group's name and course, its
     members by display name (never an address), its recently active
     threads, the viewer's own reply address, and a form to start a new
-    discussion.  Every such visit is recorded (L{GroupStore.record_visit}).
+    discussion.  Every such visit is recorded (L{GroupStore.record_visit})
+    and the other members who are away may hear of it (L{Notifier.visited}).
     Not signed in: C{401}, the page C{/home} shows.  No such group: C{404}.
     Not a current member (never, or left): C{403}.
 
@@ -88,6 +89,7 @@ async def group_page(self: WebApp, request, group_id: int):
         session, group, member = await _viewer(self, request, group_id)
         if request.method == b"GET":  # not a HEAD (a link checker, a prefetch)
             await self.groups.record_visit(group.id, session.person_id)
+            await self.notifier.visited(group.id, session.person_id)
         return await _page(self, request, session, group, member)
     except _Refused as refused:
         return refused.page

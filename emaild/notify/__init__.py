@@ -1,0 +1,4 @@
+"""
+Notifications: "X is active in your group" mails (L{notifier}) and error
+reports to the operators (L{errors}).
+"""
