@@ -246,9 +246,14 @@ class PeopleAndGroupsTests(ApiTestCase):
         _, bob, _ = await self.call("POST", "/api/v1/people", {"email": "bob@example.org"})
         _, group, _ = await self.call("POST", "/api/v1/groups", {"course": "c", "name": "G"})
         await self.call("PUT", f"/api/v1/groups/{group['id']}/members/{ada['id']}")
+        _, cy, _ = await self.call("POST", "/api/v1/people", {"email": "cy@example.org"})
+        await self.call("PUT", f"/api/v1/groups/{group['id']}/members/{cy['id']}")
         code, answer, _ = await self.call("POST", "/api/v1/presence",
                                           {"person_id": ada["id"], "group_id": group["id"]})
-        self.assertEqual((code, answer["recorded"]), (202, True))
+        # like opening the group page: Cy, away, is told Ada is active
+        self.assertEqual((code, answer["recorded"], answer["notified"]), (202, True, 1))
+        self.assertEqual(self.query("SELECT recipient, kind FROM outbox"),
+                         [("cy@example.org", "notification")])
         self.assertEqual(self.query("SELECT group_id, person_id FROM group_visits"),
                          [(group["id"], ada["id"])])
         await self.error(409, "POST", "/api/v1/presence", "not a current member",

@@ -56,7 +56,10 @@ SCHEMAS = {
                                        "description": "false: it already was so"}}),
     "Presence": _object({"person_id": _ID, "group_id": _ID}),
     "PresenceRecorded": _object({"recorded": {"const": True}, "person_id": _ID,
-                                 "group_id": _ID}),
+                                 "group_id": _ID,
+                                 "notified": {"type": "integer", "minimum": 0,
+                                              "description": "away members notified that "
+                                                             "this person is active"}}),
     "MessageInput": _object({
         "template": {**_STR, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"},
         "kind": {**_STR, "description": "A configured kind of mail ([kinds.<name>]): decides "

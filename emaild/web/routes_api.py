@@ -138,8 +138,10 @@ async def presence(self: WebApp, request):
     if member is None or not member.live:
         raise ApiError(409, f"person {person_id} is not a current member of group {group_id}")
     await self.groups.record_visit(group.id, person_id)
+    # the same event as opening the group page: away members may be told
+    notified = await self.notifier.visited(group.id, person_id)
     return answer(request, 202, {"recorded": True, "group_id": group.id,
-                                 "person_id": person_id})
+                                 "person_id": person_id, "notified": notified})
 
 
 # -- messages -------------------------------------------------------------------------
