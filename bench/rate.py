@@ -5,10 +5,11 @@ and answers 454 to anything faster.
 
 Scenarios, each with a fresh relay (bucket full) and outbox, N messages
 queued before the daemon starts:
-  defaults  daemon rate=14 burst=14: emaild's shipped defaults, i.e. the
-            same bucket as the relay's
-  burst7    daemon rate=14 burst=7 (--burst N: "burstN"): half a second of headroom in
-            the relay's bucket for network/claim latency jitter
+  defaults  daemon with no rate or burst in its configuration: emaild's
+            shipped defaults (rate 14, burst half of it: 7)
+  burst14   daemon rate=14 burst=14 (--burst N: "burstN"): the same bucket as
+            the relay's (emaild's default before 8bed427), no headroom for
+            network/claim latency jitter
   faster    daemon rate=20 burst=20: the relay must throttle it; the sender
             should back off and still send everything
 
@@ -16,7 +17,7 @@ Measured from the relay's accept log: accepted recipients per second in a
 --window second window starting --warmup seconds after the first accept,
 inter-arrival times in that window, and every 454.
 
-    python bench/rate.py [--quick] [--burst 7] [--only defaults|burst|faster]
+    python bench/rate.py [--quick] [--burst 14] [--only defaults|burst|faster]
 """
 
 from __future__ import annotations
@@ -32,13 +33,24 @@ from bench.common import (Bench, Relay, median, percentile, reexec_in_venv, tabl
                           wait_for, wait_quiet, write_csv)
 
 RELAY_RATE = 14.0
+#: emaild's [relay] rate default, what the "defaults" scenario runs at
+DEFAULT_RATE = 14.0
 
 
-def run(b: Bench, name: str, rate: float, burst: float, n: int, warmup: float,
+def _limits(rate: float | None, burst: float | None) -> str:
+    return " ".join(f"{k}={'default' if v is None else f'{v:g}'}"
+                    for k, v in (("rate", rate), ("burst", burst)))
+
+
+def run(b: Bench, name: str, rate: float | None, burst: float | None, n: int, warmup: float,
         window: float) -> dict:
+    """rate/burst None: leave them out of the configuration (emaild's defaults)."""
+    label = _limits(rate, burst)
     b.reset_outbox()
     relay = Relay(b, rate=RELAY_RATE, name=f"relay-{name}")
-    config = b.config(f"{name}.toml", port=relay.port, rate=rate, burst=burst, connections=4)
+    limits = {k: v for k, v in (("rate", rate), ("burst", burst)) if v is not None}
+    config = b.config(f"{name}.toml", port=relay.port, connections=4, **limits)
+    rate = rate or DEFAULT_RATE
     b.enqueue(config, write_csv(b.dir / f"{name}.csv", n))
     wait_quiet()
     t_start = time.time()
@@ -59,7 +71,7 @@ def run(b: Bench, name: str, rate: float, burst: float, n: int, warmup: float,
     achieved = len(in_window) / window
     complete = accepts[-1] >= t0 + window
     return {
-        "scenario": name, "daemon": f"rate={rate:g} burst={burst:g}", "messages": n,
+        "scenario": name, "daemon": label, "messages": n,
         "sent": counts["sent"], "not sent": n - counts["sent"],
         "window": f"{window:g}s{'' if complete else ' (short!)'}",
         "achieved/s": f"{achieved:.3f}",
@@ -78,22 +90,22 @@ def run(b: Bench, name: str, rate: float, burst: float, n: int, warmup: float,
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="200 messages, 10 s window")
-    parser.add_argument("--burst", type=float, default=7.0,
-                        help="daemon burst of the second scenario (default 7)")
+    parser.add_argument("--burst", type=float, default=14.0,
+                        help="daemon burst of the second scenario (default 14)")
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--only", choices=("defaults", "burst", "faster"))
     parser.add_argument("--keep", action="store_true", help="keep the state dir")
     args = parser.parse_args()
     n = args.messages or (200 if args.quick else 1000)
     warmup, window = (2.0, 10.0) if args.quick else (5.0, 60.0)
-    scenarios = [("defaults", RELAY_RATE, RELAY_RATE),
+    scenarios = [("defaults", None, None),
                  (f"burst{args.burst:g}", RELAY_RATE, args.burst),
                  ("faster", 20.0, 20.0)]
     results = []
     with Bench("rate", keep=args.keep) as b:
         for name, rate, burst in scenarios:
             if args.only in (None, name.rstrip("0123456789.")):
-                print(f"running {name}: daemon rate={rate:g} burst={burst:g}, {n} messages, "
+                print(f"running {name}: daemon {_limits(rate, burst)}, {n} messages, "
                       f"relay {RELAY_RATE:g}/s burst {RELAY_RATE:g}", flush=True)
                 results.append(run(b, name, rate, burst, n, warmup, window))
     keys = list(results[0])

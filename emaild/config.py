@@ -313,7 +313,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "ca_file": (_string, ""),
         "helo_name": (_string, ""),
         "rate": (_number(positive=True), 14.0),
-        "burst": (_number(positive=True), 14.0),
+        "burst": (_number(positive=True), None),  # None: half of rate, at least 1
         "daily_quota": (_integer(0), 0),
         "connections": (_integer(1), 4),
         "connect_timeout": (parse_duration, 30.0),
@@ -619,6 +619,12 @@ def load_config(
         kinds[name] = MailKind(name=name, **typed)
 
     relay = values["relay"]
+    if relay["burst"] is None:
+        # Our tokens are counted when a message is claimed, the relay's when
+        # it arrives; start-up latency bunches the first burst's arrivals, so
+        # a burst equal to the relay's one-second allowance (SES) ends the
+        # first second with a 454.  Half a second's worth leaves room.
+        relay["burst"] = max(1.0, relay["rate"] / 2)
     if relay["burst"] < 1:
         raise ConfigError("relay.burst", "must be at least 1 (one recipient)")
     if relay["transport"] == "smtp" and relay["tls"] == "none" and relay["username"]:

@@ -37,6 +37,17 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual(config.qos_class(None).name, "default")
         self.assertEqual(config.qos_class("removed-since").name, "default")
 
+    def test_burst_defaults_to_half_the_rate(self):
+        self.assertEqual(load_config(None, environ={})["relay"]["burst"], 7.0)
+        self.assertEqual(load_config(self.write("[relay]\nrate = 50\n"), environ={})
+                         ["relay"]["burst"], 25.0)
+        self.assertEqual(load_config(self.write("[relay]\nrate = 0.5\n"), environ={})
+                         ["relay"]["burst"], 1.0)  # at least one recipient
+        self.assertEqual(load_config(self.write("[relay]\nrate = 50\nburst = 3\n"), environ={})
+                         ["relay"]["burst"], 3.0)
+        self.assertEqual(load_config(None, environ={"EMAILD_RELAY_BURST": "4"})
+                         ["relay"]["burst"], 4.0)
+
     def test_file_values_are_typed(self):
         config = load_config(self.write(
             '[relay]\nrate = 2\nlease = "90s"\n[qos.bulk]\nbackoff = ["1m", "1h"]\nrate = 0.5\n'

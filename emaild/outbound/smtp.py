@@ -97,6 +97,9 @@ class _Connection:
 
 
 class _Factory(ClientFactory):
+    # one factory per connection: no "Starting/Stopping factory" log lines
+    noisy = False
+
     def __init__(self, transport, conn, connected):
         self.transport = transport
         self.conn = conn
@@ -149,7 +152,8 @@ class SMTPTransport:
     @param data_timeout: seconds to wait for the reply after the data.
     @param trust_roots_pem: CA certificates (PEM bytes, or the path of a PEM
         bundle) to trust instead of the platform's store.
-    @param max_messages_per_connection: QUIT and reconnect after this many.
+    @param max_messages_per_connection: QUIT and reconnect after this many
+        (a new session costs a connect, greeting, EHLO, TLS and AUTH).
     @param idle_close: QUIT a connection idle this many seconds.
     """
 
@@ -160,7 +164,7 @@ class SMTPTransport:
                  connections: int = 4, helo_name: str | None = None,
                  connect_timeout: float = 30.0, reply_timeout: float = 60.0,
                  data_timeout: float = 600.0, trust_roots_pem=None,
-                 max_messages_per_connection: int = 100, idle_close: float = 30.0):
+                 max_messages_per_connection: int = 1000, idle_close: float = 30.0):
         if tls not in TLS_MODES:
             raise ValueError(f"tls must be one of {TLS_MODES}, not {tls!r}")
         if connections < 1 or max_messages_per_connection < 1:
