@@ -7,19 +7,21 @@ same run.
 
 Each request to the daemon picks a random token out of --links valid login
 links (one per person), so every request is the real thing: decode the
-token, look the row up, start a session (a transaction: INSERT into
-web_sessions), count the use (UPDATE links), answer 303 with Set-Cookie.
-wrk keeps no cookies, so no session is ever revoked.
+token, check the link row, start a session (INSERT into web_sessions),
+count the use (UPDATE links), answer 303 with Set-Cookie.  wrk keeps no
+cookies, so no session is ever revoked.
 
 Targets (from the issue): at least half the bare route's requests/s, and a
 p99 under 20 ms, at 50 concurrent connections.
 
     python bench/links_bench.py [--duration 20] [--connections 50] [--rounds 2]
-                                [--links 5000] [--profile]
+                                [--links 5000] [--pool-size 4] [--profile | --cprofile]
 
 Needs wrk (Debian: apt-get install -y wrk).  --profile records the daemon
 with py-spy (pip install py-spy) during the last link run and prints where
-the time goes.
+the time goes; --cprofile does the same with cProfile (wall time, and much
+slower).  "app ms/req" and "pg ms/req" are CPU time per request, the
+figures least disturbed by other work on the machine.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -62,29 +65,21 @@ print("listening", flush=True)
 reactor.run()
 """
 
-# --single-insert: an experiment, not emaild's code.  It starts the same
-# daemon with SessionStore.create replaced by one autocommitted INSERT when
-# there is no previous session to revoke (what wrk's cookie-less requests
-# always hit), instead of BEGIN; INSERT; COMMIT: the change to sessions.py
-# that RESULTS-web.md proposes, measured.
-SINGLE_INSERT_DAEMON = r"""
-import secrets, sys
-from emaild.web import sessions
-
-original = sessions.SessionStore.create
-
-async def create(self, person_id, now, max_age, replaces):
-    if replaces is not None:
-        return await original(self, person_id, now, max_age, replaces)
-    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
-    await self.db.runOperation(
-        "INSERT INTO web_sessions (id, person_id, csrf_token, expires_at)"
-        " VALUES (%s, %s, %s, to_timestamp(%s))",
-        (sessions._hash(token), person_id, csrf, now + max_age))
-    return token, sessions.Session(sessions._hash(token), person_id, csrf)
-
-sessions.SessionStore.create = create
+# --cprofile: the same daemon under cProfile, which is enabled on SIGUSR1
+# (sent just before the last links round) and written out on SIGUSR2 (just
+# after it), so start-up, warm-up and the bare rounds are not in the profile.
+CPROFILE_DAEMON = r"""
+import cProfile, signal, sys
 from twisted.scripts.twistd import run
+
+profiler, output = cProfile.Profile(), sys.argv[2]
+signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+
+def dump(*_):
+    profiler.disable()
+    profiler.dump_stats(output)
+
+signal.signal(signal.SIGUSR2, dump)
 sys.argv = ["twistd", "-n", "--pidfile=", "emaild", "--config", sys.argv[1]]
 run()
 """
@@ -143,9 +138,10 @@ def write_config(b: Bench, port: int, pool_size: int) -> Path:
     return path
 
 
-def start_patched_daemon(b: Bench, config: Path) -> subprocess.Popen:
+def start_profiled_daemon(b: Bench, config: Path) -> subprocess.Popen:
     log = b.dir / "daemon.log"
-    proc = b.spawn([python(), "-c", SINGLE_INSERT_DAEMON, str(config)], log=log, cwd=b.dir)
+    proc = b.spawn([python(), "-c", CPROFILE_DAEMON, str(config), str(b.dir / "links.cprofile")],
+                   log=log, cwd=b.dir)
 
     def ready():
         if proc.poll() is not None:
@@ -278,9 +274,10 @@ def main() -> None:
                         help="[database] pool_size of the daemon (emaild's default: 4)")
     parser.add_argument("--async-commit", action="store_true",
                         help="experiment: ALTER DATABASE ... SET synchronous_commit = off")
-    parser.add_argument("--single-insert", action="store_true",
-                        help="experiment: sessions start with one INSERT (see the source)")
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the daemon during the last links round")
+    parser.add_argument("--cprofile", action="store_true",
+                        help="cProfile the daemon during the last links round (slows it down)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     wrk = need_wrk()
@@ -297,8 +294,8 @@ def main() -> None:
             b.sql("ALTER DATABASE emaild SET synchronous_commit = off")
         port = free_port()
         config = write_config(b, port, args.pool_size)
-        if args.single_insert:
-            daemon = start_patched_daemon(b, config)
+        if args.cprofile:
+            daemon = start_profiled_daemon(b, config)
         else:
             daemon = b.start_daemon(config, "daemon.log")
         bare_port = free_port()
@@ -319,9 +316,15 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             r = measured(wrk, bare_lua, bare_url, {"app": bare.pid}, args)
             results.append(("bare Klein route", round_, r))
-            if args.profile and round_ == args.rounds:
+            last = round_ == args.rounds
+            if args.profile and last:
                 spy = profile(b, daemon.pid, args.duration)
+            if args.cprofile and last:
+                os.kill(daemon.pid, signal.SIGUSR1)
             r = measured(wrk, links_lua, links_url, {"app": daemon.pid, "pg": pg}, args)
+            if args.cprofile and last:
+                os.kill(daemon.pid, signal.SIGUSR2)
+                wait_for(lambda: (b.dir / "links.cprofile").exists(), 30, 0.1, "the profile")
             results.append(("GET /email/<token>", round_, r))
         if spy is not None:
             spy.wait()
@@ -341,18 +344,20 @@ def main() -> None:
                          f"{r['max_us'] / 1000:.1f}",
                          r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"],
                          f"{100 * r['cpu_app']:.0f}%",
-                         f"{100 * r['cpu_pg']:.0f}%" if "cpu_pg" in r else "-"])
+                         f"{100 * r['cpu_pg']:.0f}%" if "cpu_pg" in r else "-",
+                         f"{1000 * r['cpu_app'] / r['rps']:.3f}",
+                         f"{1000 * r['cpu_pg'] / r['rps']:.3f}" if "cpu_pg" in r else "-"])
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
               f"{platform.python_implementation()} {platform.python_version()}, "
               f"{platform.platform()}")
         print(f"wrk: {results[0][2]['argv']}")
         print(f"daemon: [database] pool_size = {args.pool_size}"
-              + (", EXPERIMENT: single-INSERT sessions" if args.single_insert else "")
+              + (", under cProfile (last links round)" if args.cprofile else "")
               + (", EXPERIMENT: synchronous_commit = off" if args.async_commit else ""))
         print(f"links: {args.links} valid login links, one per person; "
               f"{args.rounds} rounds of {args.duration:g}s each, bare then links\n")
         print(table(["route", "round", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                     "errors", "app CPU", "pg CPU"], rows))
+                     "errors", "app CPU", "pg CPU", "app ms/req", "pg ms/req"], rows))
         for round_ in range(1, args.rounds + 1):
             bare_r = next(r for n, k, r in results if k == round_ and n.startswith("bare"))
             link_r = next(r for n, k, r in results if k == round_ and n.startswith("GET"))
@@ -367,6 +372,13 @@ def main() -> None:
         if spy is not None and (b.dir / "links.pyspy").exists():
             print("\nwhere the daemon's time goes (py-spy, last links run):")
             print(summarise_profile(b.dir / "links.pyspy"))
+        if args.cprofile and (b.dir / "links.cprofile").exists():
+            import pstats
+
+            print("\nwhere the daemon's time goes (cProfile, last links run, top by own time):")
+            stats = pstats.Stats(str(b.dir / "links.cprofile"), stream=sys.stdout)
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(40)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ class LoginLinkTests(LinkTestCase):
 
     @async_test
     async def test_concurrent_clicks_are_all_counted(self):
-        # uses are written in batches while an UPDATE is in flight
+        # each click counts its use and starts its session in one statement
         await self.start_web()
         people = [await self.person(f"p{i}@example.org", f"P {i}") for i in range(5)]
         urls = [await self.login_url(p) for p in people]
@@ -265,6 +265,59 @@ class LoginLinkTests(LinkTestCase):
         self.assertEqual(self.query("SELECT count(DISTINCT id) FROM web_sessions"), [(23,)])
 
     @async_test
+    async def test_a_click_is_one_database_statement(self):
+        # check the link, count the use, revoke the old session, start the
+        # new one: one round trip and one commit
+        await self.start_web()
+        ada = await self.person()
+        url = await self.login_url(ada)
+        calls = []
+        for name in ("runQuery", "runOperation", "transaction"):
+            original = getattr(self.db, name)
+
+            def counted(*args, _name=name, _original=original, **kwargs):
+                calls.append(_name)
+                return _original(*args, **kwargs)
+
+            setattr(self.db, name, counted)
+        browser = self.client()
+        response, _ = await browser.get(self.path(url))
+        self.assertEqual(response.code, 303)
+        self.assertEqual(calls, ["runQuery"])
+        del calls[:]
+        response, _ = await browser.get(self.path(url))  # with a session to revoke
+        self.assertEqual(response.code, 303)
+        self.assertEqual(calls, ["runQuery"])
+        self.assertEqual(self.query("SELECT uses FROM links"), [(2,)])
+        self.assertEqual(self.query("SELECT count(*) FROM web_sessions WHERE revoked_at IS NULL"),
+                         [(1,)])
+
+    @async_test
+    async def test_a_refused_click_changes_nothing(self):
+        # an expired or foreign link neither counts a use nor touches the
+        # browser's current session
+        await self.start_web()
+        ada, bob = await self.person(), await self.person("bob@example.org", "Bob Bobson")
+        browser = self.client()
+        response, _ = await browser.get(self.path(await self.login_url(ada)))
+        self.assertEqual(response.code, 303)
+        bob_url = await self.login_url(bob)
+        self.expire_links(bob)
+        response, _ = await browser.get(self.path(bob_url))
+        self.assertEqual(response.code, 410)
+        self.assertIsNone(response.headers.getRawHeaders("set-cookie"))
+        unsubscribe = token_of(await self.web.links.mint(bob.id, "unsubscribe", "all"))
+        response, _ = await browser.get(f"/email/{unsubscribe}")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(self.query("SELECT uses FROM links WHERE person_id = %s ORDER BY id",
+                                    (bob.id,)), [(0,), (0,)])
+        self.assertEqual(self.query("SELECT person_id FROM web_sessions WHERE revoked_at IS NULL"),
+                         [(ada.id,)])
+        response, body = await browser.get("/home")
+        self.assertEqual(response.code, 200)
+        self.assertIn("Ada Lovelace", body)
+
+    @async_test
     async def test_client_going_away_does_not_cancel_the_sign_in(self):
         # Klein cancels the route when the connection is lost; a query in
         # flight must not be cancelled (txpostgres raises from its canceller)
@@ -272,14 +325,14 @@ class LoginLinkTests(LinkTestCase):
         ada = await self.person()
         url = await self.login_url(ada)
         entered, gate = defer.Deferred(), defer.Deferred(canceller=self.fail_cancel)
-        start = self.web.sessions.start
+        use = self.web.links.store.use
 
-        async def slow_start(request, person_id):
+        async def slow_use(*args):
             entered.callback(None)
             await gate
-            return await start(request, person_id)
+            return await use(*args)
 
-        self.web.sessions.start = slow_start
+        self.web.links.store.use = slow_use
         request = defer.ensureDeferred(self.client().get(self.path(url)))
         request.addErrback(lambda f: f.trap(defer.CancelledError, ResponseNeverReceived))
         await entered

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 
 from emaild.links.store import LinkRequest, LinkRow, LinkStore
-from emaild.links.tokens import TokenCodec
+from emaild.links.tokens import TokenCodec, TokenParts
 
 LOGIN = "login"
 UNSUBSCRIBE = "unsubscribe"
@@ -84,6 +84,14 @@ class Resolution:
     link: LinkRow | None = None
 
 
+def _is_of(link: LinkRow | None, parts: TokenParts, purpose: str) -> bool:
+    """
+    Whether C{link} is the row a token with C{parts} names, for C{purpose}.
+    """
+    return link is not None and link.purpose == purpose and (
+        link.secret_hi, link.secret_lo) == (parts.secret_hi, parts.secret_lo)
+
+
 class Links:
     def __init__(self, config, store: LinkStore, codec: TokenCodec | None = None, clock=time.time):
         self.store = store
@@ -135,12 +143,27 @@ class Links:
         if parts is None:
             return Resolution("unknown")
         link = await self.store.get(parts.link_id)
-        if link is None or link.purpose != purpose or (
-                link.secret_hi, link.secret_lo) != (parts.secret_hi, parts.secret_lo):
+        if not _is_of(link, parts, purpose):
             return Resolution("unknown")
         if link.expires_at <= self.clock():
             return Resolution("expired", link)
         return Resolution("ok", link)
+
+    async def use(self, token: str, purpose: str, also: tuple[str, dict] = ("", {})) -> Resolution:
+        """
+        L{resolve} and, if the link is C{ok}, count a use and run C{also}
+        (CTEs that may read C{link_used}, see L{LinkStore.use}), all in one
+        statement: C{also} runs exactly when the answer is C{ok}.
+        """
+        parts = self.codec.decode(token)
+        if parts is None:
+            return Resolution("unknown")
+        link, used = await self.store.use(parts, purpose, self.clock(), also)
+        if used:
+            return Resolution("ok", link)
+        if not _is_of(link, parts, purpose):
+            return Resolution("unknown")
+        return Resolution("expired", link)
 
     def redirect_location(self, link: LinkRow) -> str:
         """

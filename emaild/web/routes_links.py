@@ -53,24 +53,24 @@ C{POST /email/<token>/fresh}  ("mail me a new link", the 410 page's form)
 Both routes
     A client that disconnects does not cancel the work in flight (see
     L{uncancellable}): the session, the use count or the mail are completed.
-    Uses are counted by L{UseCounter}, which writes the uses of concurrent
-    clicks in one UPDATE; each redirect still waits for its own.
+    A click is one SQL statement (one round trip, one commit): it checks
+    the link, counts the use, revokes the browser's previous session and
+    inserts the new one, the last three only if the link is valid.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from urllib.parse import quote, urlsplit
 
 from klein.interfaces import IKleinRequest
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.links.service import LOGIN, LinkError
 from emaild.outbound.compose import ComposeError, check_address
 from emaild.web.app import WebApp, form_value, uncancellable
+from emaild.web.sessions import SessionStore
 
 log = Logger()
 
@@ -144,65 +144,6 @@ class FreshLinkRequests:
         return True, 0.0
 
 
-class UseCounter:
-    """
-    Counts link uses (C{links.uses}, C{last_used_at}) in batches: while one
-    UPDATE is in flight, the uses of the requests that arrive meanwhile are
-    collected and written by the next one, so under load many clicks share
-    one statement and one commit.  Each caller's Deferred fires once its own
-    use is written (or fails with the write's error), so a redirect is never
-    sent before its use is recorded.  Under light load a batch is one use,
-    written at once.
-    """
-
-    def __init__(self, db):
-        self.db = db
-        self._pending: dict[int, int] = {}
-        self._waiting: list[defer.Deferred] = []
-        self._busy = False
-
-    def record(self, link_id: int) -> defer.Deferred:
-        d = defer.Deferred()
-        self._pending[link_id] = self._pending.get(link_id, 0) + 1
-        self._waiting.append(d)
-        if not self._busy:
-            self._flush()
-        return d
-
-    def _flush(self) -> None:
-        pending, waiting = self._pending, self._waiting
-        self._pending, self._waiting = {}, []
-        self._busy = True
-        ids = list(pending)
-        written = self.db.runOperation(
-            "UPDATE links SET uses = uses + v.n, last_used_at = now()"
-            " FROM unnest(%s::bigint[], %s::int[]) AS v(id, n) WHERE links.id = v.id",
-            (ids, [pending[i] for i in ids]))
-
-        def done(result):
-            self._busy = False
-            for d in waiting:
-                if isinstance(result, defer.Failure):
-                    d.errback(result)
-                else:
-                    d.callback(None)
-            if self._pending:
-                self._flush()
-
-        written.addBoth(done)
-
-
-#: one use counter per web app (its database)
-_counters: "weakref.WeakKeyDictionary[WebApp, UseCounter]" = weakref.WeakKeyDictionary()
-
-
-def _use_counter(app: WebApp) -> UseCounter:
-    counter = _counters.get(app)
-    if counter is None:
-        counter = _counters[app] = UseCounter(app.db)
-    return counter
-
-
 def _no_referrer(request) -> None:
     request.setHeader(b"Referrer-Policy", b"no-referrer")
     request.setHeader(b"Cache-Control", b"no-store")
@@ -251,21 +192,20 @@ def _unusable_address(self: WebApp, request, address: str) -> bytes:
 async def login_link(self: WebApp, request, token: str):
     _no_referrer(request)
     try:
-        resolution = await self.links.resolve(token, LOGIN)
+        if request.method == b"HEAD":
+            resolution = await self.links.resolve(token, LOGIN)
+        else:
+            # one statement: check the link, count the use, start the session
+            new = self.sessions.new(request)
+            resolution = await self.links.use(
+                token, LOGIN, also=SessionStore.start_ctes(new, "link_used"))
         if resolution.status == "unknown":
             return _unknown(self, request)
         if resolution.status == "expired":
             return _expired(self, request, token)
         link = resolution.link
         if request.method != b"HEAD":
-            # count the use while the session is being created
-            used = _use_counter(self).record(link.id)
-            try:
-                await self.sessions.start(request, link.person_id)
-            except BaseException:
-                used.addErrback(lambda _: None)
-                raise
-            await used
+            self.sessions.started(request, new, link.person_id)
     except DatabaseUnavailable:
         return _unavailable(self, request)
     # targets were checked when minted; quote anything non-ASCII (an IRI)

@@ -33,6 +33,29 @@ class Session:
     csrf_token: str
 
 
+@attrs.frozen
+class NewSession:
+    """
+    A session about to start: its cookie token, the row's values, and the
+    browser's previous session (revoked when this one starts).
+    """
+
+    #: goes in the cookie only; the row is keyed by its hash
+    token: str
+    #: SHA-256 of C{token}
+    id: str
+    csrf_token: str
+    #: seconds since the epoch
+    expires_at: float
+    #: hash of the browser's previous session token, or None
+    replaces: str | None
+
+    @classmethod
+    def make(cls, now: float, max_age: float, replaces: str | None) -> "NewSession":
+        token = secrets.token_urlsafe(32)
+        return cls(token, _hash(token), secrets.token_urlsafe(24), now + max_age, replaces)
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -45,19 +68,40 @@ class SessionStore:
     def __init__(self, db):
         self.db = db
 
-    async def create(self, person_id: int, now: float, max_age: float, replaces: str | None):
-        token = secrets.token_urlsafe(32)
-        csrf = secrets.token_urlsafe(24)
+    @staticmethod
+    def start_ctes(new: NewSession, person: str) -> tuple[str, dict]:
+        """
+        SQL that starts C{new} for the person of C{person} (the name of a
+        CTE with a C{person_id} column and at most one row) and revokes the
+        session it replaces, only if C{person} has a row: two CTEs, to
+        put in a larger statement's C{WITH} so that signing in costs no
+        round trip of its own (see L{emaild.links.store.LinkStore.use}).
+        Its named parameters start with C{session_}.
+        """
+        sql = ("session_revoked AS (UPDATE web_sessions SET revoked_at = now()"
+               "   WHERE id = %(session_replaces)s AND revoked_at IS NULL"
+               f"   AND EXISTS (SELECT FROM {person})),"
+               " session_started AS (INSERT INTO web_sessions"
+               "   (id, person_id, csrf_token, expires_at)"
+               "   SELECT %(session_id)s, person_id, %(session_csrf)s,"
+               f"     to_timestamp(%(session_expires)s) FROM {person})")
+        return sql, {"session_replaces": new.replaces, "session_id": new.id,
+                     "session_csrf": new.csrf_token, "session_expires": new.expires_at}
 
-        # one statement (revoke the old session and insert the new one):
-        # signing in is the hot path of every link click
+    async def create(self, person_id: int, now: float, max_age: float, replaces: str | None):
+        """
+        Start a session for C{person_id}: C{(cookie token, Session)}.
+        """
+        new = NewSession.make(now, max_age, replaces)
+        return new.token, await self.insert(person_id, new)
+
+    async def insert(self, person_id: int, new: NewSession) -> Session:
+        # one statement (revoke the old session and insert the new one)
+        ctes, params = self.start_ctes(new, "person")
         await self.db.runOperation(
-            "WITH revoked AS (UPDATE web_sessions SET revoked_at = now()"
-            "   WHERE id = %s AND revoked_at IS NULL)"
-            " INSERT INTO web_sessions (id, person_id, csrf_token, expires_at)"
-            " VALUES (%s, %s, %s, to_timestamp(%s))",
-            (replaces, _hash(token), person_id, csrf, now + max_age))
-        return token, Session(_hash(token), person_id, csrf)
+            f"WITH person AS (SELECT %(person_id)s::bigint AS person_id), {ctes} SELECT",
+            {**params, "person_id": person_id})
+        return Session(new.id, person_id, new.csrf_token)
 
     async def find(self, token: str, now: float, idle: float) -> tuple[Session, float] | None:
         rows = await self.db.runQuery(
@@ -140,12 +184,25 @@ class Sessions:
         Sign C{person_id} in: a new session and cookie; the browser's
         previous session, if any, is revoked.
         """
+        new = self.new(request)
+        await self.store.insert(person_id, new)
+        return self.started(request, new, person_id)
+
+    def new(self, request) -> NewSession:
+        """
+        A new session for this browser, to start with L{SessionStore.insert}
+        or L{SessionStore.start_ctes}, then L{started}.
+        """
         token = self._token(request)
-        token, session = await self.store.create(
-            person_id, self.clock(), self.max_age, _hash(token) if token else None)
-        self._set_cookie(request, token, int(self.max_age))
-        request._emaild_session = session
-        return session
+        return NewSession.make(self.clock(), self.max_age, _hash(token) if token else None)
+
+    def started(self, request, new: NewSession, person_id: int) -> Session:
+        """
+        C{new} was stored for C{person_id}: give the browser its cookie.
+        """
+        self._set_cookie(request, new.token, int(self.max_age))
+        request._emaild_session = Session(new.id, person_id, new.csrf_token)
+        return request._emaild_session
 
     async def end(self, request) -> None:
         token = self._token(request)
