@@ -164,6 +164,32 @@ class ClockedSenderTests(DatabaseTestCase):
         self.assertTrue(all(r[2].startswith("released at shutdown") for r in rows))
 
     @defer.inlineCallbacks
+    def test_stopping_during_a_claim_waits_for_it_and_releases_what_it_took(self):
+        sent = []
+        self.make_sender(lambda m, n: sent.append(m) or defer.succeed(None))
+        yield defer.ensureDeferred(self.enqueue("a@example.org", "b@example.org"))
+        gate, real_claim = defer.Deferred(), self.store.claim
+
+        async def slow_claim(*args, **kwargs):
+            result = await real_claim(*args, **kwargs)  # the rows are ours now…
+            await gate  # …and the stop request comes before the answer
+            return result
+
+        self.store.claim = slow_claim
+        yield defer.ensureDeferred(self.start())
+        self.sender.wake()
+        self.clock.advance(0.1)
+        yield wait_for(lambda: self.query(
+            "SELECT count(*) FROM outbox WHERE state = 'sending'")[0][0] == 2)
+        stopping = self.stop()
+        self.assertFalse(stopping.called)  # nothing closes under the claim
+        gate.callback(None)
+        yield stopping
+        self.assertEqual(sent, [])
+        rows = self.query("SELECT state, attempts, reason FROM outbox ORDER BY id")
+        self.assertEqual(rows, [("queued", 0, "released: the sender is shutting down")] * 2)
+
+    @defer.inlineCallbacks
     def test_a_slow_delivery_keeps_its_lease(self):
         hanging = defer.Deferred()
         self.make_sender(lambda m, n: hanging, lease="4s")

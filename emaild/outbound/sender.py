@@ -72,6 +72,7 @@ class Sender(service.Service):
         self._heartbeat.clock = reactor
         self._timer = None          # the scheduled next claim
         self._pumping = False       # a claim is under way
+        self._pump_done: defer.Deferred | None = None  # fires when it is over
         self._again = False         # something asked for a claim meanwhile
         self._stopping = False
         self._in_flight: dict[int, defer.Deferred] = {}
@@ -112,6 +113,10 @@ class Sender(service.Service):
         if self._heartbeat.running:
             self._heartbeat.stop()
         self._cancel_timer()
+        if self._pump_done is not None:
+            # a claim under way finishes (and releases what it cannot send)
+            # before anything closes under it
+            await self._pump_done
         closing = defer.ensureDeferred(self._close_transport())
         await closing
         while self._in_flight:
@@ -207,6 +212,8 @@ class Sender(service.Service):
         d = defer.ensureDeferred(self._claim_and_send())
         d.addErrback(self._pump_failed)
         d.addBoth(self._pumped)
+        if self._pumping:
+            self._pump_done = d
 
     def _pump_failed(self, failure):
         if failure.check(DatabaseUnavailable):
@@ -217,6 +224,7 @@ class Sender(service.Service):
 
     def _pumped(self, _):
         self._pumping = False
+        self._pump_done = None
         if self._again:
             self._schedule(0)
 
@@ -229,8 +237,12 @@ class Sender(service.Service):
         self.stats["claimed"] += len(result.messages)
         self.stats["suppressed"] += result.suppressed
         self.metrics.suppressed.inc(result.suppressed)
-        for claimed in result.messages:
+        for index, claimed in enumerate(result.messages):
             if self._stopping:
+                # claimed while we were asked to stop: back to the queue now
+                # rather than when their lease runs out
+                await self.store.release(self.owner, [c.id for c in result.messages[index:]],
+                                         "released: the sender is shutting down")
                 break
             self._dispatch(claimed)
         if self._stopping:
