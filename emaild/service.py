@@ -4,7 +4,8 @@ The service tree of one emaild process.
     Emaild (MultiService)
       ├── web listener   (Klein site on [http] endpoint)
       ├── smtp listener  (inbound ESMTP on [smtp] endpoint: the group relay)
-      └── (after the database is up) Sender and RelayProcessor
+      └── (after the database is up) Sender, RelayProcessor and the weekly
+          update scheduler (DigestScheduler, when [digest] enabled)
 
 Listening ports are children, so C{twistd --uid/--gid} binds them as root in
 privilegedStartService before dropping privileges.  Everything that needs the
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from emaild.db.database import Database
 from emaild.db.embedded import EmbeddedPostgres
 from emaild.db.migrations import migrate
+from emaild.digest.scheduler import DigestScheduler
 from emaild.groups.addresses import reply_addresses
 from emaild.groups.store import GroupStore
 from emaild.inbound.handler import InboundHandler
@@ -101,6 +103,7 @@ class Emaild(service.MultiService):
         self.smtp.setServiceParent(self)
         self.relay = RelayProcessor(reactor, config, self.inbound, addresses,
                                     self.outbox.links, self.outbox)
+        self.digest = DigestScheduler(reactor, config, self.db, self.outbox)
         #: fires when the database is open and the sender runs
         self.ready: defer.Deferred | None = None
 
@@ -117,6 +120,8 @@ class Emaild(service.MultiService):
         await open_database(self.db, self.embedded)
         await self.sender.startService()
         await self.relay.startService()
+        if self.config["digest"]["enabled"]:
+            self.digest.startService()
         log.info("emaild ready: transport {t}, rate {r}/s", t=self.transport.name,
                  r=self.config["relay"]["rate"])
 
@@ -132,6 +137,8 @@ class Emaild(service.MultiService):
     async def _stop(self):
         if self.ready is not None and not self.ready.called:
             await self.ready
+        if self.digest.running:  # its run in progress stops after the current chunk
+            await self.digest.stopService()
         if self.relay.running:
             await self.relay.stopService()
         if self.sender.running:
