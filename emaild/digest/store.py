@@ -108,6 +108,17 @@ class DigestStore:
             " ORDER BY lower(p.display_name), p.id", (course_id,))
         return [(r[0], r[1], r[2], list(r[3])) for r in rows]
 
+    async def ids_by_email(self, addresses: Iterable[str]) -> dict[str, int]:
+        """
+        {lower-cased address: person id} of the known people among C{addresses}.
+        """
+        wanted = sorted({a.strip().lower() for a in addresses if a and a.strip()})
+        if not wanted:
+            return {}
+        rows = await self.db.runQuery(
+            "SELECT lower(email), id FROM people WHERE lower(email) = ANY(%s)", (wanted,))
+        return dict(rows)
+
     # -- notes ------------------------------------------------------------------
     async def set_note(self, course_id: int, week: str, note: str,
                        set_by: int | None = None) -> None:
