@@ -160,6 +160,69 @@ async def send_announcement(
     return AnnounceResult(label, queued, rejected)
 
 
+@attrs.frozen
+class Preview:
+    #: how many people it would go to, and the one it was rendered for
+    recipients: int
+    person_id: int
+    recipient: str
+    subject: str
+    text: str
+    html: str | None
+
+
+async def preview(outbox, template: str, *, course_id: int | None = None,
+                  group_id: int | None = None, context: Mapping[str, Any] | None = None,
+                  subject: str | None = None) -> Preview:
+    """
+    The announcement as its first recipient (lowest person id) would get
+    it, rendered but not queued (no links are minted: they show as
+    C{<your personal sign-in link>}).
+
+    @raise AnnounceError: no audience, nobody in it, or it cannot be
+        rendered for them (the reason).
+    """
+    from emaild.digest.render import fill_placeholders
+    from emaild.outbound.kinds import get_kind
+
+    db = outbox.store.db
+    store = DigestStore(db)
+    shared: dict[str, Any] = dict(context or {})
+    if group_id is not None:
+        group = await GroupStore(db).get(group_id)
+        if group is None:
+            raise AnnounceError(f"there is no group {group_id}")
+        course_id = group.course_id
+        shared.setdefault("group_name", group.name)
+    if course_id is None:
+        raise AnnounceError("say whom to send it to: a course or a group")
+    course = (await PeopleStore(db).courses([course_id])).get(course_id)
+    if course is None:
+        raise AnnounceError(f"there is no course {course_id}")
+    shared.setdefault("course_title", course.title or course.context_id)
+    shared.setdefault("group_name", "")
+    if subject is not None:
+        shared["subject"] = subject
+    who = dict(course_id=None if group_id is not None else course_id, group_id=group_id)
+    count = await store.count_members(**who)
+    first = await store.member_ids(**who, limit=1)
+    if not first:
+        raise AnnounceError("nobody would get it: there are no members")
+    person = await PeopleStore(db).get(first[0])
+    if not person.email:
+        raise AnnounceError(f"the first recipient ({person.display_name or person.id}) "
+                            "has no e-mail address")
+    kind = get_kind(outbox.config, KIND)
+    try:
+        draft = outbox.composer.draft(template, person.email, shared, person_id=person.id,
+                                      display_name=person.display_name, kind=kind.name,
+                                      course_id=course_id, unsubscribable=kind.unsubscribable)
+    except ComposeError as e:
+        raise AnnounceError(str(e)) from None
+    subject_text, text, html = fill_placeholders(draft)
+    return Preview(count, person.id, person.email, subject_text, text, html)
+
+
 async def announce(outbox, template: str, **kwargs) -> str:
     """
     L{send_announcement}, firing with just the batch label.

@@ -307,6 +307,17 @@ class DigestStore:
             " ORDER BY 1", (label, label))
         return [r[0] for r in rows]
 
+    async def count_members(self, *, course_id: int | None = None,
+                            group_id: int | None = None) -> int:
+        if group_id is not None:
+            rows = await self.db.runQuery(
+                "SELECT count(*) FROM group_members WHERE group_id = %s AND left_at IS NULL",
+                (group_id,))
+        else:
+            rows = await self.db.runQuery(
+                "SELECT count(*) FROM course_members WHERE course_id = %s", (course_id,))
+        return rows[0][0]
+
     async def member_ids(self, *, course_id: int | None = None, group_id: int | None = None,
                          after: int = 0, limit: int = 500) -> list[int]:
         """
