@@ -40,6 +40,13 @@ class WeekData:
     end: datetime.datetime
     note: str
     activity: Mapping[int, GroupActivity]
+    #: the window as the templates show it (formatted once, not per learner)
+    period_start: str = attrs.field(init=False)
+    period_end: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self):
+        object.__setattr__(self, "period_start", _day(self.start))
+        object.__setattr__(self, "period_end", _day(self.end))
 
 
 def context_for(learner: Learner, data: WeekData) -> dict[str, Any] | None:
@@ -69,7 +76,7 @@ def context_for(learner: Learner, data: WeekData) -> dict[str, Any] | None:
     if not anything:
         return None
     return {"course_title": data.course_title, "week": data.week,
-            "period_start": _day(data.start), "period_end": _day(data.end),
+            "period_start": data.period_start, "period_end": data.period_end,
             "note": data.note, "groups": groups}
 
 

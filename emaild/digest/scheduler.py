@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from typing import Callable, Sequence
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -91,27 +92,33 @@ class DigestRunner:
         data = await self.week_data(course_id, week)
         totals: Counter = Counter()
         started = time.monotonic()
+        after = 0  # walk the course by person id; one last pass from the start at the end
         while not should_stop():
-            result = await self.db.transaction(self._chunk, data)
+            result = await self.db.transaction(self._chunk, data, after)
+            if result is None and after:
+                after = 0  # anyone a concurrent run claimed and then rolled back
+                continue
             if result is None:
                 await self.store.finish_run(course_id, week)
                 log.info("Weekly update {week} for course {course}: {totals} in {s:.1f}s",
                          week=week, course=course_id, totals=dict(totals),
                          s=time.monotonic() - started)
                 break
+            after = result.last
             totals.update(outcome.split(":", 1)[0] for _, outcome, _ in result.outcomes)
         return totals
 
-    async def _chunk(self, cursor, data: WeekData):
-        claimed = await claim_learners(cursor, data.course_id, data.week, self.chunk_size)
-        if claimed is None:
+    async def _chunk(self, cursor, data: WeekData, after: int):
+        found = await claim_learners(cursor, data.course_id, data.week, self.chunk_size, after)
+        if found is None:
             return None
+        claimed, last = found
         if not claimed:
-            return _Empty
-        found = await learners(cursor, data.course_id, claimed)
-        result = await enqueue_chunk(cursor, self.outbox, found, data)
+            return _Chunk([], last)
+        people = await learners(cursor, data.course_id, claimed)
+        result = await enqueue_chunk(cursor, self.outbox, people, data)
         await mark_sent(cursor, data.course_id, data.week, result.outcomes)
-        return result
+        return _Chunk(result.outcomes, last)
 
     async def preview(self, person_id: int, course_id: int, week: str):
         """
@@ -125,11 +132,12 @@ class DigestRunner:
         return preview_text(self.outbox, found[0], data)
 
 
-class _EmptyChunk:
-    outcomes: list = []
-
-
-_Empty = _EmptyChunk()
+@attrs.frozen
+class _Chunk:
+    #: (person id, outcome, outbox id) per learner claimed
+    outcomes: list
+    #: the highest person id looked at
+    last: int
 
 
 class DigestScheduler(service.Service):

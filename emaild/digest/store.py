@@ -336,19 +336,21 @@ class DigestStore:
 
 
 # -- inside a caller's transaction ---------------------------------------------------
-async def claim_learners(cursor, course_id: int, week: str, limit: int) -> list[int] | None:
+async def claim_learners(cursor, course_id: int, week: str, limit: int,
+                         after: int = 0) -> tuple[list[int], int] | None:
     """
-    Claim up to C{limit} learners of the course who have no row for this
-    week yet (by person id); None when there are none left.  A learner
-    another transaction claimed at the same moment is skipped once that
-    one commits, so the list may be short, or empty, before the end.
+    Claim up to C{limit} learners of the course (person id above C{after})
+    who have no row for this week yet; return them and the last person id
+    looked at, or None when there are none left.  A learner another
+    transaction claimed at the same moment is skipped once that one
+    commits, so the list may be short, or empty, before the end.
     """
     await cursor.execute(
         "SELECT m.person_id FROM course_members m"
-        f" WHERE m.course_id = %s AND {_LEARNER}"
+        f" WHERE m.course_id = %s AND m.person_id > %s AND {_LEARNER}"
         "   AND NOT EXISTS (SELECT 1 FROM digest_sent d WHERE d.course_id = m.course_id"
         "                   AND d.week = %s AND d.person_id = m.person_id)"
-        " ORDER BY m.person_id LIMIT %s", (course_id, STAFF_ROLE, week, limit))
+        " ORDER BY m.person_id LIMIT %s", (course_id, after, STAFF_ROLE, week, limit))
     candidates = [r[0] for r in cursor.fetchall()]
     if not candidates:
         return None
@@ -356,7 +358,7 @@ async def claim_learners(cursor, course_id: int, week: str, limit: int) -> list[
         "INSERT INTO digest_sent (course_id, week, person_id)"
         " SELECT %s, %s, p FROM unnest(%s::bigint[]) WITH ORDINALITY AS v(p, n) ORDER BY n"
         " ON CONFLICT DO NOTHING RETURNING person_id", (course_id, week, candidates))
-    return sorted(r[0] for r in cursor.fetchall())
+    return sorted(r[0] for r in cursor.fetchall()), candidates[-1]
 
 
 async def learners(cursor, course_id: int, person_ids: Sequence[int]) -> list[Learner]:
