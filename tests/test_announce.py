@@ -89,12 +89,14 @@ class AnnounceTests(AnnounceTestCase):
         await self.course()
         result = await send_announcement(
             self.outbox, "news", recipients=[(self.ada.id, {"seat": "A1"}), (self.cy.id, {}),
-                                             (999999, {})], context=BODY)
+                                             (self.ada.id, {"seat": "A2"}), (999999, {})],
+            context=BODY)
         self.assertEqual(result.queued, 2)
-        self.assertEqual([(r.index, r.person_id) for r in result.rejected], [(2, 999999)])
+        self.assertEqual([(r.index, r.person_id) for r in result.rejected],
+                         [(2, self.ada.id), (3, 999999)])
         self.assertIn("Seat A1.", text_of(self.query(
             "SELECT body FROM outbox WHERE person_id = %s", (self.ada.id,))[0][0]))
-        self.assertEqual((await progress(self.db, result.label))["rejected"], 1)
+        self.assertEqual((await progress(self.db, result.label))["rejected"], 2)
 
     @async_test
     async def test_bad_requests(self):

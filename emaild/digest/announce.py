@@ -132,6 +132,18 @@ async def send_announcement(
         shared["subject"] = subject
     if recipients is None and person_ids is not None:
         recipients = [(pid, {}) for pid in person_ids]
+    duplicates: list[Rejected] = []
+    if recipients is not None:  # one message per person: the first listing wins
+        seen: set = set()
+        unique, positions = [], []
+        for index, (pid, values) in enumerate(recipients):
+            if pid in seen:
+                duplicates.append(Rejected(index, "", f"person {pid} is listed twice", pid))
+            else:
+                seen.add(pid)
+                unique.append((pid, values))
+                positions.append(index)
+        recipients = unique
     audience = (f"group {group_id} ({group_name})" if group_id is not None
                 else f"{len(recipients)} people" if recipients is not None
                 else f"course {course_id} ({course_title})")
@@ -142,7 +154,7 @@ async def send_announcement(
     chunks = (_chunks_of_list(recipients) if recipients is not None
               else _chunks_of_members(store, None if group_id is not None else course_id,
                                       group_id))
-    queued, rejected, offset = 0, [], 0
+    queued, rejected, offset = 0, list(duplicates), 0
     async for chunk in chunks:
         own = [(pid, dict(values)) for pid, values in chunk if values]
         if own:
@@ -154,8 +166,12 @@ async def send_announcement(
         except ComposeError as e:
             raise AnnounceError(str(e)) from None
         queued += len(report.ids)
-        rejected.extend(attrs.evolve(r, index=r.index + offset) for r in report.rejected)
+        rejected.extend(
+            attrs.evolve(r, index=positions[r.index + offset] if recipients is not None
+                         else r.index + offset)
+            for r in report.rejected)
         offset += len(chunk)
+    rejected.sort(key=lambda r: r.index)
     await store.finish_announcement(label, len(rejected))
     return AnnounceResult(label, queued, rejected)
 
