@@ -291,3 +291,41 @@ class SchedulerTests(DigestTestCase):
         self.assertGreaterEqual(len(calls), 2)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.digests(), [(self.ada.id, 1), (self.bob.id, 1)])
+
+
+class DaemonTests(DigestTestCase):
+    async def daemon_once(self):
+        from emaild.service import Emaild
+
+        config = self.config(http={"endpoint": "tcp:0:interface=127.0.0.1"})
+        daemon = Emaild(config, reactor)
+        daemon.digest.runner.clock = lambda: NOW
+        daemon.startService()
+        try:
+            await daemon.ready
+            await wait_for(lambda: daemon.digest.last_week == WEEK)
+        finally:
+            await daemon.stopService()
+        self.assertIsNone(daemon.digest.last_error)
+
+    @async_test
+    async def test_the_daemon_sends_it_once_across_a_restart(self):
+        await self.course()
+        await self.daemon_once()
+        self.assertEqual(self.digests(), [(self.ada.id, 1), (self.bob.id, 1)])
+        await self.daemon_once()  # restarted: finds the week done
+        self.assertEqual(self.digests(), [(self.ada.id, 1), (self.bob.id, 1)])
+
+    @async_test
+    async def test_disabled(self):
+        from emaild.service import Emaild
+
+        await self.course()
+        daemon = Emaild(self.config(http={"endpoint": "tcp:0:interface=127.0.0.1"},
+                                    digest={"enabled": False}), reactor)
+        daemon.digest.runner.clock = lambda: NOW
+        daemon.startService()
+        await daemon.ready
+        self.assertFalse(daemon.digest.running)
+        await daemon.stopService()
+        self.assertEqual(self.digests(), [])
