@@ -12,6 +12,13 @@ The C{emaild} command: queue mail, watch the queue, check an installation.
     emaild [--config PATH] group (add --course KEY NAME | list [--course KEY] [--json]
                                   | members GROUP [--all] [--json] | import FILE.csv
                                   | join GROUP EMAIL | leave GROUP EMAIL)
+    emaild [--config PATH] digest (--course KEY --note TEXT [--week W]
+                                   | --preview PERSON [--course KEY] [--week W]
+                                   | --send-now [--course KEY])
+    emaild [--config PATH] announce --template NAME (--course KEY | --group GROUP
+                                    | --people FILE.csv | --to EMAIL ...)
+                                    [--context JSON] [--subject TEXT] [--no-wait]
+    emaild [--config PATH] announce (--status LABEL [--json] | --resend-failed LABEL)
 
 It reads the daemon's configuration (C{--config}, else C{$EMAILD_CONFIG},
 else built-in defaults) and talks to the same database, starting the
@@ -42,6 +49,8 @@ from emaild.cli_csv import open_csv, send_csv
 from emaild.cli_output import (CliError, Interrupted, counts_table, drained_line,
                                failures_json, failures_table, one_line, progress_line,
                                suppressions_json, suppressions_table)
+from emaild.cli_announce import add_announce_commands
+from emaild.cli_digest import add_digest_commands
 from emaild.cli_groups import add_group_commands
 from emaild.cli_people import add_person_commands
 from emaild.config import ConfigError, load_config
@@ -150,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_person_commands(commands, common)
     add_group_commands(commands, common)
     add_inbound_commands(commands, common)
+    add_digest_commands(commands, common)
+    add_announce_commands(commands, common)
     return parser
 
 
@@ -273,8 +284,8 @@ def main(argv=None) -> None:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.error("no command given; use one of: send, queue, check, person, group, inbound "
-                         "(see emaild --help)")
+            parser.error("no command given; use one of: send, queue, check, person, group, "
+                         "inbound, digest, announce (see emaild --help)")
         if args.command == "queue" and args.json and args.watch:
             parser.error("argument --json: not allowed with argument --watch")
         path = args.config or os.environ.get("EMAILD_CONFIG") or None
@@ -334,7 +345,10 @@ async def _queue(reactor, args, config, db, embedded) -> int:
         rows = await store.failures(args.limit)
         print(json.dumps(failures_json(rows), indent=2) if args.json else failures_table(rows))
     elif args.watch:
-        await _watch(reactor, store, args.interval, args.interruption)
+        async def summary():
+            return queue_summary(await store.counts())
+
+        await _watch(reactor, summary, args.interval, args.interruption)
     elif args.suppressed:
         rows = await store.suppressions()
         print(json.dumps(suppressions_json(rows), indent=2) if args.json
@@ -351,10 +365,13 @@ async def _queue(reactor, args, config, db, embedded) -> int:
     return 0
 
 
-async def _watch(reactor, store, interval: float, interruption: _Interruption) -> None:
+async def _watch(reactor, summarise, interval: float, interruption: _Interruption) -> None:
     """
     Redraw a progress line until nothing is queued or sending; the rate is
     over the last ~15 seconds.
+
+    @param summarise: fires with the L{queue_summary} to draw (the whole
+        outbox, or one batch: C{emaild announce} watches its own).
     """
     out = sys.stdout
     tty = out.isatty()
@@ -369,7 +386,7 @@ async def _watch(reactor, store, interval: float, interruption: _Interruption) -
         drawn = max(drawn, len(line))
 
     while True:
-        summary = queue_summary(await store.counts())
+        summary = await summarise()
         now, done = reactor.seconds(), finished(summary)
         samples.append((now, done))
         while len(samples) > 2 and now - samples[0][0] > 15:

@@ -106,6 +106,21 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def _weekday(value: Any) -> str:
+    days = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    lowered = value.strip().lower() if isinstance(value, str) else value
+    if lowered not in days:
+        raise ValueError(f"must be a day of the week (monday … sunday); got {value!r}")
+    return lowered
+
+
+def _hour(value: Any) -> int:
+    hour = _integer(0)(value)
+    if hour > 23:
+        raise ValueError(f"must be an hour from 0 to 23, got {hour}")
+    return hour
+
+
 def _boolean(value: Any) -> bool:
     """
     C{true}/C{false} (TOML), or from the environment C{true}, C{false},
@@ -360,6 +375,12 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "admin": {
         "addresses": (_addresses, ()),
         "report_interval": (parse_duration, 3600.0),
+    },
+    "digest": {
+        "enabled": (_boolean, True),
+        "weekday": (_weekday, "monday"),
+        "hour": (_hour, 8),
+        "chunk_size": (_integer(1), 500),
     },
 }
 

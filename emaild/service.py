@@ -4,7 +4,8 @@ The service tree of one emaild process.
     Emaild (MultiService)
       ├── web listener   (Klein site on [http] endpoint)
       ├── smtp listener  (inbound ESMTP on [smtp] endpoint: the group relay)
-      └── (after the database is up) Sender, RelayProcessor and ErrorReporter
+      └── (after the database is up) Sender, RelayProcessor, ErrorReporter and
+          the weekly update scheduler (DigestScheduler, when [digest] enabled)
 
 The group activity notifier lives in the web app (C{self.web.notifier}).
 
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from emaild.db.database import Database
 from emaild.db.embedded import EmbeddedPostgres
 from emaild.db.migrations import migrate
+from emaild.digest.scheduler import DigestScheduler
 from emaild.groups.addresses import reply_addresses
 from emaild.groups.store import GroupStore
 from emaild.inbound.handler import InboundHandler
@@ -112,6 +114,7 @@ class Emaild(service.MultiService):
         self.notifier = self.web.notifier
         #: mails logged errors to [admin] addresses
         self.errors = ErrorReporter(config, self.outbox, reactor)
+        self.digest = DigestScheduler(reactor, config, self.db, self.outbox)
         #: fires when the database is open and the sender runs
         self.ready: defer.Deferred | None = None
 
@@ -129,6 +132,8 @@ class Emaild(service.MultiService):
         await self.sender.startService()
         await self.relay.startService()
         self.errors.startService()
+        if self.config["digest"]["enabled"]:
+            self.digest.startService()
         log.info("emaild ready: transport {t}, rate {r}/s", t=self.transport.name,
                  r=self.config["relay"]["rate"])
 
@@ -146,6 +151,8 @@ class Emaild(service.MultiService):
             await self.ready
         if self.errors.running:
             await self.errors.stopService()
+        if self.digest.running:  # its run in progress stops after the current chunk
+            await self.digest.stopService()
         if self.relay.running:
             await self.relay.stopService()
         if self.sender.running:

@@ -194,3 +194,4 @@ class WebApp:
 from emaild.web import (routes_groups, routes_home, routes_links, routes_lti,  # noqa: E402,F401
                         routes_unsubscribe)
 from emaild.web import routes_api, routes_metrics  # noqa: E402,F401
+from emaild.web import routes_staff  # noqa: E402,F401

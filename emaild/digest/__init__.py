@@ -1,0 +1,3 @@
+"""
+Weekly updates (digests) and staff announcements.
+"""
