@@ -367,3 +367,42 @@ class QueueTests(ApiTestCase):
         self.assertEqual(answer, json.loads(result.stdout))
         self.assertEqual((answer["sent"], answer["total"], answer["suppressed_addresses"]),
                          (2, 5, 1))
+
+
+class AnnouncementTests(ApiTestCase):
+    @async_test
+    async def test_announce_to_a_course_follow_progress_and_resend_the_failed(self):
+        await self.start_api()
+        for address in ("ada@example.org", "bob@example.org"):
+            await self.call("POST", "/api/v1/people", {"email": address, "course": "phys"})
+        ((course_id,),) = self.query("SELECT id FROM courses WHERE context_id = 'phys'")
+        code, answer, _ = await self.call("POST", "/api/v1/announcements", {
+            "course_id": course_id, "subject": "Exam moved",
+            "context": {"body": "The exam is on Friday."}})
+        self.assertEqual((code, answer["queued"], answer["rejected"]), (202, 2, []))
+        label = answer["label"]
+        code, progress, _ = await self.call("GET", answer["progress"])
+        self.assertEqual((code, progress["total"], progress["queued"]), (200, 2, 2))
+        self.assertEqual(self.query("SELECT count(*) FROM outbox WHERE batch = %s", (label,)),
+                         [(2,)])
+
+        self.query("UPDATE outbox SET state = 'failed', reason = '550 no' WHERE id ="
+                   " (SELECT min(id) FROM outbox WHERE batch = %s)", (label,))
+        code, again, _ = await self.call("POST", f"/api/v1/announcements/{label}/resend")
+        self.assertEqual((code, again["queued"]), (202, 1))
+        self.assertTrue(again["label"].startswith(label + "-resend"))
+        await self.error(409, "POST", f"/api/v1/announcements/{label}/resend", "no failed")
+        await self.error(404, "POST", "/api/v1/announcements/nope/resend", "no announcement")
+
+    @async_test
+    async def test_announcement_errors(self):
+        await self.start_api()
+        await self.error(400, "POST", "/api/v1/announcements", "exactly one audience", body={})
+        await self.error(400, "POST", "/api/v1/announcements", "course_id",
+                         body={"group_id": 1, "course_id": 2})
+        await self.error(400, "POST", "/api/v1/announcements", "person_ids",
+                         body={"person_ids": [1, "two"]})
+        await self.error(400, "POST", "/api/v1/announcements", "no course 99",
+                         body={"course_id": 99})
+        await self.error(400, "POST", "/api/v1/announcements", "no_such_template",
+                         body={"course_id": 99, "template": "no_such_template"})

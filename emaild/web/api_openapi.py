@@ -76,6 +76,23 @@ SCHEMAS = {
                                        "description": "Template values for this recipient"}},
             "oneOf": [{"required": ["person_id"]}, {"required": ["email"]}]}},
     }, required=["template", "kind", "recipients"]),
+    "AnnouncementInput": _object({
+        "template": {**_STR, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+                     "description": "Default: announcement"},
+        "course_id": {**_ID, "description": "Every member of this course; with person_ids, "
+                                            "the course the mail is about"},
+        "group_id": {**_ID, "description": "Every current member of this group"},
+        "person_ids": {"type": "array", "minItems": 1, "maxItems": 10000, "items": _ID},
+        "context": {"type": "object", "description": "Template values for every recipient"},
+        "subject": {**_STR, "maxLength": 200},
+    }, required=[]),
+    "AnnouncementQueued": _object({
+        "label": {**_STR, "description": "The batch label: follow it at /api/v1/batches/{label}"},
+        "queued": {"type": "integer", "minimum": 0},
+        "rejected": {"type": "array", "items": _object(
+            {"person_id": {"type": ["integer", "null"]}, "reason": _STR})},
+        "progress": _STR,
+    }),
     "MessagesQueued": _object({
         "ids": {"type": "array", "items": _ID},
         "queued": {"type": "array", "items": _object(
@@ -187,6 +204,14 @@ PATHS = {
     "/api/v1/queue": {"get": _op(
         "Outbox counts, as `emaild queue --json` prints them", {"200": ("QueueCounts", "")},
         "")},
+    "/api/v1/announcements": {"post": _op(
+        "Send a template to a course, a group or a list of people (one message each)",
+        {"202": ("AnnouncementQueued", "Queued; people who could not be are listed")},
+        "", body="AnnouncementInput")},
+    "/api/v1/announcements/{label}/resend": {"post": _op(
+        "Send an announcement again to the people whose message failed, and only them",
+        {"202": ("AnnouncementQueued", "Queued under <label>-resend<N>")}, "404 409",
+        params=[_path("label", {**_STR, "minLength": 1}, "The announcement's label")])},
     "/api/v1/batches/{label}": {"get": _op(
         "Progress of the messages queued with a batch label (an announcement)",
         {"200": ("BatchProgress", "Counts by state")}, "404",

@@ -193,5 +193,5 @@ class WebApp:
 # The concerns' routes register themselves on WebApp.app when imported.
 from emaild.web import (routes_groups, routes_home, routes_links, routes_lti,  # noqa: E402,F401
                         routes_unsubscribe)
-from emaild.web import routes_api, routes_metrics  # noqa: E402,F401
+from emaild.web import routes_api, routes_api_announce, routes_metrics  # noqa: E402,F401
 from emaild.web import routes_staff  # noqa: E402,F401
