@@ -265,7 +265,11 @@ class Bench:
             self.procs.remove(proc)
 
     # -- configuration and the daemon -------------------------------------------
-    def config(self, name: str = "bench.toml", **relay) -> Path:
+    def config(self, name: str = "bench.toml", smtp_port: int = 0, **relay) -> Path:
+        """
+        A config file in the state dir; keyword arguments go to [relay].
+        The inbound SMTP server listens on 127.0.0.1:smtp_port (0: any port).
+        """
         relay = {"transport": "smtp", "host": "127.0.0.1", "tls": "none", **relay}
         path = self.dir / name
         self.http_ports[path] = free_port()
@@ -274,7 +278,7 @@ class Bench:
             "[database]", f'url = "{self.dsn}"',
             "[http]", f'endpoint = "tcp:{self.http_ports[path]}:interface=127.0.0.1"',
             "[smtp]", 'relay_domain = "bench.example.org"',
-            'endpoint = "tcp:0:interface=127.0.0.1"',
+            f'endpoint = "tcp:{smtp_port}:interface=127.0.0.1"',
             "[mail]", 'from_address = "course@bench.example.org"', 'from_name = "Bench Course"',
             "[relay]",
         ]

@@ -17,7 +17,6 @@ from typing import Any, Awaitable, Callable, Sequence
 import attrs
 from psycopg2 import Binary
 
-from emaild.db.database import notify
 
 #: NOTIFY channel that wakes the relay processor when mail arrived
 INBOUND_CHANNEL = "emaild_inbound"
@@ -75,24 +74,24 @@ class InboundStore:
         processor.  Fires with the message id.
         """
 
-        async def insert(cursor):
-            await cursor.execute(
-                "INSERT INTO inbound_messages (peer, helo, tls, mail_from, size, raw)"
-                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                (peer, helo, tls, mail_from, len(raw), Binary(raw)))
-            message_id = cursor.fetchone()[0]
-            await cursor.execute(
-                "INSERT INTO inbound_recipients (message_id, address, purpose, group_id,"
-                " person_id, link_id, outbox_id)"
-                " SELECT %s, a, p, g, m, l, o FROM unnest(%s::text[], %s::text[], %s::bigint[],"
-                "   %s::bigint[], %s::bigint[], %s::bigint[]) AS v(a, p, g, m, l, o)",
-                (message_id, [r.address for r in recipients], [r.purpose for r in recipients],
-                 [r.group_id for r in recipients], [r.person_id for r in recipients],
-                 [r.link_id for r in recipients], [r.outbox_id for r in recipients]))
-            await notify(cursor, INBOUND_CHANNEL)
-            return message_id
-
-        return self.db.transaction(insert)
+        # One statement, so one round trip and its own transaction (the
+        # pool's connections are in autocommit mode): the message, its
+        # recipients and the NOTIFY (sent on commit) are stored together or
+        # not at all.  Data-modifying CTEs always run to completion.
+        d = self.db.runQuery(
+            "WITH m AS (INSERT INTO inbound_messages (peer, helo, tls, mail_from, size, raw)"
+            "   VALUES (%s, %s, %s, %s, %s, %s) RETURNING id),"
+            " r AS (INSERT INTO inbound_recipients (message_id, address, purpose, group_id,"
+            "   person_id, link_id, outbox_id)"
+            "   SELECT m.id, a, p, g, pe, l, o FROM m, unnest(%s::text[], %s::text[],"
+            "     %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) AS v(a, p, g, pe, l, o))"
+            " SELECT m.id, pg_notify(%s, '') FROM m",
+            (peer, helo, tls, mail_from, len(raw), Binary(raw),
+             [r.address for r in recipients], [r.purpose for r in recipients],
+             [r.group_id for r in recipients], [r.person_id for r in recipients],
+             [r.link_id for r in recipients], [r.outbox_id for r in recipients],
+             INBOUND_CHANNEL))
+        return d.addCallback(lambda rows: rows[0][0])
 
     def process_next(self, handle: Callable[[Any, Pending], Awaitable[tuple[str, str]]]):
         """

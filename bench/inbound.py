@@ -1,0 +1,335 @@
+"""
+The inbound SMTP server and the group relay: (a) how fast emaild accepts
+posts, beside an aiosmtpd reference doing the same work, and (b) how long a
+post to a 1,000-member group takes to become 999 outbox rows.
+
+Both run against the real daemon (`twistd -n emaild`, outbound transport
+maildir with no rate limit, so sending writes files and talks to nobody) on
+an embedded PostgreSQL in a fresh state directory.  Groups are made with
+`emaild group import FILE.csv`, reply addresses read with
+`emaild group members GROUP --json`.
+
+(a) Accept rate.  Postfix smtp-source, one message per connection (no -d),
+    `-s SESSIONS -m MESSAGES -l SIZE -f <member> -t <member's reply address>`
+    against emaild's [smtp] endpoint, and the same command against
+    bench/aiosmtpd_reference.py (aiosmtpd + asyncpg, same RCPT lookup, same
+    INSERTs in one transaction per message into copies of emaild's tables,
+    same database, pool of the same size).  The sender's group has one other
+    member, so each accepted post is relayed to one address: emaild's relay
+    processor runs DURING emaild's measurement (as in production) and its
+    backlog when smtp-source finished is reported.  Rounds are interleaved
+    (the order alternates) and the script waits for the processor to drain
+    and the machine to be quiet before each; after each it checks that the
+    database holds exactly MESSAGES new messages with one recipient each.
+    Rate = stored messages / smtp-source's wall time.
+
+(b) Fan-out.  One post by smtplib from a member of a 1,000-member group to
+    their reply address; latency = from the 250 reply until the post's
+    group_posts row is visible (polled every 5 ms), which is committed in
+    the same transaction as its 999 outbox rows (checked).  Also shown:
+    group_posts.created_at - inbound_messages.received_at (both transaction
+    start times, so this leaves out the processor's own transaction).
+
+    python bench/inbound.py [--quick] [--messages 10000] [--sessions 20]
+                            [--size 2048] [--rounds 3] [--posts 3]
+                            [--members 1000] [--profile] [--keep]
+
+--profile adds one more smtp-source run against a second daemon started
+under `twistd --profile FILE --profiler cprofile` and prints its hottest
+functions (not part of the measured rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import smtplib
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (BENCH, REPO, Bench, cpu_seconds, free_port, median,  # noqa: E402
+                          postfix_env, postfix_tool, python, reexec_in_venv, table, twistd,
+                          wait_for, wait_quiet)
+
+DOMAIN = "bench.example.org"
+COURSE = "BENCH101"
+
+
+# -- set-up ------------------------------------------------------------------
+def import_group(b: Bench, config: Path, group: str, n: int) -> list[dict]:
+    """`emaild group import` n members into `group`; their members --json rows."""
+    path = b.dir / f"{group}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["email", "group", "course", "name"])
+        for i in range(n):
+            w.writerow([f"{group}{i}@students.example.edu", group, COURSE,
+                        f"Member {i} of {group}"])
+    cli = [python(), "-m", "emaild", "--config", str(config)]
+    subprocess.run(cli + ["group", "import", str(path)], check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)
+    out = subprocess.run(cli + ["group", "members", f"{COURSE}/{group}", "--json"], check=True,
+                         cwd=REPO, stdout=subprocess.PIPE).stdout
+    members = json.loads(out)
+    assert len(members) == n, (group, len(members))
+    return members
+
+
+def start_reference(b: Bench, port: int, pool: int) -> subprocess.Popen:
+    proc = b.spawn([python(), str(BENCH / "aiosmtpd_reference.py"), "--port", str(port),
+                    "--dsn", b.dsn, "--pool", str(pool), "--domain", DOMAIN],
+                   stdout=subprocess.PIPE, stderr=open(b.dir / "reference.err", "ab"), cwd=REPO)
+    line = proc.stdout.readline().decode()
+    if not line.startswith("listening on "):
+        raise RuntimeError(f"reference did not start: {line!r}; see {b.dir}/reference.err")
+    return proc
+
+
+def processor_idle(b: Bench) -> bool:
+    pending = b.sql("SELECT count(*) FROM inbound_recipients WHERE state = 'received'")[0][0]
+    c = b.counts()
+    return pending == 0 and c["queued"] == 0 and c["sending"] == 0
+
+
+# -- (a) accept rate -------------------------------------------------------------
+def smtp_source(port: int, n: int, sessions: int, size: int, sender: str, rcpt: str,
+                log: Path) -> tuple[float, list[str]]:
+    argv = postfix_tool("smtp-source") + [
+        "-s", str(sessions), "-m", str(n), "-l", str(size), "-f", sender, "-t", rcpt,
+        "-M", "client.example.edu", f"127.0.0.1:{port}"]
+    t0 = time.monotonic()
+    done = subprocess.run(argv, env=postfix_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - t0
+    output = done.stdout.decode(errors="replace").splitlines()
+    with open(log, "a") as f:
+        f.write(" ".join(argv) + f"\n# exit {done.returncode}, {seconds:.2f}s\n")
+        f.write("\n".join(output) + "\n")
+    if done.returncode != 0:
+        output.append(f"exit status {done.returncode}")
+    return seconds, output
+
+
+def stored(b: Bench, which: str) -> tuple[int, int]:
+    messages, recipients = (("inbound_messages", "inbound_recipients") if which == "emaild"
+                            else ("bench_ref_messages", "bench_ref_recipients"))
+    return (b.sql(f"SELECT count(*) FROM {messages}")[0][0],
+            b.sql(f"SELECT count(*) FROM {recipients}")[0][0])
+
+
+def accept_round(b: Bench, which: str, port: int, args, sender: str, rcpt: str,
+                 pids: dict[str, int]) -> dict:
+    wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
+    busy = wait_quiet()
+    before = stored(b, which)
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+    seconds, output = smtp_source(port, args.messages, args.sessions, args.size, sender, rcpt,
+                                  b.dir / f"smtp-source-{which}.log")
+    cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
+    after = stored(b, which)
+    backlog = (b.sql("SELECT count(*) FROM inbound_recipients WHERE state = 'received'")[0][0]
+               if which == "emaild" else 0)
+    messages, recipients = after[0] - before[0], after[1] - before[1]
+    errors = [line for line in output if re.search(r"error|fatal|warning|exit status", line,
+                                                    re.I)]
+    return {"server": which, "seconds": seconds, "stored": messages,
+            "recipients": recipients, "ok": messages == args.messages == recipients,
+            "rate": messages / seconds, "backlog": backlog, "busy": busy,
+            "errors": errors,
+            "server cpu": cpu1[which] - cpu0[which], "pg cpu": cpu1["pg"] - cpu0["pg"]}
+
+
+# -- (b) fan-out -----------------------------------------------------------------
+def post(port: int, sender: str, rcpt: str, n: int) -> tuple[float, int]:
+    """One post by smtplib; (wall time of the 250, inbound message id)."""
+    msg = EmailMessage()
+    msg["From"] = f"Poster <{sender}>"
+    msg["To"] = rcpt
+    msg["Subject"] = f"Fan-out bench post {n}"
+    msg["Message-ID"] = f"<fanout-{n}-{time.time_ns()}@students.example.edu>"
+    msg.set_content("Hello group,\n\n" + "This is a post to every member.\n" * 40)
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.example.edu")
+        code, _ = s.mail(sender)
+        assert code == 250, code
+        code, _ = s.rcpt(rcpt)
+        assert code == 250, code
+        code, reply = s.data(msg.as_bytes())
+        t250 = time.time()
+        assert code == 250, (code, reply)
+    return t250, int(re.search(rb"queued as (\d+)", reply).group(1))
+
+
+def fanout(b: Bench, port: int, member: dict, n: int, expected: int) -> dict:
+    wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
+    busy = wait_quiet()
+    t250, message_id = post(port, member["email"], member["reply_address"], n)
+    query = ("SELECT p.id, p.copies, extract(epoch FROM p.created_at - m.received_at)"
+             " FROM group_posts p JOIN inbound_recipients r ON r.id = p.inbound_id"
+             " JOIN inbound_messages m ON m.id = r.message_id WHERE m.id = %s")
+    row = wait_for(lambda: b.sql(query, (message_id,)), 120, 0.005, "the post's fan-out")
+    seen = time.time()
+    post_id, copies, db_seconds = row[0]
+    group_id = b.sql("SELECT group_id FROM group_posts WHERE id = %s", (post_id,))[0][0]
+    rows = b.sql("SELECT count(*) FROM outbox WHERE batch = %s",
+                 (f"group {group_id} post {post_id}",))[0][0]
+    return {"post": n, "latency": seen - t250, "db": float(db_seconds), "copies": copies,
+            "outbox rows": rows, "ok": copies == rows == expected, "busy": busy}
+
+
+# -- profile ---------------------------------------------------------------------
+def profile_run(b: Bench, args, sender: str, rcpt: str) -> str:
+    port = free_port()
+    config = b.config("profile.toml", smtp_port=port, transport="maildir",
+                      rate=100000.0, burst=1000.0)
+    prof = b.dir / "daemon.prof"
+    log = b.dir / "daemon-profile.log"
+    proc = b.spawn(twistd() + ["-n", "--pidfile=", "--profile", str(prof), "--profiler",
+                               "cprofile", "--savestats", "emaild", "--config", str(config)],
+                   log=log, cwd=b.dir)
+    wait_for(lambda: b"emaild ready" in log.read_bytes(), 60, 0.05, "the profiled daemon")
+    wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
+    wait_quiet()
+    seconds, _ = smtp_source(port, args.messages, args.sessions, args.size, sender, rcpt,
+                             b.dir / "smtp-source-profile.log")
+    wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
+    b.end(proc, timeout=60)
+    wait_for(lambda: prof.exists() and prof.stat().st_size > 0, 30, 0.2, "the profile")
+    return (f"profiled daemon: {args.messages} messages in {seconds:.2f}s "
+            f"({args.messages / seconds:.0f}/s under the profiler); profile kept as {prof}\n"
+            + cprofile_summary(prof))
+
+
+def cprofile_summary(path: Path, top: int = 25) -> str:
+    """The functions with the most own time, and the most cumulative time."""
+    import io
+    import pstats
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+# -- main ------------------------------------------------------------------------
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="1000 messages, 1 round, 100 members, 1 post")
+    parser.add_argument("--messages", type=int)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=2048, help="smtp-source -l (body bytes)")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--members", type=int)
+    parser.add_argument("--posts", type=int)
+    parser.add_argument("--pool", type=int, default=4,
+                        help="[database] pool_size, and the reference's pool (default 4)")
+    parser.add_argument("--only", choices=("accept", "fanout"))
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the state dir")
+    args = parser.parse_args()
+    args.messages = args.messages or (1000 if args.quick else 10000)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.members = args.members or (100 if args.quick else 1000)
+    args.posts = args.posts or (1 if args.quick else 3)
+
+    with Bench("inbound", keep=args.keep) as b:
+        port = free_port()
+        config = b.config("inbound.toml", smtp_port=port, transport="maildir",
+                          rate=100000.0, burst=1000.0)
+        if args.pool != 4:
+            config.write_text(config.read_text().replace(
+                "[http]", f"pool_size = {args.pool}\n[http]"))
+        pair = import_group(b, config, "pair", 2)
+        big = import_group(b, config, "big", args.members) if args.only != "accept" else []
+        daemon = b.start_daemon(config)
+        pids = {"emaild": daemon.pid, "pg": b.postmaster_pid()}
+        sender, rcpt = pair[0]["email"], pair[0]["reply_address"]
+        print(f"state dir {b.dir}; emaild smtp on 127.0.0.1:{port}", flush=True)
+
+        rounds = []
+        if args.only != "fanout":
+            ref_port = free_port()
+            reference = start_reference(b, ref_port, args.pool)
+            pids["aiosmtpd"] = reference.pid
+            cmd = (f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size} "
+                   f"-f {sender} -t {rcpt} -M client.example.edu 127.0.0.1:PORT")
+            print(f"(a) {cmd}", flush=True)
+            for i in range(args.rounds):
+                order = ("emaild", "aiosmtpd") if i % 2 == 0 else ("aiosmtpd", "emaild")
+                for which in order:
+                    r = accept_round(b, which, port if which == "emaild" else ref_port,
+                                     args, sender, rcpt, pids)
+                    r["round"] = i + 1
+                    rounds.append(r)
+                    print(f"  round {i + 1} {which:8}: {r['stored']} stored in "
+                          f"{r['seconds']:.2f}s = {r['rate']:.0f}/s"
+                          f"{'' if r['ok'] else '  (COUNT MISMATCH)'}; backlog {r['backlog']}"
+                          f"; cpu server {r['server cpu']:.1f}s pg {r['pg cpu']:.1f}s"
+                          f"; machine {r['busy']:.0%} busy before"
+                          + (f"; {len(r['errors'])} error lines, e.g. {r['errors'][0]}"
+                             if r["errors"] else ""), flush=True)
+            b.end(reference)
+            wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
+            relay_states = dict(b.sql("SELECT state, count(*) FROM inbound_recipients"
+                                      " GROUP BY state"))
+            print(f"  emaild's recipients after all rounds: {relay_states}", flush=True)
+
+        posts = []
+        if args.only != "accept":
+            print(f"(b) fan-out to a group of {args.members}", flush=True)
+            for i in range(args.posts):
+                poster = big[(i * 37) % len(big)]
+                r = fanout(b, port, poster, i + 1, args.members - 1)
+                posts.append(r)
+                print(f"  post {i + 1}: 250 -> {r['outbox rows']} outbox rows committed in "
+                      f"{r['latency']:.3f}s (db: received_at -> post created_at "
+                      f"{r['db']:.3f}s){'' if r['ok'] else '  (COUNT MISMATCH)'}", flush=True)
+
+        profile = profile_run(b, args, sender, rcpt) if args.profile else ""
+        b.end(daemon)
+
+    print()
+    if rounds:
+        med = {w: median([r["rate"] for r in rounds if r["server"] == w])
+               for w in ("emaild", "aiosmtpd")}
+        per_round = []
+        for i in range(1, args.rounds + 1):
+            e = next(r for r in rounds if r["round"] == i and r["server"] == "emaild")
+            a = next(r for r in rounds if r["round"] == i and r["server"] == "aiosmtpd")
+            per_round.append(e["rate"] / a["rate"])
+        print(table(["server", "round", "seconds", "stored", "msgs/s", "backlog", "server cpu s",
+                     "pg cpu s", "counts"],
+                    [[r["server"], r["round"], f"{r['seconds']:.2f}", r["stored"],
+                      f"{r['rate']:.0f}", r["backlog"], f"{r['server cpu']:.1f}",
+                      f"{r['pg cpu']:.1f}", "ok" if r["ok"] else "MISMATCH"]
+                     for r in sorted(rounds, key=lambda r: (r["server"], r["round"]))]))
+        print()
+        print(f"median msgs/s: emaild {med['emaild']:.0f}, aiosmtpd {med['aiosmtpd']:.0f}; "
+              f"ratio of medians {med['emaild'] / med['aiosmtpd']:.2f}; per-round ratios "
+              + ", ".join(f"{x:.2f}" for x in per_round))
+        ok = all(r["ok"] and not r["errors"] for r in rounds)
+        print(f"(a) every message stored, no errors: {'yes' if ok else 'NO'}; target (emaild >= "
+              f"aiosmtpd) {'met' if med['emaild'] >= med['aiosmtpd'] else 'MISSED'}")
+    if posts:
+        lat = median([p["latency"] for p in posts])
+        print(f"(b) fan-out to {args.members - 1}: median {lat:.3f}s (posts: "
+              + ", ".join(f"{p['latency']:.3f}" for p in posts) + "); db-side median "
+              f"{median([p['db'] for p in posts]):.3f}s; all rows: "
+              f"{'yes' if all(p['ok'] for p in posts) else 'NO'}; target (< 2 s) "
+              f"{'met' if lat < 2 else 'MISSED'}")
+    if profile:
+        print()
+        print(profile)
+
+
+if __name__ == "__main__":
+    reexec_in_venv()
+    main()
