@@ -35,7 +35,7 @@ def _json_object(text: str) -> dict:
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON: {e}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"body\": \"…\"}}'")
+        raise argparse.ArgumentTypeError("must be a JSON object such as '{\"body\": \"…\"}'")
     return value
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import email
 
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.logger import LogPublisher, Logger, globalLogPublisher
 
 from emaild.notify.errors import FLUSH_INTERVAL, OVERFLOW, ErrorReporter, fingerprint
