@@ -101,6 +101,53 @@ async def _enqueue(outbox, template, recipients, qos, batch):
         raise CliError(str(e)) from None
 
 
+async def read_in_chunks(reader, path: str, parse, flush, *, chunk_size: int,
+                         rejected: list, check_interrupt=lambda: None) -> str | None:
+    """
+    Turn each CSV row into an item with C{parse(row)} and hand them to
+    C{await flush(items, lines)} C{chunk_size} at a time (C{lines}: the
+    (line number, address) of each item).  A row with more cells than the
+    header, or one C{parse} refuses with C{ValueError}, goes to C{rejected}
+    as (line, address, reason).  C{check_interrupt} runs after each chunk
+    and may raise L{Interrupted}.
+
+    @return: None, or why the file could not be read to its end (the rows
+        before the bad one are flushed).
+    """
+    chunk: list = []
+    lines: list[tuple[int, str]] = []
+
+    async def flush_chunk():
+        await flush(chunk, lines)
+        chunk.clear()
+        lines.clear()
+
+    try:
+        for row in reader:
+            address = row.get("email") or ""
+            try:
+                if None in row:
+                    raise ValueError(f"{len(row[None])} more cells than the header's "
+                                     f"{len(reader.fieldnames)} columns")
+                item = parse(row)
+            except ValueError as e:
+                rejected.append((reader.line_num, address, str(e)))
+                continue
+            chunk.append(item)
+            lines.append((reader.line_num, address))
+            if len(chunk) >= chunk_size:
+                await flush_chunk()
+                check_interrupt()
+        if chunk:
+            await flush_chunk()
+    except (UnicodeDecodeError, csv.Error) as e:
+        error = f"{path}: cannot read past line {reader.line_num}: {one_line(e)}"
+        if chunk:
+            await flush_chunk()
+        return error
+    return None
+
+
 async def send_csv(outbox, reader, path: str, template: str, qos: str | None,
                    batch: str | None, check_interrupt=lambda: None, out=None) -> int:
     """
@@ -113,9 +160,8 @@ async def send_csv(outbox, reader, path: str, template: str, qos: str | None,
     out = out or sys.stdout
     batch = batch if batch is not None else Path(path).name
     queued, first, last, rejected = 0, None, None, []
-    chunk, lines = [], []
 
-    async def flush():
+    async def flush(chunk, lines):
         nonlocal queued, first, last
         report = await _enqueue(outbox, template, chunk, qos, batch)
         if report.ids:
@@ -123,29 +169,12 @@ async def send_csv(outbox, reader, path: str, template: str, qos: str | None,
             low, high = min(report.ids), max(report.ids)
             first = low if first is None else min(first, low)
             last = high if last is None else max(last, high)
-        rejected.extend((lines[r.index], r.recipient, r.reason) for r in report.rejected)
-        chunk.clear()
-        lines.clear()
+        rejected.extend((lines[r.index][0], r.recipient, r.reason) for r in report.rejected)
 
-    error = None
     try:
-        for row in reader:
-            if None in row:  # more cells than the header has columns
-                rejected.append((reader.line_num, row["email"],
-                                 f"{len(row[None])} more cells than the header's "
-                                 f"{len(reader.fieldnames)} columns"))
-                continue
-            chunk.append((row.pop("email"), row))
-            lines.append(reader.line_num)
-            if len(chunk) >= CSV_CHUNK:
-                await flush()
-                check_interrupt()
-        if chunk:
-            await flush()
-    except (UnicodeDecodeError, csv.Error) as e:
-        error = f"{path}: cannot read past line {reader.line_num}: {one_line(e)}"
-        if chunk:  # queue the rows read before the bad one
-            await flush()
+        error = await read_in_chunks(reader, path, lambda row: (row.pop("email"), row), flush,
+                                     chunk_size=CSV_CHUNK, rejected=rejected,
+                                     check_interrupt=check_interrupt)
     except Interrupted:
         rejected.sort()
         print(csv_summary(queued, first, last, rejected), file=out, flush=True)

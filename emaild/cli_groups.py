@@ -32,11 +32,10 @@ Exit codes: 0 success; 1 rejected rows or the work failed; 2 bad arguments.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 
-from emaild.cli_csv import open_checked_csv
+from emaild.cli_csv import open_checked_csv, read_in_chunks
 from emaild.cli_output import CliError, Interrupted, _when, one_line, rejected_lines, table
 from emaild.outbound.compose import ComposeError, check_address
 
@@ -301,10 +300,8 @@ async def import_csv(stores: _Stores, reader, path: str, check_interrupt=lambda:
     out = out or sys.stdout
     counts = dict.fromkeys(("rows", "joined", "people", "groups"), 0)
     rejected: list[tuple[int, str, str]] = []
-    chunk: list[tuple[str, str, str, str]] = []
-    lines: list[tuple[int, str]] = []
 
-    async def flush():
+    async def flush(chunk, lines):
         results = await stores.memberships.import_rows(chunk)
         for (line, address), result in zip(lines, results):
             if isinstance(result, PersonError):
@@ -314,13 +311,8 @@ async def import_csv(stores: _Stores, reader, path: str, check_interrupt=lambda:
             counts["joined"] += result.joined
             counts["people"] += result.new_person
             counts["groups"] += result.new_group
-        chunk.clear()
-        lines.clear()
 
-    def check(row) -> tuple[str, str, str, str]:
-        if None in row:
-            raise ValueError(f"{len(row[None])} more cells than the header's "
-                             f"{len(reader.fieldnames)} columns")
+    def parse(row) -> tuple[str, str, str, str]:
         try:
             email = check_address(row.get("email") or "")
         except ComposeError as e:
@@ -332,25 +324,9 @@ async def import_csv(stores: _Stores, reader, path: str, check_interrupt=lambda:
             raise ValueError("the group is empty")
         return email, _name(row.get("name")), course, group
 
-    error = None
     try:
-        for row in reader:
-            address = row.get("email") or ""
-            try:
-                chunk.append(check(row))
-            except ValueError as e:
-                rejected.append((reader.line_num, address, str(e)))
-                continue
-            lines.append((reader.line_num, address))
-            if len(chunk) >= IMPORT_CHUNK:
-                await flush()
-                check_interrupt()
-        if chunk:
-            await flush()
-    except (UnicodeDecodeError, csv.Error) as e:
-        error = f"{path}: cannot read past line {reader.line_num}: {one_line(e)}"
-        if chunk:
-            await flush()
+        error = await read_in_chunks(reader, path, parse, flush, chunk_size=IMPORT_CHUNK,
+                                     rejected=rejected, check_interrupt=check_interrupt)
     except Interrupted:
         rejected.sort()
         print(import_summary(counts, rejected), file=out, flush=True)

@@ -30,11 +30,10 @@ Exit codes: 0 success; 1 rejected rows or the work failed; 2 bad arguments.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 
-from emaild.cli_csv import open_checked_csv
+from emaild.cli_csv import open_checked_csv, read_in_chunks
 from emaild.cli_output import CliError, Interrupted, one_line, rejected_lines, table
 from emaild.outbound.compose import ComposeError, check_address
 
@@ -222,10 +221,8 @@ async def import_csv(store, reader, path: str, check_interrupt=lambda: None, out
     out = out or sys.stdout
     new = updated = 0
     rejected: list[tuple[int, str, str]] = []
-    chunk: list[tuple[str, str, str | None]] = []
-    lines: list[tuple[int, str]] = []
 
-    async def flush():
+    async def flush(chunk, lines):
         nonlocal new, updated
         results = await store.import_people(chunk)
         for (line, address), result in zip(lines, results):
@@ -235,34 +232,17 @@ async def import_csv(store, reader, path: str, check_interrupt=lambda: None, out
                 new += 1
             else:
                 updated += 1
-        chunk.clear()
-        lines.clear()
 
-    error = None
+    def parse(row) -> tuple[str, str, str | None]:
+        try:
+            email = check_address(row.get("email") or "")
+        except ComposeError as e:
+            raise ValueError(str(e)) from None
+        return email, _name(row.get("name")), (row.get("course") or "").strip() or None
+
     try:
-        for row in reader:
-            address = row.get("email") or ""
-            if None in row:
-                rejected.append((reader.line_num, address,
-                                 f"{len(row[None])} more cells than the header's "
-                                 f"{len(reader.fieldnames)} columns"))
-                continue
-            try:
-                email = check_address(address)
-            except ComposeError as e:
-                rejected.append((reader.line_num, address, str(e)))
-                continue
-            chunk.append((email, _name(row.get("name")), (row.get("course") or "").strip() or None))
-            lines.append((reader.line_num, address))
-            if len(chunk) >= IMPORT_CHUNK:
-                await flush()
-                check_interrupt()
-        if chunk:
-            await flush()
-    except (UnicodeDecodeError, csv.Error) as e:
-        error = f"{path}: cannot read past line {reader.line_num}: {one_line(e)}"
-        if chunk:
-            await flush()
+        error = await read_in_chunks(reader, path, parse, flush, chunk_size=IMPORT_CHUNK,
+                                     rejected=rejected, check_interrupt=check_interrupt)
     except Interrupted:
         rejected.sort()
         print(import_summary(new, updated, rejected), file=out, flush=True)
