@@ -30,7 +30,8 @@ from emaild.groups import store as group_tables
 from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.dsn import parse_bounce
 from emaild.inbound.rewrite import build_copy, prepare, scrub_map
-from emaild.inbound.store import BOUNCE, RELAY, UNSUBSCRIBE, InboundStore, Pending, record_bounce
+from emaild.inbound.store import (BOUNCE, INBOUND_CHANNEL, RELAY, UNSUBSCRIBE, InboundStore,
+                                  Pending, record_bounce)
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.metrics import Metrics
 from emaild.outbound.compose import Rendered
@@ -77,8 +78,6 @@ class RelayProcessor(service.Service):
         return defer.ensureDeferred(self._listen())
 
     async def _listen(self):
-        from emaild.inbound.store import INBOUND_CHANNEL
-
         try:
             await self.store.db.listen(INBOUND_CHANNEL, lambda _payload: self.wake(),
                                        on_recovered=self.wake)
