@@ -11,11 +11,30 @@ from typing import Awaitable, Callable
 
 import jinja2
 
-from emaild.cli_output import CheckReport, CliError, one_line
+from emaild.cli.output import CheckReport, CliError, one_line
+from emaild.cli.runtime import open_database
 from emaild.outbound.compose import ComposeError
 
 #: files in a template folder worth compiling (not editor backups, dot files)
 TEMPLATE_FILES = (".txt", ".html", ".htm", ".xml", ".j2", ".jinja")
+
+
+def add_parser(commands, common) -> None:
+    check = commands.add_parser("check", parents=[common], help="validate config, database and templates",
+                                description="Validate the configuration, connect to the database "
+                                            "and compile every template.")
+    check.set_defaults(func=run)
+
+
+async def run(parts, args) -> int:
+    where = (f"embedded PostgreSQL in {parts.embedded.data_dir}" if parts.embedded is not None
+             else one_line(parts.config["database"]["url"]))
+
+    async def open_db():
+        await open_database(parts)
+        return where
+
+    return await run_checks(parts.config, parts.get_database(), open_db)
 
 
 def compile_all(report: CheckReport, env: jinja2.Environment, label: str, skip=()) -> None:
