@@ -39,7 +39,7 @@ from emaild.cli.csv_input import open_checked_csv, read_in_chunks
 from emaild.cli.lookup import clean_name, find_group
 from emaild.cli.output import CliError, Interrupted, one_line, rejected_lines, table, when
 from emaild.cli.runtime import open_database
-from emaild.outbound.compose import ComposeError, check_address
+from emaild.mailformat.addresses import AddressError, check_address
 
 #: CSV rows per transaction
 IMPORT_CHUNK = 500
@@ -210,7 +210,7 @@ async def _members(parts, args) -> int:
 async def _person(stores: _Stores, address: str):
     try:
         email = check_address(address)
-    except ComposeError as e:
+    except AddressError as e:
         raise CliError(one_line(e)) from None
     person = await stores.people.by_email(email)
     if person is None:
@@ -282,7 +282,7 @@ async def import_csv(stores: _Stores, reader, path: str, check_interrupt=lambda:
     def parse(row) -> tuple[str, str, str, str]:
         try:
             email = check_address(row.get("email") or "")
-        except ComposeError as e:
+        except AddressError as e:
             raise ValueError(str(e)) from None
         course, group = (row.get("course") or "").strip(), clean_name(row.get("group"))
         if not course:

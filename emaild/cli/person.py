@@ -37,7 +37,7 @@ from emaild.cli.csv_input import open_checked_csv, read_in_chunks
 from emaild.cli.lookup import clean_name
 from emaild.cli.output import CliError, Interrupted, one_line, rejected_lines, table
 from emaild.cli.runtime import open_database
-from emaild.outbound.compose import ComposeError, check_address
+from emaild.mailformat.addresses import AddressError, check_address
 
 #: CSV rows per transaction
 IMPORT_CHUNK = 500
@@ -95,7 +95,7 @@ async def _add(parts, args) -> int:
 
     try:
         email = check_address(args.email)
-    except ComposeError as e:
+    except AddressError as e:
         raise CliError(f"not added: {one_line(e)}") from None
     course = args.course.strip() if args.course is not None else None
     if course == "":
@@ -229,7 +229,7 @@ async def import_csv(store, reader, path: str, check_interrupt=lambda: None, out
     def parse(row) -> tuple[str, str, str | None]:
         try:
             email = check_address(row.get("email") or "")
-        except ComposeError as e:
+        except AddressError as e:
             raise ValueError(str(e)) from None
         return email, clean_name(row.get("name")), (row.get("course") or "").strip() or None
 
