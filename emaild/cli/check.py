@@ -64,7 +64,7 @@ async def run_checks(config, db, open_db: Callable[[], Awaitable[str]]) -> int:
     """
     from emaild.db.migrations import available
     from emaild.outbound.outbox import make_composer
-    from emaild.templating import environment, search_path
+    from emaild.templating import environment
 
     report = CheckReport()
     report.ok("config", str(Path(config.source).absolute()) if config.source
@@ -98,10 +98,7 @@ async def run_checks(config, db, open_db: Callable[[], Awaitable[str]]) -> int:
                 report.ok(f"template {name}", "subject, text" + (", html" if html is not None else ""))
         # partials and layouts the templates include
         compile_all(report, composer.env, "template file", skip=covered)
-        if any(Path(p).is_dir() for p in search_path(template_dir, "web")):
-            compile_all(report, environment(template_dir, "web"), "web template")
-        else:
-            report.skip("web templates", "no web/ folder in the template search path")
+        compile_all(report, environment(template_dir, "web"), "web template")
 
     if report.failed:
         print(f"emaild check: {len(report.failed)} of {len(report.failed) + report.passed} checks "
