@@ -5,7 +5,7 @@ relay and hands each transaction to an L{IInboundHandler}.
 It is its own line protocol rather than L{twisted.mail.smtp.ESMTP}, whose
 server side answers a failed store with 550, falls back to command mode after
 a long DATA line, executes plaintext commands pipelined after STARTTLS, and
-neither advertises nor enforces SIZE (see PITFALLS.md).  Here:
+neither advertises nor enforces SIZE (see docs/smtp-protocols.md).  Here:
 
   - commands run strictly in order; while the handler is deciding (RCPT,
     end of DATA) later lines wait in the buffer and the socket is paused;
