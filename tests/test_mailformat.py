@@ -15,8 +15,13 @@ from twisted.trial import unittest
 
 import emaild.mailformat
 from emaild.mailformat.addresses import AddressError, check_address
-from emaild.mailformat.headers import (HeaderError, address_header, check_header_uri,
-                                       encoded_header, header_text)
+from emaild.mailformat.headers import (
+    HeaderError,
+    address_header,
+    check_header_uri,
+    encoded_header,
+    header_text,
+)
 from emaild.mailformat.parts import encode_text_part, normalise_newlines, text_part_headers
 
 PACKAGE = Path(emaild.mailformat.__file__).parent

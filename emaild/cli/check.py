@@ -34,7 +34,7 @@ async def run(parts, args) -> int:
         await open_database(parts)
         return where
 
-    return await run_checks(parts.config, parts.get_database(), open_db)
+    return await run_checks(parts, open_db)
 
 
 def compile_all(report: CheckReport, env: jinja2.Environment, label: str, skip=()) -> None:
@@ -54,17 +54,19 @@ def compile_all(report: CheckReport, env: jinja2.Environment, label: str, skip=(
             report.ok(f"{label} {name}", "compiled")
 
 
-async def run_checks(config, db, open_db: Callable[[], Awaitable[str]]) -> int:
+async def run_checks(parts, open_db: Callable[[], Awaitable[str]]) -> int:
     """
     Print one line per check; return 0 when all passed, else 1 (and list
     the failed items on stderr).
 
-    @param open_db: opens (and migrates) C{db}; returns a description of
-        where it is, or raises L{CliError}.
+    @param parts: the L{emaild.cli.runtime.CommandParts}.
+    @param open_db: opens (and migrates) the database; returns a
+        description of where it is, or raises L{CliError}.
     """
     from emaild.db.migrations import available
-    from emaild.outbound.outbox import make_composer
     from emaild.templating import environment
+
+    config, db = parts.config, parts.get_database()
 
     report = CheckReport()
     report.ok("config", str(Path(config.source).absolute()) if config.source
@@ -83,7 +85,7 @@ async def run_checks(config, db, open_db: Callable[[], Awaitable[str]]) -> int:
 
     template_dir = config["templates"]["dir"]
     try:
-        composer = make_composer(config)
+        composer = parts.get_composer()
     except (FileNotFoundError, RuntimeError) as e:
         report.fail("templates", str(e))
     else:

@@ -270,7 +270,7 @@ async def import_csv(stores: _Stores, reader, path: str, check_interrupt=lambda:
 
     async def flush(chunk, lines):
         results = await stores.memberships.import_rows(chunk)
-        for (line, address), result in zip(lines, results):
+        for (line, address), result in zip(lines, results, strict=True):
             if isinstance(result, PersonError):
                 rejected.append((line, address, str(result)))
                 continue

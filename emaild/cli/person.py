@@ -218,7 +218,7 @@ async def import_csv(store, reader, path: str, check_interrupt=lambda: None, out
     async def flush(chunk, lines):
         nonlocal new, updated
         results = await store.import_people(chunk)
-        for (line, address), result in zip(lines, results):
+        for (line, address), result in zip(lines, results, strict=True):
             if isinstance(result, PersonError):
                 rejected.append((line, address, str(result)))
             elif result[1]:

@@ -56,6 +56,16 @@ class CommandParts:
 
         return self._once("outbox_store", lambda: OutboxStore(self.db))
 
+    def get_composer(self):
+        """
+        The e-mail composer (its templates).
+
+        @raise FileNotFoundError: C{[templates] dir} names no folder.
+        """
+        from emaild.outbound.outbox import make_composer
+
+        return self._once("composer", lambda: make_composer(self.config))
+
     def get_outbox(self):
         """
         The outbox and its composer; a missing template folder or a broken
@@ -64,7 +74,8 @@ class CommandParts:
         from emaild.outbound.outbox import Outbox
 
         try:
-            return self._once("outbox", lambda: Outbox(self.config, self.get_outbox_store()))
+            return self._once("outbox", lambda: Outbox(self.config, self.get_outbox_store(),
+                                                       composer=self.get_composer()))
         except (FileNotFoundError, RuntimeError) as e:
             raise CliError(f"configuration error: {e}", 2) from None
 
