@@ -27,6 +27,7 @@ import datetime
 import email.utils
 import re
 from pathlib import Path
+from typing import Callable
 
 import attrs
 from twisted.application import strports
@@ -375,12 +376,19 @@ class InboundSMTP(LineSession):
             self._reset_transaction()
 
 
-class _TooBusy(Protocol):
-    """Says 421 and hangs up: every session slot is taken."""
+class _Refusal(Protocol):
+    """Says one 421 reply and hangs up (no slot, or not ready)."""
+
+    def __init__(self, reply: bytes):
+        self.reply = reply
 
     def connectionMade(self):
-        self.transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+        self.transport.write(self.reply)
         self.transport.loseConnection()
+
+
+TOO_BUSY = b"421 4.7.0 Too many connections, try again later\r\n"
+NOT_READY = b"421 4.3.2 Service not yet ready, try again later\r\n"
 
 
 class InboundFactory(ServerFactory):
@@ -392,7 +400,8 @@ class InboundFactory(ServerFactory):
     def __init__(self, handler, *, hostname: str, max_sessions: int = 40,
                  max_message_size: int = 10 * 2**20, idle_timeout: float = 300,
                  max_recipients: int = 100, max_commands: int = 1000,
-                 max_errors: int = 20, tls_context=None, reactor=None, metrics=None):
+                 max_errors: int = 20, tls_context=None, reactor=None, metrics=None,
+                 is_ready: Callable[[], bool] = lambda: True):
         if reactor is None:
             from twisted.internet import reactor
         self.handler = handler
@@ -406,14 +415,20 @@ class InboundFactory(ServerFactory):
         self.tls_context = tls_context
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
+        #: False while the service cannot store mail yet (start-up): then
+        #: every new connection is answered 421 4.3.2
+        self.is_ready = is_ready
         #: the sessions now open
         self.sessions: set[InboundSMTP] = set()
 
     def buildProtocol(self, addr):
-        if len(self.sessions) >= self.max_sessions:
+        if not self.is_ready():
+            p = _Refusal(NOT_READY)
+            self.metrics.smtp_sessions.labels("not_ready").inc()
+        elif len(self.sessions) >= self.max_sessions:
             log.warn("inbound: {n} sessions open; refusing {addr}", n=len(self.sessions),
                      addr=getattr(addr, "host", addr))
-            p = _TooBusy()
+            p = _Refusal(TOO_BUSY)
             self.metrics.smtp_sessions.labels("too_busy").inc()
         else:
             p = InboundSMTP(self)
@@ -422,13 +437,15 @@ class InboundFactory(ServerFactory):
         return p
 
 
-def inbound_listener(config, handler, reactor, metrics=None):
+def inbound_listener(config, handler, reactor, metrics=None,
+                     is_ready: Callable[[], bool] = lambda: True):
     """
     The inbound SMTP server as a service listening on C{smtp.endpoint}, with
     the configured limits and certificate.  Without a configured
     certificate, STARTTLS is offered once L{use_self_signed} has made one in
     the state directory (the daemon calls it after dropping privileges, so
-    the files belong to the service user).
+    the files belong to the service user).  While C{is_ready()} is False a
+    new connection gets C{421 4.3.2} and is closed.
     """
     from emaild.config import ConfigError
 
@@ -451,6 +468,7 @@ def inbound_listener(config, handler, reactor, metrics=None):
         tls_context=tls_context,
         reactor=reactor,
         metrics=metrics,
+        is_ready=is_ready,
     )
     return strports.service(smtp["endpoint"], factory, reactor=reactor)
 
