@@ -532,22 +532,28 @@ class CommandTests(ServerTestCase):
         self.assertEqual(answers[2], (452, b"4.5.3 Error: too many recipients"))
         self.assertEqual(len(handler.checks), 2)
 
-    async def test_received_header_name_is_cleaned(self):
+    async def test_ehlo_with_a_control_byte_is_refused_at_ehlo(self):
+        # It used to be answered 250, and every message of the session then
+        # failed to store (451 for days): refused at EHLO, saying why.
         port, factory, handler = self.start()
 
         def talk():
             c = Raw(port)
             c.reply()
             c.send(b"EHLO evil\xff\x01(x)\tname\r\nMAIL FROM:<a@example.org>\r\n"
+                   b"EHLO evil(x)name\r\nMAIL FROM:<a@example.org>\r\n"
                    b"RCPT TO:<a@relay.test>\r\nDATA\r\n")
-            c.replies(4)
+            replies = c.replies(6)
             c.send(b"x\r\n.\r\n")
-            return c.reply()
+            return replies + [c.reply()]
 
-        self.assertEqual((await self.in_thread(talk))[0], 250)
+        replies = await self.in_thread(talk)
+        self.assertEqual(replies[0],
+                         (501, "5.5.2 EHLO command contains a control character (0x01); refused"))
+        self.assertEqual([code for code, _ in replies], [501, 503, 250, 250, 250, 354, 250])
         raw = handler.messages[0][1]
         first = raw.split(b"\r\n")[0]
-        self.assertTrue(first.startswith(b"Received: from evil??(x)?name ([127.0.0.1])"), first)
+        self.assertTrue(first.startswith(b"Received: from evil(x)name ([127.0.0.1])"), first)
 
 
 class SizeAndLineTests(ServerTestCase):
@@ -897,6 +903,13 @@ class SetupTests(TestCase):
                               overrides={"smtp": {"max_message_size": bad}})
         self.assertRaises(ConfigError, load_config, None, environ={},
                           overrides={"smtp": {"hostname": "not a name"}})
+        self.assertEqual((smtp["max_sessions_per_client"], smtp["max_connections_per_minute"],
+                          smtp["command_timeout"], smtp["data_timeout"]), (5, 60, 300.0, 600.0))
+        for key, bad in (("max_sessions_per_client", 0), ("max_connections_per_minute", "x"),
+                         ("command_timeout", "-1s"), ("data_timeout", "soon")):
+            with self.assertRaises(ConfigError) as raised:
+                load_config(None, environ={}, overrides={"smtp": {key: bad}})
+            self.assertIn(f"smtp.{key}", str(raised.exception))
 
     def test_inbound_listener_from_config(self):
         state = Path(self.mktemp()).absolute()
@@ -908,6 +921,8 @@ class SetupTests(TestCase):
         factory = service.factory
         self.assertEqual((factory.hostname, factory.max_sessions, factory.max_message_size),
                          ("relay.test", 3, 2**20))
+        self.assertEqual((factory.clients.per_client, factory.clients.per_minute,
+                          factory.command_timeout, factory.data_timeout), (5, 60, 300.0, 600.0))
         # nothing is written before the daemon dropped privileges…
         self.assertFalse(state.exists())
         self.assertIsNone(factory.tls_context)

@@ -51,6 +51,11 @@ class LineSession(Protocol, TimeoutMixin):
     def lineReceived(self, line: bytes) -> None:
         raise NotImplementedError
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a L{wait} is in progress (no line is read meanwhile)."""
+        return self._busy
+
     # -- input ------------------------------------------------------------
     def connectionMade(self):
         self._buffer = bytearray()

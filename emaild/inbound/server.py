@@ -29,80 +29,30 @@ import re
 from pathlib import Path
 from typing import Callable
 
-import attrs
 from twisted.application import strports
 from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface
 
+from emaild.inbound.interfaces import Envelope, IInboundHandler, Refused
+from emaild.inbound.limits import ClientLimits
 from emaild.inbound.lines import COMMAND_LINE_LIMIT, DATA_LINE_LIMIT, LineSession
-from emaild.inbound.syntax import is_mailbox, parse_path, printable
+from emaild.inbound.syntax import (
+    FieldError, check_address, check_helo, check_line, check_mail_parameters,
+    check_rcpt_parameters, parse_parameters, parse_path, printable,
+)
 from emaild.inbound.tls import ensure_self_signed, tls_context_factory
 from emaild.metrics import Metrics
 
 __all__ = [
-    "Refused", "Envelope", "IInboundHandler", "InboundFactory", "InboundSMTP",
+    "Refused", "Envelope", "IInboundHandler", "InboundFactory", "InboundSMTP", "client_address",
     "tls_context_factory", "ensure_self_signed", "inbound_listener", "use_self_signed",
     "COMMAND_LINE_LIMIT", "DATA_LINE_LIMIT",
 ]
 
 log = Logger()
-
-
-class Refused(Exception):
-    """
-    Raised (or failed with) by an L{IInboundHandler}: the reply to send
-    instead of 250, e.g. C{Refused(550, "5.1.1", "no such address here")}.
-    """
-
-    def __init__(self, code: int, status: str, text: str):
-        super().__init__(code, status, text)
-        self.code = code
-        self.status = status
-        self.text = text
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}"
-
-
-@attrs.frozen
-class Envelope:
-    #: the client's IP address
-    peer: str
-    #: what it said in HELO/EHLO
-    helo: str
-    #: the reverse path; "" for the null sender <>
-    mail_from: str
-    #: what check_recipient returned for each accepted RCPT, in order
-    recipients: tuple
-    #: whether the message came over TLS
-    tls: bool
-    #: octets of the message as the client sent it (after dot-unstuffing,
-    #: without the Received header we add)
-    size: int
-
-
-class IInboundHandler(Interface):
-    """
-    What the server asks about recipients and gives each message to.
-    """
-
-    def check_recipient(address: str, mail_from: str) -> "defer.Deferred | object":
-        """
-        Accept (return any object, or a Deferred of it; it is kept in
-        L{Envelope.recipients}) or raise/fail with L{Refused}.  Any other
-        failure is answered C{451 4.3.0}.
-        """
-
-    def deliver(envelope: Envelope, raw: bytes) -> "defer.Deferred[str]":
-        """
-        Store the message durably; fire with an id to name in the 250 reply.
-        L{Refused} is answered with its reply; any other failure with
-        C{451 4.3.0} (never a 5xx).
-        """
 
 
 class InboundSMTP(LineSession):
@@ -119,32 +69,63 @@ class InboundSMTP(LineSession):
         self._helo: str | None = None
         self._esmtp = False
         self._commands = 0
+        self._deadline = None
         self._reset_transaction()
 
     # -- connection ------------------------------------------------------
     def connectionMade(self):
         super().connectionMade()
-        peer = self.transport.getPeer()
-        self.peer = str(getattr(peer, "host", None) or getattr(peer, "name", None) or "local")
-        self.factory.sessions.add(self)
-        self.callLater = self.factory.reactor.callLater
+        self.peer = client_address(self.transport.getPeer())
+        self.callLater = self.factory.reactor.callLater  # TimeoutMixin's clock
+        self.factory.session_opened(self)
         self.setTimeout(self.factory.idle_timeout or None)
         self.reply(220, f"{self.name} ESMTP")
+        self._expect_command()
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
-        self.factory.sessions.discard(self)
+        self._stop_deadline()
+        self.factory.session_closed(self)
         if self.in_data:
             log.info("inbound: {peer} disconnected during DATA; nothing stored", peer=self.peer)
 
     def timeoutConnection(self):
         self.close(421, f"4.4.2 {self.name} Error: timeout exceeded")
 
+    # -- deadlines: a trickle of bytes cannot hold a command or DATA open --
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _start_deadline(self, seconds: float, what: str) -> None:
+        self._stop_deadline()
+        if seconds and not self._closing:
+            self._deadline = self.factory.reactor.callLater(
+                seconds, self.close, 421, f"4.4.2 {self.name} Error: {what} took too long")
+
+    def _expect_command(self) -> None:
+        """The next command line must be complete within command_timeout."""
+        self._start_deadline(self.factory.command_timeout, "command")
+
+    def _wait(self, d, then) -> None:
+        """L{wait}, with no deadline on the client while we decide."""
+        self._stop_deadline()
+
+        def done(result):
+            then(result)
+            if not self.in_data:
+                self._expect_command()
+
+        self.wait(d, done)
+
     def lineReceived(self, line: bytes) -> None:
         if self.in_data:
             self._data_line(line)
         else:
             self._command(line)
+            if not (self.in_data or self.waiting):
+                self._expect_command()
 
     def _reply_failure(self, failure: Failure, what: str) -> int:
         """Answer a handler failure; return the code sent."""
@@ -162,25 +143,28 @@ class InboundSMTP(LineSession):
         if self._commands > self.factory.max_commands:
             self.close(421, f"4.7.0 {self.name} Error: too many commands")
             return
-        verb, _, arg = line.strip().partition(b" ")
-        handler = getattr(self, "do_" + verb.decode("ascii", "replace").upper(), None)
-        if handler is None or not verb.isalpha():
-            self.reply(500, "5.5.2 Error: command not recognized")
-            return
-        handler(arg.strip())
+        verb, _, arg = line.strip(b" ").partition(b" ")
+        name = verb.upper().decode("ascii") if verb.isascii() and verb.isalpha() else None
+        handler = getattr(self, "do_" + name, None) if name else None
+        try:
+            check_line(line, f"{name} command" if handler else "The command")
+            if handler is None:
+                self.reply(500, "5.5.2 Error: command not recognized")
+                return
+            handler(arg.strip(b" "))
+        except FieldError as e:
+            self.reply(e.code, f"{e.status} {e.text}")
 
     def _reset_transaction(self) -> None:
         self._mail_from: str | None = None
         self._recipients: list = []
+        self._rcpt_seen: set[str] = set()
         self._data_parts: list[bytes] = []
         self._data_size = 0
         self._too_big = False
 
     def do_HELO(self, arg: bytes, esmtp: bool = False) -> None:
-        if not arg:
-            self.reply(501, "5.5.4 Syntax: %s hostname" % ("EHLO" if esmtp else "HELO"))
-            return
-        self._helo = arg.decode("utf-8", "replace")
+        self._helo = check_helo(arg, "EHLO" if esmtp else "HELO")
         self._esmtp = esmtp
         self._reset_transaction()
         name = self.name
@@ -212,27 +196,8 @@ class InboundSMTP(LineSession):
         except ValueError:
             self.reply(501, "5.1.7 Bad sender address syntax")
             return
-        if address and not is_mailbox(address):
-            self.reply(501, "5.1.7 Bad sender address syntax")
-            return
-        for param in params:
-            key, _, value = param.partition(b"=")
-            key = key.upper()
-            if key == b"SIZE":
-                if not value.isdigit():
-                    self.reply(501, "5.5.4 Bad SIZE parameter")
-                    return
-                if int(value) > self.factory.max_message_size:
-                    self.reply(552, "5.3.4 Message size exceeds fixed limit")
-                    return
-            elif key == b"BODY":
-                if value.upper() not in (b"7BIT", b"8BITMIME"):
-                    self.reply(501, "5.5.4 Bad BODY parameter")
-                    return
-            else:
-                self.reply(555, "5.5.4 Unsupported parameter "
-                            + key.decode("ascii", "replace")[:30])
-                return
+        address = check_address(address, "5.1.7", empty_ok=True)
+        check_mail_parameters(parse_parameters(params), self.factory.max_message_size)
         self._mail_from = address
         self.reply(250, "2.1.0 Ok")
 
@@ -249,11 +214,14 @@ class InboundSMTP(LineSession):
         except ValueError:
             self.reply(501, "5.1.3 Bad recipient address syntax")
             return
-        if not (is_mailbox(address) or address.lower() == "postmaster"):
-            self.reply(501, "5.1.3 Bad recipient address syntax")
-            return
-        if params:
-            self.reply(555, "5.5.4 Unsupported parameter")
+        if address.lower() != "postmaster":
+            address = check_address(address, "5.1.3")
+        check_rcpt_parameters(parse_parameters(params))
+        # The same address again: one recipient (250, kept once).  Case is
+        # folded: our addresses are case-insensitive (the handler's results
+        # catch every other spelling of one mailbox).
+        if address.lower() in self._rcpt_seen:
+            self.reply(250, "2.1.5 Ok (already a recipient)")
             return
         if len(self._recipients) >= self.factory.max_recipients:
             self.reply(452, "4.5.3 Error: too many recipients")
@@ -262,12 +230,16 @@ class InboundSMTP(LineSession):
         def checked(result):
             if isinstance(result, Failure):
                 self._reply_failure(result, "recipient check")
+                return
+            self._rcpt_seen.add(address.lower())
+            if result in self._recipients:
+                self.reply(250, "2.1.5 Ok (already a recipient)")
             else:
                 self._recipients.append(result)
                 self.reply(250, "2.1.5 Ok")
 
-        self.wait(defer.maybeDeferred(self.handler.check_recipient, address,
-                                       self._mail_from), checked)
+        self._wait(defer.maybeDeferred(self.handler.check_recipient, address,
+                                        self._mail_from), checked)
 
     def do_DATA(self, arg: bytes) -> None:
         if arg:
@@ -279,10 +251,12 @@ class InboundSMTP(LineSession):
         else:
             self.in_data = True
             self.reply(354, "End data with <CR><LF>.<CR><LF>")
+            self._start_deadline(self.factory.data_timeout, "DATA")
 
     def _data_line(self, line: bytes) -> None:
         if line == b".":
             self.in_data = False
+            self._stop_deadline()
             self._end_of_data()
             return
         if line[:1] == b".":
@@ -320,6 +294,7 @@ class InboundSMTP(LineSession):
             self.reply(552, "5.3.4 Message size exceeds fixed limit")
             logged(552, "too big")
             self.factory.metrics.smtp_messages.labels("refused").inc()
+            self._expect_command()
             return
         envelope = Envelope(peer=self.peer, helo=self._helo or "", mail_from=mail_from,
                             recipients=recipients, tls=self._tls, size=size)
@@ -335,7 +310,7 @@ class InboundSMTP(LineSession):
                 logged(250, f"queued as {queued}")
                 self.factory.metrics.smtp_messages.labels("accepted").inc()
 
-        self.wait(defer.maybeDeferred(self.handler.deliver, envelope, raw), delivered)
+        self._wait(defer.maybeDeferred(self.handler.deliver, envelope, raw), delivered)
 
     def do_RSET(self, arg: bytes) -> None:
         self._reset_transaction()
@@ -391,17 +366,27 @@ TOO_BUSY = b"421 4.7.0 Too many connections, try again later\r\n"
 NOT_READY = b"421 4.3.2 Service not yet ready, try again later\r\n"
 
 
+def client_address(address) -> str:
+    """The client's IP address (what per-client limits count by)."""
+    return str(getattr(address, "host", None) or getattr(address, "name", None) or "local")
+
+
 class InboundFactory(ServerFactory):
     """
-    Builds L{InboundSMTP} sessions for C{handler} (an L{IInboundHandler}),
-    at most C{max_sessions} at a time.
+    Builds L{InboundSMTP} sessions for C{handler} (an L{IInboundHandler}):
+    at most C{max_sessions} at a time, of which at most
+    C{max_sessions_per_client} from one client address, which may open at
+    most C{max_connections_per_minute}.  A connection beyond a limit, or
+    any while C{is_ready()} is False, is answered 421 and closed.
     """
 
     def __init__(self, handler, *, hostname: str, max_sessions: int = 40,
                  max_message_size: int = 10 * 2**20, idle_timeout: float = 300,
                  max_recipients: int = 100, max_commands: int = 1000,
                  max_errors: int = 20, tls_context=None, reactor=None, metrics=None,
-                 is_ready: Callable[[], bool] = lambda: True):
+                 is_ready: Callable[[], bool] = lambda: True,
+                 max_sessions_per_client: int = 5, max_connections_per_minute: int = 60,
+                 command_timeout: float = 300, data_timeout: float = 600):
         if reactor is None:
             from twisted.internet import reactor
         self.handler = handler
@@ -418,23 +403,44 @@ class InboundFactory(ServerFactory):
         #: False while the service cannot store mail yet (start-up): then
         #: every new connection is answered 421 4.3.2
         self.is_ready = is_ready
+        #: seconds for one whole command line, and for the whole of DATA
+        #: (whatever the pace of the bytes: the idle timeout cannot see a
+        #: byte-a-second trickle)
+        self.command_timeout = command_timeout
+        self.data_timeout = data_timeout
+        self.clients = ClientLimits(reactor, per_client=max_sessions_per_client,
+                                    per_minute=max_connections_per_minute)
         #: the sessions now open
         self.sessions: set[InboundSMTP] = set()
 
     def buildProtocol(self, addr):
+        client = client_address(addr)
         if not self.is_ready():
             p = _Refusal(NOT_READY)
             self.metrics.smtp_sessions.labels("not_ready").inc()
         elif len(self.sessions) >= self.max_sessions:
             log.warn("inbound: {n} sessions open; refusing {addr}", n=len(self.sessions),
-                     addr=getattr(addr, "host", addr))
+                     addr=client)
             p = _Refusal(TOO_BUSY)
             self.metrics.smtp_sessions.labels("too_busy").inc()
+        elif (why := self.clients.refusal(client)) is not None:
+            log.info("inbound: refusing {addr}: {why}", addr=client, why=why)
+            p = _Refusal(f"421 4.7.0 {why}, try again later\r\n".encode("ascii"))
+            self.metrics.smtp_sessions.labels("client_limit").inc()
         else:
             p = InboundSMTP(self)
             self.metrics.smtp_sessions.labels("accepted").inc()
         p.factory = self
         return p
+
+    def session_opened(self, session: InboundSMTP) -> None:
+        self.sessions.add(session)
+        self.clients.opened(session.peer)
+
+    def session_closed(self, session: InboundSMTP) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.clients.closed(session.peer)
 
 
 def inbound_listener(config, handler, reactor, metrics=None,
@@ -469,6 +475,10 @@ def inbound_listener(config, handler, reactor, metrics=None,
         reactor=reactor,
         metrics=metrics,
         is_ready=is_ready,
+        max_sessions_per_client=smtp["max_sessions_per_client"],
+        max_connections_per_minute=smtp["max_connections_per_minute"],
+        command_timeout=smtp["command_timeout"],
+        data_timeout=smtp["data_timeout"],
     )
     return strports.service(smtp["endpoint"], factory, reactor=reactor)
 
