@@ -361,6 +361,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "address_prefix": (_local_part, "group"),
         "address_salt": (_string, ""),
         "hard_bounce_limit": (_integer(1), 3),
+        "max_posts_per_hour": (_integer(0), 30),
     },
     "lti": {
         "consumers": (_consumers, {}),
