@@ -119,7 +119,7 @@ class InboundSMTP(LineSession):
 
         self.wait(d, done)
 
-    def lineReceived(self, line: bytes) -> None:
+    def line(self, line: bytes) -> None:
         if self.in_data:
             self._data_line(line)
         else:
