@@ -26,10 +26,12 @@ import smtplib
 import socket
 import ssl
 import stat
+import warnings
 from pathlib import Path
 
 from twisted.internet import defer, reactor, task, threads, utils
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher, formatEvent
@@ -876,6 +878,16 @@ class SetupTests(TestCase):
         self.assertEqual((cert.read_bytes(), key.read_bytes()), before)
         tls_context_factory(cert, key).getContext()  # loads and matches
 
+    def test_tls_options_refuse_below_tls_1_2(self):
+        from OpenSSL import SSL
+
+        cert, key = tls_pair(self.mktemp())
+        options = tls_context_factory(cert, key).getContext().set_options(0)
+        self.assertTrue(options & SSL.OP_NO_TLSv1)
+        self.assertTrue(options & SSL.OP_NO_TLSv1_1)
+        self.assertFalse(options & SSL.OP_NO_TLSv1_2)
+        self.assertFalse(options & SSL.OP_NO_TLSv1_3)
+
     def test_tls_context_factory_refuses_a_mismatched_key(self):
         from tests.tlsfiles import make_tls_files
 
@@ -934,3 +946,65 @@ class SetupTests(TestCase):
     def test_inbound_listener_key_without_certificate(self):
         config = load_config(None, environ={}, overrides={"smtp": {"tls_key": "/x.pem"}})
         self.assertRaises(ConfigError, inbound_listener, config, MemoryHandler(), reactor)
+
+
+class TLSVersionTests(ServerTestCase):
+    """STARTTLS with TLS 1.2 as the minimum (smtplib and the ssl module)."""
+
+    def starttls(self, port: int, version: ssl.TLSVersion):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with warnings.catch_warnings():  # TLSv1_1 is deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = context.maximum_version = version
+        if version < ssl.TLSVersion.TLSv1_2:
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client try it at all
+
+        def talk():
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                s.ehlo("c")
+                try:
+                    s.starttls(context=context)
+                except (ssl.SSLError, OSError) as e:
+                    return ("refused", e)
+                s.ehlo("c")
+                s.sendmail("a@example.org", ["a@relay.test"], b"Subject: tls\r\n\r\nx\r\n")
+                return ("ok", s.sock.version())
+
+        return self.in_thread(talk)
+
+    async def test_tls_1_2_and_1_3_work(self):
+        port, factory, handler = self.start(tls_context=self.tls())
+        for version, name in ((ssl.TLSVersion.TLSv1_2, "TLSv1.2"),
+                              (ssl.TLSVersion.TLSv1_3, "TLSv1.3")):
+            self.assertEqual(await self.starttls(port, version), ("ok", name))
+        self.assertEqual([e.tls for e, _ in handler.messages], [True, True])
+
+    async def test_tls_1_1_is_refused(self):
+        from OpenSSL import SSL
+
+        # the control: this client can do TLS 1.1 with a server that allows it
+        cert, key = tls_pair(self.mktemp())
+
+        @implementer(IOpenSSLContextFactory)
+        class Lax:
+            def __init__(self):
+                self.context = SSL.Context(SSL.TLS_METHOD)
+                self.context.set_min_proto_version(SSL.TLS1_1_VERSION)
+                self.context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+                self.context.use_certificate_chain_file(str(cert))
+                self.context.use_privatekey_file(str(key))
+
+            def getContext(self):  # noqa: N802
+                return self.context
+
+        lax = Lax()
+        lax_port, _, _ = self.start(tls_context=lax)
+        control = await self.starttls(lax_port, ssl.TLSVersion.TLSv1_1)
+        if control[0] != "ok":
+            raise self.skipTest(f"this OpenSSL cannot speak TLS 1.1 at all: {control[1]}")
+        port, factory, handler = self.start(tls_context=self.tls())
+        result = await self.starttls(port, ssl.TLSVersion.TLSv1_1)
+        self.assertEqual(result[0], "refused", result)
+        self.assertEqual(handler.messages, [])
