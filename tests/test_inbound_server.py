@@ -22,10 +22,12 @@ PITFALLS.md "twisted.mail, server side", trap by trap:
 from __future__ import annotations
 
 import os
+import select
 import smtplib
 import socket
 import ssl
 import stat
+import time
 import warnings
 from pathlib import Path
 
@@ -120,8 +122,9 @@ class Raw:
     #: every client not yet closed (tests' cleanup closes them)
     open: list[Raw] = []
 
-    def __init__(self, port: int, timeout: float = 5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5.0, source: str | None = None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
         Raw.open.append(self)
 
@@ -1007,4 +1010,78 @@ class TLSVersionTests(ServerTestCase):
         port, factory, handler = self.start(tls_context=self.tls())
         result = await self.starttls(port, ssl.TLSVersion.TLSv1_1)
         self.assertEqual(result[0], "refused", result)
+        self.assertEqual(handler.messages, [])
+
+
+class FloodTests(ServerTestCase):
+    """One client cannot hold the server: loopback addresses as clients."""
+
+    async def test_a_flood_from_one_client_while_another_is_served(self):
+        port, factory, handler = self.start(max_sessions=6, max_sessions_per_client=3,
+                                            command_timeout=1.0, idle_timeout=30)
+
+        def flood():
+            held = [Raw(port, source="127.0.0.2") for _ in range(3)]
+            greetings = [c.reply() for c in held]
+            refused = [Raw(port, source="127.0.0.2") for _ in range(3)]
+            refusals = [(c.reply(), c.closed()) for c in refused]
+            # trickle a byte at a time into every held session
+            cut_off = []
+            for _ in range(20):  # 2 s, twice the command deadline
+                for c in held:
+                    try:
+                        c.send(b"N")
+                    except OSError:
+                        pass
+                time.sleep(0.1)
+            for c in held:
+                cut_off.append(c.reply())
+            return greetings, refusals, cut_off
+
+        def other_client():
+            time.sleep(0.3)  # while the flood holds its slots
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                s.ehlo("c")
+                s.mail("a@example.org")
+                s.rcpt("a@relay.test")
+                return s.data(b"Subject: x\r\n\r\nserved\r\n")
+
+        started = time.monotonic()
+        (greetings, refusals, cut_off), served = await defer.gatherResults(
+            [self.in_thread(flood), self.in_thread(other_client)])
+        self.assertEqual([code for code, _ in greetings], [220] * 3)
+        self.assertEqual(refusals, [((421, "4.7.0 too many sessions from your address, try "
+                                            "again later"), True)] * 3)
+        self.assertEqual(served[0], 250)
+        self.assertEqual(cut_off, [(421, "4.4.2 mx.test Error: command took too long")] * 3)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(len(handler.messages), 1)
+
+    async def test_a_byte_a_tick_trickler_is_cut_off_in_data(self):
+        port, factory, handler = self.start(command_timeout=5.0, data_timeout=1.0,
+                                            idle_timeout=30)
+
+        def trickle():
+            c = Raw(port)
+            c.reply()
+            c.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<a@relay.test>\r\n"
+                   b"DATA\r\n")
+            c.replies(4)
+            started = time.monotonic()
+            sent = 0
+            for _ in range(100):  # 20 bytes a second: the idle timeout never fires
+                try:
+                    c.send(b"x")
+                    sent += 1
+                except OSError:
+                    break
+                if select.select([c.sock], [], [], 0.05)[0]:
+                    break  # the server said something
+            return c.reply(), time.monotonic() - started, sent, c.closed()
+
+        reply, took, sent, closed = await self.in_thread(trickle)
+        self.assertEqual(reply, (421, "4.4.2 mx.test Error: DATA took too long"))
+        self.assertTrue(closed)
+        self.assertGreater(sent, 5)
+        self.assertLess(took, 3)
         self.assertEqual(handler.messages, [])
