@@ -288,7 +288,8 @@ class DeadlineTests(UnitTestCase):
 class ClientLimitTests(UnitTestCase):
     def test_sessions_per_client(self):
         factory = self.factory(max_sessions=10, max_sessions_per_client=2)
-        a1, a2 = Session(factory, "192.0.2.1"), Session(factory, "192.0.2.1", 2)
+        a1 = Session(factory, "192.0.2.1")
+        Session(factory, "192.0.2.1", 2)
         a3 = Session(factory, "192.0.2.1", 3)
         self.assertEqual(a3.banner, [b"421 4.7.0 too many sessions from your address, "
                                      b"try again later"])

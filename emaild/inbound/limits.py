@@ -14,6 +14,11 @@ WINDOW = 60.0
 _SWEEP_AT = 1024
 
 
+def client_address(address) -> str:
+    """The client's IP address (what per-client limits count by)."""
+    return str(getattr(address, "host", None) or getattr(address, "name", None) or "local")
+
+
 class ClientLimits:
     """
     Counts sessions per client address with the reactor's clock.  Only
