@@ -102,8 +102,13 @@ class InboundSMTP(LineSession):
     def _start_deadline(self, seconds: float, what: str) -> None:
         self._stop_deadline()
         if seconds and not self._closing:
-            self._deadline = self.factory.reactor.callLater(
-                seconds, self.close, 421, f"4.4.2 {self.name} Error: {what} took too long")
+            self._deadline = self.factory.reactor.callLater(seconds, self._deadline_passed,
+                                                            what)
+
+    def _deadline_passed(self, what: str) -> None:
+        self._deadline = None
+        log.info("inbound: {peer}: {what} took too long; closing", peer=self.peer, what=what)
+        self.close(421, f"4.4.2 {self.name} Error: {what} took too long")
 
     def _expect_command(self) -> None:
         """The next command line must be complete within command_timeout."""
