@@ -313,3 +313,37 @@ class ClientLimitTests(UnitTestCase):
         self.assertEqual(Session(factory, "192.0.2.2").banner, [b"220 mx.test ESMTP"])
         self.clock.advance(31)  # the first connection is over a minute old
         self.assertEqual(Session(factory, "192.0.2.1", 10).banner, [b"220 mx.test ESMTP"])
+
+    def test_an_ipv6_client_is_its_64(self):
+        from twisted.internet.address import IPv6Address
+
+        from emaild.inbound.limits import client_key
+
+        self.assertEqual(client_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")
+        self.assertEqual(client_key("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(client_key("192.0.2.7"), "192.0.2.7")
+        factory = self.factory(max_sessions_per_client=1)
+        first = factory.buildProtocol(IPv6Address("TCP", "2001:db8::1", 1))
+        first.makeConnection(StringTransport(peerAddress=IPv6Address("TCP", "2001:db8::1", 1)))
+        second = factory.buildProtocol(IPv6Address("TCP", "2001:db8::ffff", 2))
+        transport = StringTransport()
+        second.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"421 4.7.0 too many sessions"))
+
+
+class OrderTests(UnitTestCase):
+    def test_a_deferred_called_but_paused_still_holds_the_next_lines(self):
+        from twisted.internet import defer
+
+        factory = self.factory()
+        inner = defer.Deferred()
+        outer = defer.succeed(None)
+        outer.addCallback(lambda _: inner)  # called, but its result is not there yet
+        factory.handler.check_recipient = lambda address, mail_from: outer
+        s = Session(factory)
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\n")
+        self.assertEqual(s.send(b"RCPT TO:<a@relay.test>\r\nNOOP\r\n"), [])
+        self.assertEqual(s.transport.producerState, "paused")
+        inner.callback(("rcpt", "a"))
+        self.assertEqual(s.take(), [b"250 2.1.5 Ok", b"250 2.0.0 Ok"])
+        self.assertEqual(s.transport.producerState, "producing")

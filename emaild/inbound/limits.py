@@ -1,11 +1,13 @@
 """
 Per-client limits of the inbound SMTP server: how many sessions one client
-address may hold at once and how many new sessions it may open per minute,
-so that one client cannot take every slot while others are refused.
+address (an IPv6 client: its /64) may hold at once and how many new
+sessions it may open per minute, so that one client cannot take every slot
+while others are refused.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 
 #: the window of the connection rate, in seconds
@@ -17,6 +19,22 @@ _SWEEP_AT = 1024
 def client_address(address) -> str:
     """The client's IP address (what per-client limits count by)."""
     return str(getattr(address, "host", None) or getattr(address, "name", None) or "local")
+
+
+def client_key(peer: str) -> str:
+    """
+    What one client is, for counting: its IPv4 address, or the /64 network
+    of an IPv6 address (one host usually holds a whole /64).
+    """
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class ClientLimits:
@@ -33,8 +51,9 @@ class ClientLimits:
         self._open: dict[str, int] = {}
         self._recent: dict[str, deque[float]] = {}
 
-    def refusal(self, client: str) -> str | None:
-        """Why C{client} may not open a session now, or None."""
+    def refusal(self, peer: str) -> str | None:
+        """Why the client at C{peer} may not open a session now, or None."""
+        client = client_key(peer)
         if self._open.get(client, 0) >= self.per_client:
             return "too many sessions from your address"
         recent = self._recent.get(client)
@@ -46,21 +65,23 @@ class ClientLimits:
                 return "too many connections from your address in the last minute"
         return None
 
-    def opened(self, client: str) -> None:
+    def opened(self, peer: str) -> None:
+        client = client_key(peer)
         self._open[client] = self._open.get(client, 0) + 1
         if client not in self._recent and len(self._recent) >= _SWEEP_AT:
             self._sweep()
         self._recent.setdefault(client, deque()).append(self.clock.seconds())
 
-    def closed(self, client: str) -> None:
+    def closed(self, peer: str) -> None:
+        client = client_key(peer)
         n = self._open.get(client, 0) - 1
         if n > 0:
             self._open[client] = n
         else:
             self._open.pop(client, None)
 
-    def open_sessions(self, client: str) -> int:
-        return self._open.get(client, 0)
+    def open_sessions(self, peer: str) -> int:
+        return self._open.get(client_key(peer), 0)
 
     def _sweep(self) -> None:
         horizon = self.clock.seconds() - WINDOW

@@ -113,9 +113,7 @@ class LineSession(LineReceiver, TimeoutMixin):
         Nothing happens if the session closed in between.
         """
         self._waiting = True
-        paused = not d.called  # an answer already there needs no pause
-        if paused:
-            self.pauseProducing()
+        paused = False
 
         def done(result):
             self._waiting = False
@@ -129,6 +127,9 @@ class LineSession(LineReceiver, TimeoutMixin):
 
         d.addBoth(done).addErrback(
             lambda f: log.failure("inbound: internal error for {peer}", f, peer=self.peer))
+        if self._waiting:  # no answer yet: hold the client back until there is
+            paused = True
+            self.pauseProducing()
 
     def discard_input(self) -> None:
         """Forget every byte received and not yet read."""
