@@ -160,6 +160,14 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def _message_size(value: Any) -> int:
+    """L{parse_size}, within what the store's 32-bit size column holds."""
+    size = parse_size(value)
+    if size >= 2**31:
+        raise ValueError(f"must be under 2GB (the store records sizes as 32-bit), got {value!r}")
+    return size
+
+
 def _durations(value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
         value = [part for part in value.split(",") if part.strip()]
@@ -306,7 +314,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "relay_domain": (_domain, "localhost"),
         "hostname": (_optional_domain, ""),
         "max_sessions": (_integer(1), 40),
-        "max_message_size": (parse_size, 10 * 1024 * 1024),
+        "max_message_size": (_message_size, 10 * 1024 * 1024),
         "max_recipients": (_integer(1), 100),
         "idle_timeout": (parse_duration, 300.0),
         "max_commands": (_integer(1), 1000),

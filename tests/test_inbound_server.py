@@ -913,7 +913,7 @@ class SetupTests(TestCase):
                              overrides={"smtp": {"idle_timeout": "2m"}})
         self.assertEqual(config["smtp"]["max_message_size"], 512 * 1024)
         self.assertEqual(config["smtp"]["idle_timeout"], 120.0)
-        for bad in ("lots", "0", "-1MB", "10 TB"):
+        for bad in ("lots", "0", "-1MB", "10 TB", "2GB", 2**31):
             self.assertRaises(ConfigError, load_config, None, environ={},
                               overrides={"smtp": {"max_message_size": bad}})
         self.assertRaises(ConfigError, load_config, None, environ={},
