@@ -17,6 +17,12 @@ PITFALLS.md "twisted.mail, server side", trap by trap:
   - AUTH advertised before TLS    -> test_ehlo_advertises_..., test_starttls_with_smtplib
   - (SMTPFactory/ESMTPFactory wiring: not applicable, the server is its own
      protocol and does not use twisted.mail.smtp)
+
+The Internet's abuse, over real sockets: FloodTests (one client address
+holding its slots with trickled bytes while another is served; a trickled
+DATA cut off), test_swaks_repeated_recipients_are_one, TLSVersionTests
+(TLS 1.1 refused).  Every command with every bad byte, the deadlines and the
+per-client caps are unit-tested in test_inbound_server_unit.py.
 """
 
 from __future__ import annotations
@@ -425,6 +431,19 @@ class PipeliningTests(ServerTestCase):
         [(envelope, raw)] = handler.messages
         self.assertEqual(len(envelope.recipients), 2)
         self.assertIn(b"Subject: via swaks\r\n", raw)
+
+    async def test_swaks_repeated_recipients_are_one(self):
+        if not SWAKS.exists():
+            raise self.skipTest("swaks missing: run scripts/tools.sh")
+        port, factory, handler = self.start()
+        out, err, code = await utils.getProcessOutputAndValue(str(SWAKS), [
+            "--server", f"127.0.0.1:{port}", "--pipeline", "--from", "s@example.org",
+            "--to", ",".join(["a@relay.test", "A@Relay.Test", "b@relay.test"] * 20)],
+            env=os.environ)
+        self.assertEqual(code, 0, out + err)
+        [(envelope, raw)] = handler.messages
+        self.assertEqual(envelope.recipients, (("rcpt", "a@relay.test"), ("rcpt", "b@relay.test")))
+        self.assertEqual(out.count(b"2.1.5 Ok (already a recipient)"), 58)
 
     async def test_swaks_quit_after_rcpt_stores_nothing(self):
         if not SWAKS.exists():
