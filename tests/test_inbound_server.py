@@ -5,7 +5,7 @@ pipelining and injection), swaks and Postfix's smtp-source from .tools/ (see
 scripts/tools.sh; those tests skip when the tools are missing).  The idle
 timeout is tested with a Clock.
 
-PITFALLS.md "twisted.mail, server side", trap by trap:
+The traps of twisted.mail's ESMTP server that this server avoids, trap by trap:
   - failed store answered 550     -> test_deliver_failure_is_451_not_550 (+ _async)
   - STARTTLS plaintext injection  -> test_starttls_discards_pipelined_plaintext,
                                      test_starttls_resets_the_session
