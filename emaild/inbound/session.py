@@ -223,9 +223,12 @@ class InboundSMTP(LineSession):
         if address.lower() != "postmaster":
             address = check_address(address, "5.1.3")
         check_rcpt_parameters(parse_parameters(params))
-        # The same address again: one recipient (250, kept once).  Case is
-        # folded: our addresses are case-insensitive (the handler's results
-        # catch every other spelling of one mailbox).
+        # The same address again: one recipient (250, kept once), without
+        # asking the handler again.  Case is folded: reply and bounce
+        # addresses are case-insensitive; unsubscribe tokens are not, but
+        # two live ones that differ only in case are as likely as guessing
+        # one (each carries random bits).  Results that compare equal (any
+        # other spelling of one mailbox) are kept once too.
         if address.lower() in self._rcpt_seen:
             self.reply(250, "2.1.5 Ok (already a recipient)")
             return
