@@ -347,3 +347,58 @@ class OrderTests(UnitTestCase):
         inner.callback(("rcpt", "a"))
         self.assertEqual(s.take(), [b"250 2.1.5 Ok", b"250 2.0.0 Ok"])
         self.assertEqual(s.transport.producerState, "producing")
+
+
+class LineLayerTests(UnitTestCase):
+    """The guarantees of inbound/lines.py on LineReceiver, byte by byte."""
+
+    def test_command_line_limit_whole_and_in_pieces(self):
+        from emaild.inbound.server import COMMAND_LINE_LIMIT
+
+        s = Session(self.factory())
+        ok = b"NOOP " + b"x" * (COMMAND_LINE_LIMIT - 7) + b"\r\n"
+        self.assertEqual(len(ok), COMMAND_LINE_LIMIT)
+        self.assertEqual(s.send(ok), [b"250 2.0.0 Ok"])
+        for byte in ok[:-1]:  # one byte at a time: no limit reached early
+            self.assertEqual(s.send(bytes([byte])), [])
+        self.assertEqual(s.send(b"\n"), [b"250 2.0.0 Ok"])
+        self.assertEqual(s.send(b"x" * COMMAND_LINE_LIMIT), [b"500 5.5.6 Line too long"])
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(s.send(b"NOOP\r\n"), [])  # nothing more is read
+
+    def test_data_line_limit_and_no_fall_back_to_commands(self):
+        from emaild.inbound.server import DATA_LINE_LIMIT
+
+        s = Session(self.factory())
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\nDATA\r\n")
+        self.assertEqual(s.send(b"y" * (DATA_LINE_LIMIT - 2) + b"\r\n"), [])
+        self.assertEqual(s.send(b"y" * (DATA_LINE_LIMIT - 1) + b"\r\nRCPT TO:<evil@relay.test>\r\n"),
+                         [b"500 5.5.6 Line too long"])
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual([a for a, _ in self.handler.checks], ["a@relay.test"])
+
+    def test_only_crlf_dot_crlf_ends_data_and_bare_lf_commands_work(self):
+        s = Session(self.factory())
+        self.assertEqual(s.send(b"EHLO c\nMAIL FROM:<>\nRCPT TO:<a@relay.test>\nDATA\n")[-1],
+                         b"354 End data with <CR><LF>.<CR><LF>")
+        self.assertEqual(s.send(b"one\n.\nRSET\n.\n"), [])  # bare LFs end nothing
+        self.assertEqual(s.send(b"\r\n.\r\n"), [b"250 2.0.0 Ok: queued as M1"])
+        [(envelope, raw)] = self.handler.messages
+        self.assertTrue(raw.endswith(b"\r\none\n.\nRSET\n.\n\r\n"), raw)
+
+    def test_pipelined_lines_wait_for_the_handler_in_order(self):
+        from twisted.internet import defer
+
+        factory = self.factory()
+        answers = []
+        factory.handler.check_recipient = lambda address, mail_from: answers.append(
+            defer.Deferred()) or answers[-1]
+        s = Session(factory)
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\n")
+        self.assertEqual(s.send(b"RCPT TO:<a@relay.test>\r\nRCPT TO:<b@relay.test>\r\n"
+                                b"NOOP\r\n"), [])
+        self.assertEqual(len(answers), 1)  # the second RCPT was not read yet
+        answers[0].callback(1)
+        self.assertEqual(s.take(), [b"250 2.1.5 Ok"])
+        answers[1].callback(2)
+        self.assertEqual(s.take(), [b"250 2.1.5 Ok", b"250 2.0.0 Ok"])
