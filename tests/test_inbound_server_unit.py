@@ -298,6 +298,8 @@ class ClientLimitTests(UnitTestCase):
         a1.lose()
         self.assertEqual(Session(factory, "192.0.2.1", 4).banner, [b"220 mx.test ESMTP"])
         self.assertEqual(factory.clients.open_sessions("192.0.2.1"), 2)
+        self.assertEqual(factory.metrics.registry.get_sample_value(
+            "emaild_inbound_smtp_sessions_total", {"result": "client_limit"}), 1)
 
     def test_connections_per_minute(self):
         factory = self.factory(max_connections_per_minute=3)
