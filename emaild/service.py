@@ -104,7 +104,8 @@ class Emaild(service.MultiService):
         self.inbound = InboundStore(self.db)
         addresses = reply_addresses(config)
         handler = InboundHandler(self.inbound, GroupStore(self.db), addresses,
-                                 self.outbox.links, self.store)
+                                 self.outbox.links, self.store,
+                                 max_posts_per_hour=config["groups"]["max_posts_per_hour"])
         self.smtp = inbound_listener(config, handler, reactor, metrics=self.metrics)
         self.smtp.setName("smtp")
         self.smtp.setServiceParent(self)
