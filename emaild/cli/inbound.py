@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 
-from emaild.cli_output import CliError, _when, table
-from emaild.inbound.store import TERMINAL, InboundStore
+from emaild.cli.output import CliError, table, when
+from emaild.cli.runtime import open_database
+from emaild.inbound.store import TERMINAL
 
 STATES = ("received", *TERMINAL)
 
 
-def add_inbound_commands(commands, common) -> None:
+def add_parser(commands, common) -> None:
     inbound = commands.add_parser(
         "inbound", parents=[common], help="show received mail and what became of it",
         description="Counts of received mail per state, the newest messages that were not "
@@ -29,16 +30,14 @@ def add_inbound_commands(commands, common) -> None:
                          help="only rows in this state (repeatable; default: ignored, failed)")
     inbound.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     inbound.add_argument("--json", action="store_true", help="print JSON")
-    inbound.set_defaults(func=_inbound)
+    inbound.set_defaults(func=run)
 
 
-async def _inbound(reactor, args, config, db, embedded) -> int:
-    from emaild.cli import _open
-
+async def run(parts, args) -> int:
     if args.limit < 1:
         raise CliError("--limit must be at least 1")
-    await _open(db, embedded)
-    store = InboundStore(db)
+    await open_database(parts)
+    store = parts.get_inbound_store()
     counts = await store.counts()
     if args.message is not None:
         rows = await store.recent(STATES, args.limit, message_id=args.message)
@@ -51,20 +50,20 @@ async def _inbound(reactor, args, config, db, embedded) -> int:
         print(json.dumps({"counts": counts, "refusals": [
             {"reason": f.reason, "subject": f.subject, "address": f.address,
              "mail_from": f.mail_from, "reply": f.reply, "attempts": f.attempts,
-             "first_at": _when(f.first_at), "last_at": _when(f.last_at)} for f in refusals],
+             "first_at": when(f.first_at), "last_at": when(f.last_at)} for f in refusals],
             "rows": [
-            {"message": r[0], "received_at": _when(r[1]), "mail_from": r[2], "address": r[3],
+            {"message": r[0], "received_at": when(r[1]), "mail_from": r[2], "address": r[3],
              "purpose": r[4], "state": r[5], "reason": r[6], "size": r[7]} for r in rows]},
             indent=2))
         return 0
     print("  ".join(f"{state} {counts[state]}" for state in STATES))
     if rows:
         print(table(["message", "received", "from", "to", "purpose", "state", "reason"],
-                    [(r[0], _when(r[1]), r[2] or "<>", r[3], r[4], r[5], r[6] or "")
+                    [(r[0], when(r[1]), r[2] or "<>", r[3], r[4], r[5], r[6] or "")
                      for r in rows], right=[True] + [False] * 6))
     if refusals:  # refused before anything was stored (e.g. a member's posting rate)
         print("refused before storing:")
         print(table(["last", "reason", "to", "from", "attempts", "reply"],
-                    [(_when(f.last_at), f.reason, f.address, f.mail_from or "<>", f.attempts,
+                    [(when(f.last_at), f.reason, f.address, f.mail_from or "<>", f.attempts,
                       f.reply) for f in refusals], right=[False] * 4 + [True, False]))
     return 0
