@@ -53,6 +53,7 @@ from emaild.cli_announce import add_announce_commands
 from emaild.cli_digest import add_digest_commands
 from emaild.cli_groups import add_group_commands
 from emaild.cli_people import add_person_commands
+from emaild.cli_lti import add_lti_commands
 from emaild.config import ConfigError, load_config
 from emaild.outbound.compose import ComposeError
 from emaild.outbound.stats import finished, pending, queue_report, queue_summary
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inbound_commands(commands, common)
     add_digest_commands(commands, common)
     add_announce_commands(commands, common)
+    add_lti_commands(commands, common)
     return parser
 
 
