@@ -473,3 +473,77 @@ async def _join_group(cursor, group_id: int, person_id: int) -> None:
         # a new reply address: the one they had before leaving stays dead
         "   reply_secret_hi = emaild_random32(), reply_secret_lo = emaild_random32()"
         " WHERE group_members.left_at IS NOT NULL", (group_id, person_id))
+
+
+# -- LTI 1.3 launches (appended; see emaild.people.lti13) ------------------------
+
+
+async def upsert_from_lti13(db, *, issuer: str, sub: str, email: str | None,
+                            display_name: str = "", roles: Sequence[str] = (),
+                            course_key: str, context_id: str | None = None,
+                            context_title: str = "", group: str | None = None,
+                            lti11_identity: tuple[str, str] | None = None) -> LtiOutcome:
+    """
+    L{PeopleStore.upsert_from_lti} for a verified LTI 1.3 launch, in one
+    transaction.  The identity is (C{issuer}, C{sub}) in C{lti13_identities};
+    the course is (C{course_key}, C{context_id}).
+
+    A new identity is linked, in this order, to the person of
+    C{lti11_identity} (the (consumer key, user_id) of a checked LTI 1.1
+    migration claim: the person an earlier 1.1 launch made), else to the
+    person with the launch's address (the platform vouches for it, as in 1.1),
+    else to a new person.  L{LtiOutcome.linked} says it was linked.
+    """
+    roles = [r for r in roles if r]
+
+    async def upsert(cursor) -> LtiOutcome:
+        lock = f"emaild lti13 identity {len(issuer)}:{issuer}{sub}"
+        await cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock,))
+        await cursor.execute(
+            "SELECT person_id FROM lti13_identities WHERE issuer = %s AND sub = %s", (issuer, sub))
+        row = cursor.fetchone()
+        migrated = False
+        if row is None and lti11_identity is not None:
+            await cursor.execute(
+                "SELECT person_id FROM lti_identities WHERE consumer_key = %s AND user_id = %s",
+                lti11_identity)
+            row = cursor.fetchone()
+            if row is not None:
+                await cursor.execute(
+                    "INSERT INTO lti13_identities (issuer, sub, person_id) VALUES (%s, %s, %s)",
+                    (issuer, sub, row[0]))
+                migrated = True
+        created = linked = False
+        conflict = None
+        if row is not None:
+            person_id = row[0]
+            linked = migrated
+            if display_name:
+                await cursor.execute(
+                    "UPDATE people SET display_name = %s, updated_at = now()"
+                    " WHERE id = %s AND display_name <> %s", (display_name, person_id, display_name))
+            if email:
+                conflict = await _set_email(cursor, person_id, email)
+        else:
+            if email:
+                person, created = await _upsert_person(cursor, email, display_name)
+                person_id, linked = person.id, not created
+            else:
+                await cursor.execute(
+                    "INSERT INTO people (email, display_name) VALUES (NULL, %s) RETURNING id",
+                    (display_name,))
+                person_id, created = cursor.fetchone()[0], True
+            await cursor.execute(
+                "INSERT INTO lti13_identities (issuer, sub, person_id) VALUES (%s, %s, %s)",
+                (issuer, sub, person_id))
+        course_id = group_id = None
+        if context_id:
+            course_id = await _ensure_course(cursor, course_key, context_id, context_title)
+            await _join_course(cursor, course_id, person_id, roles, launched=True)
+            if group:
+                group_id = await _ensure_group(cursor, course_id, group)
+                await _join_group(cursor, group_id, person_id)
+        return LtiOutcome(person_id=person_id, created=created, linked=linked,
+                          course_id=course_id, group_id=group_id, email_conflict=conflict)
+
+    return await db.transaction(upsert)

@@ -37,6 +37,10 @@ def _client(request) -> str:
 
 @WebApp.app.route("/lti/launch", methods=["POST"])
 async def lti_launch(self, request):
+    if b"id_token" in request.args:  # LTI 1.3: emaild.web.routes_lti13
+        from emaild.web.routes_lti13 import lti13_launch
+
+        return await lti13_launch(self, request)
     try:
         return await _launch(self, request)
     except DatabaseUnavailable as e:
