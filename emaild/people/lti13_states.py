@@ -111,7 +111,8 @@ class LoginStates:
         login gave out, before the state expires.  None otherwise.
         """
         rows = await self.db.runQuery(
-            "UPDATE lti13_login_states SET pending_launch = NULL, confirmed_at = now()"
+            # (RETURNING gives the new row: the launch is kept until the row is swept)
+            "UPDATE lti13_login_states SET confirmed_at = now()"
             " WHERE state_hash = %s AND browser_hash = %s AND pending_launch IS NOT NULL"
             " AND confirmed_at IS NULL AND expires_at > now()"
             " RETURNING pending_launch", (digest(state), digest(browser_value)))
