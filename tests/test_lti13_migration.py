@@ -12,7 +12,7 @@ import urllib.parse
 
 from emaild.people.lti13 import migration_sign as tool_sign
 from tests import oauth1
-from tests.lti13_platform import CLAIM, CLIENT_ID, DEPLOYMENT_ID, ISSUER, migration_sign
+from tests.lti13_platform import CLIENT_ID, DEPLOYMENT_ID, ISSUER, migration_sign
 from tests.test_lti import launch_fields
 from tests.test_lti13 import FORM, Lti13TestCase, async_test
 
