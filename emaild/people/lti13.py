@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from emaild.outbound.compose import ComposeError, check_address
 from emaild.people.lti13_jwks import JwksCache, JwksError
 from emaild.people.lti13_keys import ToolKeys
+from emaild.people.lti13_nrps import Rosters
 from emaild.people.lti13_states import LoginStates, NewLogin, StateProblem
 
 log = Logger()
@@ -186,6 +187,8 @@ class Lti13:
         self.jwks = jwks or JwksCache(reactor, timeout=lti13["jwks_timeout"])
         #: our signing keys (made on first start; see L{ToolKeys})
         self.keys = ToolKeys(config.state_dir / "lti" / "keys")
+        #: course rosters (NRPS), synced when launches offer them
+        self.rosters = Rosters(reactor, config, db, self.keys)
 
     # -- login ---------------------------------------------------------------
     def _platform_for(self, issuer: str, client_id: str):

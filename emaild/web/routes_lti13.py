@@ -205,5 +205,7 @@ async def sign_in(self: WebApp, request, launch: Launch13) -> str:
                   " (linked by address)" if outcome.linked else ""),
              platform=launch.platform, sub=launch.sub, context_id=launch.context_id,
              group=launch.group)
+    if launch.memberships_url and outcome.course_id is not None:
+        self.lti13.rosters.offered(launch.platform, outcome.course_id, launch.memberships_url)
     await self.sessions.start(request, outcome.person_id)
     return self.config["http"]["public_url"].rstrip("/") + "/home"

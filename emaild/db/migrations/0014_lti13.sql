@@ -40,3 +40,26 @@ CREATE TABLE lti13_identities (
     PRIMARY KEY (issuer, sub)
 );
 CREATE INDEX lti13_identities_person ON lti13_identities (person_id);
+
+-- The course rosters from Names and Role Provisioning Services.
+CREATE TABLE lti13_roster_syncs (
+    course_id        bigint PRIMARY KEY REFERENCES courses (id) ON DELETE CASCADE,
+    platform         text NOT NULL,
+    -- the NRPS context_memberships_url of the latest launch that offered it
+    memberships_url  text NOT NULL,
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    members          integer,
+    error            text
+);
+
+-- Who the roster listed; left_at is set when a member is listed as
+-- Inactive or Deleted or is no longer listed (their course membership ends).
+CREATE TABLE lti13_roster (
+    course_id   bigint NOT NULL REFERENCES courses (id) ON DELETE CASCADE,
+    person_id   bigint NOT NULL REFERENCES people (id) ON DELETE CASCADE,
+    status      text NOT NULL,
+    synced_at   timestamptz NOT NULL DEFAULT now(),
+    left_at     timestamptz,
+    PRIMARY KEY (course_id, person_id)
+);

@@ -1,0 +1,127 @@
+"""
+Names and Role Provisioning Services against the platform emulator: the
+client-credentials token with our signed JWT assertion, a 1,000-member
+roster in pages, members who left, a token endpoint that refuses, and the
+weekly update reaching members who never launched.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.internet import defer
+
+from emaild.digest.scheduler import DigestRunner
+from emaild.digest.store import DigestStore
+from emaild.outbound.outbox import Outbox
+from emaild.outbound.store import OutboxStore
+from emaild.people.lti13_nrps import MEMBERSHIPS, NrpsError
+from tests.lti13_platform import INSTRUCTOR, LEARNER
+from tests.test_lti13 import Lti13TestCase, async_test
+
+
+def roster(n: int, start: int = 0) -> list[dict]:
+    members = [{"status": "Active", "user_id": "lti13-user-7", "name": "Grace Hopper",
+                "email": "grace@example.org", "roles": [LEARNER]}] if start == 0 else []
+    for i in range(start, n - len(members) + start):
+        members.append({"status": "Active", "user_id": f"member-{i}", "name": f"Member {i}",
+                        "given_name": "Member", "family_name": str(i),
+                        "email": f"member{i}@example.org",
+                        "roles": [INSTRUCTOR if i == 3 else LEARNER]})
+    return members
+
+
+class NrpsTests(Lti13TestCase):
+    async def start_nrps(self, members: list[dict], **sections):
+        await self.start(**sections)
+        self.platform.nrps_claim = True
+        self.platform.members["ctx-physics"] = members
+
+    async def settle(self):
+        await defer.gatherResults(list(self.web.lti13.rosters.running))
+
+    def course_members(self):
+        return self.query("SELECT count(*) FROM course_members")[0][0]
+
+    @async_test
+    async def test_a_launch_syncs_a_1000_member_roster_in_pages(self):
+        await self.start_nrps(roster(1000))
+        began = time.monotonic()
+        self.assert_launched(*await self.launch())
+        launch_took = time.monotonic() - began
+        await self.settle()
+        self.assertEqual(self.course_members(), 1000)
+        self.assertEqual(len(self.platform.nrps_requests), 10)
+        self.assertEqual({accept for _, accept in self.platform.nrps_requests}, {MEMBERSHIPS})
+        (token_request,) = self.platform.token_requests
+        self.assertEqual(token_request["scope"],
+                         "https://purl.imsglobal.org/spec/lti-nrps/scope/contextmembership.readonly")
+        self.assertEqual(self.query("SELECT members, error FROM lti13_roster_syncs"),
+                         [(1000, None)])
+        # the launcher is one person, not two
+        self.assertEqual(self.query("SELECT count(*) FROM people WHERE email = 'grace@example.org'"),
+                         [(1,)])
+        ((launched,),) = self.query("SELECT count(*) FROM course_members"
+                                    " WHERE last_launch_at IS NOT NULL")
+        self.assertEqual(launched, 1)
+        self.assertIn("NRPS: course", self.logged())
+        self.assertLess(launch_took, 5)
+        # a second launch soon after does not sync again ([lti13] nrps_interval)
+        self.assert_launched(*await self.launch())
+        await self.settle()
+        self.assertEqual(len(self.platform.token_requests), 1)
+
+    @async_test
+    async def test_members_who_leave_are_marked_and_leave_the_course(self):
+        await self.start_nrps(roster(20))
+        self.platform.page_size = 7
+        self.assert_launched(*await self.launch())
+        await self.settle()
+        self.assertEqual(self.course_members(), 20)
+        members = roster(20)
+        members[5]["status"] = "Inactive"
+        del members[6]  # no longer listed
+        self.platform.members["ctx-physics"] = members
+        (course_id,) = self.query("SELECT id FROM courses")[0]
+        totals = await self.web.lti13.rosters.sync_now(course_id)
+        self.assertEqual(totals["left"], 2)
+        self.assertEqual(self.course_members(), 18)
+        left = self.query("SELECT p.email, r.status FROM lti13_roster r JOIN people p"
+                          " ON p.id = r.person_id WHERE r.left_at IS NOT NULL ORDER BY p.email")
+        self.assertEqual(left, [("member4@example.org", "Inactive"),
+                                ("member5@example.org", "absent")])
+
+    @async_test
+    async def test_a_refusing_token_endpoint_is_recorded_and_the_launch_is_unaffected(self):
+        await self.start_nrps(roster(5))
+        self.platform.token_refusal = (401, {"error": "invalid_client",
+                                             "error_description": "unknown key"})
+        self.assert_launched(*await self.launch())
+        await self.settle()
+        self.assertEqual(self.course_members(), 1)
+        ((error,),) = self.query("SELECT error FROM lti13_roster_syncs")
+        self.assertIn("refused the access token (HTTP 401: invalid_client (unknown key))", error)
+        self.assertIn("was not synced", self.logged())
+        (course_id,) = self.query("SELECT id FROM courses")[0]
+        with self.assertRaises(NrpsError):
+            await self.web.lti13.rosters.sync_now(course_id)
+
+    @async_test
+    async def test_members_who_never_launched_get_the_weekly_update_with_a_login_link(self):
+        await self.start_nrps(roster(4))
+        self.assert_launched(*await self.launch())
+        await self.settle()
+        (course_id,) = self.query("SELECT id FROM courses")[0]
+        outbox = Outbox(self.cfg, OutboxStore(self.db))
+        runner = DigestRunner(self.cfg, self.db, outbox)
+        week = runner.current_week()
+        await DigestStore(self.db).set_note(course_id, week, "Lab 2 is online.")
+        await runner.run_week(week, [course_id])
+        rows = self.query(
+            "SELECT p.email, o.body FROM outbox o JOIN people p ON p.id = o.person_id"
+            " WHERE o.template = 'digest' ORDER BY p.email")
+        emails = [r[0] for r in rows]
+        self.assertIn("member0@example.org", emails)  # never launched
+        body = bytes(dict(rows)["member0@example.org"]).decode()
+        self.assertIn(self.base + "/email/", body)  # a login link
+        self.assertIn("Lab 2 is online.", body)
