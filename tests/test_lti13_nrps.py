@@ -105,6 +105,15 @@ class NrpsTests(Lti13TestCase):
         (course_id,) = self.query("SELECT id FROM courses")[0]
         with self.assertRaises(NrpsError):
             await self.web.lti13.rosters.sync_now(course_id)
+        # a launch soon after does not retry; one after RETRY_AFTER does
+        self.platform.token_refusal = None
+        self.assert_launched(*await self.launch())
+        await self.settle()
+        self.assertEqual(self.course_members(), 1)
+        self.query("UPDATE lti13_roster_syncs SET started_at = now() - interval '16 minutes'")
+        self.assert_launched(*await self.launch())
+        await self.settle()
+        self.assertEqual(self.course_members(), 5)
 
     @async_test
     async def test_members_who_never_launched_get_the_weekly_update_with_a_login_link(self):
@@ -125,3 +134,48 @@ class NrpsTests(Lti13TestCase):
         body = bytes(dict(rows)["member0@example.org"]).decode()
         self.assertIn(self.base + "/email/", body)  # a login link
         self.assertIn("Lab 2 is online.", body)
+
+
+class CourseSyncCommandTests(Lti13TestCase):
+    @async_test
+    async def test_emaild_course_sync(self):
+        import json
+        import os
+        import subprocess
+        import sys
+
+        from twisted.internet import threads
+
+        from emaild.people.lti13_keys import ToolKeys
+
+        await self.start()
+        self.platform.nrps_claim = True
+        self.platform.members["ctx-physics"] = roster(30)
+        state = self.tmp / "cli-state"
+        keys = ToolKeys(state / "lti" / "keys")
+        self.platform.tool_jwks = keys.jwks
+        platform = "".join(f"{k} = {json.dumps(v)}\n"
+                           for k, v in self.platform.platform_config().items())
+        config = self.tmp / "emaild.toml"
+        config.write_text(f"[paths]\nstate_dir = {json.dumps(str(state))}\n"
+                          f"[database]\nurl = {json.dumps(self.dsn)}\npool_size = 2\n"
+                          f"[lti13.platforms.emulator]\n{platform}")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMAILD_")}
+
+        def cli(*args):
+            return threads.deferToThread(
+                subprocess.run, [sys.executable, "-m", "emaild", "--config", str(config), *args],
+                capture_output=True, text=True, env=env, timeout=60)
+
+        result = await cli("course", "sync", "ctx-physics")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("no course 'ctx-physics'", result.stderr)
+        self.platform.members["ctx-physics"] = roster(1)
+        self.assert_launched(*await self.launch())
+        await defer.gatherResults(list(self.web.lti13.rosters.running))
+        self.platform.members["ctx-physics"] = roster(30)
+        result = await cli("course", "sync", "ctx-physics")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("course ctx-physics: 30 members (29 new, 1 updated, 0 left) in 1 pages",
+                      result.stdout)
+        self.assertEqual(self.query("SELECT count(*) FROM course_members"), [(30,)])

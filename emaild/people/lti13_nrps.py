@@ -18,7 +18,8 @@ weekly update and announcements reach the members who never launched.
 A launch with the NRPS claim remembers the URL and starts a sync in the
 background when the last one began more than C{[lti13] nrps_interval} ago
 (the claim on the sync row is one statement, so several processes start it
-once); C{emaild course sync COURSE} runs one now.
+once; a sync that failed or was cut short by a restart is retried after
+L{RETRY_AFTER}); C{emaild course sync COURSE} runs one now.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ MEMBERSHIPS = "application/vnd.ims.lti-nrps.v2.membershipcontainer+json"
 #: bounds on what a platform can make us read
 MAX_PAGE = 8 * 1024 * 1024
 MAX_PAGES = 2000
+#: seconds after which a sync that failed or never finished may start again
+RETRY_AFTER = 900.0
 _NEXT = re.compile(r'<([^>]+)>\s*;[^,]*\brel\s*=\s*"?next"?', re.IGNORECASE)
 
 
@@ -159,10 +162,15 @@ class Rosters:
             "   memberships_url = EXCLUDED.memberships_url,"
             "   started_at = CASE WHEN NOT %(due_only)s OR lti13_roster_syncs.started_at IS NULL"
             "     OR lti13_roster_syncs.started_at < now() - make_interval(secs => %(interval)s)"
+            # a sync that failed or never finished (a restart) is retried sooner
+            "     OR ((lti13_roster_syncs.finished_at IS NULL"
+            "          OR lti13_roster_syncs.finished_at < lti13_roster_syncs.started_at)"
+            "         AND lti13_roster_syncs.started_at"
+            "             < now() - make_interval(secs => %(retry)s))"
             "     THEN now() ELSE lti13_roster_syncs.started_at END"
             " RETURNING started_at, started_at = now()",
             {"course": course_id, "platform": platform, "url": url, "due_only": due_only,
-             "interval": self.interval})
+             "interval": self.interval, "retry": min(RETRY_AFTER, self.interval)})
         started, fresh = rows[0]
         return started if fresh else None
 

@@ -20,8 +20,9 @@ import attrs
 
 #: delete old rows at most this often (seconds) per process
 SWEEP_INTERVAL = 300.0
-#: states and nonces are kept this long after they expire (for the messages)
-KEEP = 86400.0
+#: states are kept this long after they expire (so a late launch hears
+#: "expired" rather than "unknown"); nonces this long after they were seen
+KEEP = 3600.0
 
 
 def digest(value: str) -> str:
