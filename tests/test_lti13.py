@@ -315,6 +315,13 @@ class RefusalTests(Lti13TestCase):
             ("signed with 'HS256'", lambda n: hs256_jwt(
                 {"alg": "HS256", "typ": "JWT", "kid": p.keys[0].kid}, p.claims(n),
                 p.keys[0].public_pem()), 401),
+            ("contains a NUL", lambda n: p.id_token(n, name="Grace\u0000Hopper"), 400),
+            ("contains a NUL", lambda n: p.id_token(n, **{CLAIM + "roles": ["Learner\u0000"]}),
+             400),
+            ("not a user id", lambda n: p.id_token(n, sub="x" * 256), 400),
+            ("not valid", lambda n: p.id_token(n, exp="tomorrow"), 400),
+            ("not base64url-encoded JSON", lambda n: "e30x!." + p.id_token(n).split(".", 1)[1],
+             400),
             ("signed with 'RS512'", lambda n: rs256_jwt(
                 {"alg": "RS512", "kid": p.keys[0].kid}, p.claims(n), p.keys[0].private), 401),
         ]
@@ -399,6 +406,39 @@ class RefusalTests(Lti13TestCase):
         self.assertEqual(response.code, 303, body)
         self.assertEqual(self.query("SELECT consumer_key, user_id FROM lti_identities"),
                          [("moodle", "u-1001")])
+
+
+class PlatformErrorTests(Lti13TestCase):
+    @async_test
+    async def test_the_platforms_error_response_is_shown(self):
+        await self.start()
+        browser = self.client()
+        redirect = await self.login(browser)
+        response, body = await browser.post("/lti/launch", data=urllib.parse.urlencode(
+            {"error": "login_required", "error_description": "Please sign in to Moodle",
+             "state": redirect["state"]}).encode(), headers=FORM)
+        self.assert_refused(response, body, 400, "did not sign you in: 'login_required' "
+                                                 "(Please sign in to Moodle)")
+
+
+class SeveralRegistrationsTests(Lti13TestCase):
+    @async_test
+    async def test_one_issuer_two_client_ids(self):
+        self.platform = Platform()
+        await self.platform.start()
+        self.addCleanup(self.platform.stop)
+        await self.start_web(lti13={"platforms": {
+            "first": self.platform.platform_config(),
+            "second": self.platform.platform_config(client_id="second-client")}})
+        response, body = await self.client().get("/lti/login?" + self.login_query(client_id=None))
+        self.assertEqual(response.code, 400)
+        self.assertIn("must name its client_id", body)
+        response, _ = await self.client().get("/lti/login?" + self.login_query(
+            client_id="second-client"))
+        self.assertEqual(response.code, 302)
+        (location,) = response.headers.getRawHeaders("location")
+        self.assertIn("client_id=second-client", location)
+        self.assertEqual(self.query("SELECT platform FROM lti13_login_states"), [("second",)])
 
 
 class StateCookieTests(Lti13TestCase):

@@ -258,6 +258,8 @@ class Lti13:
         """
         if not state:
             raise Lti13Refused(400, "The launch has an id_token but no state.")
+        if not id_token:
+            raise Lti13Refused(400, "The launch has a state but no id_token.")
         if len(id_token) > MAX_TOKEN:
             raise Lti13Refused(400, f"The id_token is longer than {MAX_TOKEN} characters.")
         try:
@@ -407,8 +409,9 @@ class Lti13:
         if group is not None and len(group) > MAX_GROUP_NAME:
             raise Lti13Refused(400, f"The group name in the custom claim {wanted} is longer than "
                                     f"{MAX_GROUP_NAME} characters.", name)
-        texts = [display, context_id or "", _clean(context.get("title")), group or ""]
-        if any("\0" in t for t in texts) or "\0" in link["id"]:
+        texts = [display, context_id or "", _clean(context.get("title")), group or "",
+                 link["id"], *roles]
+        if any("\0" in t for t in texts):
             raise Lti13Refused(400, "A claim of the id_token contains a NUL character.", name)
         nrps = claims.get(NRPS) if isinstance(claims.get(NRPS), dict) else {}
         memberships = nrps.get("context_memberships_url")
@@ -431,7 +434,8 @@ class Lti13:
             return None
         key, user_id, sign = (claim.get("oauth_consumer_key"), claim.get("user_id"),
                               claim.get("oauth_consumer_key_sign"))
-        if not all(isinstance(v, str) and v for v in (key, user_id, sign)):
+        if not all(isinstance(v, str) and v and "\0" not in v and len(v) <= 255
+                   for v in (key, user_id, sign)):
             log.warn("LTI 1.3 launch: ignoring an incomplete lti1p1 claim [platform {platform}, "
                      "sub {sub!r}]", platform=platform.name, sub=claims.get("sub"))
             return None

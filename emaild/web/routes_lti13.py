@@ -131,6 +131,13 @@ async def lti13_launch(self: WebApp, request):
     try:
         params = _params(request)
         state = params.get("state", "")
+        if "error" in params and "id_token" not in params:
+            # the platform's authentication error response (OpenID Connect Core 3.1.2.6)
+            raise Lti13Refused(400, "Your course's platform did not sign you in: "
+                                    f"{params['error'][:100]!r}"
+                                    + (f" ({params['error_description'][:300]})"
+                                       if params.get("error_description") else "")
+                                    + ". Launch again from your course.")
         cookie = request.getCookie(_state_cookie_name(state).encode("ascii")) if state else None
         verified = await self.lti13.verify(params.get("id_token", ""), state,
                                            cookie.decode("ascii", "replace") if cookie else None)
