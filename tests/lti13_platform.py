@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from twisted.internet import reactor
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 ISSUER = "https://platform.example.edu"
 CLIENT_ID = "emaild-client-1"
@@ -115,6 +115,8 @@ class Platform:
         self.jwks_status = 200
         self.token_requests: list[dict] = []
         self.token_refusal: tuple[int, dict] | None = None
+        #: seconds the token endpoint takes to answer
+        self.token_delay = 0.0
         self.issued_tokens: set[str] = set()
         #: returns the tool's registered JWK Set (set by the test)
         self.tool_jwks = lambda: {"keys": []}
@@ -256,6 +258,16 @@ class _Token(Resource):
         self.platform = platform
 
     def render_POST(self, request):
+        if self.platform.token_delay:
+            def answer():
+                request.write(self.answer(request))
+                request.finish()
+
+            reactor.callLater(self.platform.token_delay, answer)
+            return NOT_DONE_YET
+        return self.answer(request)
+
+    def answer(self, request) -> bytes:
         form = {k.decode(): v[0].decode() for k, v in request.args.items()}
         self.platform.token_requests.append(form)
         request.setHeader(b"content-type", b"application/json")
