@@ -10,7 +10,7 @@ import re
 import time
 import urllib.parse
 
-from emaild.people.lti13 import migration_sign as tool_sign
+from emaild.people.lti13_claims import migration_sign as tool_sign
 from tests import oauth1
 from tests.lti13_platform import CLIENT_ID, DEPLOYMENT_ID, ISSUER, migration_sign
 from tests.test_lti import launch_fields

@@ -7,8 +7,8 @@ OIDC third-party login and the id_token the platform posts back.
                  PostgreSQL, used once, C{[lti13] state_ttl}), and send the
                  browser to the platform's C{auth_login_url}.
     /lti/launch  L{Lti13.verify}: use the state up, check the id_token
-                 (RS256 only, against the platform's JWKS) and its claims,
-                 and return the L{Launch13}.
+                 (RS256 only, against the platform's JWKS) and its claims
+                 (L{emaild.people.lti13_claims}), and return the L{Launch13}.
 
 The JWT header's C{alg} is checked to be C{RS256} before anything else, the
 key is built from the JWK as an RSA public key object, and PyJWT is called
@@ -41,7 +41,7 @@ import attrs
 import jwt
 from twisted.logger import Logger
 
-from emaild.outbound.compose import ComposeError, check_address
+from emaild.people.lti13_claims import Launch13, Lti13Refused, read_launch, short
 from emaild.people.lti13_jwks import JwksCache, JwksError
 from emaild.people.lti13_keys import ToolKeys
 from emaild.people.lti13_nrps import Rosters
@@ -49,35 +49,10 @@ from emaild.people.lti13_states import LoginStates, NewLogin, StateProblem
 
 log = Logger()
 
-CLAIM = "https://purl.imsglobal.org/spec/lti/claim/"
-MESSAGE_TYPE = CLAIM + "message_type"
-VERSION = CLAIM + "version"
-DEPLOYMENT_ID = CLAIM + "deployment_id"
-RESOURCE_LINK = CLAIM + "resource_link"
-ROLES = CLAIM + "roles"
-CONTEXT = CLAIM + "context"
-CUSTOM = CLAIM + "custom"
-LTI1P1 = CLAIM + "lti1p1"
-NRPS = "https://purl.imsglobal.org/spec/lti-nrps/claim/namesroleservice"
-
 LAUNCH_PATH = "/lti/launch"
 #: the longest id_token we read
 MAX_TOKEN = 64 * 1024
-MAX_GROUP_NAME = 200
 _STORAGE_TARGET = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-class Lti13Refused(Exception):
-    """
-    The login or launch is refused with HTTP C{status}; C{message} says why
-    (for the page and the log; it never contains the token).
-    """
-
-    def __init__(self, status: int, message: str, platform: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.platform = platform
 
 
 @attrs.frozen
@@ -94,41 +69,6 @@ class LoginRedirect:
 
 
 @attrs.frozen
-class Launch13:
-    """
-    A verified LTI 1.3 resource link launch.
-    """
-
-    platform: str
-    issuer: str
-    sub: str
-    email: str | None
-    rejected_email: str | None
-    display_name: str
-    roles: tuple[str, ...]
-    context_id: str | None
-    context_title: str
-    group: str | None
-    resource_link_id: str
-    deployment_id: str
-    #: (oauth_consumer_key, user_id) of a checked lti1p1 claim, else None
-    lti11_identity: tuple[str, str] | None
-    #: the NRPS context_memberships_url, when the launch offers the service
-    memberships_url: str | None
-
-    def to_json(self) -> dict:
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> Launch13:
-        data = dict(data)
-        data["roles"] = tuple(data["roles"])
-        if data.get("lti11_identity") is not None:
-            data["lti11_identity"] = tuple(data["lti11_identity"])
-        return cls(**data)
-
-
-@attrs.frozen
 class Verified:
     launch: Launch13
     #: the launch waits for the browser's storage check (L{Lti13.confirm})
@@ -141,15 +81,6 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _short(value, limit: int = 80) -> str:
-    text = str(value)
-    return repr(text if len(text) <= limit else text[:limit] + "…")
-
-
-def _clean(value) -> str:
-    return " ".join(value.split()) if isinstance(value, str) else ""
-
-
 def _b64url_json(part: str, what: str) -> dict:
     try:
         raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
@@ -159,18 +90,6 @@ def _b64url_json(part: str, what: str) -> dict:
     if not isinstance(value, dict):
         raise Lti13Refused(400, f"The id_token's {what} is not a JSON object.")
     return value
-
-
-def migration_sign(consumer_key: str, deployment_id: str, issuer: str, client_id: str,
-                   exp, nonce: str, secret: str) -> str:
-    """
-    The C{oauth_consumer_key_sign} of the LTI 1.1 migration claim (1EdTech
-    LTI 1.3 Migration Guide): base64 of the HMAC-SHA256, keyed with the LTI
-    1.1 consumer's secret, of C{key&deployment_id&iss&client_id&exp&nonce}.
-    """
-    base = "&".join((consumer_key, deployment_id, issuer, client_id, str(exp), nonce))
-    mac = hmac.new(secret.encode("utf-8"), base.encode("utf-8"), hashlib.sha256).digest()
-    return base64.b64encode(mac).decode("ascii")
 
 
 class Lti13:
@@ -194,16 +113,16 @@ class Lti13:
     def _platform_for(self, issuer: str, client_id: str):
         found = [p for p in self.platforms.values() if p.issuer == issuer]
         if not found:
-            raise Lti13Refused(400, f"Unknown platform: the issuer {_short(issuer)} is not one "
+            raise Lti13Refused(400, f"Unknown platform: the issuer {short(issuer)} is not one "
                                     "of the LTI 1.3 platforms configured here.")
         if client_id:
             found = [p for p in found if p.client_id == client_id]
             if not found:
-                raise Lti13Refused(400, f"Unknown client_id {_short(client_id)} for the "
-                                        f"platform {_short(issuer)}.")
+                raise Lti13Refused(400, f"Unknown client_id {short(client_id)} for the "
+                                        f"platform {short(issuer)}.")
         elif len(found) > 1:
             raise Lti13Refused(400, f"Several registrations exist for the platform "
-                                    f"{_short(issuer)}; the login must name its client_id.")
+                                    f"{short(issuer)}; the login must name its client_id.")
         return found[0]
 
     def _on_our_site(self, url: str) -> bool:
@@ -225,15 +144,15 @@ class Lti13:
                 raise Lti13Refused(400, f"The login is missing the required parameter {name}.")
         platform = self._platform_for(params["iss"], params.get("client_id", ""))
         if not self._on_our_site(params["target_link_uri"]):
-            raise Lti13Refused(400, f"The target_link_uri {_short(params['target_link_uri'])} "
+            raise Lti13Refused(400, f"The target_link_uri {short(params['target_link_uri'])} "
                                     f"is not on this site ({self.public_url}).", platform.name)
         deployment = params.get("lti_deployment_id", "")
         if deployment and deployment not in platform.deployment_ids:
-            raise Lti13Refused(400, f"Unknown deployment {_short(deployment)} for the platform "
+            raise Lti13Refused(400, f"Unknown deployment {short(deployment)} for the platform "
                                     f"{platform.name}.", platform.name)
         target = params.get("lti_storage_target", "") or None
         if target is not None and not _STORAGE_TARGET.match(target):
-            raise Lti13Refused(400, f"The lti_storage_target {_short(target)} is not a frame "
+            raise Lti13Refused(400, f"The lti_storage_target {short(target)} is not a frame "
                                     "name.", platform.name)
         new = NewLogin.make()
         await self.states.create(new, platform.name, target)
@@ -290,7 +209,7 @@ class Lti13:
         if not await self.states.use_nonce(platform.issuer, login.nonce):
             raise Lti13Refused(401, "The id_token's nonce was used before: a replayed token.",
                                platform.name)
-        launch = self._launch(claims, platform)
+        launch = read_launch(claims, platform, self.group_parameter, self.consumers)
         return Verified(launch, login.storage_target, origin_of(platform.auth_login_url))
 
     async def hold(self, state: str, launch: Launch13) -> None:
@@ -318,7 +237,7 @@ class Lti13:
         header = _b64url_json(parts[0], "header")
         alg = header.get("alg")
         if alg != "RS256":
-            raise Lti13Refused(401, f"The id_token is signed with {_short(alg)}; only RS256 is "
+            raise Lti13Refused(401, f"The id_token is signed with {short(alg)}; only RS256 is "
                                     "accepted.", platform.name)
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
@@ -335,7 +254,7 @@ class Lti13:
                 options={"require": ["exp", "iat", "iss", "aud", "sub", "nonce"]})
         except jwt.InvalidSignatureError:
             raise Lti13Refused(401, "Bad id_token signature: it was not signed by the "
-                                    f"platform's key {_short(kid)}.", platform.name) from None
+                                    f"platform's key {short(kid)}.", platform.name) from None
         except jwt.ExpiredSignatureError:
             raise Lti13Refused(401, "The id_token has expired (its exp is past). Launch again, "
                                     "and check the platform's clock.", platform.name) from None
@@ -344,16 +263,16 @@ class Lti13:
                                     "platform's clock.", platform.name) from None
         except jwt.InvalidIssuerError:
             raise Lti13Refused(401, f"Wrong issuer: the id_token's iss is not "
-                                    f"{_short(platform.issuer)}.", platform.name) from None
+                                    f"{short(platform.issuer)}.", platform.name) from None
         except jwt.InvalidAudienceError:
             raise Lti13Refused(401, f"Wrong audience: the id_token's aud does not contain our "
-                                    f"client_id {_short(platform.client_id)}.",
+                                    f"client_id {short(platform.client_id)}.",
                                platform.name) from None
         except jwt.MissingRequiredClaimError as e:
             raise Lti13Refused(400, f"The id_token is missing the required claim {e.claim}.",
                                platform.name) from None
         except jwt.InvalidTokenError as e:
-            raise Lti13Refused(400, f"The id_token is not valid: {_short(str(e), 200)}.",
+            raise Lti13Refused(400, f"The id_token is not valid: {short(str(e), 200)}.",
                                platform.name) from None
         aud = claims["aud"]
         if isinstance(aud, list) and len(aud) > 1 and "azp" not in claims:
@@ -361,94 +280,5 @@ class Lti13:
                                platform.name)
         if "azp" in claims and claims["azp"] != platform.client_id:
             raise Lti13Refused(401, f"Wrong authorized party: the id_token's azp is not our "
-                                    f"client_id {_short(platform.client_id)}.", platform.name)
+                                    f"client_id {short(platform.client_id)}.", platform.name)
         return claims
-
-    def _launch(self, claims: dict, platform) -> Launch13:
-        name = platform.name
-        deployment = claims.get(DEPLOYMENT_ID)
-        if not isinstance(deployment, str) or not deployment:
-            raise Lti13Refused(400, f"The id_token is missing the required claim {DEPLOYMENT_ID}.",
-                               name)
-        if deployment not in platform.deployment_ids:
-            raise Lti13Refused(401, f"Unknown deployment {_short(deployment)}: it is not one of "
-                                    f"the deployment_ids configured for {name}.", name)
-        if claims.get(MESSAGE_TYPE) != "LtiResourceLinkRequest":
-            raise Lti13Refused(400, f"Unsupported message_type {_short(claims.get(MESSAGE_TYPE))}:"
-                                    " only LtiResourceLinkRequest is accepted here.", name)
-        if claims.get(VERSION) != "1.3.0":
-            raise Lti13Refused(400, f"Unsupported LTI version {_short(claims.get(VERSION))}: "
-                                    "only 1.3.0.", name)
-        link = claims.get(RESOURCE_LINK)
-        if not isinstance(link, dict) or not isinstance(link.get("id"), str) or not link["id"]:
-            raise Lti13Refused(400, f"The id_token is missing the required claim "
-                                    f"{RESOURCE_LINK} (with an id).", name)
-        roles = claims.get(ROLES)
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise Lti13Refused(400, f"The id_token is missing the required claim {ROLES} "
-                                    "(a list of role URIs).", name)
-        sub = claims["sub"]
-        if not isinstance(sub, str) or not sub or len(sub) > 255 or "\0" in sub:
-            raise Lti13Refused(400, "The id_token's sub is not a user id (1 to 255 characters).",
-                               name)
-        email, rejected = None, None
-        sent = claims.get("email")
-        if isinstance(sent, str) and sent.strip():
-            try:
-                email = check_address(sent.strip())
-            except ComposeError:
-                rejected = sent
-        display = _clean(claims.get("name")) or _clean(
-            " ".join((_clean(claims.get("given_name")), _clean(claims.get("family_name")))))
-        context = claims.get(CONTEXT) if isinstance(claims.get(CONTEXT), dict) else {}
-        context_id = context.get("id") if isinstance(context.get("id"), str) else None
-        custom = claims.get(CUSTOM) if isinstance(claims.get(CUSTOM), dict) else {}
-        wanted = self.group_parameter
-        group_value = custom.get(wanted, custom.get(wanted.removeprefix("custom_")))
-        group = _clean(group_value) or None
-        if group is not None and len(group) > MAX_GROUP_NAME:
-            raise Lti13Refused(400, f"The group name in the custom claim {wanted} is longer than "
-                                    f"{MAX_GROUP_NAME} characters.", name)
-        texts = [display, context_id or "", _clean(context.get("title")), group or "",
-                 link["id"], *roles]
-        if any("\0" in t for t in texts):
-            raise Lti13Refused(400, "A claim of the id_token contains a NUL character.", name)
-        nrps = claims.get(NRPS) if isinstance(claims.get(NRPS), dict) else {}
-        memberships = nrps.get("context_memberships_url")
-        return Launch13(
-            platform=name, issuer=platform.issuer, sub=sub, email=email, rejected_email=rejected,
-            display_name=display, roles=tuple(r.strip() for r in roles if r.strip()),
-            context_id=(context_id.strip() or None) if context_id else None,
-            context_title=_clean(context.get("title")), group=group,
-            resource_link_id=link["id"], deployment_id=deployment,
-            lti11_identity=self._lti11_identity(claims, platform),
-            memberships_url=memberships if isinstance(memberships, str) else None)
-
-    def _lti11_identity(self, claims: dict, platform) -> tuple[str, str] | None:
-        """
-        (consumer key, LTI 1.1 user_id) from the lti1p1 migration claim, when
-        its oauth_consumer_key_sign checks with that consumer's secret.
-        """
-        claim = claims.get(LTI1P1)
-        if not isinstance(claim, dict):
-            return None
-        key, user_id, sign = (claim.get("oauth_consumer_key"), claim.get("user_id"),
-                              claim.get("oauth_consumer_key_sign"))
-        if not all(isinstance(v, str) and v and "\0" not in v and len(v) <= 255
-                   for v in (key, user_id, sign)):
-            log.warn("LTI 1.3 launch: ignoring an incomplete lti1p1 claim [platform {platform}, "
-                     "sub {sub!r}]", platform=platform.name, sub=claims.get("sub"))
-            return None
-        secret = self.consumers.get(key)
-        if secret is None:
-            log.warn("LTI 1.3 launch: ignoring the lti1p1 claim: consumer key {key!r} is not "
-                     "configured [platform {platform}]", key=key, platform=platform.name)
-            return None
-        expected = migration_sign(key, claims.get(DEPLOYMENT_ID, ""), claims["iss"],
-                                  platform.client_id, claims["exp"], claims["nonce"], secret)
-        if not hmac.compare_digest(expected.encode("ascii"), sign.encode("utf-8", "replace")):
-            log.warn("LTI 1.3 launch: ignoring the lti1p1 claim: its oauth_consumer_key_sign "
-                     "does not check with consumer {key!r}'s secret [platform {platform}]",
-                     key=key, platform=platform.name)
-            return None
-        return key, user_id

@@ -30,7 +30,7 @@ import urllib.parse
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.people.lti13 import Launch13, Lti13Refused
+from emaild.people.lti13_claims import Launch13, Lti13Refused
 from emaild.people.store import upsert_from_lti13
 from emaild.web.app import WebApp, json_response
 
