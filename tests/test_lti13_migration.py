@@ -28,6 +28,19 @@ class MigrationSignTests(Lti13TestCase):
         self.assertEqual(tool_sign(*args), migration_sign(*args))
 
 
+class HeldLaunchTests(Lti13TestCase):
+    def test_a_held_launch_survives_its_json_round_trip(self):
+        import json
+
+        from emaild.people.lti13_claims import Launch13
+
+        launch = Launch13(platform="p", issuer="i", sub="s", email=None, rejected_email="x",
+                          display_name="N", roles=("r1", "r2"), context_id="c",
+                          context_title="T", group=None, resource_link_id="rl",
+                          deployment_id="d", lti11_identity=("k", "u"), memberships_url=None)
+        self.assertEqual(Launch13.from_json(json.loads(json.dumps(launch.to_json()))), launch)
+
+
 class MigrationTests(Lti13TestCase):
     async def launch11(self):
         params = oauth1.sign("POST", self.base + "/lti/launch", launch_fields(), KEY, SECRET)

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti13_claims import Launch13, Lti13Refused
 from emaild.people.store import upsert_from_lti13
-from emaild.web.app import WebApp, json_response
+from emaild.web.app import WebApp, json_response, uncancellable
 
 log = Logger()
 
@@ -167,6 +167,7 @@ async def lti13_launch(self: WebApp, request):
 
 
 @WebApp.app.route("/lti/launch/confirm", methods=["POST"])
+@uncancellable  # once confirmed, the state is used: finish signing in
 async def lti_launch_confirm(self: WebApp, request):
     if request.getHeader(STORAGE_HEADER) != b"1":
         return json_response(request, 403, {"error": "This is called by our launch page only."})
