@@ -39,7 +39,7 @@ import signal
 import sys
 import traceback
 
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from emaild import __version__
@@ -175,10 +175,9 @@ async def _open(db, embedded) -> None:
 
     from emaild.db.database import DatabaseUnavailable
     from emaild.db.embedded import EmbeddedPostgresError
-    from emaild.service import open_database
 
     try:
-        await open_database(db, embedded)
+        await _homeserver.open_database()
     except EmbeddedPostgresError as e:
         first = (str(e).strip().splitlines() or ["failed"])[0]
         raise CliError(f"cannot start the embedded PostgreSQL: {first} "
@@ -188,26 +187,27 @@ async def _open(db, embedded) -> None:
 
 
 def _outbox(config, db):
-    from emaild.outbound.outbox import Outbox
-    from emaild.outbound.store import OutboxStore
-
     try:
-        return Outbox(config, OutboxStore(db))
+        return _homeserver.get_outbox()
     except (FileNotFoundError, RuntimeError) as e:
         raise CliError(f"configuration error: {e}", 2) from None
 
 
-async def _command(reactor, args, config) -> int:
-    from emaild.service import database_for
+#: the composition root of the running command (see _command)
+_homeserver = None
 
-    db, embedded = database_for(config, reactor)
+
+async def _command(reactor, args, config) -> int:
+    global _homeserver
+    from emaild.homeserver import HomeServer
+
+    _homeserver = HomeServer(config, reactor)
+    db, embedded = _homeserver.get_database(), _homeserver.get_embedded_postgres()
     try:
         return await args.func(reactor, args, config, db, embedded)
     finally:
-        db.close()
-        if embedded is not None and embedded.started_here:
-            # not while a daemon that attached meanwhile still uses it
-            await threads.deferToThread(embedded.stop_if_unused)
+        # the embedded server stops only if no daemon (or other command) uses it
+        await _homeserver.close_database()
 
 
 class _Interruption:
@@ -337,10 +337,8 @@ async def _send_to(outbox, args) -> int:
 
 
 async def _queue(reactor, args, config, db, embedded) -> int:
-    from emaild.outbound.store import OutboxStore
-
     await _open(db, embedded)
-    store = OutboxStore(db)
+    store = _homeserver.get_outbox_store()
     if args.failed:
         rows = await store.failures(args.limit)
         print(json.dumps(failures_json(rows), indent=2) if args.json else failures_table(rows))

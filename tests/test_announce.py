@@ -10,8 +10,7 @@ import subprocess
 
 from emaild.digest.announce import (AnnounceError, announce, progress, resend_failed,
                                     send_announcement, status)
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import STATES, OutboxStore
+from emaild.outbound.store import STATES
 from emaild.people.store import PeopleStore
 from tests.support import DatabaseTestCase
 from tests.test_cli import CLITestCase
@@ -29,7 +28,7 @@ class AnnounceTestCase(DatabaseTestCase):
         (tpl / "news.txt").write_text(
             "Hi {{ name }}, {{ body }} Seat {{ seat | default('-') }}. {{ link('/home') }}\n")
         self.cfg = self.config(templates={"dir": str(self.tmp / "tpl")})
-        self.outbox = Outbox(self.cfg, OutboxStore(self.db))
+        self.outbox = self.homeserver(self.cfg).get_outbox()
         return d
 
     async def course(self):

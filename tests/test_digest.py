@@ -13,8 +13,6 @@ from emaild.db.database import Database
 from emaild.digest import weeks
 from emaild.digest.scheduler import DigestRunner, DigestScheduler
 from emaild.digest.store import DigestStore, is_staff, is_staff_role
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import OutboxStore
 from emaild.people.store import PeopleStore
 from tests.support import DatabaseTestCase, wait_for
 from tests.test_web_links import async_test, text_of
@@ -63,7 +61,7 @@ class DigestTestCase(DatabaseTestCase):
     def setUp(self):
         d = super().setUp()
         self.cfg = self.config()
-        self.outbox = Outbox(self.cfg, OutboxStore(self.db))
+        self.outbox = self.homeserver(self.cfg).get_outbox()
         return d
 
     async def course(self, learners=2, extra_learners=0):
@@ -111,7 +109,7 @@ class DigestTestCase(DatabaseTestCase):
             (self.team, self.bob.id, IN_WINDOW))
 
     def runner(self, db=None, chunk_size=None, outbox=None):
-        outbox = outbox or (self.outbox if db is None else Outbox(self.cfg, OutboxStore(db)))
+        outbox = outbox or (self.outbox if db is None else self.homeserver(self.cfg, db).get_outbox())
         return DigestRunner(self.cfg, db or self.db, outbox, chunk_size=chunk_size,
                             clock=lambda: NOW)
 
@@ -219,7 +217,7 @@ class RunTests(DigestTestCase):
 
 class SchedulerTests(DigestTestCase):
     async def run_scheduler(self, db, clock=NOW):
-        scheduler = DigestScheduler(reactor, self.cfg, db, Outbox(self.cfg, OutboxStore(db)),
+        scheduler = DigestScheduler(reactor, self.cfg, db, self.homeserver(self.cfg, db).get_outbox(),
                                     clock=lambda: clock)
         scheduler.startService()
         try:
@@ -244,9 +242,9 @@ class SchedulerTests(DigestTestCase):
     async def test_two_schedulers_at_once(self):
         await self.course(extra_learners=20)
         one, two = await self.second_db(), await self.second_db()
-        s1 = DigestScheduler(reactor, self.cfg, one, Outbox(self.cfg, OutboxStore(one)),
+        s1 = DigestScheduler(reactor, self.cfg, one, self.homeserver(self.cfg, one).get_outbox(),
                              clock=lambda: NOW)
-        s2 = DigestScheduler(reactor, self.cfg, two, Outbox(self.cfg, OutboxStore(two)),
+        s2 = DigestScheduler(reactor, self.cfg, two, self.homeserver(self.cfg, two).get_outbox(),
                              clock=lambda: NOW)
         s1.runner.chunk_size = s2.runner.chunk_size = 3
         s1.startService()

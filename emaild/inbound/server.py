@@ -27,6 +27,7 @@ import datetime
 import email.utils
 import re
 from pathlib import Path
+from typing import Callable
 
 import attrs
 from twisted.application import strports
@@ -123,6 +124,8 @@ class InboundSMTP(LineSession):
     # -- connection ------------------------------------------------------
     def connectionMade(self):
         super().connectionMade()
+        if not self.factory.is_ready():  # e.g. the database is not migrated yet
+            return self.close(421, "4.3.2 Service not yet ready, try again later")
         peer = self.transport.getPeer()
         self.peer = str(getattr(peer, "host", None) or getattr(peer, "name", None) or "local")
         self.factory.sessions.add(self)
@@ -392,9 +395,11 @@ class InboundFactory(ServerFactory):
     def __init__(self, handler, *, hostname: str, max_sessions: int = 40,
                  max_message_size: int = 10 * 2**20, idle_timeout: float = 300,
                  max_recipients: int = 100, max_commands: int = 1000,
-                 max_errors: int = 20, tls_context=None, reactor=None, metrics=None):
+                 max_errors: int = 20, tls_context=None, reactor=None, metrics=None,
+                 is_ready: Callable[[], bool] = lambda: True):
         if reactor is None:
             from twisted.internet import reactor
+        self.is_ready = is_ready
         self.handler = handler
         self.hostname = hostname
         self.max_sessions = max_sessions
@@ -422,7 +427,8 @@ class InboundFactory(ServerFactory):
         return p
 
 
-def inbound_listener(config, handler, reactor, metrics=None):
+def inbound_listener(config, handler, reactor, metrics=None,
+                     is_ready: Callable[[], bool] = lambda: True):
     """
     The inbound SMTP server as a service listening on C{smtp.endpoint}, with
     the configured limits and certificate.  Without a configured
@@ -451,6 +457,7 @@ def inbound_listener(config, handler, reactor, metrics=None):
         tls_context=tls_context,
         reactor=reactor,
         metrics=metrics,
+        is_ready=is_ready,
     )
     return strports.service(smtp["endpoint"], factory, reactor=reactor)
 

@@ -11,9 +11,17 @@ its label as their batch).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from emaild.digest.announce import AnnounceError, resend_failed, send_announcement
 from emaild.web.api_support import PREFIX, ApiError, Fields, answer, read_json, resource
-from emaild.web.app import WebApp
+from emaild.web.routing import Routes
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 #: people one announcement may list by id (a course or group has no limit)
 MAX_PEOPLE = 10000
@@ -68,5 +76,5 @@ async def resend(self: WebApp, request, label: str):
     return _result(request, 202, result)
 
 
-resource(f"{PREFIX}/announcements", POST=announce)
-resource(f"{PREFIX}/announcements/<path:label>/resend", POST=resend)
+resource(routes, f"{PREFIX}/announcements", POST=announce)
+resource(routes, f"{PREFIX}/announcements/<path:label>/resend", POST=resend)

@@ -22,11 +22,19 @@ C{POST /groups/<id>/post}
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.inbound.webpost import PostError, post_from_web
-from emaild.web.app import WebApp, form_value, uncancellable
+from emaild.web.responses import form_value
 from emaild.web.routes_home import _signed_out_page, _unavailable
+from emaild.web.routing import Routes, uncancellable
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 
 class _Refused(Exception):
@@ -82,7 +90,7 @@ async def _page(self: WebApp, request, session, group, member, code: int = 200,
         confirmation=None if error else _confirmation(request))
 
 
-@WebApp.app.route("/groups/<int:group_id>", methods=["GET", "HEAD"])
+@routes.route("/groups/<int:group_id>", methods=["GET", "HEAD"])
 @uncancellable
 async def group_page(self: WebApp, request, group_id: int):
     try:
@@ -97,7 +105,7 @@ async def group_page(self: WebApp, request, group_id: int):
         return _unavailable(self, request)
 
 
-@WebApp.app.route("/groups/<int:group_id>/post", methods=["POST"])
+@routes.route("/groups/<int:group_id>/post", methods=["POST"])
 @uncancellable
 async def group_post(self: WebApp, request, group_id: int):
     try:

@@ -22,9 +22,16 @@ All pages are autoescaped Jinja2 (names and course titles come from the LMS).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.web.app import WebApp, uncancellable
+from emaild.web.routing import Routes, uncancellable
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 
 def _unavailable(self: WebApp, request) -> bytes:
@@ -44,7 +51,7 @@ def _signed_out_page(self: WebApp, request, code: int, state: str) -> bytes:
     return self.pages.render(request, "home.html", code, title=title, state=state)
 
 
-@WebApp.app.route("/home", methods=["GET", "HEAD"])
+@routes.route("/home", methods=["GET", "HEAD"])
 @uncancellable
 async def home(self: WebApp, request):
     try:
@@ -65,7 +72,7 @@ async def home(self: WebApp, request):
         csrf_token=session.csrf_token)
 
 
-@WebApp.app.route("/logout", methods=["POST"])
+@routes.route("/logout", methods=["POST"])
 @uncancellable
 async def logout(self: WebApp, request):
     try:

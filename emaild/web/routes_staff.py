@@ -31,14 +31,26 @@ C{POST /staff/courses/<id>/resend}
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.digest import weeks
-from emaild.digest.announce import (AnnounceError, preview, progress, resend_failed,
-                                    send_announcement)
-from emaild.digest.store import DigestStore
-from emaild.web.app import WebApp, form_value, uncancellable
+from emaild.digest.announce import (
+    AnnounceError,
+    preview,
+    progress,
+    resend_failed,
+    send_announcement,
+)
+from emaild.web.responses import form_value
 from emaild.web.routes_home import _signed_out_page, _unavailable
+from emaild.web.routing import Routes, uncancellable
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 TEMPLATE = "announcement"
 MAX_SUBJECT = 200
@@ -62,7 +74,7 @@ async def _staff(self: WebApp, request, course_id: int, post: bool = False):
     course = (await self.people.courses([course_id])).get(course_id)
     if course is None:
         raise _Refused(self.pages.error(request, 404, "There is no such course."))
-    if not await DigestStore(self.db).is_staff(course_id, session.person_id):
+    if not await self.hs.get_digest_store().is_staff(course_id, session.person_id):
         raise _Refused(self.pages.error(
             request, 403, "Only the course's instructors and administrators can see this page."))
     if post and not self.sessions.check_csrf(request, session):
@@ -86,7 +98,7 @@ def _next_week(self: WebApp) -> str:
 
 async def _course_page(self: WebApp, request, session, course, code: int = 200,
                        error: str | None = None, form: dict | None = None) -> bytes:
-    store = DigestStore(self.db)
+    store = self.hs.get_digest_store()
     groups = []
     for group, _count in await self.groups.list(course.id):
         members = await self.groups.members(group.id)
@@ -154,7 +166,7 @@ def _redirect(request, location: str) -> bytes:
     return b""
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>", methods=["GET", "HEAD"])
+@routes.route("/staff/courses/<int:course_id>", methods=["GET", "HEAD"])
 @uncancellable
 async def staff_course(self: WebApp, request, course_id: int):
     try:
@@ -166,7 +178,7 @@ async def staff_course(self: WebApp, request, course_id: int):
         return _unavailable(self, request)
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>/announce/preview", methods=["POST"])
+@routes.route("/staff/courses/<int:course_id>/announce/preview", methods=["POST"])
 @uncancellable
 async def staff_preview(self: WebApp, request, course_id: int):
     try:
@@ -189,7 +201,7 @@ async def staff_preview(self: WebApp, request, course_id: int):
         return _unavailable(self, request)
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>/announce", methods=["POST"])
+@routes.route("/staff/courses/<int:course_id>/announce", methods=["POST"])
 @uncancellable
 async def staff_announce(self: WebApp, request, course_id: int):
     try:
@@ -210,7 +222,7 @@ async def staff_announce(self: WebApp, request, course_id: int):
     return _redirect(request, f"/staff/courses/{course.id}?sent={result.label}")
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>/note", methods=["POST"])
+@routes.route("/staff/courses/<int:course_id>/note", methods=["POST"])
 @uncancellable
 async def staff_note(self: WebApp, request, course_id: int):
     try:
@@ -219,7 +231,7 @@ async def staff_note(self: WebApp, request, course_id: int):
         if len(note) > MAX_BODY:
             return await _course_page(self, request, session, course, 400,
                                       f"Keep the note within {MAX_BODY} characters.")
-        await DigestStore(self.db).set_note(course.id, _next_week(self), note, session.person_id)
+        await self.hs.get_digest_store().set_note(course.id, _next_week(self), note, session.person_id)
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
@@ -227,13 +239,13 @@ async def staff_note(self: WebApp, request, course_id: int):
     return _redirect(request, f"/staff/courses/{course.id}?noted=1")
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>/resend", methods=["POST"])
+@routes.route("/staff/courses/<int:course_id>/resend", methods=["POST"])
 @uncancellable
 async def staff_resend(self: WebApp, request, course_id: int):
     try:
         session, course = await _staff(self, request, course_id, post=True)
         label = form_value(request, "label")
-        found = await DigestStore(self.db).announcement(label)
+        found = await self.hs.get_digest_store().announcement(label)
         if found is None or found.course_id != course.id:
             return self.pages.error(request, 404, "There is no such announcement in this course.")
         try:
