@@ -197,6 +197,11 @@ def _outbox(config, db):
 _homeserver = None
 
 
+def _parts():
+    """The running command's HomeServer: every store and part, built once."""
+    return _homeserver
+
+
 async def _command(reactor, args, config) -> int:
     global _homeserver
     from emaild.homeserver import HomeServer

@@ -127,10 +127,10 @@ async def _watch_label(reactor, args, db, label: str) -> None:
 
 
 async def _announce(reactor, args, config, db, embedded) -> int:
-    from emaild.cli import _open, _outbox
+    from emaild.cli import _open, _outbox, _parts
     from emaild.cli_digest import find_course
     from emaild.cli_groups import _find_group, _Stores
-    from emaild.digest.announce import AnnounceError, resend_failed, send_announcement, status
+    from emaild.digest.announce import AnnounceError
 
     sending = any(v is not None for v in (args.course, args.group, args.people, args.to))
     if sending and not args.template:
@@ -148,10 +148,11 @@ async def _announce(reactor, args, config, db, embedded) -> int:
         except Exception as e:
             raise CliError(str(e)) from None
     await _open(db, embedded)
+    announcements = _parts().get_announcements()
 
     if args.status is not None:
         try:
-            report = await status(db, args.status)
+            report = await announcements.status(args.status)
         except AnnounceError as e:
             raise CliError(str(e)) from None
         if args.json:
@@ -165,7 +166,7 @@ async def _announce(reactor, args, config, db, embedded) -> int:
     names: dict[int, str] = {}
     try:
         if args.resend_failed is not None:
-            result = await resend_failed(outbox, args.resend_failed)
+            result = await announcements.resend_failed(args.resend_failed)
         else:
             kwargs = {}
             if args.course is not None:
@@ -188,8 +189,8 @@ async def _announce(reactor, args, config, db, embedded) -> int:
                 for line in rejected_lines:
                     print(f"emaild: not queued: {line}", file=sys.stderr)
                 raise CliError("nobody to send it to: no recipient is a known person")
-            result = await send_announcement(outbox, args.template, context=args.context,
-                                             subject=args.subject, **kwargs)
+            result = await announcements.send(args.template, context=args.context,
+                                              subject=args.subject, **kwargs)
     except AnnounceError as e:
         raise CliError(str(e)) from None
     print(result.label, flush=True)

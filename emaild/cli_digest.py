@@ -73,8 +73,7 @@ def _course_name(course) -> str:
 
 
 async def _digest(reactor, args, config, db, embedded) -> int:
-    from emaild.cli import _open, _outbox
-    from emaild.digest.scheduler import DigestRunner
+    from emaild.cli import _open, _outbox, _parts
     from emaild.digest.store import DigestStore
     from emaild.outbound.compose import ComposeError
     from emaild.people.store import PeopleStore
@@ -88,10 +87,10 @@ async def _digest(reactor, args, config, db, embedded) -> int:
         raise CliError("--note needs --course KEY", 2)
     if args.send_now and args.week is not None:
         raise CliError("--send-now runs this week's update; --week is not allowed with it", 2)
-    outbox = _outbox(config, db)
+    _outbox(config, db)  # a template configuration error exits 2 before the database opens
     await _open(db, embedded)
     people = PeopleStore(db)
-    runner = DigestRunner(config, db, outbox, clock=reactor.seconds)
+    runner = _parts().get_digest_runner()
     course = await find_course(people, args.course) if args.course is not None else None
     upcoming = weeks.next_week_to_send(reactor.seconds(), runner.weekday, runner.hour)
 

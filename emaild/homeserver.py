@@ -300,7 +300,15 @@ class HomeServer:
         from emaild.digest.scheduler import DigestRunner
 
         return DigestRunner(self.config, self.get_database(), self.get_outbox(),
+                            self.get_digest_store(), self.get_people_store(),
                             clock=self.reactor.seconds)
+
+    @built_once
+    def get_announcements(self):
+        from emaild.digest.announce import Announcements
+
+        return Announcements(self.get_outbox(), self.get_digest_store(),
+                             self.get_group_store(), self.get_people_store())
 
     # -- the services of the daemon ------------------------------------------
     @built_once
@@ -329,7 +337,7 @@ class HomeServer:
     def get_digest_scheduler(self):
         from emaild.digest.scheduler import DigestScheduler
 
-        return DigestScheduler(self.reactor, self.config, self.get_database(), self.get_outbox())
+        return DigestScheduler(self.reactor, self.get_digest_runner())
 
     @built_once
     def get_web_app(self):

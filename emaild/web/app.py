@@ -143,6 +143,7 @@ class WebApp:
         self.reply_addresses = hs.get_reply_addresses()
         self.notifier = hs.get_notifier()
         self.lti = hs.get_launch_verifier()
+        self.announcements = hs.get_announcements()
         self._static = next(
             (Path(p) / "static" for p in search_path(config["templates"]["dir"], "web")
              if (Path(p) / "static").is_dir()), None)

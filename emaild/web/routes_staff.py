@@ -18,7 +18,7 @@ C{POST /staff/courses/<id>/announce/preview}
     text) with the number of recipients and a button to confirm.
 
 C{POST /staff/courses/<id>/announce}
-    Queues it (L{emaild.digest.announce.send_announcement}) and redirects
+    Queues it (L{emaild.digest.announce.Announcements.send}) and redirects
     (C{303}) to the course page, which shows its progress.
 
 C{POST /staff/courses/<id>/note}
@@ -35,13 +35,7 @@ from typing import TYPE_CHECKING
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.digest import weeks
-from emaild.digest.announce import (
-    AnnounceError,
-    preview,
-    progress,
-    resend_failed,
-    send_announcement,
-)
+from emaild.digest.announce import AnnounceError
 from emaild.web.responses import form_value
 from emaild.web.routes_home import _signed_out_page, _unavailable
 from emaild.web.routing import Routes, uncancellable
@@ -109,7 +103,7 @@ async def _course_page(self: WebApp, request, session, course, code: int = 200,
         announcements.append({
             "label": a.label, "audience": a.audience, "created": _utc(a.created_at),
             "subject": (a.context or {}).get("subject", ""), "resend_of": a.resend_of,
-            "counts": await progress(self.db, a.label),
+            "counts": await self.announcements.progress(a.label),
             "failures": [{"recipient": r[2], "attempts": r[3], "reason": r[4] or "",
                           "last_reply": r[6] or "", "at": _utc(r[5])}
                          for r in await store.batch_failures(a.label, 20)],
@@ -187,8 +181,8 @@ async def staff_preview(self: WebApp, request, course_id: int):
         try:
             _check(form)
             who = await _audience(self, course, form)
-            shown = await preview(self.outbox, TEMPLATE, context={"body": form["body"]},
-                                  subject=form["subject"], **who)
+            shown = await self.announcements.preview(TEMPLATE, context={"body": form["body"]},
+                                                     subject=form["subject"], **who)
         except AnnounceError as e:
             return await _course_page(self, request, session, course, 400, str(e), form)
         return self.pages.render(
@@ -210,9 +204,9 @@ async def staff_announce(self: WebApp, request, course_id: int):
         try:
             _check(form)
             who = await _audience(self, course, form)
-            result = await send_announcement(self.outbox, TEMPLATE, context={"body": form["body"]},
-                                             subject=form["subject"],
-                                             created_by=session.person_id, **who)
+            result = await self.announcements.send(TEMPLATE, context={"body": form["body"]},
+                                                   subject=form["subject"],
+                                                   created_by=session.person_id, **who)
         except AnnounceError as e:
             return await _course_page(self, request, session, course, 400, str(e), form)
     except _Refused as refused:
@@ -249,7 +243,7 @@ async def staff_resend(self: WebApp, request, course_id: int):
         if found is None or found.course_id != course.id:
             return self.pages.error(request, 404, "There is no such announcement in this course.")
         try:
-            result = await resend_failed(self.outbox, label, created_by=session.person_id)
+            result = await self.announcements.resend_failed(label, created_by=session.person_id)
         except AnnounceError as e:
             return await _course_page(self, request, session, course, 400, str(e))
     except _Refused as refused:
