@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 from emaild.db.database import DatabaseUnavailable
 from emaild.inbound.webpost import PostError, post_from_web
 from emaild.web.responses import form_value
-from emaild.web.routes_home import _signed_out_page, _unavailable
 from emaild.web.routing import Routes, uncancellable
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ async def _viewer(self: WebApp, request, group_id: int):
     """
     session = await self.sessions.current(request)
     if session is None or await self.people.get(session.person_id) is None:
-        raise _Refused(_signed_out_page(self, request, 401, "anonymous"))
+        raise _Refused(self.pages.signed_out(request, 401, "anonymous"))
     group = await self.groups.get(group_id)
     if group is None:
         raise _Refused(self.pages.error(request, 404, "There is no such group."))
@@ -102,7 +101,7 @@ async def group_page(self: WebApp, request, group_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
 
 
 @routes.route("/groups/<int:group_id>/post", methods=["POST"])
@@ -125,7 +124,7 @@ async def group_post(self: WebApp, request, group_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
     request.setResponseCode(303)
     request.setHeader(b"Location", f"/groups/{group.id}?posted={others}".encode("ascii"))
     request.setHeader(b"Cache-Control", b"no-store")

@@ -37,7 +37,6 @@ from emaild.db.database import DatabaseUnavailable
 from emaild.digest import weeks
 from emaild.digest.announce import AnnounceError
 from emaild.web.responses import form_value
-from emaild.web.routes_home import _signed_out_page, _unavailable
 from emaild.web.routing import Routes, uncancellable
 
 if TYPE_CHECKING:
@@ -64,7 +63,7 @@ async def _staff(self: WebApp, request, course_id: int, post: bool = False):
     """
     session = await self.sessions.current(request)
     if session is None or await self.people.get(session.person_id) is None:
-        raise _Refused(_signed_out_page(self, request, 401, "anonymous"))
+        raise _Refused(self.pages.signed_out(request, 401, "anonymous"))
     course = (await self.people.courses([course_id])).get(course_id)
     if course is None:
         raise _Refused(self.pages.error(request, 404, "There is no such course."))
@@ -169,7 +168,7 @@ async def staff_course(self: WebApp, request, course_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
 
 
 @routes.route("/staff/courses/<int:course_id>/announce/preview", methods=["POST"])
@@ -192,7 +191,7 @@ async def staff_preview(self: WebApp, request, course_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
 
 
 @routes.route("/staff/courses/<int:course_id>/announce", methods=["POST"])
@@ -212,7 +211,7 @@ async def staff_announce(self: WebApp, request, course_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
     return _redirect(request, f"/staff/courses/{course.id}?sent={result.label}")
 
 
@@ -229,7 +228,7 @@ async def staff_note(self: WebApp, request, course_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
     return _redirect(request, f"/staff/courses/{course.id}?noted=1")
 
 
@@ -249,5 +248,5 @@ async def staff_resend(self: WebApp, request, course_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
     return _redirect(request, f"/staff/courses/{course.id}?sent={result.label}")
