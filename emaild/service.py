@@ -54,10 +54,9 @@ class DatabaseService(service.MultiService):
     open and migrated, and stop before it closes.
     """
 
-    name = "database"
-
     def __init__(self, hs: HomeServer):
         super().__init__()
+        self.setName("database")
         self.hs = hs
         self.readiness = hs.get_readiness()
         #: the open-and-start work of the current start (never fails)

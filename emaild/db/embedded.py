@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -66,7 +67,7 @@ class EmbeddedPostgres:
         self.database = database
         self.started_here = False
         self.registered = False
-        self._run_as = None
+        self._run_as: str | None = None
 
     # -- paths -----------------------------------------------------------
     @property
@@ -88,7 +89,7 @@ class EmbeddedPostgres:
         # decided now, not at construction: `twistd --uid` may have dropped
         # root in between, and then we simply run it as ourselves
         self._run_as = _SERVICE_USER if os.geteuid() == 0 else None
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if self._run_as:
             kwargs["user"] = self._run_as
         result = subprocess.run(
@@ -120,7 +121,10 @@ class EmbeddedPostgres:
             ensure_user_exists,
         )
 
+        assert self._run_as is not None  # only called when we are root
         entry = ensure_user_exists(self._run_as)
+        if entry is None:
+            raise EmbeddedPostgresError(f"cannot create the system user {self._run_as}")
         bins = _binaries()
         ensure_prefix_permissions(bins)
         ensure_folder_permissions(bins, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)

@@ -78,7 +78,7 @@ def uncancellable(route):
     @functools.wraps(route)
     def wrapper(*args, **kwargs):
         work = defer.ensureDeferred(route(*args, **kwargs))
-        answer = defer.Deferred()
+        answer: defer.Deferred = defer.Deferred()
 
         def forward(result):
             if not answer.called:
