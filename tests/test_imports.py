@@ -29,9 +29,9 @@ def every_module() -> list[str]:
     return names
 
 
-def import_alone(name: str) -> tuple[str, int, str]:
+def import_alone(name: str, then: str = "") -> tuple[str, int, str]:
     # not -I (isolated): the checkout on PYTHONPATH is the emaild under test
-    result = subprocess.run([sys.executable, "-c", f"import {name}"],
+    result = subprocess.run([sys.executable, "-c", f"import {name}\n{then}"],
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
     return name, result.returncode, result.stderr
@@ -50,6 +50,15 @@ class ImportTests(unittest.TestCase):
         failures = [f"{name}:\n{stderr.strip().splitlines()[-1] if stderr.strip() else code}"
                     for name, code, stderr in results if code != 0]
         self.assertEqual(failures, [], "\n".join(failures))
+
+    def test_route_modules_do_not_import_the_app(self):
+        routes = [name for name in every_module()
+                  if name.startswith(("emaild.web.routes_", "emaild.web.api_"))]
+        check = "import sys; assert 'emaild.web.app' not in sys.modules, 'imports the app'"
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            results = list(pool.map(lambda name: import_alone(name, check), routes))
+        self.assertEqual([name for name, code, _ in results if code != 0], [])
+        self.assertIn("emaild.web.routes_lti", routes)
 
     def test_the_plugin_imports_alone(self):
         plugin = ROOT.parent / "twisted" / "plugins" / "emaild_plugin.py"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.metrics import CONTENT_TYPE, Metrics
+from emaild.metrics import CONTENT_TYPE
 from emaild.web.api_support import REALM, token_valid
 from emaild.web.responses import json_response
 from emaild.web.routing import Routes, uncancellable
@@ -31,13 +31,6 @@ register = routes.register
 log = Logger()
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
-
-
-def metrics_of(app: WebApp) -> Metrics:
-    """
-    The process's metrics (the web app's, from the HomeServer).
-    """
-    return app.metrics
 
 
 def _local(request) -> bool:
@@ -63,7 +56,7 @@ async def metrics(self: WebApp, request):
         # the counters are still worth having; the depth series are absent
         log.warn("/metrics without the outbox depth: {e}", e=e)
         counts = {}
-    body = metrics_of(self).render(counts)
+    body = self.metrics.render(counts)
     request.setResponseCode(200)
     request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
     request.setHeader(b"Cache-Control", b"no-store")
