@@ -71,17 +71,17 @@ class DatabaseService(service.MultiService):
         try:
             if self.hs.owns_database:
                 await self.hs.open_database()
+            if not self.running:  # stopped while the database was opening
+                return
+            self.readiness.starting("starting services")
+            for child in self:
+                child.startService()
+            # children with asynchronous start-up (LISTEN) say when it is done
+            await defer.gatherResults([child.starting for child in self
+                                       if getattr(child, "starting", None) is not None])
         except Exception as e:
             start_failed(self.hs, e)
             return
-        if not self.running:  # stopped while the database was opening
-            return
-        self.readiness.starting("starting services")
-        for child in self:
-            child.startService()
-        # children with asynchronous start-up (LISTEN) say when it is done
-        await defer.gatherResults([child.starting for child in self
-                                   if getattr(child, "starting", None) is not None])
         if not self.running:
             return
         self.readiness.mark_ready()

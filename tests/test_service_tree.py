@@ -133,6 +133,18 @@ class DatabaseServiceTests(unittest.TestCase):
         self.assertFalse(self.a.running)
         self.failureResultOf(waiting, RuntimeError)
 
+    def test_a_child_that_cannot_start_fails_the_start(self):
+        def broken():
+            raise OSError("no such maildir")
+
+        self.a.startService = broken
+        self.tree.startService()
+        self.hs.opened.callback(None)
+        self.assertEqual(self.hs.readiness.state, FAILED)
+        self.assertIn("no such maildir", self.hs.readiness.step)
+        self.assertTrue(self.hs.stopped_reactor)
+        self.flushLoggedErrors()
+
 
 class DaemonTreeTests(DatabaseTestCase):
     """The real tree on the test's database."""
