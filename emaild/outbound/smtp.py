@@ -43,7 +43,7 @@ from emaild.outbound.smtpclient import (
     address_problem,
     retry,
 )
-from emaild.outbound.transport import DeliveryResult, ITransport, Outcome, OutgoingMessage
+from emaild.outbound.transport import DeliveryResult, IDeliveryTransport, Outcome, OutgoingMessage
 
 log = Logger(namespace="emaild.outbound.smtp")
 
@@ -132,7 +132,7 @@ class _Factory(ClientFactory):
             self.connected.errback(SessionFailed(retry(text)))
 
 
-@implementer(ITransport)
+@implementer(IDeliveryTransport)
 class SMTPTransport:
     """
     Deliver through an SMTP relay.
@@ -194,7 +194,7 @@ class SMTPTransport:
         self._aborting = False
         self._close_waiters: list[Deferred] = []
 
-    # -- ITransport ----------------------------------------------------
+    # -- IDeliveryTransport ----------------------------------------------------
     def deliver(self, message: OutgoingMessage) -> Deferred:
         if self._closing:
             return succeed(retry("transport closing"))
