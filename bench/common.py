@@ -111,6 +111,11 @@ def wait_quiet(threshold: float = 0.15, max_wait: float = 120.0) -> float:
             return busy
 
 
+def loadavg() -> float:
+    """The 1-minute load average (runnable processes, whoever they belong to)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def percentile(values, p: float) -> float:
     values = sorted(values)
     if not values:
