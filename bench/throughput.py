@@ -153,6 +153,7 @@ def emaild(b: Bench, port: int, n: int, processes: int, connections: int,
                         connections=connections) for i in range(processes)]
     pg = b.postmaster_pid()
     pg_cpu0 = cpu_seconds(pg)
+    xacts0 = _transactions(b)
     logs = [b.dir / f"daemon-{name}-{i}.log" for i in range(processes)]
     env = {**os.environ, "PYTHONPATH": variant[1]} if variant else None
     daemons = [b.spawn(twistd() + ["-n", "--pidfile=", "emaild", "--config", str(config)],
@@ -187,6 +188,9 @@ def emaild(b: Bench, port: int, n: int, processes: int, connections: int,
         print(profile_summary(spy), flush=True)
     for daemon in daemons:
         b.end(daemon)
+    pg_cpu = cpu_seconds(pg) - pg_cpu0
+    time.sleep(0.5)  # exited backends' statistics reach pg_stat_database
+    xacts = _transactions(b) - xacts0
     counts = b.counts()
     if counts["sent"] != n:
         raise RuntimeError(f"not everything was sent: {counts}")
@@ -194,7 +198,13 @@ def emaild(b: Bench, port: int, n: int, processes: int, connections: int,
             else f"emaild, {processes} processes, one DB")
     return {"sender": name + (f" [{variant[0]}]" if variant else ""),
             "conns": processes * connections, "n": n,
-            "seconds": seconds, "cpu": cpu, "pg": cpu_seconds(pg) - pg_cpu0, "busy": busy}
+            "seconds": seconds, "cpu": cpu, "pg": pg_cpu, "busy": busy, "xacts": xacts}
+
+
+def _transactions(b: Bench) -> int:
+    """Transactions committed in the database so far (its statistics)."""
+    b.sql("SELECT pg_stat_clear_snapshot()")
+    return b.sql("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")[0][0]
 
 
 DEFAULT_CONNECTIONS = 4  # [relay] connections when not configured
@@ -313,11 +323,13 @@ def main():
             rows.append([runs_[0]["sender"], runs_[0]["conns"], f"{median(rates):.0f}",
                          f"{ratio(key, baseline):.2f}", f"{min(spread):.2f}-{max(spread):.2f}",
                          limit, per_message_ms(key, "cpu"), per_message_ms(key, "pg"),
+                         (f"{median([x['xacts'] / x['n'] for x in runs_]):.3f}"
+                          if "xacts" in runs_[0] else "-"),
                          ", ".join(f"{x['seconds']:.2f}" for x in runs_)])
         where = "straight to the sink" if rtt == 0 else f"through the proxy, {rtt:g} ms RTT"
         print(f"\n{where}\n")
         print(table(["sender", "conns", "msg/s", "x smtplib", "range", "of conns/RTT",
-                     "cpu ms/msg", "pg ms/msg", "each round (s)"], rows))
+                     "cpu ms/msg", "pg ms/msg", "pg xact/msg", "each round (s)"], rows))
         emailds = [k for k in keys if k[1] == "emaild" and k[2] == 1 and not k[-1]]
         if not emailds:
             continue
@@ -338,7 +350,9 @@ def main():
     print("\n(x smtplib: median over rounds of this sender's msg/s / smtplib's in the same"
           " round and RTT; range: lowest and highest round; of conns/RTT: msg/s against one"
           " message per round trip per connection; cpu/pg ms/msg: the sender's CPU, for"
-          " emaild from start-up to the drained outbox, and all of PostgreSQL's, per message)")
+          " emaild from start-up to the drained outbox, and all of PostgreSQL's, per message;"
+          " pg xact/msg: transactions committed in the database per message, the bench's own"
+          " few polls included)")
     busy = sorted(x["busy"] for xs in results.values() for x in xs)
     loads = [x["load"] for xs in results.values() for x in xs]
     quiet = busy[-1] < 0.15
