@@ -195,6 +195,8 @@ class Bench:
         self.pg = None
         self.dsn = None
         self._conn = None
+        #: statements (= transactions) the benchmark itself ran through sql()
+        self.statements = 0
         #: config path -> the daemon's /healthz port
         self.http_ports: dict[Path, int] = {}
 
@@ -320,6 +322,7 @@ class Bench:
         return self._conn
 
     def sql(self, query: str, params=None) -> list[tuple]:
+        self.statements += 1  # each its own transaction (autocommit)
         with self.conn.cursor() as cur:
             cur.execute(query, params)
             return cur.fetchall() if cur.description else []
