@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from emaild.outbound.smtp import SMTPTransport
-from emaild.outbound.smtpclient import classify, prepare_data
+from emaild.outbound.smtpwire import classify, prepare_data
 from emaild.outbound.transport import IDeliveryTransport, Outcome, OutgoingMessage
 from tests.relay import Relay
 from tests.tlsfiles import make_tls_files

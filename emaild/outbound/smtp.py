@@ -37,12 +37,8 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapCl
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from emaild.outbound.smtpclient import (
-    SessionFailed,
-    SMTPClientProtocol,
-    address_problem,
-    retry,
-)
+from emaild.outbound.smtpclient import SMTPClientProtocol
+from emaild.outbound.smtpwire import SessionFailed, address_problem, retry
 from emaild.outbound.transport import (
     DeliveryResult,
     IDeliveryTransport,
