@@ -9,12 +9,13 @@ test_smtp_pipelining.py.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from emaild.outbound.smtp import SMTPTransport
 from emaild.outbound.smtpclient import SMTPClientProtocol
 from emaild.outbound.transport import Outcome, OutgoingMessage
 
@@ -267,3 +268,71 @@ class LockStepTests(TestCase):
         s.proto.connectionLost(Failure(ConnectionLost("aborted")))
         self.assertEqual(s.results[1].outcome, Outcome.RETRY)
         self.assertIn("garbled reply during MAIL FROM", s.results[1].reply)
+
+
+class PoolTests(TestCase):
+    """
+    The transport's pool on a MemoryReactorClock: connecting through the
+    endpoint, the connect timeout and abort by cancelling, and messages
+    handed to one connection back to back.
+    """
+
+    def transport(self, **kw) -> tuple[MemoryReactorClock, SMTPTransport]:
+        reactor = MemoryReactorClock()
+        kw.setdefault("connect_timeout", 5.0)
+        return reactor, SMTPTransport(reactor, "127.0.0.1", 2525, tls="none",
+                                      helo_name="client.test", **kw)
+
+    def test_connect_timeout_cancels_the_attempt(self):
+        reactor, t = self.transport()
+        results = []
+        t.deliver(message(1)).addCallback(results.append)
+        reactor.advance(0)
+        self.assertEqual([c[:2] for c in reactor.tcpClients], [("127.0.0.1", 2525)])
+        reactor.advance(4.9)
+        self.assertEqual(results, [])
+        reactor.advance(0.2)
+        self.assertEqual(results[0].outcome, Outcome.RETRY)
+        self.assertEqual(results[0].reply, "timed out after 5s connecting to 127.0.0.1:2525")
+        self.assertEqual(t.capacity(), 4)  # the slot is free again
+
+    def test_abort_while_connecting(self):
+        reactor, t = self.transport()
+        results = []
+        t.deliver(message(1)).addCallback(results.append)
+        reactor.advance(0.1)
+        t.abort()
+        self.assertEqual(results[0].reply, "transport aborted while connecting to 127.0.0.1:2525")
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_messages_follow_each_other_on_one_connection(self):
+        reactor, t = self.transport(connections=1)
+        results = {}
+        for i in (1, 2, 3):
+            t.deliver(message(i)).addCallback(lambda r, i=i: results.__setitem__(i, r))
+        reactor.advance(0)
+        factory = reactor.tcpClients[0][2]
+        wire = StringTransport()
+        protocol = factory.buildProtocol(None)  # the endpoint's wrapper around ours
+        protocol.makeConnection(wire)
+
+        def server(*lines):
+            protocol.dataReceived(b"".join(line + b"\r\n" for line in lines))
+            out = wire.value()
+            wire.clear()
+            return out
+
+        self.assertEqual(server(b"220 relay"), b"EHLO client.test\r\n")
+        self.assertEqual(server(b"250-relay", b"250 PIPELINING"), envelope(1))
+        self.assertEqual(server(b"250 ok", b"250 ok", b"354 go"), data_of(1) + envelope(2))
+        self.assertEqual(server(b"250 one", b"250 ok", b"250 ok", b"354 go"),
+                         data_of(2) + envelope(3))
+        self.assertEqual(server(b"250 two", b"250 ok", b"250 ok", b"354 go"), data_of(3))
+        self.assertEqual(server(b"250 three"), b"")  # idle: nothing more to send
+        self.assertEqual([results[i].reply for i in (1, 2, 3)], ["one", "two", "three"])
+        closed = t.close()
+        self.assertEqual(wire.value(), b"QUIT\r\n")
+        server(b"221 bye")
+        self.assertTrue(wire.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(closed.called)

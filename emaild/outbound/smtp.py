@@ -2,11 +2,14 @@
 The C{smtp} transport: deliver outbound messages to an SMTP relay (Amazon SES
 or any submission server) over a small pool of long-lived connections.
 
-Each connection is a worker coroutine: connect, greet, STARTTLS, AUTH, then
-take messages one after another from this transport until it has sent
+Each connection is set up by a coroutine (connect through
+C{HostnameEndpoint}, wrapped by C{wrapClientTLS} for implicit TLS; greet,
+STARTTLS, AUTH).  Then the protocol asks for the next message whenever it
+can take one -- with PIPELINING as soon as the previous one's data is on
+its way, so a message costs one round trip -- until the session has carried
 C{max_messages_per_connection}, sat idle for C{idle_close} seconds, or the
-transport closes; then QUIT.  The wire protocol lives in
-L{emaild.outbound.smtpclient}.
+transport closes; then the coroutine waits for the last outcomes and says
+QUIT.  The wire protocol lives in L{emaild.outbound.smtpclient}.
 
 Outcomes (see L{emaild.outbound.transport.Outcome}):
   - 2xx after the data: SENT; 5xx: FAILED; 4xx: RETRY, except SES's
