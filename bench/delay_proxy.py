@@ -156,6 +156,8 @@ class _Downstream(protocol.Protocol):
 
 
 class DelayProxy(protocol.Factory):
+    noisy = False
+
     def __init__(self, reactor, host: str, port: int, rtt: float):
         self.reactor = reactor
         self.host = host
