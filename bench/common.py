@@ -111,6 +111,11 @@ def wait_quiet(threshold: float = 0.15, max_wait: float = 120.0) -> float:
             return busy
 
 
+def loadavg() -> float:
+    """The 1-minute load average (runnable processes, whoever they belong to)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def percentile(values, p: float) -> float:
     values = sorted(values)
     if not values:
@@ -190,6 +195,8 @@ class Bench:
         self.pg = None
         self.dsn = None
         self._conn = None
+        #: statements (= transactions) the benchmark itself ran through sql()
+        self.statements = 0
         #: config path -> the daemon's /healthz port
         self.http_ports: dict[Path, int] = {}
 
@@ -315,6 +322,7 @@ class Bench:
         return self._conn
 
     def sql(self, query: str, params=None) -> list[tuple]:
+        self.statements += 1  # each its own transaction (autocommit)
         with self.conn.cursor() as cur:
             cur.execute(query, params)
             return cur.fetchall() if cur.description else []

@@ -21,7 +21,12 @@ from bench.common import table  # noqa: E402
 
 def _profile_category(frames: list[str]) -> str:
     """Attribute a sample to the innermost emaild frame, else to what runs."""
-    ours = [f for f in frames if "(emaild/" in f]
+    if frames and frames[0].startswith("Thread._bootstrap") \
+            and frames[-1].startswith("Condition.wait"):
+        return "idle: thread pool (name resolution) waiting"
+    # frames name files relative to sys.path entries, or absolutely when
+    # PYTHONPATH points at a work tree: "(emaild/..." or "(/path/emaild/..."
+    ours = [f.replace("/emaild/", "(emaild/") for f in frames if "emaild/" in f]
     if ours:
         leaf = ours[-1]
         if "(emaild/outbound/store.py" in leaf:
@@ -57,7 +62,7 @@ def profile_summary(path: Path) -> str:
             label = _profile_category(stack.split(";"))
             totals[label] = totals.get(label, 0) + int(count)
     every = sum(totals.values())
-    busy = every - totals.get("idle: reactor waiting in epoll", 0)
+    busy = every - sum(n for label, n in totals.items() if label.startswith("idle"))
     rows = [[label, n, f"{100 * n / every:.1f}%",
              "-" if label.startswith("idle") else f"{100 * n / busy:.1f}%"]
             for label, n in sorted(totals.items(), key=lambda kv: -kv[1])]

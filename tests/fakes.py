@@ -10,12 +10,12 @@ from typing import Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from emaild.outbound.transport import DeliveryResult, ITransport, OutgoingMessage, Outcome
+from emaild.outbound.transport import DeliveryResult, IDeliveryTransport, OutgoingMessage, Outcome
 
 SENT = DeliveryResult(Outcome.SENT, 250, "2.0.0 Ok: queued")
 
 
-@implementer(ITransport)
+@implementer(IDeliveryTransport)
 class ScriptedTransport:
     """
     Answers each delivery with C{script(message, attempt_number)} (a

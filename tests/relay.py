@@ -76,6 +76,7 @@ class _RelayESMTP(smtp.ESMTP):
         self.host = relay.hostname
         self._data_lines: list[bytes] | None = None
         self._envelope = None
+        self._held: list[bytes] | None = None
 
     # -- bookkeeping --------------------------------------------------
     def connectionMade(self):
@@ -92,6 +93,23 @@ class _RelayESMTP(smtp.ESMTP):
 
     def secure(self) -> bool:
         return self.startedTLS or self.relay.implicit_tls
+
+    def lineReceived(self, line):
+        # While the end of a message waits for its (possibly delayed) answer,
+        # hold the pipelined commands behind it: twisted.mail would answer
+        # them first, out of order.
+        if self._held is not None:
+            self._held.append(line)
+            return
+        return super().lineReceived(line)
+
+    def _release_held(self):
+        held, self._held = self._held, None
+        for i, line in enumerate(held or ()):
+            if self._held is not None:  # held again by another end of data
+                self._held.extend(held[i:])
+                return
+            self.lineReceived(line)
 
     def state_COMMAND(self, line):
         recorded = line
@@ -182,6 +200,7 @@ class _RelayESMTP(smtp.ESMTP):
             answer = (250, f"2.0.0 Ok: queued as {len(self.relay.messages)}")
         else:
             answer = policy(message)
+        self._held = []
         if answer is None:
             return  # never answer: the client's timeout must fire
 
@@ -189,6 +208,7 @@ class _RelayESMTP(smtp.ESMTP):
             if answer is not None:
                 message.code = answer[0]
                 self.sendCode(answer[0], answer[1].encode())
+                self._release_held()
 
         defer.maybeDeferred(lambda: answer).addCallback(reply)
 

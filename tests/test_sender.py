@@ -207,6 +207,28 @@ class ClockedSenderTests(DatabaseTestCase):
         self.assertEqual(self.query("SELECT state FROM outbox"), [("sent",)])
 
     @defer.inlineCallbacks
+    def test_leases_are_renewed_only_past_half_their_time(self):
+        # renewing every message in flight on every heartbeat cost as many
+        # row updates as sending them; a lease is renewed once half gone
+        hanging = defer.Deferred()
+        self.make_sender(lambda m, n: hanging, lease="40s", poll_interval="1s")
+        renewed = []
+        renew = self.store.renew_leases
+        self.store.renew_leases = lambda owner, ids, now, lease: (
+            renewed.append((list(ids), now)) or renew(owner, ids, now, lease))
+        yield defer.ensureDeferred(self.start())
+        (row_id,) = yield defer.ensureDeferred(self.enqueue("a@example.org"))
+        yield defer.ensureDeferred(self.drive(15, step=1.0))
+        self.assertEqual(renewed, [])
+        yield defer.ensureDeferred(self.drive(10, step=1.0))
+        self.assertEqual([ids for ids, _ in renewed], [[row_id]])
+        (until,), = self.query("SELECT extract(epoch FROM lease_until) FROM outbox")
+        self.assertLess(abs(float(until) - (renewed[0][1] + 40)), 0.01)
+        hanging.callback(SENT)
+        yield defer.ensureDeferred(self.drive(0.5, step=0.1))
+        self.assertEqual(self.query("SELECT state FROM outbox"), [("sent",)])
+
+    @defer.inlineCallbacks
     def test_new_mail_wakes_an_idle_sender_without_polling(self):
         self.make_sender(lambda m, n: SENT, poll_interval="1h")
         yield defer.ensureDeferred(self.start())

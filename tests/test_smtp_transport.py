@@ -10,8 +10,8 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from emaild.outbound.smtp import SMTPTransport
-from emaild.outbound.smtpclient import classify, prepare_data
-from emaild.outbound.transport import ITransport, Outcome, OutgoingMessage
+from emaild.outbound.smtpwire import classify, prepare_data
+from emaild.outbound.transport import IDeliveryTransport, Outcome, OutgoingMessage
 from tests.relay import Relay
 from tests.tlsfiles import make_tls_files
 
@@ -82,7 +82,7 @@ class TransportTestCase(TestCase):
 class DeliveryTests(TransportTestCase):
     def test_interface(self):
         relay = self.relay()
-        self.assertTrue(verifyObject(ITransport, self.transport(relay)))
+        self.assertTrue(verifyObject(IDeliveryTransport, self.transport(relay)))
 
     async def _several_over_one_connection(self, pipelining):
         relay = self.relay(pipelining=pipelining)

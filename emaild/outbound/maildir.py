@@ -17,7 +17,7 @@ from pathlib import Path
 from twisted.internet import defer, threads
 from zope.interface import implementer
 
-from emaild.outbound.transport import DeliveryResult, ITransport, OutgoingMessage, Outcome
+from emaild.outbound.transport import DeliveryResult, IDeliveryTransport, OutgoingMessage, Outcome
 
 
 def ensure_maildir(path: Path) -> Path:
@@ -26,7 +26,7 @@ def ensure_maildir(path: Path) -> Path:
     return path
 
 
-@implementer(ITransport)
+@implementer(IDeliveryTransport)
 class MaildirTransport:
     name = "maildir"
 

@@ -76,6 +76,8 @@ class Sender(service.Service):
         self._again = False         # something asked for a claim meanwhile
         self._stopping = False
         self._in_flight: dict[int, defer.Deferred] = {}
+        #: when the lease of each message in flight runs out (our clock)
+        self._leases: dict[int, float] = {}
         self._results: list[Decision] = []
         self._throttled = False
         self._pause_until = 0.0
@@ -201,8 +203,16 @@ class Sender(service.Service):
 
     async def _recover(self):
         now = self.reactor.seconds()
-        if self._in_flight:
-            await self.store.renew_leases(self.owner, list(self._in_flight), now, self.limits.lease)
+        lease = self.limits.lease
+        # Renew only leases past half their time: at high rates a message
+        # is done long before, and renewing every message in the window
+        # each heartbeat cost as many row updates as sending did.
+        due = [i for i, until in self._leases.items() if until - now < lease / 2]
+        if due:
+            await self.store.renew_leases(self.owner, due, now, lease)
+            for i in due:
+                if i in self._leases:
+                    self._leases[i] = now + lease
         n = await self.store.recover_leases(now)
         if n:
             self.stats["recovered"] += n
@@ -249,7 +259,7 @@ class Sender(service.Service):
                 await self.store.release(self.owner, [c.id for c in result.messages[index:]],
                                          "released: the sender is shutting down")
                 break
-            self._dispatch(claimed)
+            self._dispatch(claimed, now + self.limits.lease)
         if self._stopping:
             return
         if len(result.messages) == capacity:
@@ -267,15 +277,17 @@ class Sender(service.Service):
         self._schedule(delay)
 
     # -- delivering ------------------------------------------------------------
-    def _dispatch(self, claimed) -> None:
+    def _dispatch(self, claimed, lease_until: float) -> None:
         message = OutgoingMessage(claimed.id, claimed.envelope_from, claimed.recipient, claimed.data)
         d = defer.maybeDeferred(self.transport.deliver, message)
         d.addErrback(lambda f: DeliveryResult(Outcome.RETRY, None, f"transport error: {f.value}"))
         self._in_flight[claimed.id] = d
+        self._leases[claimed.id] = lease_until
         d.addCallback(self._delivered, claimed)
 
     def _delivered(self, result: DeliveryResult, claimed) -> None:
         del self._in_flight[claimed.id]
+        del self._leases[claimed.id]
         now = self.reactor.seconds()
         qos = self.config.qos_class(claimed.qos)
         decision = decide(claimed.id, claimed.attempts, qos, result, now,

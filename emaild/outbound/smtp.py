@@ -2,11 +2,14 @@
 The C{smtp} transport: deliver outbound messages to an SMTP relay (Amazon SES
 or any submission server) over a small pool of long-lived connections.
 
-Each connection is a worker coroutine: connect, greet, STARTTLS, AUTH, then
-take messages one after another from this transport until it has sent
+Each connection is set up by a coroutine (connect through
+C{HostnameEndpoint}, wrapped by C{wrapClientTLS} for implicit TLS; greet,
+STARTTLS, AUTH).  Then the protocol asks for the next message whenever it
+can take one -- with PIPELINING as soon as the previous one's data is on
+its way, so a message costs one round trip -- until the session has carried
 C{max_messages_per_connection}, sat idle for C{idle_close} seconds, or the
-transport closes; then QUIT.  The wire protocol lives in
-L{emaild.outbound.smtpclient}.
+transport closes; then the coroutine waits for the last outcomes and says
+QUIT.  The wire protocol lives in L{emaild.outbound.smtpclient}.
 
 Outcomes (see L{emaild.outbound.transport.Outcome}):
   - 2xx after the data: SENT; 5xx: FAILED; 4xx: RETRY, except SES's
@@ -31,19 +34,20 @@ import re
 import socket
 
 import attrs
-from twisted.internet import error, ssl
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import ClientFactory
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from emaild.outbound.smtpclient import (
-    SessionFailed,
-    SMTPClientProtocol,
-    address_problem,
-    retry,
+from emaild.outbound.smtpclient import SMTPClientProtocol
+from emaild.outbound.smtpwire import SessionFailed, address_problem, retry
+from emaild.outbound.transport import (
+    DeliveryResult,
+    IDeliveryTransport,
+    Outcome,
+    OutgoingMessage,
 )
-from emaild.outbound.transport import DeliveryResult, ITransport, Outcome, OutgoingMessage
 
 log = Logger(namespace="emaild.outbound.smtp")
 
@@ -73,10 +77,12 @@ def _bytes(text):
     return text.encode("utf-8") if isinstance(text, str) else text
 
 
-@attrs.define(eq=False)
 class _Job:
-    message: OutgoingMessage
-    d: Deferred = attrs.Factory(Deferred)
+    __slots__ = ("message", "d")
+
+    def __init__(self, message: OutgoingMessage):
+        self.message = message
+        self.d = Deferred()
 
     def finish(self, result: DeliveryResult):
         if not self.d.called:
@@ -85,59 +91,30 @@ class _Job:
 
 @attrs.define(eq=False)
 class _Connection:
-    """One slot of the pool and the worker that runs it."""
+    """One slot of the pool and the session that runs in it."""
 
-    connector: object = None
     proto: SMTPClientProtocol | None = None
+    #: the endpoint's connect Deferred while connecting (cancelled to abort)
+    connecting: Deferred | None = None
+    #: why connecting was cancelled: "timeout" or "abort"
+    cancelled: str | None = None
     #: set once greeting/TLS/AUTH went through
     ready: bool = False
-    #: while idle: fires with the next _Job, or None to stop
-    idle: Deferred | None = None
+    #: messages handed to this session
+    sent: int = 0
+    idle: bool = False
     idle_timer: object = None
+    #: fires when the session should end (after its messages finish)
+    ending: Deferred = attrs.Factory(Deferred)
 
 
-class _Factory(ClientFactory):
-    # one factory per connection: no "Starting/Stopping factory" log lines
-    noisy = False
-
-    def __init__(self, transport, conn, connected):
-        self.transport = transport
-        self.conn = conn
-        self.connected = connected
-
-    def buildProtocol(self, addr):
-        t = self.transport
-        proto = SMTPClientProtocol(t._reactor, t.host, t.reply_timeout, t.data_timeout,
-                                   implicit_tls=t.tls == "implicit")
-        proto.factory = self
-        self.conn.proto = proto
-        proto.on_lost = lambda: t._connection_lost(self.conn)
-        proto.on_made = self._made
-        return proto
-
-    def _made(self, proto):
-        if not self.connected.called:
-            self.connected.callback(proto)
-
-    def clientConnectionFailed(self, connector, reason):
-        t = self.transport
-        where = f"{t.host}:{t.port}"
-        if t._aborting:
-            text = f"transport aborted while connecting to {where}"
-        elif reason.check(error.TimeoutError):
-            text = f"timed out after {t.connect_timeout:g}s connecting to {where}"
-        else:
-            text = f"could not connect to {where}: {reason.getErrorMessage()}"
-        if not self.connected.called:
-            self.connected.errback(SessionFailed(retry(text)))
-
-
-@implementer(ITransport)
+@implementer(IDeliveryTransport)
 class SMTPTransport:
     """
     Deliver through an SMTP relay.
 
-    @param reactor: provides IReactorTCP, IReactorSSL and IReactorTime.
+    @param reactor: provides IReactorTCP, IReactorTime and
+        IReactorPluggableNameResolver (for L{HostnameEndpoint}).
     @param host: the relay's host name (or IP address); the certificate
         must be valid for it.
     @param tls: "starttls" (STARTTLS required: a relay that does not offer
@@ -169,7 +146,7 @@ class SMTPTransport:
             raise ValueError(f"tls must be one of {TLS_MODES}, not {tls!r}")
         if connections < 1 or max_messages_per_connection < 1:
             raise ValueError("connections and max_messages_per_connection must be >= 1")
-        self._reactor = reactor
+        self.reactor = reactor
         self.host = host
         self.port = port
         self.tls = tls
@@ -189,12 +166,13 @@ class SMTPTransport:
             self._tls_options = ssl.optionsForClientTLS(
                 host, trustRoot=load_trust_root(trust_roots_pem))
         self._conns: set[_Connection] = set()
+        #: connections waiting for a message
+        self._idle: list[_Connection] = []
         self._queue: collections.deque[_Job] = collections.deque()
         self._closing = False
-        self._aborting = False
         self._close_waiters: list[Deferred] = []
 
-    # -- ITransport ----------------------------------------------------
+    # -- IDeliveryTransport ----------------------------------------------------
     def deliver(self, message: OutgoingMessage) -> Deferred:
         if self._closing:
             return succeed(retry("transport closing"))
@@ -203,9 +181,8 @@ class SMTPTransport:
         if problem:
             return succeed(DeliveryResult(Outcome.FAILED, None, problem))
         job = _Job(message)
-        idle = next((c for c in self._conns if c.idle is not None), None)
-        if idle is not None:
-            self._wake(idle, job)
+        if self._idle:
+            self._send(self._idle.pop(), job)
         elif len(self._conns) < self.connections:
             self._start(job)
         else:
@@ -215,15 +192,13 @@ class SMTPTransport:
     def capacity(self) -> int:
         if self._closing:
             return 0
-        idle = sum(1 for c in self._conns if c.idle is not None)
-        free = idle + self.connections - len(self._conns) - len(self._queue)
+        free = len(self._idle) + self.connections - len(self._conns) - len(self._queue)
         return max(free, 0)
 
     def close(self) -> Deferred:
         self._closing = True
-        for conn in list(self._conns):
-            if conn.idle is not None:
-                self._wake(conn, None)
+        for conn in list(self._idle):
+            self._end(conn)
         d = Deferred()
         if self._conns:
             self._close_waiters.append(d)
@@ -232,18 +207,16 @@ class SMTPTransport:
         return d
 
     def abort(self):
-        self._closing = self._aborting = True
+        self._closing = True
         queued, self._queue = self._queue, collections.deque()
         for job in queued:
             job.finish(retry("transport aborted"))
         for conn in list(self._conns):
-            if conn.proto is not None:
+            if conn.connecting is not None:
+                conn.cancelled = "abort"
+                conn.connecting.cancel()
+            elif conn.proto is not None:
                 conn.proto.abort("transport aborted during {step}")
-            elif conn.connector is not None:
-                try:
-                    conn.connector.stopConnecting()
-                except error.NotConnectingError:
-                    pass
 
     # -- the pool --------------------------------------------------------
     def _start(self, job: _Job):
@@ -251,40 +224,74 @@ class SMTPTransport:
         self._conns.add(conn)
         Deferred.fromCoroutine(self._run(conn, job))
 
-    def _wake(self, conn: _Connection, job: _Job | None):
-        d, conn.idle = conn.idle, None
-        if conn.idle_timer is not None and conn.idle_timer.active():
-            conn.idle_timer.cancel()
-        conn.idle_timer = None
-        d.callback(job)
+    def _send(self, conn: _Connection, job: _Job) -> None:
+        if conn.idle:
+            conn.idle = False
+            if conn.idle_timer is not None and conn.idle_timer.active():
+                conn.idle_timer.cancel()
+            conn.idle_timer = None
+        conn.sent += 1
+        conn.proto.send(job.message, job.finish)
 
-    def _connection_lost(self, conn: _Connection):
-        if conn.idle is not None:
-            self._wake(conn, None)  # the relay closed an idle connection
+    def _ready(self, conn: _Connection) -> None:
+        """The session can take another message: give it one, or end it."""
+        proto = conn.proto
+        if proto.broken or not proto.accepting or conn.sent >= self.max_messages_per_connection:
+            self._end(conn)
+        elif self._queue:
+            self._send(conn, self._queue.popleft())
+        elif self._closing:
+            self._end(conn)
+        elif not conn.idle:
+            conn.idle = True
+            self._idle.append(conn)
+            conn.idle_timer = self.reactor.callLater(self.idle_close, self._end, conn)
 
-    def _next_job(self, conn: _Connection) -> Deferred:
-        """The next message for C{conn}, or None when it should close."""
-        if not conn.proto.connected_:
-            return succeed(None)  # queued messages go to a new connection
-        if self._queue:
-            return succeed(self._queue.popleft())
-        if self._closing:
-            return succeed(None)
-        conn.idle = Deferred()
-        conn.idle_timer = self._reactor.callLater(self.idle_close, self._wake, conn, None)
-        return conn.idle
+    def _end(self, conn: _Connection) -> None:
+        if conn.idle:
+            conn.idle = False
+            self._idle.remove(conn)
+            if conn.idle_timer is not None and conn.idle_timer.active():
+                conn.idle_timer.cancel()
+            conn.idle_timer = None
+        if not conn.ending.called:
+            conn.ending.callback(None)
+
+    def _connect_timed_out(self, conn: _Connection) -> None:
+        if conn.connecting is not None:
+            conn.cancelled = "timeout"
+            conn.connecting.cancel()
 
     async def _connect(self, conn: _Connection) -> SMTPClientProtocol:
-        connected = Deferred()
-        factory = _Factory(self, conn, connected)
+        proto = SMTPClientProtocol(self.reactor, self.host, self.reply_timeout,
+                                   self.data_timeout, implicit_tls=self.tls == "implicit")
+        proto.on_lost = lambda: self._end(conn)
+        proto.on_ready = lambda: self._ready(conn)
+        # HostnameEndpoint resolves the name (IPv4 and IPv6) without blocking;
+        # the connect timeout is ours, by cancelling, so it bounds the name
+        # lookup and the TLS wrapper too.
+        endpoint = HostnameEndpoint(self.reactor, self.host, self.port,
+                                    timeout=self.connect_timeout)
         if self.tls == "implicit":
-            conn.connector = self._reactor.connectSSL(
-                self.host, self.port, factory, self._tls_options,
-                timeout=self.connect_timeout)
-        else:
-            conn.connector = self._reactor.connectTCP(
-                self.host, self.port, factory, timeout=self.connect_timeout)
-        proto = await connected
+            endpoint = wrapClientTLS(self._tls_options, endpoint)
+        where = f"{self.host}:{self.port}"
+        conn.connecting = connectProtocol(endpoint, proto)
+        timer = self.reactor.callLater(self.connect_timeout, self._connect_timed_out, conn)
+        try:
+            await conn.connecting
+        except Exception as e:
+            if conn.cancelled == "abort":
+                text = f"transport aborted while connecting to {where}"
+            elif conn.cancelled == "timeout":
+                text = f"timed out after {self.connect_timeout:g}s connecting to {where}"
+            else:
+                text = f"could not connect to {where}: {e}"
+            raise SessionFailed(retry(text)) from None
+        finally:
+            conn.connecting = None
+            if timer.active():
+                timer.cancel()
+        conn.proto = proto
         log.info("connection opened to {host}:{port}", host=self.host, port=self.port)
         await proto.start(self.helo_name,
                           self._tls_options if self.tls == "starttls" else None,
@@ -311,18 +318,10 @@ class SMTPTransport:
                     self._queue.clear()
                 return
             conn.ready = True
-            sent = 0
-            while job is not None:
-                result = await proto.send(job.message)
-                sent += 1
-                if proto.broken or sent >= self.max_messages_per_connection:
-                    job.finish(result)
-                    break
-                # Be idle before reporting, so a sender that reacts to the
-                # result by asking capacity() sees this connection free.
-                following = self._next_job(conn)
-                job.finish(result)
-                job = await following
+            self._send(conn, job)
+            job = None  # the protocol reports its outcome
+            await conn.ending
+            await proto.drained()
             await proto.quit()
         except Exception:
             log.failure("SMTP connection to {host}:{port} failed", host=self.host, port=self.port)
@@ -331,6 +330,7 @@ class SMTPTransport:
             if conn.proto is not None:
                 conn.proto.abort("internal error during {step}")
         finally:
+            self._end(conn)
             if conn.proto is not None:
                 await conn.proto.when_closed()
                 log.info("connection to {host}:{port} closed", host=self.host, port=self.port)

@@ -1,108 +1,34 @@
 """
 A small SMTP client protocol: one instance per connection to the relay.
 
-The transport (L{emaild.outbound.smtp}) drives it through three async
-methods: L{SMTPClientProtocol.start} (greeting, EHLO, STARTTLS, AUTH),
-L{SMTPClientProtocol.send} (one message, answered with a L{DeliveryResult})
-and L{SMTPClientProtocol.quit}.  We do not use twisted.mail's
-ESMTPSenderFactory: its retries can resend a message, it mangles CRLF input
-and dot-stuffs per 16 KiB chunk, and it can leave Deferreds pending for ever
-(see docs/smtp-protocols.md and the known traps in docs/design.md).
+The transport (L{emaild.outbound.smtp}) drives it: L{SMTPClientProtocol.start}
+(greeting, EHLO, STARTTLS, AUTH; async), L{SMTPClientProtocol.send} (one
+message; its outcome goes to a callback, and C{on_ready} says when the next
+message may follow) and L{SMTPClientProtocol.quit}.  We do not use
+twisted.mail's ESMTPSenderFactory: it cannot pipeline, its retries can
+resend a message, it mangles CRLF input and dot-stuffs per 16 KiB chunk,
+and it can leave Deferreds pending for ever (see docs/smtp-protocols.md and
+the known traps in docs/design.md).
 
-Every reply we wait for is a Deferred in a FIFO (replies come back in order,
-which also makes PIPELINING easy) guarded by a timer; a waiter never fails:
-when the connection is lost or a timer fires it gets a L{Reply} whose C{code}
-is None and whose text says what happened.
+Every reply we wait for is an entry in a FIFO (replies come back in the
+order the commands went out) guarded by one timer; an entry never goes
+unanswered: when the connection is lost or the timer fires it gets a
+L{Reply} whose C{code} is None and whose text says what happened.
 """
 
 from __future__ import annotations
 
 import base64
 import collections
-import re
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
+from emaild.outbound.smtpwire import Reply, SessionFailed, classify, prepare_data, retry
 from emaild.outbound.transport import DeliveryResult, Outcome
-
-
-@attrs.frozen
-class Reply:
-    #: None when no reply came (connection lost, timeout); text says why
-    code: int | None
-    lines: tuple[str, ...]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    def __str__(self) -> str:
-        return self.text if self.code is None else f"{self.code} {self.text}"
-
-
-class SessionFailed(Exception):
-    """The session could not be set up; C{result} is for the messages it had."""
-
-    def __init__(self, result: DeliveryResult):
-        super().__init__(result.reply)
-        self.result = result
-
-
-def retry(reply: str, code: int | None = None) -> DeliveryResult:
-    return DeliveryResult(Outcome.RETRY, code, reply)
-
-
-def prepare_data(data: bytes) -> bytes:
-    """
-    Turn a message into what goes on the wire after DATA: every line ending
-    (CRLF, LF or lone CR) becomes CRLF, every line starting with "." gets
-    another "." (RFC 5321 4.5.2), the data ends with CRLF, then ".\\r\\n".
-    Done over the whole message at once so no chunk boundary can hide a ".".
-    """
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    data = data.replace(b"\n", b"\r\n")
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    if data.startswith(b"."):
-        data = b"." + data
-    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
-
-
-def classify(code: int, text: str) -> Outcome:
-    """What a relay's reply means for the message (SES wording for 454)."""
-    if 200 <= code < 300:
-        return Outcome.SENT
-    lowered = text.lower()
-    if code == 454 and "throttling failure" in lowered and "daily message quota exceeded" in lowered:
-        return Outcome.QUOTA
-    if code == 454 and ("throttling" in lowered or "rate exceeded" in lowered):
-        return Outcome.THROTTLED
-    if 500 <= code < 600:
-        return Outcome.FAILED
-    return Outcome.RETRY  # 4xx, and codes that make no sense here
-
-
-_UNSAFE = re.compile(r"[\s<>\x00-\x1f\x7f]")
-
-
-def address_problem(address: str, role: str) -> str | None:
-    """Why C{address} must not go into MAIL/RCPT (command injection), or None."""
-    if not isinstance(address, str):
-        return f"{role} address {address!r} is not a string"
-    if _UNSAFE.search(address):
-        return (f"refusing {role} address {address!r}: it contains whitespace, "
-                "a control character, '<' or '>'")
-    if not address.isascii():
-        return f"refusing {role} address {address!r}: not ASCII (no SMTPUTF8 support)"
-    if role == "recipient" and "@" not in address:
-        return f"refusing recipient address {address!r}: no domain"
-    return None
 
 
 def _esc(text: str) -> str:
@@ -110,15 +36,40 @@ def _esc(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-@attrs.define
-class _Waiter:
-    step: str
-    timeout: float
-    d: Deferred
+class _Transaction:
+    """One message on its way through MAIL, RCPT, DATA and the data."""
+
+    __slots__ = ("message", "finish", "data", "rcpt", "result", "done")
+
+    def __init__(self, message, finish, data: bytes, rcpt: bytes):
+        self.message = message
+        #: called once with the message's L{DeliveryResult}
+        self.finish = finish
+        #: what goes on the wire after the 354 (None once written)
+        self.data: bytes | None = data
+        self.rcpt = rcpt
+        #: the outcome decided by a refusal before the data, if any
+        self.result: DeliveryResult | None = None
+        self.done = False
 
 
 @implementer(IHandshakeListener)
 class SMTPClientProtocol(LineReceiver):
+    """
+    One session with the relay.
+
+    Messages go through L{send}.  With PIPELINING (RFC 2920) a message costs
+    one round trip: when the relay's 354 for message N arrives, N's data and
+    final dot leave together with message N+1's MAIL, RCPT and DATA (section
+    3.1: the transfer of message content may be the first "command" of a
+    group, and DATA must be the last), so at most one group -- N's end of
+    data plus N+1's three commands -- awaits replies.  Without PIPELINING
+    every command waits for its reply (lock step).  Replies are matched to
+    commands in the order they were sent; each message's outcome is decided
+    by its own replies only, and a message whose end-of-data reply never
+    came is never SENT.
+    """
+
     # Split on LF and strip CR ourselves: tolerates relays ending lines with LF.
     delimiter = b"\n"
     MAX_LENGTH = 65536
@@ -131,28 +82,34 @@ class SMTPClientProtocol(LineReceiver):
         self.data_timeout = data_timeout
         self.log = Logger(namespace="emaild.outbound.smtp")
         self.extensions: dict[str, str] = {}
+        self.pipelining = False
         self.connected_ = False
         #: the session must end after the current message (421, confusion)
         self.broken = False
+        #: L{send} may be called now (set up, and the previous message is
+        #: far enough along)
+        self.accepting = False
         #: called (no arguments) once the connection is lost
         self.on_lost = None
-        #: called with this protocol once connected (greeting not yet read)
-        self.on_made = None
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        #: called (no arguments) whenever L{accepting} becomes true
+        self.on_ready = None
+        #: (step, timeout, handler, argument) per reply awaited, in order
+        self._waiters: collections.deque = collections.deque()
         self._timer = None
         self._pending: list[str] = []
         self._lost_text: str | None = None
         self._tls_started = implicit_tls
         self._tls_done = False
         self._closed_waiters: list[Deferred] = []
+        self._drain_waiters: list[Deferred] = []
         self._greeting: Deferred | None = None
+        #: messages handed to L{send} whose outcome is not known yet
+        self.unfinished = 0
 
     # -- connection events -------------------------------------------
     def connectionMade(self):
         self.connected_ = True
         self._greeting = self._expect("greeting")
-        if self.on_made is not None:
-            self.on_made(self)
 
     def handshakeCompleted(self):
         self._tls_done = True
@@ -164,17 +121,20 @@ class SMTPClientProtocol(LineReceiver):
 
     def connectionLost(self, reason):
         self.connected_ = False
+        self.accepting = False
         self._cancel_timer()
         if self._lost_text is None:
             self._lost_text = self._describe_loss(reason)
+        if self.on_lost is not None:
+            # first, so that whoever hears of the outcomes below does not
+            # hand this connection another message
+            self.on_lost()
         waiters, self._waiters = self._waiters, collections.deque()
-        for w in waiters:
-            w.d.callback(Reply(None, (self._lost_text.format(step=w.step),)))
+        for step, _, handler, argument in waiters:
+            handler(argument, Reply(None, (self._lost_text.format(step=step),)))
         closed, self._closed_waiters = self._closed_waiters, []
         for d in closed:
             d.callback(None)
-        if self.on_lost is not None:
-            self.on_lost()
 
     def _describe_loss(self, reason) -> str:
         detail = _esc(reason.getErrorMessage())
@@ -206,69 +166,83 @@ class SMTPClientProtocol(LineReceiver):
     def lineReceived(self, line: bytes):
         if self._lost_text is not None:
             return  # we are dropping the connection; what follows is moot
-        line = line.rstrip(b"\r")
-        text = line.decode("utf-8", "replace")
-        if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in ("", " ", "-"):
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        separator = line[3:4]
+        if len(line) < 3 or not line[:3].isdigit() or separator not in (b" ", b"-", b""):
+            text = line.decode("utf-8", "replace")
             self.log.warn("garbled reply from {host}: {line!r}", host=self.host, line=text)
             self.abort("relay sent a garbled reply during {step}: " + _esc(repr(text)))
             return
-        self._pending.append(text[4:])
-        if text[3:4] == "-":
+        self._pending.append(line[4:].decode("utf-8", "replace"))
+        if separator == b"-":
             return
-        reply = Reply(int(text[:3]), tuple(self._pending))
+        reply = Reply(int(line[:3]), tuple(self._pending))
         self._pending = []
         if reply.code == 421:
             self.broken = True  # the relay is closing the session (RFC 5321 3.8)
-        if not self._waiters:
+        waiters = self._waiters
+        if not waiters:
             self.log.warn("unexpected reply from {host}: {reply}", host=self.host, reply=str(reply))
             if reply.code == 421:
                 self.transport.loseConnection()
             return
-        waiter = self._waiters.popleft()
-        self._arm()
-        waiter.d.callback(reply)
+        _, _, handler, argument = waiters.popleft()
+        if waiters:
+            self._arm()
+        else:
+            self._cancel_timer()
+        handler(argument, reply)
 
     def lineLengthExceeded(self, line):
         self.abort("relay sent an over-long reply line during {step}")
 
-    def _expect(self, step: str, timeout: float | None = None) -> Deferred:
-        d = Deferred()
+    def _await(self, step: str, timeout: float, handler, argument) -> None:
+        """Wait for one more reply; C{handler(argument, reply)} gets it."""
         if not self.connected_:
-            d.callback(Reply(None, ((self._lost_text or "connection lost during {step}").format(step=step),)))
-            return d
-        self._waiters.append(_Waiter(step, timeout or self.reply_timeout, d))
+            text = (self._lost_text or "connection lost during {step}").format(step=step)
+            handler(argument, Reply(None, (text,)))
+            return
+        self._waiters.append((step, timeout, handler, argument))
         if len(self._waiters) == 1:
             self._arm()
+
+    def _expect(self, step: str, timeout: float | None = None) -> Deferred:
+        d = Deferred()
+        self._await(step, timeout or self.reply_timeout, Deferred.callback, d)
         return d
 
     def _arm(self):
         # One timer, for the reply at the head of the queue: with pipelining
         # each reply gets its full timeout counted from the previous one.
-        self._cancel_timer()
-        if self._waiters:
-            w = self._waiters[0]
-            self._timer = self.reactor.callLater(w.timeout, self._timed_out, w)
+        timeout = self._waiters[0][1]
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(timeout)
+        else:
+            self._timer = self.reactor.callLater(timeout, self._timed_out)
 
     def _cancel_timer(self):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
-    def _timed_out(self, w: _Waiter):
+    def _timed_out(self):
         self._timer = None
+        if not self._waiters:
+            return
+        step, timeout, _, _ = self._waiters[0]
         self.log.warn("{host}: no reply to {step} within {timeout}s", host=self.host,
-                      step=w.step, timeout=w.timeout)
-        self.abort(f"timed out after {w.timeout:g}s waiting for the reply to {w.step}")
+                      step=step, timeout=timeout)
+        self.abort(f"timed out after {timeout:g}s waiting for the reply to {step}")
 
-    def _commands(self, *commands: tuple[bytes, str]) -> list[Deferred]:
-        """Send commands in one write (pipelined when more than one)."""
-        ds = [self._expect(step) for _, step in commands]
+    def _write(self, data: bytes) -> None:
         if self.connected_:
-            self.transport.write(b"".join(c + b"\r\n" for c, _ in commands))
-        return ds
+            self.transport.write(data)
 
     async def _command(self, command: bytes, step: str) -> Reply:
-        return await self._commands((command, step))[0]
+        d = self._expect(step)
+        self._write(command + b"\r\n")
+        return await d
 
     # -- session setup -------------------------------------------------
     async def start(self, helo_name: bytes, tls_options, username, password):
@@ -292,6 +266,8 @@ class SMTPClientProtocol(LineReceiver):
             await self._ehlo(helo_name)  # RFC 3207: forget what we knew before TLS
         if username is not None:
             await self._auth(username, password or b"")
+        self.pipelining = "PIPELINING" in self.extensions
+        self.accepting = self.connected_
 
     def _require(self, reply: Reply, codes, step: str):
         if reply.code in codes:
@@ -336,48 +312,133 @@ class SMTPClientProtocol(LineReceiver):
         self._require(reply, (235,), "AUTH")
 
     # -- messages --------------------------------------------------------
-    async def send(self, message) -> DeliveryResult:
+    def send(self, message, finish) -> None:
         """
-        One transaction: MAIL, RCPT, DATA (pipelined when offered), the data,
-        and RSET if it stopped part way.  Never raises.
+        Start one transaction (only while L{accepting}): MAIL, RCPT, DATA
+        (in one write with PIPELINING), the data, and RSET if it stopped part
+        way.  C{finish(result)} is called exactly once with the message's
+        L{DeliveryResult}; C{on_ready} is called when the next message may
+        follow (with PIPELINING: as soon as this one's data is written).
         """
+        self.accepting = False
+        self.unfinished += 1
         data = prepare_data(message.data)
+        extensions = self.extensions
         params = b""
-        if "SIZE" in self.extensions:
-            params += b" SIZE=%d" % len(data)
-        if "8BITMIME" in self.extensions and not message.data.isascii():
+        if "SIZE" in extensions:
+            params = b" SIZE=%d" % len(data)
+        if "8BITMIME" in extensions and not message.data.isascii():
             params += b" BODY=8BITMIME"
-        steps = [
-            (b"MAIL FROM:<%s>%s" % (message.sender.encode(), params), "MAIL FROM", (250,)),
-            (b"RCPT TO:<%s>" % message.recipient.encode(), "RCPT TO", (250, 251)),
-            (b"DATA", "DATA", (354,)),
-        ]
-        replies = []
-        if "PIPELINING" in self.extensions:
-            for d in self._commands(*[(c, s) for c, s, _ in steps]):
-                replies.append(await d)
+        mail = b"MAIL FROM:<%s>%s\r\n" % (message.sender.encode(), params)
+        txn = _Transaction(message, finish, data, b"RCPT TO:<%s>\r\n" % message.recipient.encode())
+        timeout = self.reply_timeout
+        if self.pipelining:
+            self._write(mail + txn.rcpt + b"DATA\r\n")
+            self._await("MAIL FROM", timeout, self._on_mail, txn)
+            self._await("RCPT TO", timeout, self._on_rcpt, txn)
+            self._await("DATA", timeout, self._on_data, txn)
         else:
-            for command, step, ok in steps:
-                replies.append(await self._command(command, step))
-                if replies[-1].code not in ok:
-                    break
-        for (_, step, ok), reply in zip(steps, replies):
-            if reply.code not in ok:
-                break
+            self._write(mail)
+            self._await("MAIL FROM", timeout, self._on_mail, txn)
+
+    def _on_mail(self, txn: _Transaction, reply: Reply) -> None:
+        if reply.code != 250:
+            self._refused(txn, "MAIL FROM", reply)
+        elif not self.pipelining:
+            self._write(txn.rcpt)
+            self._await("RCPT TO", self.reply_timeout, self._on_rcpt, txn)
+
+    def _on_rcpt(self, txn: _Transaction, reply: Reply) -> None:
+        if reply.code != 250 and reply.code != 251:
+            self._refused(txn, "RCPT TO", reply)
+        elif not self.pipelining:
+            self._write(b"DATA\r\n")
+            self._await("DATA", self.reply_timeout, self._on_data, txn)
+
+    def _on_data(self, txn: _Transaction, reply: Reply) -> None:
+        if reply.code == 354:
+            if txn.result is None:
+                data, txn.data = txn.data, None
+                self._write(data)
+                self._await("DATA (end of message)", self.data_timeout, self._on_end, txn)
+                if self.pipelining:
+                    self._ready()
+            else:
+                # A pipelined DATA was accepted though MAIL or RCPT was not:
+                # end it with an empty message (RFC 2920 3.1), which the
+                # relay refuses for want of recipients.
+                self._write(b".\r\n")
+                self._await("DATA (end of empty message)", self.reply_timeout,
+                            self._reset, txn)
+            return
+        if reply.code is None:
+            self._finish(txn, txn.result or retry(reply.text))
+            return
+        if txn.result is None:
+            txn.result = self._failed("DATA", reply)
+        self._reset(txn, reply)
+
+    def _on_end(self, txn: _Transaction, reply: Reply) -> None:
+        self._finish(txn, self._final(reply))
+        if not self.pipelining and reply.code is not None:
+            self._ready()
+
+    def _refused(self, txn: _Transaction, step: str, reply: Reply) -> None:
+        if reply.code is None:
+            self.broken = True
+            self._finish(txn, txn.result or retry(reply.text))
+            return
+        if txn.result is None:
+            txn.result = self._failed(step, reply)
+        if not self.pipelining:
+            self._reset(txn, reply)
+        # pipelined: the rest of the group's replies are still to come, and
+        # _on_data sees the last one
+
+    def _reset(self, txn: _Transaction, reply: Reply) -> None:
+        """The transaction stopped before its data: report it, then RSET."""
+        self._finish(txn, txn.result or retry(reply.text))
+        if self.broken or not self.connected_:
+            self._ready()  # the transport ends the session
+            return
+        self._write(b"RSET\r\n")
+        self._await("RSET", self.reply_timeout, self._on_rset, None)
+
+    def _on_rset(self, _, reply: Reply) -> None:
+        if reply.code != 250:
+            self.broken = True
+        if reply.code is not None:
+            self._ready()
+
+    def _ready(self) -> None:
+        self.accepting = self.connected_
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def _finish(self, txn: _Transaction, result: DeliveryResult) -> None:
+        if txn.done:
+            return
+        txn.done = True
+        self.unfinished -= 1
+        txn.finish(result)
+        if not self.unfinished and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    @property
+    def awaiting(self) -> int:
+        """How many replies we are waiting for (commands in flight)."""
+        return len(self._waiters)
+
+    def drained(self) -> Deferred:
+        """Fires once every message handed to L{send} has its outcome."""
+        d = Deferred()
+        if self.unfinished:
+            self._drain_waiters.append(d)
         else:
-            self.transport.write(data)
-            return self._final(await self._expect("DATA (end of message)", self.data_timeout))
-        result = self._failed(step, reply)
-        if replies[-1].code == 354:
-            # A pipelined DATA was accepted though MAIL or RCPT was not: end it
-            # with an empty message (RFC 2920 3.1); the relay refuses that.
-            self.transport.write(b".\r\n")
-            await self._expect("DATA (end of empty message)")
-        if not self.broken and self.connected_:
-            reset = await self._command(b"RSET", "RSET")
-            if reset.code != 250:
-                self.broken = True
-        return result
+            d.callback(None)
+        return d
 
     def _final(self, reply: Reply) -> DeliveryResult:
         if reply.code is None:

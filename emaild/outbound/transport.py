@@ -53,9 +53,12 @@ class DeliveryResult:
     reply: str = ""
 
 
-class ITransport(Interface):
+class IDeliveryTransport(Interface):
     """
-    Something that delivers outbound messages.
+    Something that delivers outbound messages (the relay's SMTP, a maildir).
+
+    Not to be confused with Twisted's L{twisted.internet.interfaces.ITransport},
+    the byte stream a protocol writes to.
     """
 
     name = Attribute("Short name for logs and /healthz, e.g. 'smtp'.")
