@@ -14,7 +14,6 @@ import urllib.parse
 from twisted.internet import defer, reactor, ssl, threads
 from twisted.web.server import Site
 
-from emaild.web.app import WebApp
 from tests.lti13_platform import CLIENT_ID, DEPLOYMENT_ID, ISSUER, Platform
 from tests.support import DatabaseTestCase
 from tests.test_browser import CHROMEDRIVER, CHROMIUM
@@ -86,7 +85,9 @@ class Lti13BrowserTests(DatabaseTestCase):
         config = self.config(http={"public_url": base},
                              web={"lms_origins": [platform.url("")]},
                              lti13={"platforms": {"emulator": platform.platform_config()}})
-        web = WebApp(reactor, config, self.db)
+        hs = self.homeserver(config)
+        hs.get_readiness().mark_ready()
+        web = hs.get_web_app()
         holder["resource"] = web.resource()
         platform.course_login_url = base + "/lti/login?" + urllib.parse.urlencode({
             "iss": ISSUER, "login_hint": "hint-7", "target_link_uri": base + "/lti/launch",

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from emaild.digest.announce import announce
-from emaild.digest.scheduler import DigestRunner
-from emaild.digest.store import DigestStore
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import OutboxStore
 from emaild.people.lti13_nrps import MEMBERSHIPS, NrpsError
 from tests.lti13_platform import INSTRUCTOR, LEARNER
 from tests.test_lti13 import Lti13TestCase, async_test
@@ -125,10 +120,9 @@ class NrpsTests(Lti13TestCase):
         self.assert_launched(*await self.launch())
         await self.settle()
         (course_id,) = self.query("SELECT id FROM courses")[0]
-        outbox = Outbox(self.cfg, OutboxStore(self.db))
-        runner = DigestRunner(self.cfg, self.db, outbox)
+        runner = self.hs.get_digest_runner()
         week = runner.current_week()
-        await DigestStore(self.db).set_note(course_id, week, "Lab 2 is online.")
+        await self.hs.get_digest_store().set_note(course_id, week, "Lab 2 is online.")
         await runner.run_week(week, [course_id])
         rows = self.query(
             "SELECT p.email, o.body FROM outbox o JOIN people p ON p.id = o.person_id"
@@ -139,8 +133,8 @@ class NrpsTests(Lti13TestCase):
         self.assertIn(self.base + "/email/", body)  # a login link
         self.assertIn("Lab 2 is online.", body)
         # and an announcement to the course reaches every member of the roster
-        label = await announce(outbox, "news", course_id=course_id,
-                               context={"body": "Room change."})
+        label = await self.hs.get_announcements().announce("news", course_id=course_id,
+                                                           context={"body": "Room change."})
         reached = self.query("SELECT p.email FROM outbox o JOIN people p ON p.id = o.person_id"
                              " WHERE o.batch = %s ORDER BY p.email", (label,))
         self.assertEqual([r[0] for r in reached],
