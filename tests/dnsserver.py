@@ -1,0 +1,104 @@
+"""
+A real authoritative DNS server on loopback for the sender authentication
+tests: twisted.names' server over UDP and TCP on one random 127.0.0.1 port,
+answering from an in-memory zone, and counting the queries it gets.
+
+    server = ZoneServer("test", {"example.test": [dns.Record_TXT(b"v=spf1 -all")]})
+    port = server.start()          # then [dns] servers = [f"127.0.0.1:{port}"]
+    ...
+    await server.stop()
+
+L{SilentServer} takes queries and never answers (a DNS timeout).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import defer, protocol, reactor
+from twisted.names import authority, dns, server
+
+
+def txt(text: str | bytes) -> dns.Record_TXT:
+    """A TXT record, split into the 255-byte strings DNS carries."""
+    data = text.encode("ascii") if isinstance(text, str) else text
+    return dns.Record_TXT(*[data[i:i + 255] for i in range(0, len(data), 255)] or [b""],
+                          ttl=300)
+
+
+class MemoryAuthority(authority.FileAuthority):
+    """An authority for C{zone} whose records are given, not read from a file."""
+
+    def __init__(self, zone: str, records: dict[str, list]):
+        self.zone, self.initial = zone, records
+        super().__init__(None)
+        self.queries: list[tuple[str, int]] = []
+
+    def loadFile(self, filename):  # noqa: N802
+        self.soa = (self.zone.encode(), dns.Record_SOA(
+            mname=f"ns.{self.zone}", rname=f"hostmaster.{self.zone}", serial=1,
+            refresh=3600, retry=600, expire=86400, minimum=60, ttl=60))
+        self.records = {self.zone.encode(): [self.soa[1]]}
+        for name, records in self.initial.items():
+            self.records.setdefault(name.lower().encode(), []).extend(records)
+
+    def _lookup(self, name, cls, type, timeout=None):
+        self.queries.append((name.decode() if isinstance(name, bytes) else name, type))
+        return super()._lookup(name, cls, type, timeout)
+
+
+class ZoneServer:
+    def __init__(self, zone: str, records: dict[str, list]):
+        self.authority = MemoryAuthority(zone, records)
+        self.factory = server.DNSServerFactory(authorities=[self.authority])
+        self.factory.noisy = False
+        self.ports = []
+
+    @property
+    def queries(self) -> list[tuple[str, int]]:
+        return self.authority.queries
+
+    def start(self) -> int:
+        # TCP first on a free port, then UDP on the same number
+        for _ in range(20):
+            tcp = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+            port = tcp.getHost().port
+            try:
+                udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(self.factory),
+                                        interface="127.0.0.1")
+            except Exception:
+                tcp.stopListening()
+                continue
+            self.ports = [tcp, udp]
+            return port
+        raise RuntimeError("no free port for the test DNS server")
+
+    def stop(self):
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+
+
+class _Discard(protocol.DatagramProtocol):
+    def __init__(self):
+        self.received = 0
+
+    def datagramReceived(self, data, addr):  # noqa: N802
+        self.received += 1
+
+
+class SilentServer:
+    """Receives DNS queries over UDP and never answers."""
+
+    def start(self) -> int:
+        self.protocol = _Discard()
+        self.port = reactor.listenUDP(0, self.protocol, interface="127.0.0.1")
+        return self.port.getHost().port
+
+    def stop(self):
+        return defer.maybeDeferred(self.port.stopListening)
+
+
+def closed_port() -> int:
+    """A UDP port on 127.0.0.1 where nothing listens."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
