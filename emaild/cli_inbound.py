@@ -4,18 +4,28 @@ C{emaild inbound}: what the SMTP server received and what became of it.
     emaild inbound [--json] [--state STATE ...] [--limit N] [MESSAGE_ID]
 
 Without arguments: counts per state, then the newest rows that were not
-relayed (ignored or failed) with their reasons.  With a message id (the
-one named in the server's 250 reply): each of its recipients.
+relayed (held, ignored or failed) with their reasons and the sender
+authentication results.  With a message id (the one named in the server's
+250 reply): each of its recipients, and the whole Authentication-Results
+value.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from emaild.cli_output import CliError, _when, table
 from emaild.inbound.store import TERMINAL, InboundStore
 
-STATES = ("received", *TERMINAL)
+STATES = ("received", *TERMINAL, "held")
+#: states listed by default: the rows that were not relayed (yet)
+NOT_RELAYED = ("held", "ignored", "failed")
+
+
+def auth_summary(authentication: str) -> str:
+    """C{spf=fail dkim=pass dmarc=pass} from an Authentication-Results value."""
+    return " ".join(re.findall(r"\b(?:spf|dkim|dmarc)=[a-z]+", authentication or ""))
 
 
 def add_inbound_commands(commands, common) -> None:
@@ -26,7 +36,7 @@ def add_inbound_commands(commands, common) -> None:
                     "server's 250 reply named).")
     inbound.add_argument("message", nargs="?", type=int, metavar="MESSAGE_ID")
     inbound.add_argument("--state", action="append", choices=STATES,
-                         help="only rows in this state (repeatable; default: ignored, failed)")
+                         help="only rows in this state (repeatable; default: held, ignored, failed)")
     inbound.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     inbound.add_argument("--json", action="store_true", help="print JSON")
     inbound.set_defaults(func=_inbound)
@@ -45,16 +55,19 @@ async def _inbound(reactor, args, config, db, embedded) -> int:
         if not rows:
             raise CliError(f"no received message {args.message}")
     else:
-        rows = await store.recent(args.state or ("ignored", "failed"), args.limit)
+        rows = await store.recent(args.state or NOT_RELAYED, args.limit)
     if args.json:
         print(json.dumps({"counts": counts, "rows": [
             {"message": r[0], "received_at": _when(r[1]), "mail_from": r[2], "address": r[3],
-             "purpose": r[4], "state": r[5], "reason": r[6], "size": r[7]} for r in rows]},
+             "purpose": r[4], "state": r[5], "reason": r[6], "size": r[7],
+             "authentication": r[8]} for r in rows]},
             indent=2))
         return 0
     print("  ".join(f"{state} {counts[state]}" for state in STATES))
+    if args.message is not None and rows[0][8]:
+        print(f"Authentication-Results: {rows[0][8]}")
     if rows:
-        print(table(["message", "received", "from", "to", "purpose", "state", "reason"],
-                    [(r[0], _when(r[1]), r[2] or "<>", r[3], r[4], r[5], r[6] or "")
-                     for r in rows], right=[True] + [False] * 6))
+        print(table(["message", "received", "from", "to", "purpose", "state", "auth", "reason"],
+                    [(r[0], _when(r[1]), r[2] or "<>", r[3], r[4], r[5], auth_summary(r[8]),
+                      r[6] or "") for r in rows], right=[True] + [False] * 7))
     return 0

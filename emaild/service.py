@@ -27,6 +27,7 @@ from emaild.db.migrations import migrate
 from emaild.digest.scheduler import DigestScheduler
 from emaild.groups.addresses import reply_addresses
 from emaild.groups.store import GroupStore
+from emaild.inbound.auth.policy import sender_authentication
 from emaild.inbound.handler import InboundHandler
 from emaild.inbound.relay import RelayProcessor
 from emaild.inbound.server import inbound_listener, use_self_signed
@@ -103,8 +104,11 @@ class Emaild(service.MultiService):
         listener.setServiceParent(self)
         self.inbound = InboundStore(self.db)
         addresses = reply_addresses(config)
+        # SPF/DKIM/DMARC of group posts, and holds ([dns], [groups] unauthenticated)
+        self.sender_auth = sender_authentication(config, reactor, self.db, self.outbox.links,
+                                                 self.outbox.composer)
         handler = InboundHandler(self.inbound, GroupStore(self.db), addresses,
-                                 self.outbox.links, self.store)
+                                 self.outbox.links, self.store, sender_auth=self.sender_auth)
         self.smtp = inbound_listener(config, handler, reactor, metrics=self.metrics)
         self.smtp.setName("smtp")
         self.smtp.setServiceParent(self)
@@ -158,6 +162,7 @@ class Emaild(service.MultiService):
         if self.sender.running:
             await self.sender.stopService()
         await super().stopService()
+        self.sender_auth.close()
         self.db.close()
         if self.embedded is not None and self.embedded.started_here:
             await threads.deferToThread(self.embedded.stop)

@@ -48,15 +48,22 @@ class MemoryAuthority(authority.FileAuthority):
 
 
 class ZoneServer:
-    def __init__(self, zone: str, records: dict[str, list]):
-        self.authority = MemoryAuthority(zone, records)
-        self.factory = server.DNSServerFactory(authorities=[self.authority])
+    """
+    Authoritative for C{zone} with C{records}, and for each zone of
+    C{more_zones} (zone -> records).
+    """
+
+    def __init__(self, zone: str, records: dict[str, list],
+                 more_zones: dict[str, dict[str, list]] | None = None):
+        zones = {zone: records, **(more_zones or {})}
+        self.authorities = [MemoryAuthority(z, r) for z, r in zones.items()]
+        self.factory = server.DNSServerFactory(authorities=self.authorities)
         self.factory.noisy = False
         self.ports = []
 
     @property
     def queries(self) -> list[tuple[str, int]]:
-        return self.authority.queries
+        return [q for authority in self.authorities for q in authority.queries]
 
     def start(self) -> int:
         # TCP first on a free port, then UDP on the same number

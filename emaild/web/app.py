@@ -38,7 +38,7 @@ log = Logger()
 HEALTH_QUERY_TIMEOUT = 2.0
 
 
-_TOKEN_IN_PATH = re.compile(r"(/(?:email|unsubscribe)/)[A-Za-z0-9]+")
+_TOKEN_IN_PATH = re.compile(r"(/(?:email|unsubscribe|hold)/)[A-Za-z0-9]+")
 
 
 def access_log_line(timestamp, request) -> str:
@@ -195,3 +195,4 @@ from emaild.web import (routes_groups, routes_home, routes_links, routes_lti,  #
                         routes_unsubscribe)
 from emaild.web import routes_api, routes_api_announce, routes_metrics  # noqa: E402,F401
 from emaild.web import routes_staff  # noqa: E402,F401
+from emaild.web import routes_holds  # noqa: E402,F401

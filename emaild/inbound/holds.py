@@ -1,0 +1,79 @@
+"""
+Group posts held until their member confirms them.
+
+A post that claims to come from a member but that the member's domain does
+not vouch for (see L{emaild.inbound.auth.verdict}) is, under
+C{[groups] unauthenticated = "hold"}, stored with its relay recipients in
+state C{held}, which the relay processor never takes.  The member is asked
+at their own address (the one the group knows, never the post's From):
+"Did you send this?", with a link (purpose C{hold}, valid for
+C{[links] hold_ttl}) to a page with two buttons.  Opening the page changes
+nothing (mail scanners fetch links); pressing "Yes, send it" releases the
+post to the relay processor, "No, it was not me" discards it (recorded as
+C{ignored} with the reason).  An unanswered question expires with its link
+and the post is never relayed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+
+from emaild.groups.store import GroupStore
+from emaild.inbound.holds_store import HeldMessage, Hold, HoldStore
+from emaild.links.service import HOLD, Links, Resolution
+
+#: the confirmation mail (templates/email/hold_confirm.*)
+TEMPLATE = "hold_confirm"
+KIND = "transactional"
+
+
+def subject_of(raw: bytes) -> str:
+    try:
+        subject = BytesHeaderParser(policy=default_policy).parsebytes(raw).get("Subject", "")
+        return " ".join(str(subject).split())[:200]
+    except Exception:  # a header too broken to decode says nothing useful
+        return ""
+
+
+class Holds:
+    def __init__(self, config, store: HoldStore, links: Links, groups: GroupStore,
+                 composer=None):
+        self.config = config
+        self.store = store
+        self.links = links
+        self.groups = groups
+        #: the outbound composer, for the confirmation mail (not needed to answer)
+        self.composer = composer
+        self.qos = config.qos_class(config.kinds[KIND].qos if KIND in config.kinds else None)
+
+    async def hold(self, message: HeldMessage, member_email: str, member_name: str) -> int:
+        """
+        Store the post as held and queue the question to C{member_email}.
+        Returns the inbound message id.
+        """
+        # a fresh link per hold (a random target, so minting never reuses one)
+        (link,) = await self.links.mint_many(
+            [self.links.request(message.person_id, HOLD, f"hold:{secrets.token_hex(8)}")])
+        group = await self.groups.get(message.group_id) if message.group_id else None
+        draft = self.composer.draft(
+            TEMPLATE, member_email, {
+                "confirm_url": self.links.url(link), "subject": subject_of(message.raw),
+                "group_name": group.name if group else "your group",
+                "valid_days": max(1, round(self.config["links"]["hold_ttl"] / 86400))},
+            person_id=message.person_id, display_name=member_name, kind=KIND)
+        confirmation = self.composer.finish(draft, [])
+        return await self.store.hold(message, link.id, TEMPLATE, self.qos, confirmation)
+
+    async def find(self, token: str) -> tuple[Resolution, Hold | None]:
+        """The link of C{token} and its hold (None for an unknown token)."""
+        resolution = await self.links.resolve(token, HOLD)
+        if resolution.link is None:
+            return resolution, None
+        return resolution, await self.store.by_link(resolution.link.id)
+
+    async def answer(self, hold: Hold, send: bool) -> str | None:
+        state = await self.store.answer(hold.link_id, send)
+        await self.links.store.record_use(hold.link_id)
+        return state
