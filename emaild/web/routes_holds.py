@@ -70,6 +70,8 @@ async def hold_answer(self, request, token):
     choice = form_value(request, "choice")
     if choice not in CHOICES:
         return self.pages.error(request, 400, "Please choose \"send it\" or \"it was not me\".")
+    if hold.state != WAITING:  # answered before: say how, change nothing
+        return await hold_page(self, request, token)
     state = await _holds(self).answer(hold, CHOICES[choice])
     return self.pages.render(request, "hold_done.html", title="Did you send this?",
                              state=state, group_name=hold.group_name or "your group")

@@ -1,0 +1,122 @@
+"""
+Posts held until their member confirms them ([groups] unauthenticated =
+"hold"), through the real daemon: the post gets 250 but is not relayed; the
+member gets "Did you send this?" at their own address (the maildir
+outbox); the link's page shows the post and changes nothing; "send it"
+relays it, "it was not me" discards it; unknown and expired links say so.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet import reactor, task
+
+from emaild.cli_inbound import auth_summary
+from tests.authfixture import DaemonWithDNS, post, wait_for
+from tests.webtest import Browser
+
+
+class HoldTests(DaemonWithDNS):
+    async def held_post(self, who="carol", sender="Carol Shaw <carol@none.test>", **kwargs):
+        code, text = await self.send(who, post(sender, self.reply[who], **kwargs))
+        self.assertEqual(code, 250, text)
+        message_id = text.decode().rsplit(" ", 1)[1]
+        self.assertEqual(self.states(message_id), [("held", None)])
+        return message_id
+
+    async def question(self, address: str, count: int = 1) -> str:
+        """The link in the newest "Did you send this?" mail to C{address}."""
+        await wait_for(lambda: len(self.mailbox(address)) >= count, timeout=30)
+        mail = self.mailbox(address)[count - 1]
+        self.assertIn("Did you send this", str(mail["Subject"]))
+        text = mail.get_body(("plain",)).get_content()
+        (link,) = set(re.findall(re.escape(self.base) + r"/hold/[A-Za-z0-9]+", text))
+        return link
+
+    def browser(self) -> Browser:
+        browser = Browser(self.base)
+        self.addCleanup(browser.close)
+        return browser
+
+    async def test_held_then_sent(self):
+        await self.start()
+        message_id = await self.held_post(subject="Meeting on Friday?")
+        self.assertIn("dmarc=fail", self.authentication(message_id))
+        # asked at the address the group knows, never told to anyone else
+        link = await self.question("carol@none.test")
+        self.assertEqual(self.query(
+            "SELECT recipient, template, kind FROM outbox WHERE template = 'hold_confirm'"),
+            [("carol@none.test", "hold_confirm", "transactional")])
+        browser = self.browser()
+        for _ in range(2):  # looking (a mail scanner, a preview) changes nothing
+            response, page = await browser.get(link)
+            self.assertEqual(response.code, 200)
+            self.assertIn("Meeting on Friday?", page)
+            self.assertIn("Study Group", page)
+            self.assertIn("mx.sender.test [127.0.0.1]", page)
+            self.assertIn('value="send"', page)
+            self.assertIn('value="discard"', page)
+            self.assertEqual(response.headers.getRawHeaders("Referrer-Policy"), ["no-referrer"])
+        await task.deferLater(reactor, 1, lambda: None)
+        self.assertEqual(self.states(message_id), [("held", None)])
+        self.assertEqual(self.copies(message_id), [])
+
+        response, page = await browser.post(link, data={"choice": "send"})
+        self.assertEqual(response.code, 200)
+        self.assertIn("on its way to Study Group", page)
+        self.assertEqual(await self.relayed(message_id),
+                         ["ada@spf.test", "bob@dkim.test", "dan@reject.test"])
+        self.assertEqual(self.query("SELECT state FROM inbound_holds"), [("sent",)])
+        # a second answer changes nothing
+        response, page = await browser.post(link, data={"choice": "discard"})
+        self.assertIn("already sent", page)
+        await task.deferLater(reactor, 1, lambda: None)
+        self.assertEqual(len(self.copies(message_id)), 3)
+        self.assertEqual(self.states(message_id)[0][0], "done")
+
+    async def test_not_me_discards_and_records_it(self):
+        await self.start()
+        message_id = await self.held_post()
+        link = await self.question("carol@none.test")
+        response, page = await self.browser().post(link, data={"choice": "discard"})
+        self.assertEqual(response.code, 200)
+        self.assertIn("not sent", page)
+        self.assertEqual(self.states(message_id),
+                         [("ignored", "discarded: the member said they did not send it")])
+        await task.deferLater(reactor, 1.5, lambda: None)  # three processor polls
+        self.assertEqual(self.copies(message_id), [])
+        self.assertEqual(self.query("SELECT state FROM inbound_holds"), [("discarded",)])
+        rows = await self.service.inbound.recent(("ignored",))
+        self.assertEqual(auth_summary(rows[0][8]), "spf=softfail spf=none dkim=none dmarc=fail")
+
+    async def test_bad_choice_unknown_and_expired_links(self):
+        await self.start()
+        message_id = await self.held_post()
+        link = await self.question("carol@none.test")
+        browser = self.browser()
+        response, page = await browser.post(link, data={"choice": "maybe"})
+        self.assertEqual(response.code, 400)
+        token = link.rsplit("/", 1)[1]
+        for bad in (token[:-1], token + "x", token[::-1], "0"):
+            response, page = await browser.get(f"/hold/{bad}")
+            self.assertEqual(response.code, 404, bad)
+            response, page = await browser.post(f"/hold/{bad}", data={"choice": "send"})
+            self.assertEqual(response.code, 404, bad)
+        self.query("UPDATE links SET expires_at = now() - interval '1 second'"
+                   " WHERE purpose = 'hold'")
+        response, page = await browser.get(link)
+        self.assertEqual(response.code, 410)
+        self.assertIn("was not sent to the group", page)
+        response, page = await browser.post(link, data={"choice": "send"})
+        self.assertEqual(response.code, 410)
+        self.assertEqual(self.states(message_id), [("held", None)])
+        self.assertEqual(self.copies(message_id), [])
+
+    async def test_the_question_goes_to_the_members_own_address_only(self):
+        await self.start()
+        # a forger writes as Carol from elsewhere: only Carol is asked
+        await self.held_post(sender="Carol <carol@none.test>", subject="Send money")
+        await self.question("carol@none.test")
+        recipients = [r for (r,) in self.query("SELECT recipient FROM outbox")]
+        self.assertEqual(recipients, ["carol@none.test"])
