@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import smtplib
 import socket
 from email.utils import formatdate
@@ -27,6 +28,7 @@ from emaild.service import Emaild
 from tests.dkimsign import key_record, new_key, sign
 from tests.dnsserver import SilentServer, ZoneServer, txt
 from tests.support import DatabaseTestCase, wait_for
+from tests.webtest import Browser
 
 DOMAIN = "relay.course.test"
 KEY = new_key()
@@ -147,11 +149,34 @@ class DaemonWithDNS(DatabaseTestCase):
         for path in sorted(new.iterdir() if new.is_dir() else [],
                            key=lambda p: p.stat().st_mtime_ns):
             raw = path.read_bytes()
-            head, _, rest = raw.partition(b"\n")
+            _return_path, _, rest = raw.partition(b"\n")
             delivered_to, _, copy = rest.partition(b"\n")
             if delivered_to.decode().split(": ", 1)[1].strip() == address:
                 found.append(email.message_from_bytes(copy, policy=email.policy.default))
         return found
 
+    # -- holds ---------------------------------------------------------------
+    async def held_post(self, who="carol", sender="Carol Shaw <carol@none.test>", **kwargs):
+        """Post as C{who} (by default: Carol, whose domain vouches for nothing); held."""
+        code, text = await self.send(who, post(sender, self.reply[who], **kwargs))
+        self.assertEqual(code, 250, text)
+        message_id = text.decode().rsplit(" ", 1)[1]
+        self.assertEqual(self.states(message_id), [("held", None)])
+        return message_id
 
-__all__ = ["DaemonWithDNS", "SilentServer", "post", "signed", "WRONG_KEY", "MEMBERS", "wait_for"]
+    async def question(self, address: str, count: int = 1) -> str:
+        """The link in the C{count}th "Did you send this?" mail to C{address}."""
+        await wait_for(lambda: len(self.mailbox(address)) >= count, timeout=30)
+        mail = self.mailbox(address)[count - 1]
+        self.assertIn("Did you send this", str(mail["Subject"]))
+        text = mail.get_body(("plain",)).get_content()
+        (link,) = set(re.findall(re.escape(self.base) + r"/hold/[A-Za-z0-9]+", text))
+        return link
+
+    def browser(self) -> Browser:
+        browser = Browser(self.base)
+        self.addCleanup(browser.close)
+        return browser
+
+
+__all__ = ["MEMBERS", "WRONG_KEY", "DaemonWithDNS", "SilentServer", "post", "signed", "wait_for"]

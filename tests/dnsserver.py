@@ -13,9 +13,8 @@ L{SilentServer} takes queries and never answers (a DNS timeout).
 
 from __future__ import annotations
 
-import socket
-
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import CannotListenError
 from twisted.names import authority, dns, server
 
 
@@ -34,7 +33,7 @@ class MemoryAuthority(authority.FileAuthority):
         super().__init__(None)
         self.queries: list[tuple[str, int]] = []
 
-    def loadFile(self, filename):  # noqa: N802
+    def loadFile(self, filename):
         self.soa = (self.zone.encode(), dns.Record_SOA(
             mname=f"ns.{self.zone}", rname=f"hostmaster.{self.zone}", serial=1,
             refresh=3600, retry=600, expire=86400, minimum=60, ttl=60))
@@ -73,7 +72,7 @@ class ZoneServer:
             try:
                 udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(self.factory),
                                         interface="127.0.0.1")
-            except Exception:
+            except CannotListenError:  # the UDP port of that number is taken
                 tcp.stopListening()
                 continue
             self.ports = [tcp, udp]
@@ -88,7 +87,7 @@ class _Discard(protocol.DatagramProtocol):
     def __init__(self):
         self.received = 0
 
-    def datagramReceived(self, data, addr):  # noqa: N802
+    def datagramReceived(self, data, addr):
         self.received += 1
 
 
@@ -103,9 +102,3 @@ class SilentServer:
     def stop(self):
         return defer.maybeDeferred(self.port.stopListening)
 
-
-def closed_port() -> int:
-    """A UDP port on 127.0.0.1 where nothing listens."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

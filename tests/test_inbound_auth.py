@@ -17,8 +17,15 @@ from emaild.inbound.auth import dmarc
 from emaild.inbound.auth.dkim import verify_all
 from emaild.inbound.auth.dns import Resolver, TemporaryDNSError
 from emaild.inbound.auth.spf import SPFResult, check_helo, check_host
-from emaild.inbound.auth.verdict import (HOLD, REFUSE, RELAY, RETRY, Authenticator, Verdict,
-                                         decide)
+from emaild.inbound.auth.verdict import (
+    HOLD,
+    REFUSE,
+    RELAY,
+    RETRY,
+    Authenticator,
+    Verdict,
+    decide,
+)
 from tests.dkimsign import key_record, new_key, sign
 from tests.dnsserver import SilentServer, ZoneServer, txt
 

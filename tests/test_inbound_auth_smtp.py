@@ -9,7 +9,7 @@ relayed.  (Holds: tests/test_inbound_hold.py.)
 
 from __future__ import annotations
 
-from twisted.internet import task, reactor
+from twisted.internet import reactor, task
 
 from tests.authfixture import WRONG_KEY, DaemonWithDNS, SilentServer, post, signed
 

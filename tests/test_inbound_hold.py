@@ -8,37 +8,13 @@ relays it, "it was not me" discards it; unknown and expired links say so.
 
 from __future__ import annotations
 
-import re
-
 from twisted.internet import reactor, task
 
 from emaild.cli_inbound import auth_summary
-from tests.authfixture import DaemonWithDNS, post, wait_for
-from tests.webtest import Browser
+from tests.authfixture import DaemonWithDNS
 
 
 class HoldTests(DaemonWithDNS):
-    async def held_post(self, who="carol", sender="Carol Shaw <carol@none.test>", **kwargs):
-        code, text = await self.send(who, post(sender, self.reply[who], **kwargs))
-        self.assertEqual(code, 250, text)
-        message_id = text.decode().rsplit(" ", 1)[1]
-        self.assertEqual(self.states(message_id), [("held", None)])
-        return message_id
-
-    async def question(self, address: str, count: int = 1) -> str:
-        """The link in the newest "Did you send this?" mail to C{address}."""
-        await wait_for(lambda: len(self.mailbox(address)) >= count, timeout=30)
-        mail = self.mailbox(address)[count - 1]
-        self.assertIn("Did you send this", str(mail["Subject"]))
-        text = mail.get_body(("plain",)).get_content()
-        (link,) = set(re.findall(re.escape(self.base) + r"/hold/[A-Za-z0-9]+", text))
-        return link
-
-    def browser(self) -> Browser:
-        browser = Browser(self.base)
-        self.addCleanup(browser.close)
-        return browser
-
     async def test_held_then_sent(self):
         await self.start()
         message_id = await self.held_post(subject="Meeting on Friday?")

@@ -8,7 +8,7 @@ held without its question, nor the question sent about nothing).
 from __future__ import annotations
 
 import datetime
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 from psycopg2 import Binary

@@ -46,7 +46,7 @@ async def _find(web, request, token):
 
 
 def _when(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.timezone.utc).strftime("%d %B %Y, %H:%M UTC")
+    return moment.astimezone(datetime.UTC).strftime("%d %B %Y, %H:%M UTC")
 
 
 @WebApp.app.route("/hold/<token>", methods=["GET", "HEAD"])

@@ -22,7 +22,7 @@ cached.
 from __future__ import annotations
 
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 
 from twisted.internet import defer
 from twisted.names import client, dns, error

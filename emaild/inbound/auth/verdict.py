@@ -130,16 +130,16 @@ def decide(verdict: Verdict, unauthenticated: str) -> Decision:
     if verdict.authenticated:
         return Decision(RELAY)
     if verdict.temporary:
-        return Decision(RETRY, (451, "4.7.0", f"cannot verify the sender's domain {domain} "
-                                              "right now (DNS); please try again later"))
+        text = f"cannot verify the sender's domain {domain} right now (DNS); please try again later"
+        return Decision(RETRY, (451, "4.7.0", text))
     if verdict.dmarc.policy in ("reject", "quarantine"):
-        return Decision(REFUSE, (550, "5.7.1", f"{domain} publishes DMARC p={verdict.dmarc.policy}"
-                                               " and this message fails it: neither SPF nor "
-                                               "DKIM passes aligned with the From domain"))
+        text = (f"{domain} publishes DMARC p={verdict.dmarc.policy} and this message fails it: "
+                "neither SPF nor DKIM passes aligned with the From domain")
+        return Decision(REFUSE, (550, "5.7.1", text))
     if unauthenticated == REFUSE:
-        return Decision(REFUSE, (550, "5.7.1", f"the group only relays posts that {domain} "
-                                               "vouches for (SPF or DKIM aligned with From); "
-                                               "this one it does not"))
+        text = (f"the group only relays posts that {domain} vouches for (SPF or DKIM aligned "
+                "with From); this one it does not")
+        return Decision(REFUSE, (550, "5.7.1", text))
     if unauthenticated == RELAY:
         return Decision(RELAY)
     return Decision(HOLD)
