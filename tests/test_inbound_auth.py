@@ -88,6 +88,17 @@ class ResolverTests(AuthTestCase):
         self.assertEqual(self.resolver.queries, 2)
 
     @defer.inlineCallbacks
+    def test_names_that_cannot_exist_are_answered_empty_without_asking(self):
+        for name in ("", "a..test", "[127.0.0.1]", "x" * 64 + ".test", "a b.test",
+                     "a.test\x00", "_dmarc.\u2603" * 50):
+            answer = yield defer.Deferred.fromCoroutine(self.resolver.lookup(name, "TXT"))
+            self.assertEqual(answer, (), name)
+        self.assertEqual(self.server.queries, [])
+        # an internationalised name is asked in its ASCII form
+        yield defer.Deferred.fromCoroutine(self.resolver.lookup("b\u00fccher.test", "TXT"))
+        self.assertEqual(self.server.queries, [("xn--bcher-kva.test", dns.TXT)])
+
+    @defer.inlineCallbacks
     def test_a_long_key_record_comes_whole_over_tcp(self):
         (record,) = yield defer.Deferred.fromCoroutine(
             self.resolver.lookup("sel._domainkey.dkim.test", "TXT"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from twisted.internet import reactor, task
 
 from emaild.cli_inbound import auth_summary
-from tests.authfixture import DaemonWithDNS
+from tests.authfixture import DaemonWithDNS, post, wait_for
 
 
 class HoldTests(DaemonWithDNS):
@@ -96,3 +96,16 @@ class HoldTests(DaemonWithDNS):
         await self.question("carol@none.test")
         recipients = [r for (r,) in self.query("SELECT recipient FROM outbox")]
         self.assertEqual(recipients, ["carol@none.test"])
+
+    async def test_an_unauthenticated_auto_reply_is_ignored_not_asked_about(self):
+        await self.start()
+        data = post("Carol <carol@none.test>", self.reply["carol"], subject="Out of office")
+        data = data.replace(b"Subject:", b"Auto-Submitted: auto-replied\r\nSubject:")
+        code, text = await self.send("carol", data)
+        self.assertEqual(code, 250, text)
+        message_id = text.decode().rsplit(" ", 1)[1]
+        await wait_for(lambda: self.states(message_id)[0][0] != "received", timeout=15)
+        self.assertEqual(self.states(message_id),
+                         [("ignored", "not relayed: automatic mail (Auto-Submitted: auto-replied)")])
+        self.assertEqual(self.query("SELECT count(*) FROM outbox"), [(0,)])
+        self.assertEqual(self.query("SELECT count(*) FROM inbound_holds"), [(0,)])

@@ -9,7 +9,9 @@ C{lookup} returns the records of the asked type in the answer (after any
 CNAME chain the server followed), as plain values: C{A}/C{AAAA} an address
 string, C{MX} C{(preference, exchange)}, C{PTR} a name, C{TXT} a tuple of the
 record's byte strings.  A name that does not exist (NXDOMAIN) or has no such
-records is an empty tuple.  Everything else (a timeout, SERVFAIL, REFUSED, any
+records is an empty tuple, and so is a name that cannot exist (an empty or
+over-long label, an address literal, characters IDNA cannot encode): asking
+would only turn a permanent answer into a timeout.  Everything else (a timeout, SERVFAIL, REFUSED, any
 other error code, no route to the server) raises L{TemporaryDNSError}: SPF,
 DKIM and DMARC all turn that into C{temperror}, and the SMTP server into a
 4xx, never into a pass or a fail.
@@ -21,6 +23,7 @@ cached.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Sequence
 
@@ -33,6 +36,10 @@ MAX_TTL = 3600
 MAX_NEGATIVE_TTL = 300
 CACHE_SIZE = 10_000
 RESOLV_CONF = "/etc/resolv.conf"
+
+#: a label we can ask about (letters, digits, hyphen; underscore for
+#: _dmarc, _domainkey and selectors)
+_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 _TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "PTR": dns.PTR, "TXT": dns.TXT}
 
@@ -79,7 +86,9 @@ class Resolver:
 
         @raise TemporaryDNSError: no usable answer now.
         """
-        name = name.rstrip(".").lower()
+        name = _ascii_name(name)
+        if name is None:
+            return ()
         key = (name, qtype)
         now = self.reactor.seconds()
         cached = self._cache.get(key)
@@ -128,6 +137,18 @@ class Resolver:
         """
         for protocol in list(self.client.connections):
             protocol.transport.loseConnection()
+
+
+def _ascii_name(name: str) -> str | None:
+    """The name in the ASCII form DNS carries, or None if it cannot be one."""
+    name = name.rstrip(".").lower()
+    try:
+        name = name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        return None
+    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        return None
+    return name
 
 
 def system_servers(path: str = RESOLV_CONF) -> list[tuple[str, int]]:

@@ -23,6 +23,7 @@ import attrs
 from twisted.logger import Logger
 
 from emaild.inbound.auth.verdict import HOLD, Authenticator, decide
+from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.holds import Holds
 from emaild.inbound.holds_store import HeldMessage
 from emaild.inbound.server import Envelope, Refused
@@ -55,11 +56,13 @@ class Checked:
 
 class SenderAuthentication:
     def __init__(self, authenticator: Authenticator, holds: Holds, unauthenticated: str,
-                 authserv_id: str):
+                 authserv_id: str, relay_domain: str | None = None):
         self.authenticator = authenticator
         self.holds = holds
         self.unauthenticated = unauthenticated
         self.authserv_id = authserv_id
+        #: the loop marker our copies carry (see emaild.inbound.classify)
+        self.relay_domain = relay_domain or authserv_id
 
     async def check(self, envelope: Envelope, raw: bytes) -> Checked:
         """
@@ -83,6 +86,11 @@ class SenderAuthentication:
             raise Refused(*decision.reply)
         reason = (f"{from_domain} does not vouch for it (no aligned SPF or DKIM pass, "
                   f"DMARC {verdict.dmarc.result})")
+        if decision.action == HOLD and not_relayable(parse_message(raw), envelope.mail_from,
+                                                     self.relay_domain):
+            # an auto-reply, a report, a loop: the relay processor ignores it
+            # (and says why) whoever sent it, so nobody is asked about it
+            return Checked(header, False, reason)
         return Checked(header, decision.action == HOLD, reason)
 
     def close(self) -> None:
@@ -111,4 +119,5 @@ def sender_authentication(config, reactor, db, links, composer) -> SenderAuthent
     holds = Holds(config, HoldStore(db), links, GroupStore(db), composer)
     authserv_id = config["smtp"]["hostname"] or config["smtp"]["relay_domain"]
     return SenderAuthentication(Authenticator(resolver), holds,
-                                config["groups"]["unauthenticated"], authserv_id)
+                                config["groups"]["unauthenticated"], authserv_id,
+                                config["smtp"]["relay_domain"])
