@@ -28,10 +28,12 @@ def txt(text: str | bytes) -> dns.Record_TXT:
 class MemoryAuthority(authority.FileAuthority):
     """An authority for C{zone} whose records are given, not read from a file."""
 
-    def __init__(self, zone: str, records: dict[str, list]):
+    def __init__(self, zone: str, records: dict[str, list], servfail=()):
         self.zone, self.initial = zone, records
         super().__init__(None)
         self.queries: list[tuple[str, int]] = []
+        #: names answered SERVFAIL (a broken or unreachable authority behind)
+        self.servfail = {name.lower() for name in servfail}
 
     def loadFile(self, filename):
         self.soa = (self.zone.encode(), dns.Record_SOA(
@@ -42,20 +44,24 @@ class MemoryAuthority(authority.FileAuthority):
             self.records.setdefault(name.lower().encode(), []).extend(records)
 
     def _lookup(self, name, cls, type, timeout=None):
-        self.queries.append((name.decode() if isinstance(name, bytes) else name, type))
+        text = name.decode() if isinstance(name, bytes) else name
+        self.queries.append((text, type))
+        if text.lower() in self.servfail:
+            # anything but a DomainError is answered SERVFAIL by the server factory
+            return defer.fail(RuntimeError(f"test: SERVFAIL for {text}"))
         return super()._lookup(name, cls, type, timeout)
 
 
 class ZoneServer:
     """
     Authoritative for C{zone} with C{records}, and for each zone of
-    C{more_zones} (zone -> records).
+    C{more_zones} (zone -> records); the names in C{servfail} get SERVFAIL.
     """
 
     def __init__(self, zone: str, records: dict[str, list],
-                 more_zones: dict[str, dict[str, list]] | None = None):
+                 more_zones: dict[str, dict[str, list]] | None = None, servfail=()):
         zones = {zone: records, **(more_zones or {})}
-        self.authorities = [MemoryAuthority(z, r) for z, r in zones.items()]
+        self.authorities = [MemoryAuthority(z, r, servfail) for z, r in zones.items()]
         self.factory = server.DNSServerFactory(authorities=self.authorities)
         self.factory.noisy = False
         self.ports = []

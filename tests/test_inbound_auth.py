@@ -121,6 +121,39 @@ class ResolverTests(AuthTestCase):
         self.assertEqual(resolver.queries, 2)
 
 
+class ServfailTests(unittest.TestCase):
+    """SERVFAIL (a broken authority behind the resolver) is temporary, like a timeout."""
+
+    def setUp(self):
+        self.server = ZoneServer("test", zone_records(), servfail=[
+            "spf.test", "sel._domainkey.dkim.test", "_dmarc.none.test"])
+        port = self.server.start()
+        self.addCleanup(self.server.stop)
+        self.resolver = Resolver(reactor, [("127.0.0.1", port)], timeout=2)
+        self.addCleanup(self.resolver.close)
+
+    @defer.inlineCallbacks
+    def test_servfail_is_temperror_for_spf_dkim_and_dmarc(self):
+        with self.assertRaises(TemporaryDNSError):
+            yield defer.Deferred.fromCoroutine(self.resolver.lookup("spf.test", "TXT"))
+        spf = yield defer.Deferred.fromCoroutine(
+            check_host(self.resolver, "127.0.0.1", "a@spf.test", "x.test"))
+        self.assertEqual(spf.result, "temperror")
+        raw = sign(message("bob@dkim.test"), domain="dkim.test", selector="sel", key=KEY)
+        (signature,) = yield defer.Deferred.fromCoroutine(verify_all(self.resolver, raw))
+        self.assertEqual(signature.result, "temperror")
+        verdict = yield defer.Deferred.fromCoroutine(Authenticator(self.resolver).authenticate(
+            peer="127.0.0.1", helo="x.test", mail_from="bob@dkim.test", raw=raw,
+            from_domain="dkim.test"))
+        # SPF fails, but the aligned signature could not be checked: not a reject
+        self.assertEqual(decide(verdict, "hold").action, RETRY)
+        verdict = yield defer.Deferred.fromCoroutine(Authenticator(self.resolver).authenticate(
+            peer="127.0.0.1", helo="x.test", mail_from="c@soft.test", raw=message("c@none.test"),
+            from_domain="none.test"))
+        self.assertEqual(decide(verdict, "relay").action, RETRY)  # the policy is unknown
+        self.flushLoggedErrors(RuntimeError)  # the test server logs what it answered SERVFAIL
+
+
 class SPFTests(AuthTestCase):
     @defer.inlineCallbacks
     def test_results(self):

@@ -9,9 +9,21 @@ relayed.  (Holds: tests/test_inbound_hold.py.)
 
 from __future__ import annotations
 
-from twisted.internet import reactor, task
+import smtplib
+import time
 
-from tests.authfixture import WRONG_KEY, DaemonWithDNS, SilentServer, post, signed
+from twisted.internet import reactor, task, threads
+
+from tests.authfixture import (
+    WRONG_KEY,
+    ZONE,
+    DaemonWithDNS,
+    SilentServer,
+    post,
+    signed,
+    wait_for,
+)
+from tests.dnsserver import ZoneServer
 
 
 class PolicyAtEndOfData(DaemonWithDNS):
@@ -90,13 +102,32 @@ class PolicyAtEndOfData(DaemonWithDNS):
 
     async def test_a_dns_server_that_never_answers_is_451_and_nothing_is_relayed(self):
         silent = SilentServer()
-        await self.start(unauthenticated="relay", dns_server=silent, dns_timeout="0.5s")
+        await self.start(unauthenticated="relay", dns_server=silent, dns_timeout="1s")
         for who, sender in (("ada", "Ada <ada@spf.test>"), ("carol", "Carol <carol@none.test>")):
-            code, text = await self.send(who, post(sender, self.reply[who]))
+            pending = self.send(who, post(sender, self.reply[who]))
+            # while that post waits for DNS, the daemon serves everyone else
+            await wait_for(lambda: silent.protocol.received > 0, timeout=5)
+            started = time.monotonic()
+            code, _ = await threads.deferToThread(_ehlo, self.smtp_port)
+            self.assertEqual(code, 250)
+            self.assertLess(time.monotonic() - started, 0.5)
+            self.assertFalse(pending.called)
+            code, text = await pending
             self.assertEqual(code, 451, text)
             self.assertIn(b"4.7.0", text)
             self.assertIn(b"try again later", text)
-        self.assertGreater(silent.protocol.received, 0)
         await task.deferLater(reactor, 1, lambda: None)
         self.assertEqual(self.messages(), 0)
         self.assertEqual(self.query("SELECT count(*) FROM outbox"), [(0,)])
+
+    async def test_servfail_is_451(self):
+        await self.start(dns_server=ZoneServer("test", ZONE, servfail=["_dmarc.dkim.test"]))
+        code, text = await self.send("bob", post("Bob <bob@dkim.test>", self.reply["bob"]))
+        self.assertEqual((code, text[:5]), (451, b"4.7.0"))
+        self.assertEqual(self.messages(), 0)
+        self.flushLoggedErrors(RuntimeError)  # the test server logs what it answered SERVFAIL
+
+
+def _ehlo(port: int):
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        return client.ehlo("other.client.test")
