@@ -55,13 +55,19 @@ def _headers(head: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def sign(message: bytes, *, domain: str, selector: str, key,
-         headers=("from", "to", "subject", "date", "message-id")) -> bytes:
-    """C{message} (CRLF line ends) with a DKIM-Signature header in front."""
+         headers=("from", "to", "subject", "date", "message-id"),
+         body_length: bool = False) -> bytes:
+    """
+    C{message} (CRLF line ends) with a DKIM-Signature header in front;
+    C{body_length} adds C{l=} (the whole canonical body).
+    """
     head, _, body = message.partition(b"\r\n\r\n")
     fields = _headers(head)
-    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
+    canonical = relaxed_body(body)
+    body_hash = base64.b64encode(hashlib.sha256(canonical).digest()).decode()
     present = [h for h in headers if any(n.strip().lower() == h.encode() for n, _ in fields)]
-    value = (f" v=1; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s={selector};"
+    length = f" l={len(canonical)};" if body_length else ""
+    value = (f" v=1; a=rsa-sha256; c=relaxed/relaxed; d={domain}; s={selector};{length}"
              f" h={':'.join(present)}; bh={body_hash}; b=")
     signed = b""
     used: dict[bytes, int] = {}

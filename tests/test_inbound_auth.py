@@ -178,6 +178,18 @@ class SPFTests(AuthTestCase):
         self.assertEqual(result.result, "none")  # an address literal names no domain
 
     @defer.inlineCallbacks
+    def test_no_ip_address_is_none_and_a_broken_record_a_permerror(self):
+        result = yield self.spf("a@spf.test", ip="local")
+        self.assertEqual(result.result, "none")
+        for record in ("v=spf1 include:", "v=spf1 ip4:300.1.1.1 -all", "v=spf1 a:%{z} -all",
+                       "v=spf1 redirect=broken.test"):
+            self.server.authorities[0].records[b"broken.test"] = [txt(record)]
+            self.resolver = Resolver(reactor, self.resolver.client.servers, timeout=2)
+            self.addCleanup(self.resolver.close)
+            result = yield self.spf("a@broken.test")
+            self.assertEqual(result.result, "permerror", record)
+
+    @defer.inlineCallbacks
     def test_a_dns_timeout_is_temperror(self):
         silent = SilentServer()
         port = silent.start()
@@ -217,6 +229,26 @@ class DKIMTests(AuthTestCase):
         changed_header = header.replace(b"Subject: a post", b"Subject: another post")
         (result,) = yield self.verify(changed_header)
         self.assertEqual(result.result, "fail")
+
+    @defer.inlineCallbacks
+    def test_a_body_length_limit_or_an_unsigned_from_does_not_pass(self):
+        raw = sign(message("Bob <bob@dkim.test>"), domain="dkim.test", selector="sel", key=KEY,
+                   body_length=True)
+        (limited,) = yield self.verify(raw + b"Appended by someone else.\r\n")
+        self.assertEqual((limited.result, limited.domain), ("policy", "dkim.test"))
+        (no_from,) = yield self.verify(sign(message("Bob <bob@dkim.test>"), domain="dkim.test",
+                                            selector="sel", key=KEY, headers=("to", "subject")))
+        self.assertEqual((no_from.result, no_from.reason), ("permerror", "From is not signed"))
+
+    @defer.inlineCallbacks
+    def test_garbage_is_a_permanent_error_never_a_crash(self):
+        for signature in (b"v=1; a=rsa-sha256; d=dkim.test; s=sel; h=from; bh=!!; b=??",
+                          b"v=1; a=rsa-sha256; d=dkim.test; s=sel; h=from; bh=; b=; l=x",
+                          b"\xff\xfe; d=\x00", b"v=1; a=rsa-sha999; d=dkim.test; s=sel"):
+            results = yield self.verify(b"DKIM-Signature: " + signature + b"\r\n"
+                                        + message("b@dkim.test"))
+            self.assertEqual(len(results), 1, signature)
+            self.assertIn(results[0].result, ("permerror", "fail", "policy"), signature)
 
     @defer.inlineCallbacks
     def test_every_signature_is_checked(self):

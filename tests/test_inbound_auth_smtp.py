@@ -14,15 +14,9 @@ import time
 
 from twisted.internet import reactor, task, threads
 
-from tests.authfixture import (
-    WRONG_KEY,
-    ZONE,
-    DaemonWithDNS,
-    SilentServer,
-    post,
-    signed,
-    wait_for,
-)
+from tests.authfixture import (KEY, WRONG_KEY, ZONE, DaemonWithDNS, SilentServer, post, signed,
+                               wait_for)
+from tests.dkimsign import sign
 from tests.dnsserver import ZoneServer
 
 
@@ -60,6 +54,11 @@ class PolicyAtEndOfData(DaemonWithDNS):
                 b"Who is in?", b"Send me your password"),
             "signed by another domain": signed(post("Bob <bob@dkim.test>", to)).replace(
                 b"d=dkim.test", b"d=spf.test"),
+            "appended to a body length limit": sign(
+                post("Bob <bob@dkim.test>", to), domain="dkim.test", selector="sel", key=KEY,
+                body_length=True) + b"Click here: http://evil.test/\r\n",
+            "From not signed": sign(post("Bob <bob@dkim.test>", to), domain="dkim.test",
+                                    selector="sel", key=KEY, headers=("to", "subject")),
         }
         for what, data in forgeries.items():
             code, text = await self.send("bob", data)

@@ -29,7 +29,7 @@ _quiet.propagate = False
 
 @attrs.frozen
 class DKIMResult:
-    #: pass, fail, temperror or permerror (RFC 8601)
+    #: pass, fail, policy (l=), temperror or permerror (RFC 8601)
     result: str
     #: the signing domain (d=) and selector (s=), when readable
     domain: str = ""
@@ -52,8 +52,8 @@ async def verify_all(resolver: Resolver, raw: bytes) -> list[DKIMResult]:
     """
     try:
         message = dkimpy.DKIM(raw, logger=_quiet)
-    except dkimpy.DKIMException as e:
-        return [DKIMResult("permerror", reason=f"unreadable message: {e}")]
+    except Exception as e:  # dkimpy raises more than DKIMException on odd input
+        return [DKIMResult("permerror", reason=f"unreadable message: {e}"[:200])]
     count = min(_signature_count(message), MAX_SIGNATURES)
     # read every signature's key name first, then fetch them all
     wanted: dict[int, tuple[str, str]] = {}
@@ -61,10 +61,21 @@ async def verify_all(resolver: Resolver, raw: bytes) -> list[DKIMResult]:
     for index in range(count):
         try:
             signature, _headers, _all = message.verify_headerprep(index)
-        except dkimpy.DKIMException as e:
-            results[index] = DKIMResult("permerror", reason=f"bad signature: {e}")
+        except Exception as e:
+            results[index] = DKIMResult("permerror", reason=f"bad signature: {e}"[:200])
             continue
-        wanted[index] = (_text(signature.get(b"d")), _text(signature.get(b"s")))
+        domain, selector = _text(signature.get(b"d")), _text(signature.get(b"s"))
+        signed = {h.strip().lower() for h in signature.get(b"h", b"").split(b":")}
+        if b"from" not in signed:  # RFC 6376 6.1.1 (dkimpy does not check it)
+            results[index] = DKIMResult("permerror", domain, selector, "From is not signed")
+            continue
+        if b"l" in signature:
+            # a body length limit lets anyone append to a signed message
+            results[index] = DKIMResult("policy", domain, selector,
+                                        "signatures with a body length limit (l=) are not "
+                                        "accepted: text could be appended")
+            continue
+        wanted[index] = (domain, selector)
     keys: dict[str, tuple | TemporaryDNSError] = {}
     for domain, selector in set(wanted.values()):
         name = f"{selector}._domainkey.{domain}"
@@ -94,6 +105,8 @@ def _verify_one(message: dkimpy.DKIM, index: int, domain: str, selector: str,
         ok = message.verify(idx=index, dnsfunc=dnsfunc)
     except dkimpy.DKIMException as e:
         return DKIMResult("fail", domain, selector, str(e)[:200])
+    except Exception as e:  # a key or signature dkimpy cannot even decode
+        return DKIMResult("permerror", domain, selector, f"cannot verify: {e!r}"[:200])
     if ok:
         return DKIMResult("pass", domain, selector)
     return DKIMResult("fail", domain, selector, "signature does not verify")

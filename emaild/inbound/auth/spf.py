@@ -87,10 +87,14 @@ async def check_host(resolver: Resolver, ip: str, sender: str, helo: str) -> SPF
     domain = sender.rpartition("@")[2].lower() if sender else helo.lower()
     if not domain or not _is_domain(domain):
         return SPFResult("none", domain, identity, "no domain to check")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return SPFResult("none", domain, identity, f"no IP address for the client ({ip!r})")
     answers: dict = {}
     for _ in range(MAX_ROUNDS):
-        query = _Query(answers, i=ip, s=sender, h=helo, strict=True)
         try:
+            query = _Query(answers, i=ip, s=sender, h=helo, strict=True)
             result, _code, explanation = query.check()
         except _NeedLookup as need:
             name, qtype = need.key
@@ -99,6 +103,8 @@ async def check_host(resolver: Resolver, ip: str, sender: str, helo: str) -> SPF
             except TemporaryDNSError as e:
                 answers[need.key] = e
             continue
+        except Exception as e:  # pyspf choking on what a sender published
+            return SPFResult("permerror", domain, identity, f"cannot evaluate: {e!r}"[:200])
         return SPFResult(result, domain, identity, explanation)
     return SPFResult("permerror", domain, identity, "too many DNS lookups")
 
