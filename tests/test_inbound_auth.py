@@ -13,9 +13,10 @@ from twisted.internet import defer, reactor
 from twisted.names import dns
 from twisted.trial import unittest
 
+from emaild.config import ConfigError, load_config
 from emaild.inbound.auth import dmarc
 from emaild.inbound.auth.dkim import verify_all
-from emaild.inbound.auth.dns import Resolver, TemporaryDNSError
+from emaild.inbound.auth.dns import Resolver, TemporaryDNSError, system_servers
 from emaild.inbound.auth.spf import SPFResult, check_helo, check_host
 from emaild.inbound.auth.verdict import (
     HOLD,
@@ -358,3 +359,40 @@ class VerdictTests(AuthTestCase):
         decision = decide(verdict, "relay")
         self.assertEqual((decision.action, decision.reply[:2]), (RETRY, (451, "4.7.0")))
         self.assertIn("dmarc=temperror", verdict.header("relay.test"))
+
+
+class ConfigTests(unittest.TestCase):
+    def load(self, **sections):
+        return load_config(None, environ={}, overrides=sections)
+
+    def test_dns_and_unauthenticated(self):
+        config = self.load(dns={"servers": ["127.0.0.1:5353", "[::1]", "10.0.0.1"],
+                                "timeout": "1.5s"})
+        self.assertEqual(config["dns"]["servers"],
+                         (("127.0.0.1", 5353), ("::1", 53), ("10.0.0.1", 53)))
+        self.assertEqual(config["dns"]["timeout"], 1.5)
+        self.assertEqual(self.load()["groups"]["unauthenticated"], "hold")
+        self.assertEqual(self.load()["dns"]["servers"], ())
+        env = load_config(None, environ={"EMAILD_DNS_SERVERS": "127.0.0.1:53, 127.0.0.2"})
+        self.assertEqual(env["dns"]["servers"], (("127.0.0.1", 53), ("127.0.0.2", 53)))
+        for sections, key, words in (
+                ({"dns": {"servers": ["dns.example.org:53"]}}, "dns.servers", "IP address"),
+                ({"dns": {"servers": ["127.0.0.1:70000"]}}, "dns.servers", "out of range"),
+                ({"dns": {"servers": "999.1.1.1"}}, "dns.servers", "not an IP address"),
+                ({"dns": {"servers": [53]}}, "dns.servers", "resolver address"),
+                ({"dns": {"timeout": "0s"}}, "dns.timeout", "longer than 0"),
+                ({"groups": {"unauthenticated": "allow"}}, "groups.unauthenticated",
+                 "hold, refuse, relay"),
+                ({"links": {"hold_ttl": "soon"}}, "links.hold_ttl", "duration")):
+            with self.assertRaises(ConfigError) as caught:
+                self.load(**sections)
+            self.assertEqual(caught.exception.key, key)
+            self.assertIn(words, caught.exception.problem)
+
+    def test_system_resolvers_come_from_resolv_conf(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# comment\nsearch example.org\nnameserver 192.0.2.53\n"
+                    "nameserver fe80::1%eth0\noptions ndots:2\n")
+        self.assertEqual(system_servers(path), [("192.0.2.53", 53), ("fe80::1", 53)])
+        self.assertEqual(system_servers(path + ".missing"), [("127.0.0.1", 53)])
