@@ -21,6 +21,8 @@ class HoldTests(DaemonWithDNS):
         self.assertIn("dmarc=fail", self.authentication(message_id))
         # asked at the address the group knows, never told to anyone else
         link = await self.question("carol@none.test")
+        self.assertIn("Hello Carol Shaw,", self.mailbox("carol@none.test")[0].get_body(
+            ("plain",)).get_content())
         self.assertEqual(self.query(
             "SELECT recipient, template, kind FROM outbox WHERE template = 'hold_confirm'"),
             [("carol@none.test", "hold_confirm", "transactional")])

@@ -48,21 +48,25 @@ class Holds:
         self.composer = composer
         self.qos = config.qos_class(config.kinds[KIND].qos if KIND in config.kinds else None)
 
-    async def hold(self, message: HeldMessage, member_email: str, member_name: str) -> int:
+    async def hold(self, message: HeldMessage, member_email: str) -> int:
         """
-        Store the post as held and queue the question to C{member_email}.
-        Returns the inbound message id.
+        Store the post as held and queue the question to C{member_email}
+        (the address the group knows the member by).  Returns the inbound
+        message id.
         """
         # a fresh link per hold (a random target, so minting never reuses one)
         (link,) = await self.links.mint_many(
             [self.links.request(message.person_id, HOLD, f"hold:{secrets.token_hex(8)}")])
         group = await self.groups.get(message.group_id) if message.group_id else None
+        member = (await self.groups.member(message.group_id, message.person_id)
+                  if message.group_id else None)
         draft = self.composer.draft(
             TEMPLATE, member_email, {
                 "confirm_url": self.links.url(link), "subject": subject_of(message.raw),
                 "group_name": group.name if group else "your group",
                 "valid_days": max(1, round(self.config["links"]["hold_ttl"] / 86400))},
-            person_id=message.person_id, display_name=member_name, kind=KIND)
+            person_id=message.person_id, display_name=member.display_name if member else "",
+            kind=KIND)
         confirmation = self.composer.finish(draft, [])
         return await self.store.hold(message, link.id, TEMPLATE, self.qos, confirmation)
 

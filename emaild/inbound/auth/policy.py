@@ -22,10 +22,12 @@ from email.utils import getaddresses
 import attrs
 from twisted.logger import Logger
 
+from emaild.groups.store import GroupStore
+from emaild.inbound.auth.dns import Resolver
 from emaild.inbound.auth.verdict import HOLD, Authenticator, decide
 from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.holds import Holds
-from emaild.inbound.holds_store import HeldMessage
+from emaild.inbound.holds_store import HeldMessage, HoldStore
 from emaild.inbound.server import Envelope, Refused
 from emaild.inbound.store import RELAY
 
@@ -103,7 +105,7 @@ class SenderAuthentication:
             mail_from=envelope.mail_from, recipients=tuple(envelope.recipients), raw=raw,
             authentication=checked.header, person_id=member.person_id,
             group_id=member.group_id, reason=checked.reason)
-        return await self.holds.hold(message, member.member_email, "")
+        return await self.holds.hold(message, member.member_email)
 
 
 def sender_authentication(config, reactor, db, links, composer) -> SenderAuthentication:
@@ -111,10 +113,6 @@ def sender_authentication(config, reactor, db, links, composer) -> SenderAuthent
     The daemon's sender authentication: DNS from C{[dns]}, holds in the
     database, confirmation mail composed by the outbox's composer.
     """
-    from emaild.groups.store import GroupStore
-    from emaild.inbound.auth.dns import Resolver
-    from emaild.inbound.holds_store import HoldStore
-
     resolver = Resolver(reactor, config["dns"]["servers"], config["dns"]["timeout"])
     holds = Holds(config, HoldStore(db), links, GroupStore(db), composer)
     authserv_id = config["smtp"]["hostname"] or config["smtp"]["relay_domain"]
