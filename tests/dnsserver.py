@@ -52,6 +52,19 @@ class MemoryAuthority(authority.FileAuthority):
         return super()._lookup(name, cls, type, timeout)
 
 
+class _ServerFactory(server.DNSServerFactory):
+    """
+    Truncates UDP answers over 512 bytes (RFC 1035 without EDNS), as real
+    servers do, so that clients must retry over TCP.
+    """
+
+    def sendReply(self, protocol, message, address):
+        if address is not None and len(message.toStr()) > 512:
+            message.answers, message.authority, message.additional = [], [], []
+            message.trunc = 1
+        super().sendReply(protocol, message, address)
+
+
 class ZoneServer:
     """
     Authoritative for C{zone} with C{records}, and for each zone of
@@ -62,7 +75,7 @@ class ZoneServer:
                  more_zones: dict[str, dict[str, list]] | None = None, servfail=()):
         zones = {zone: records, **(more_zones or {})}
         self.authorities = [MemoryAuthority(z, r, servfail) for z, r in zones.items()]
-        self.factory = server.DNSServerFactory(authorities=self.authorities)
+        self.factory = _ServerFactory(authorities=self.authorities)
         self.factory.noisy = False
         self.ports = []
 

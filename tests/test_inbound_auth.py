@@ -53,6 +53,7 @@ def zone_records() -> dict[str, list]:
         "mail.strict.test": [txt("v=spf1 ip4:127.0.0.1 -all")],
         "_dmarc.none.test": [txt("v=DMARC1; p=none")],
         "twice.test": [txt("v=spf1 -all")],
+        "big.test": [txt("v=DKIM1; p=" + "A" * 1400)],
         "_dmarc.twice.test": [txt("v=DMARC1; p=reject"), txt("v=DMARC1; p=none")],
     }
 
@@ -100,10 +101,13 @@ class ResolverTests(AuthTestCase):
         self.assertEqual(self.server.queries, [("xn--bcher-kva.test", dns.TXT)])
 
     @defer.inlineCallbacks
-    def test_a_long_key_record_comes_whole_over_tcp(self):
+    def test_an_answer_too_big_for_udp_comes_whole_over_tcp(self):
         (record,) = yield defer.Deferred.fromCoroutine(
             self.resolver.lookup("sel._domainkey.dkim.test", "TXT"))
         self.assertEqual(b"".join(record).decode(), key_record(KEY))
+        (big,) = yield defer.Deferred.fromCoroutine(self.resolver.lookup("big.test", "TXT"))
+        self.assertEqual(b"".join(big), b"v=DKIM1; p=" + b"A" * 1400)
+        self.assertEqual(len(self.resolver.client.connections), 1)  # the TCP retry
 
     @defer.inlineCallbacks
     def test_a_server_that_never_answers_is_a_temporary_error(self):
