@@ -11,7 +11,7 @@ from __future__ import annotations
 from twisted.internet import reactor, task
 
 from emaild.cli_inbound import auth_summary
-from tests.authfixture import DaemonWithDNS, post, wait_for
+from tests.authfixture import HELD_REASON, DaemonWithDNS, post, wait_for
 
 
 class HoldTests(DaemonWithDNS):
@@ -37,7 +37,7 @@ class HoldTests(DaemonWithDNS):
             self.assertIn('value="discard"', page)
             self.assertEqual(response.headers.getRawHeaders("Referrer-Policy"), ["no-referrer"])
         await task.deferLater(reactor, 1, lambda: None)
-        self.assertEqual(self.states(message_id), [("held", None)])
+        self.assertEqual(self.states(message_id), [("held", HELD_REASON)])
         self.assertEqual(self.copies(message_id), [])
 
         response, page = await browser.post(link, data={"choice": "send"})
@@ -88,7 +88,7 @@ class HoldTests(DaemonWithDNS):
         self.assertIn("was not sent to the group", page)
         response, page = await browser.post(link, data={"choice": "send"})
         self.assertEqual(response.code, 410)
-        self.assertEqual(self.states(message_id), [("held", None)])
+        self.assertEqual(self.states(message_id), [("held", HELD_REASON)])
         self.assertEqual(self.copies(message_id), [])
 
     async def test_the_question_goes_to_the_members_own_address_only(self):

@@ -72,16 +72,18 @@ class HoldStore:
                 "WITH m AS (INSERT INTO inbound_messages (peer, helo, tls, mail_from, size, raw,"
                 "   authentication) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id),"
                 " r AS (INSERT INTO inbound_recipients (message_id, address, purpose, group_id,"
-                "   person_id, link_id, outbox_id, state)"
+                "   person_id, link_id, outbox_id, state, reason)"
                 "   SELECT m.id, a, p, g, pe, l, o,"
-                "     CASE WHEN p = %s THEN 'held' ELSE 'received' END"
+                "     CASE WHEN p = %s THEN 'held' ELSE 'received' END,"
+                "     CASE WHEN p = %s THEN %s END"
                 "   FROM m, unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[],"
                 "     %s::bigint[], %s::bigint[]) AS v(a, p, g, pe, l, o)),"
                 " h AS (INSERT INTO inbound_holds (message_id, person_id, group_id, link_id, reason)"
                 "   SELECT m.id, %s, %s, %s, %s FROM m)"
                 " SELECT m.id, pg_notify(%s, '') FROM m",
                 (message.peer, message.helo, message.tls, message.mail_from, len(message.raw),
-                 Binary(message.raw), message.authentication, RELAY,
+                 Binary(message.raw), message.authentication, RELAY, RELAY,
+                 f"held until the member confirms it: {message.reason}"[:500],
                  [r.address for r in recipients], [r.purpose for r in recipients],
                  [r.group_id for r in recipients], [r.person_id for r in recipients],
                  [r.link_id for r in recipients], [r.outbox_id for r in recipients],
