@@ -29,6 +29,8 @@ from emaild.groups.addresses import reply_addresses
 from emaild.groups.store import GroupStore
 from emaild.inbound.auth.policy import sender_authentication
 from emaild.inbound.handler import InboundHandler
+from emaild.inbound.holds import HoldExpiry
+from emaild.inbound.holds_store import HoldStore
 from emaild.inbound.relay import RelayProcessor
 from emaild.inbound.server import inbound_listener, use_self_signed
 from emaild.inbound.store import InboundStore
@@ -109,6 +111,7 @@ class Emaild(service.MultiService):
                                                  self.outbox.composer)
         handler = InboundHandler(self.inbound, GroupStore(self.db), addresses,
                                  self.outbox.links, self.store, sender_auth=self.sender_auth)
+        self.hold_expiry = HoldExpiry(reactor, HoldStore(self.db))
         self.smtp = inbound_listener(config, handler, reactor, metrics=self.metrics)
         self.smtp.setName("smtp")
         self.smtp.setServiceParent(self)
@@ -135,6 +138,7 @@ class Emaild(service.MultiService):
         await open_database(self.db, self.embedded)
         await self.sender.startService()
         await self.relay.startService()
+        self.hold_expiry.startService()
         self.errors.startService()
         if self.config["digest"]["enabled"]:
             self.digest.startService()
@@ -157,6 +161,8 @@ class Emaild(service.MultiService):
             await self.errors.stopService()
         if self.digest.running:  # its run in progress stops after the current chunk
             await self.digest.stopService()
+        if self.hold_expiry.running:
+            self.hold_expiry.stopService()
         if self.relay.running:
             await self.relay.stopService()
         if self.sender.running:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.internet import reactor, task
 
 from emaild.cli_inbound import auth_summary
+from emaild.inbound.holds_store import EXPIRED_REASON
 from tests.authfixture import HELD_REASON, DaemonWithDNS, post, wait_for
 
 
@@ -89,6 +90,15 @@ class HoldTests(DaemonWithDNS):
         response, page = await browser.post(link, data={"choice": "send"})
         self.assertEqual(response.code, 410)
         self.assertEqual(self.states(message_id), [("held", HELD_REASON)])
+        self.assertEqual(self.copies(message_id), [])
+        # and the daemon's housekeeping gives up on it, saying why
+        self.query("UPDATE inbound_holds SET expires_at = now() - interval '1 second'")
+        await self.service.hold_expiry.expire()
+        self.assertEqual(self.states(message_id), [("ignored", EXPIRED_REASON)])
+        self.assertEqual(self.query("SELECT state FROM inbound_holds"), [("expired",)])
+        response, page = await browser.get(link)
+        self.assertEqual(response.code, 410)
+        await task.deferLater(reactor, 1, lambda: None)
         self.assertEqual(self.copies(message_id), [])
 
     async def test_the_question_goes_to_the_members_own_address_only(self):

@@ -11,7 +11,7 @@ C{[links] hold_ttl}) to a page with two buttons.  Opening the page changes
 nothing (mail scanners fetch links); pressing "Yes, send it" releases the
 post to the relay processor, "No, it was not me" discards it (recorded as
 C{ignored} with the reason).  An unanswered question expires with its link
-and the post is never relayed.
+and the post is never relayed: L{HoldExpiry} marks it C{ignored}.
 """
 
 from __future__ import annotations
@@ -20,9 +20,15 @@ import secrets
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
 from emaild.groups.store import GroupStore
 from emaild.inbound.holds_store import HeldMessage, Hold, HoldStore
 from emaild.links.service import HOLD, Links, Resolution
+
+log = Logger()
 
 #: the confirmation mail (templates/email/hold_confirm.*)
 TEMPLATE = "hold_confirm"
@@ -68,7 +74,8 @@ class Holds:
             person_id=message.person_id, display_name=member.display_name if member else "",
             kind=KIND)
         confirmation = self.composer.finish(draft, [])
-        return await self.store.hold(message, link.id, TEMPLATE, self.qos, confirmation)
+        return await self.store.hold(message, link.id, link.expires_at, TEMPLATE, self.qos,
+                                     confirmation)
 
     async def find(self, token: str) -> tuple[Resolution, Hold | None]:
         """The link of C{token} and its hold (None for an unknown token)."""
@@ -81,3 +88,37 @@ class Holds:
         state = await self.store.answer(hold.link_id, send)
         await self.links.store.record_use(hold.link_id)
         return state
+
+
+class HoldExpiry(service.Service):
+    """
+    Every C{interval} seconds, marks the posts whose question expired
+    unanswered C{ignored} (so C{emaild inbound} stops listing them as held).
+    """
+
+    def __init__(self, reactor, store: HoldStore, interval: float = 600):
+        self.store = store
+        self._loop = task.LoopingCall(self.expire)
+        self._loop.clock = reactor
+        self.interval = interval
+
+    def startService(self):  # noqa: N802
+        super().startService()
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self):  # noqa: N802
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    async def _expire(self) -> None:
+        try:
+            expired = await self.store.expire()
+        except Exception:  # the database may be down; the next tick tries again
+            log.failure("Cannot expire held group posts")
+            return
+        if expired:
+            log.info("{n} held group posts expired unconfirmed", n=expired)
+
+    def expire(self) -> defer.Deferred:
+        return defer.Deferred.fromCoroutine(self._expire())

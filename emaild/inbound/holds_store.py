@@ -16,7 +16,8 @@ from psycopg2 import Binary
 from emaild.inbound.store import INBOUND_CHANNEL, RELAY, Recipient
 from emaild.outbound import store as outbox_tables
 
-WAITING, SENT, DISCARDED = "waiting", "sent", "discarded"
+WAITING, SENT, DISCARDED, EXPIRED = "waiting", "sent", "discarded", "expired"
+EXPIRED_REASON = "not relayed: the member did not confirm it before the link expired"
 
 
 @attrs.frozen
@@ -59,7 +60,8 @@ class HoldStore:
     def __init__(self, db):
         self.db = db
 
-    def hold(self, message: HeldMessage, link_id: int, template: str, qos, confirmation):
+    def hold(self, message: HeldMessage, link_id: int, expires_at: float, template: str, qos,
+             confirmation):
         """
         Store the message with its relay recipients C{held}, its hold and
         the confirmation mail (a L{Rendered}) in one transaction.  Fires
@@ -78,8 +80,8 @@ class HoldStore:
                 "     CASE WHEN p = %s THEN %s END"
                 "   FROM m, unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[],"
                 "     %s::bigint[], %s::bigint[]) AS v(a, p, g, pe, l, o)),"
-                " h AS (INSERT INTO inbound_holds (message_id, person_id, group_id, link_id, reason)"
-                "   SELECT m.id, %s, %s, %s, %s FROM m)"
+                " h AS (INSERT INTO inbound_holds (message_id, person_id, group_id, link_id,"
+                "   reason, expires_at) SELECT m.id, %s, %s, %s, %s, to_timestamp(%s) FROM m)"
                 " SELECT m.id, pg_notify(%s, '') FROM m",
                 (message.peer, message.helo, message.tls, message.mail_from, len(message.raw),
                  Binary(message.raw), message.authentication, RELAY, RELAY,
@@ -88,7 +90,7 @@ class HoldStore:
                  [r.group_id for r in recipients], [r.person_id for r in recipients],
                  [r.link_id for r in recipients], [r.outbox_id for r in recipients],
                  message.person_id, message.group_id, link_id, message.reason[:500],
-                 INBOUND_CHANNEL))
+                 expires_at, INBOUND_CHANNEL))
             message_id = cursor.fetchone()[0]
             await outbox_tables.insert_messages(cursor, template, qos, [confirmation],
                                                 batch=f"hold of inbound message {message_id}")
@@ -141,3 +143,18 @@ class HoldStore:
             return SENT if send else DISCARDED
 
         return self.db.transaction(run)
+
+    async def expire(self) -> int:
+        """
+        Give up on holds whose link has expired: their recipients become
+        C{ignored} with L{EXPIRED_REASON}.  Returns how many holds expired.
+        """
+        rows = await self.db.runQuery(
+            "WITH e AS (UPDATE inbound_holds SET state = %s, decided_at = now()"
+            "   WHERE state = %s AND expires_at <= now() RETURNING message_id),"
+            " r AS (UPDATE inbound_recipients SET state = 'ignored', reason = %s,"
+            "   processed_at = now() FROM e"
+            "   WHERE inbound_recipients.message_id = e.message_id"
+            "   AND inbound_recipients.state = 'held')"
+            " SELECT count(*) FROM e", (EXPIRED, WAITING, EXPIRED_REASON))
+        return rows[0][0]

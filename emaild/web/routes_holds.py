@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 
 from emaild.inbound.holds import Holds, subject_of
-from emaild.inbound.holds_store import WAITING, HoldStore
+from emaild.inbound.holds_store import EXPIRED, WAITING, HoldStore
 from emaild.web.app import WebApp, form_value
 
 CHOICES = {"send": True, "discard": False}
@@ -38,7 +38,7 @@ async def _find(web, request, token):
         return None, web.pages.error(
             request, 404, "This link is not valid. Please use the link in the latest mail "
             "we sent you, or copy the whole link into the address bar.")
-    if resolution.status == "expired" and hold.state == WAITING:
+    if hold.state == EXPIRED or (resolution.status == "expired" and hold.state == WAITING):
         return None, web.pages.error(
             request, 410, "This link has expired. The message was not sent to the group and "
             "will not be; if you wrote it, please send it again.")

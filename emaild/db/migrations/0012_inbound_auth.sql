@@ -23,10 +23,14 @@ CREATE TABLE inbound_holds (
     group_id    bigint REFERENCES groups (id) ON DELETE SET NULL,
     link_id     bigint NOT NULL UNIQUE,
     -- waiting -> sent (the member confirmed) | discarded (it was not them)
+    -- | expired (no answer before the link expired)
     state       text NOT NULL DEFAULT 'waiting'
-                CHECK (state IN ('waiting', 'sent', 'discarded')),
+                CHECK (state IN ('waiting', 'sent', 'discarded', 'expired')),
+    -- when the link expires (a copy, so expiry needs no other part's table)
+    expires_at  timestamptz NOT NULL,
     -- why it was held (the decision's words)
     reason      text NOT NULL DEFAULT '',
     created_at  timestamptz NOT NULL DEFAULT now(),
     decided_at  timestamptz
 );
+CREATE INDEX inbound_holds_waiting ON inbound_holds (expires_at) WHERE state = 'waiting';
