@@ -320,7 +320,7 @@ class DMARCTests(AuthTestCase):
 
 class VerdictTests(AuthTestCase):
     def authenticate(self, raw, mail_from, helo="helo.test", peer="127.0.0.1"):
-        from_domain = mail_from.rpartition("@")[2]
+        from_domain = raw.split(b"From: ", 1)[1].split(b"\r\n", 1)[0].decode().rpartition("@")[2]
         return defer.Deferred.fromCoroutine(Authenticator(self.resolver).authenticate(
             peer=peer, helo=helo, mail_from=mail_from, raw=raw, from_domain=from_domain))
 
@@ -350,6 +350,15 @@ class VerdictTests(AuthTestCase):
                          [HOLD, REFUSE, RELAY])
         spf_only = yield self.authenticate(message("ada@spf.test"), "ada@spf.test")
         self.assertEqual(decide(spf_only, "refuse").action, RELAY)
+        # p=quarantine refuses too; a subdomain gets the organizational domain's sp=
+        for sender, policy in (("x@org.test", "quarantine"), ("x@sub.org.test", "reject")):
+            verdict = yield self.authenticate(message(sender), sender, peer="192.0.2.7")
+            decision = decide(verdict, "relay")
+            self.assertEqual((decision.action, verdict.dmarc.policy), (REFUSE, policy), sender)
+            self.assertIn(f"p={policy}", decision.reply[2])
+        # ... and relaxed alignment lets mail.org.test's SPF vouch for org.test
+        verdict = yield self.authenticate(message("x@org.test"), "x@mail.org.test")
+        self.assertEqual(decide(verdict, "refuse").action, RELAY)
 
     @defer.inlineCallbacks
     def test_a_dns_timeout_asks_to_retry(self):
