@@ -56,8 +56,13 @@ async def _inbound(reactor, args, config, db, embedded) -> int:
             raise CliError(f"no received message {args.message}")
     else:
         rows = await store.recent(args.state or NOT_RELAYED, args.limit)
+    refusals = await store.recent_refusals() if args.message is None else []
     if args.json:
-        print(json.dumps({"counts": counts, "rows": [
+        print(json.dumps({"counts": counts, "refusals": [
+            {"reason": f.reason, "subject": f.subject, "address": f.address,
+             "mail_from": f.mail_from, "reply": f.reply, "attempts": f.attempts,
+             "first_at": _when(f.first_at), "last_at": _when(f.last_at)} for f in refusals],
+            "rows": [
             {"message": r[0], "received_at": _when(r[1]), "mail_from": r[2], "address": r[3],
              "purpose": r[4], "state": r[5], "reason": r[6], "size": r[7],
              "authentication": r[8]} for r in rows]},
@@ -70,4 +75,9 @@ async def _inbound(reactor, args, config, db, embedded) -> int:
         print(table(["message", "received", "from", "to", "purpose", "state", "auth", "reason"],
                     [(r[0], _when(r[1]), r[2] or "<>", r[3], r[4], r[5], auth_summary(r[8]),
                       r[6] or "") for r in rows], right=[True] + [False] * 7))
+    if refusals:  # refused before anything was stored (e.g. a member's posting rate)
+        print("refused before storing:")
+        print(table(["last", "reason", "to", "from", "attempts", "reply"],
+                    [(_when(f.last_at), f.reason, f.address, f.mail_from or "<>", f.attempts,
+                      f.reply) for f in refusals], right=[False] * 4 + [True, False]))
     return 0

@@ -160,6 +160,14 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def _message_size(value: Any) -> int:
+    """L{parse_size}, within what the store's 32-bit size column holds."""
+    size = parse_size(value)
+    if size >= 2**31:
+        raise ValueError(f"must be under 2GB (the store records sizes as 32-bit), got {value!r}")
+    return size
+
+
 def _durations(value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
         value = [part for part in value.split(",") if part.strip()]
@@ -344,11 +352,15 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "relay_domain": (_domain, "localhost"),
         "hostname": (_optional_domain, ""),
         "max_sessions": (_integer(1), 40),
-        "max_message_size": (parse_size, 10 * 1024 * 1024),
+        "max_message_size": (_message_size, 10 * 1024 * 1024),
         "max_recipients": (_integer(1), 100),
         "idle_timeout": (parse_duration, 300.0),
         "max_commands": (_integer(1), 1000),
         "max_errors": (_integer(1), 20),
+        "max_sessions_per_client": (_integer(1), 5),
+        "max_connections_per_minute": (_integer(1), 60),
+        "command_timeout": (parse_duration, 300.0),
+        "data_timeout": (parse_duration, 600.0),
         "tls_certificate": (_string, ""),
         "tls_key": (_string, ""),
     },
@@ -397,6 +409,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "address_prefix": (_local_part, "group"),
         "address_salt": (_string, ""),
         "hard_bounce_limit": (_integer(1), 3),
+        "max_posts_per_hour": (_integer(0), 30),
         # what happens to a member's post that their domain does not vouch
         # for (no aligned SPF or DKIM pass) and whose DMARC policy is not
         # reject/quarantine (see emaild.inbound.auth)

@@ -49,7 +49,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.smtp_sessions = Counter(
             "emaild_inbound_smtp_sessions",
-            "Inbound SMTP connections: accepted, or refused because all sessions were taken",
+            "Inbound SMTP connections: accepted, or refused (too_busy, not_ready, ...)",
             ["result"], registry=r)
         self.smtp_messages = Counter(
             "emaild_inbound_smtp_messages",

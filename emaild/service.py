@@ -110,7 +110,9 @@ class Emaild(service.MultiService):
         self.sender_auth = sender_authentication(config, reactor, self.db, self.outbox.links,
                                                  self.outbox.composer)
         handler = InboundHandler(self.inbound, GroupStore(self.db), addresses,
-                                 self.outbox.links, self.store, sender_auth=self.sender_auth)
+                                 self.outbox.links, self.store,
+                                 max_posts_per_hour=config["groups"]["max_posts_per_hour"],
+                                 sender_auth=self.sender_auth)
         self.hold_expiry = HoldExpiry(reactor, HoldStore(self.db))
         self.smtp = inbound_listener(config, handler, reactor, metrics=self.metrics)
         self.smtp.setName("smtp")

@@ -49,3 +49,16 @@ class InboundCLITests(CLITestCase):
         self.assertIn("no received message 999", result.stderr)
         self.assertEqual(self.cli("inbound", "--state", "lost").returncode, 2)
         self.assertEqual(self.cli("inbound", "--limit", "0").returncode, 1)
+
+    def test_refusals_before_storing_are_shown(self):
+        self.query("INSERT INTO inbound_refusals (reason, subject, hour, address, mail_from,"
+                   " reply, attempts) VALUES ('rate', 'group 1 person 2', date_trunc('hour',"
+                   " now()), 'group-abc@relay.test', 'ada@example.org', %s, 4)",
+                   ("450 4.7.1 too many posts from this member in the last hour",))
+        result = self.cli("inbound")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("refused before storing:", result.stdout)
+        self.assertIn("450 4.7.1 too many posts", result.stdout)
+        (refusal,) = json.loads(self.cli("inbound", "--json").stdout)["refusals"]
+        self.assertEqual((refusal["reason"], refusal["address"], refusal["attempts"]),
+                         ("rate", "group-abc@relay.test", 4))

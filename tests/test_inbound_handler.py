@@ -106,3 +106,95 @@ class HandlerTests(RelayTestCase):
         (_,), (code, _) = yield self.send(REAL[0], [self.reply["ada"]], body)
         self.assertEqual(code, 250)
 
+
+
+def _raw_session(port: int, lines: list[bytes]) -> list[bytes]:
+    """Send each line, read its one reply (its last line)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        replies = []
+        for line in lines:
+            sock.sendall(line + b"\r\n")
+            while True:
+                reply = reader.readline().rstrip(b"\r\n")
+                if reply[3:4] != b"-":
+                    break
+            replies.append(reply)
+        return replies
+
+
+class EnvelopeStorageTests(HandlerTests):
+    """What the server answers 250 the real store can keep (no 451 after)."""
+
+    @defer.inlineCallbacks
+    def test_bad_bytes_refused_at_their_command_then_mail_is_stored(self):
+        self.handler.max_posts_per_hour = 0  # one post per bad byte
+        rcpt = self.reply["ada"].encode()
+        body = mail("Ada <ada@example.org>", self.reply["ada"], "s", "b")
+        bad = [bytes([b]) for b in (*range(0x00, 0x0A), *range(0x0B, 0x20), 0x7F)]
+        bad += [b"\xff", b"\xc3(", "\u00e9".encode()]
+        for byte in bad:
+            replies = yield threads.deferToThread(_raw_session, self.port, [
+                b"EHLO mx" + byte + b".example.net",
+                b"EHLO mx.example.net",
+                b"MAIL FROM:<ada" + byte + b"@example.org>",
+                b"MAIL FROM:<ada@example.org> BODY=8BIT" + byte,
+                b"MAIL FROM:<ada@example.org>",
+                b"RCPT TO:<" + rcpt + byte + b">",
+                b"RCPT TO:<" + rcpt + b">",
+                b"DATA",
+                body + b"\r\n.",
+            ])
+            codes = [r[:1] + (b"xx" if r[:1] == b"5" else r[1:3]) for r in replies]
+            self.assertEqual(codes, [b"5xx", b"250", b"5xx", b"5xx", b"250", b"5xx", b"250",
+                                     b"354", b"250"], (byte, replies))
+        stored = self.query("SELECT helo, mail_from FROM inbound_messages")
+        self.assertEqual(stored, [("mx.example.net", REAL[0])] * len(bad))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class RecipientLimitTests(HandlerTests):
+    @defer.inlineCallbacks
+    def test_200_repeated_rcpts_are_relayed_once(self):
+        self.processor()
+        local, domain = self.reply["ada"].split("@")
+        spellings = [self.reply["ada"], f"{local.upper()}@{domain}", f"{local}@{domain.upper()}"]
+        rcpts = [spellings[i % 3] for i in range(200)]
+        replies, (code, text) = yield self.send(
+            REAL[0], rcpts, mail("Ada <ada@example.org>", self.reply["ada"], "once", "hi"))
+        self.assertEqual({c for c, _ in replies}, {250})
+        self.assertEqual(code, 250, text)
+        message_id = int(text.rsplit(b" ", 1)[1])
+        states = yield defer.ensureDeferred(self.processed(message_id))
+        self.assertEqual(len(states), 1)  # one recipient row
+        copies = self.copies(message_id)
+        self.assertEqual([c[0] for c in copies], ["bob@example.net", "carol@example.com"])
+
+    @defer.inlineCallbacks
+    def test_posting_rate_is_450_at_rcpt_and_recorded(self):
+        self.handler.max_posts_per_hour = 2
+        body = mail("Ada <ada@example.org>", self.reply["ada"], "s", "b")
+        for _ in range(2):
+            (rcpt,), (code, _) = yield self.send(REAL[0], [self.reply["ada"]], body)
+            self.assertEqual((rcpt[0], code), (250, 250))
+        for _ in range(2):
+            (rcpt,), data = yield self.send(REAL[0], [self.reply["ada"]], body)
+            self.assertEqual(rcpt, (450, b"4.7.1 too many posts from this member in the last "
+                                         b"hour (at most 2); try again later"))
+            self.assertIsNone(data)
+        # another member is not limited by Ada's posts
+        (rcpt,), (code, _) = yield self.send(
+            REAL[1], [self.reply["bob"]], mail("bob@example.net", self.reply["bob"], "s", "b"))
+        self.assertEqual((rcpt[0], code), (250, 250))
+        self.assertEqual(self.query("SELECT count(*) FROM inbound_messages"), [(3,)])
+        [refusal] = yield defer.ensureDeferred(self.inbound.recent_refusals())
+        self.assertEqual((refusal.reason, refusal.address, refusal.mail_from, refusal.attempts),
+                         ("rate", self.reply["ada"], REAL[0], 2))
+        self.assertIn("450 4.7.1", refusal.reply)
+        # an hour later she may post again
+        self.query("UPDATE inbound_messages SET received_at = received_at - interval '61 min'")
+        (rcpt,), (code, _) = yield self.send(REAL[0], [self.reply["ada"]], body)
+        self.assertEqual((rcpt[0], code), (250, 250))

@@ -5,7 +5,7 @@ pipelining and injection), swaks and Postfix's smtp-source from .tools/ (see
 scripts/tools.sh; those tests skip when the tools are missing).  The idle
 timeout is tested with a Clock.
 
-PITFALLS.md "twisted.mail, server side", trap by trap:
+The traps of twisted.mail's ESMTP server that this server avoids, trap by trap:
   - failed store answered 550     -> test_deliver_failure_is_451_not_550 (+ _async)
   - STARTTLS plaintext injection  -> test_starttls_discards_pipelined_plaintext,
                                      test_starttls_resets_the_session
@@ -17,19 +17,29 @@ PITFALLS.md "twisted.mail, server side", trap by trap:
   - AUTH advertised before TLS    -> test_ehlo_advertises_..., test_starttls_with_smtplib
   - (SMTPFactory/ESMTPFactory wiring: not applicable, the server is its own
      protocol and does not use twisted.mail.smtp)
+
+The Internet's abuse, over real sockets: FloodTests (one client address
+holding its slots with trickled bytes while another is served; a trickled
+DATA cut off), test_swaks_repeated_recipients_are_one, TLSVersionTests
+(TLS 1.1 refused).  Every command with every bad byte, the deadlines and the
+per-client caps are unit-tested in test_inbound_server_unit.py.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import smtplib
 import socket
 import ssl
 import stat
+import time
+import warnings
 from pathlib import Path
 
 from twisted.internet import defer, reactor, task, threads, utils
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher, formatEvent
@@ -118,8 +128,9 @@ class Raw:
     #: every client not yet closed (tests' cleanup closes them)
     open: list[Raw] = []
 
-    def __init__(self, port: int, timeout: float = 5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5.0, source: str | None = None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
         Raw.open.append(self)
 
@@ -421,6 +432,19 @@ class PipeliningTests(ServerTestCase):
         self.assertEqual(len(envelope.recipients), 2)
         self.assertIn(b"Subject: via swaks\r\n", raw)
 
+    async def test_swaks_repeated_recipients_are_one(self):
+        if not SWAKS.exists():
+            raise self.skipTest("swaks missing: run scripts/tools.sh")
+        port, factory, handler = self.start()
+        out, err, code = await utils.getProcessOutputAndValue(str(SWAKS), [
+            "--server", f"127.0.0.1:{port}", "--pipeline", "--from", "s@example.org",
+            "--to", ",".join(["a@relay.test", "A@Relay.Test", "b@relay.test"] * 20)],
+            env=os.environ)
+        self.assertEqual(code, 0, out + err)
+        [(envelope, raw)] = handler.messages
+        self.assertEqual(envelope.recipients, (("rcpt", "a@relay.test"), ("rcpt", "b@relay.test")))
+        self.assertEqual(out.count(b"2.1.5 Ok (already a recipient)"), 58)
+
     async def test_swaks_quit_after_rcpt_stores_nothing(self):
         if not SWAKS.exists():
             raise self.skipTest("swaks missing: run scripts/tools.sh")
@@ -532,22 +556,28 @@ class CommandTests(ServerTestCase):
         self.assertEqual(answers[2], (452, b"4.5.3 Error: too many recipients"))
         self.assertEqual(len(handler.checks), 2)
 
-    async def test_received_header_name_is_cleaned(self):
+    async def test_ehlo_with_a_control_byte_is_refused_at_ehlo(self):
+        # It used to be answered 250, and every message of the session then
+        # failed to store (451 for days): refused at EHLO, saying why.
         port, factory, handler = self.start()
 
         def talk():
             c = Raw(port)
             c.reply()
             c.send(b"EHLO evil\xff\x01(x)\tname\r\nMAIL FROM:<a@example.org>\r\n"
+                   b"EHLO evil(x)name\r\nMAIL FROM:<a@example.org>\r\n"
                    b"RCPT TO:<a@relay.test>\r\nDATA\r\n")
-            c.replies(4)
+            replies = c.replies(6)
             c.send(b"x\r\n.\r\n")
-            return c.reply()
+            return replies + [c.reply()]
 
-        self.assertEqual((await self.in_thread(talk))[0], 250)
+        replies = await self.in_thread(talk)
+        self.assertEqual(replies[0],
+                         (501, "5.5.2 EHLO command contains a control character (0x01); refused"))
+        self.assertEqual([code for code, _ in replies], [501, 503, 250, 250, 250, 354, 250])
         raw = handler.messages[0][1]
         first = raw.split(b"\r\n")[0]
-        self.assertTrue(first.startswith(b"Received: from evil??(x)?name ([127.0.0.1])"), first)
+        self.assertTrue(first.startswith(b"Received: from evil(x)name ([127.0.0.1])"), first)
 
 
 class SizeAndLineTests(ServerTestCase):
@@ -870,6 +900,16 @@ class SetupTests(TestCase):
         self.assertEqual((cert.read_bytes(), key.read_bytes()), before)
         tls_context_factory(cert, key).getContext()  # loads and matches
 
+    def test_tls_options_refuse_below_tls_1_2(self):
+        from OpenSSL import SSL
+
+        cert, key = tls_pair(self.mktemp())
+        options = tls_context_factory(cert, key).getContext().set_options(0)
+        self.assertTrue(options & SSL.OP_NO_TLSv1)
+        self.assertTrue(options & SSL.OP_NO_TLSv1_1)
+        self.assertFalse(options & SSL.OP_NO_TLSv1_2)
+        self.assertFalse(options & SSL.OP_NO_TLSv1_3)
+
     def test_tls_context_factory_refuses_a_mismatched_key(self):
         from tests.tlsfiles import make_tls_files
 
@@ -892,11 +932,18 @@ class SetupTests(TestCase):
                              overrides={"smtp": {"idle_timeout": "2m"}})
         self.assertEqual(config["smtp"]["max_message_size"], 512 * 1024)
         self.assertEqual(config["smtp"]["idle_timeout"], 120.0)
-        for bad in ("lots", "0", "-1MB", "10 TB"):
+        for bad in ("lots", "0", "-1MB", "10 TB", "2GB", 2**31):
             self.assertRaises(ConfigError, load_config, None, environ={},
                               overrides={"smtp": {"max_message_size": bad}})
         self.assertRaises(ConfigError, load_config, None, environ={},
                           overrides={"smtp": {"hostname": "not a name"}})
+        self.assertEqual((smtp["max_sessions_per_client"], smtp["max_connections_per_minute"],
+                          smtp["command_timeout"], smtp["data_timeout"]), (5, 60, 300.0, 600.0))
+        for key, bad in (("max_sessions_per_client", 0), ("max_connections_per_minute", "x"),
+                         ("command_timeout", "-1s"), ("data_timeout", "soon")):
+            with self.assertRaises(ConfigError) as raised:
+                load_config(None, environ={}, overrides={"smtp": {key: bad}})
+            self.assertIn(f"smtp.{key}", str(raised.exception))
 
     def test_inbound_listener_from_config(self):
         state = Path(self.mktemp()).absolute()
@@ -908,6 +955,8 @@ class SetupTests(TestCase):
         factory = service.factory
         self.assertEqual((factory.hostname, factory.max_sessions, factory.max_message_size),
                          ("relay.test", 3, 2**20))
+        self.assertEqual((factory.clients.per_client, factory.clients.per_minute,
+                          factory.command_timeout, factory.data_timeout), (5, 60, 300.0, 600.0))
         # nothing is written before the daemon dropped privileges…
         self.assertFalse(state.exists())
         self.assertIsNone(factory.tls_context)
@@ -919,3 +968,139 @@ class SetupTests(TestCase):
     def test_inbound_listener_key_without_certificate(self):
         config = load_config(None, environ={}, overrides={"smtp": {"tls_key": "/x.pem"}})
         self.assertRaises(ConfigError, inbound_listener, config, MemoryHandler(), reactor)
+
+
+class TLSVersionTests(ServerTestCase):
+    """STARTTLS with TLS 1.2 as the minimum (smtplib and the ssl module)."""
+
+    def starttls(self, port: int, version: ssl.TLSVersion):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with warnings.catch_warnings():  # TLSv1_1 is deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = context.maximum_version = version
+        if version < ssl.TLSVersion.TLSv1_2:
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client try it at all
+
+        def talk():
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                s.ehlo("c")
+                try:
+                    s.starttls(context=context)
+                except (ssl.SSLError, OSError) as e:
+                    return ("refused", e)
+                s.ehlo("c")
+                s.sendmail("a@example.org", ["a@relay.test"], b"Subject: tls\r\n\r\nx\r\n")
+                return ("ok", s.sock.version())
+
+        return self.in_thread(talk)
+
+    async def test_tls_1_2_and_1_3_work(self):
+        port, factory, handler = self.start(tls_context=self.tls())
+        for version, name in ((ssl.TLSVersion.TLSv1_2, "TLSv1.2"),
+                              (ssl.TLSVersion.TLSv1_3, "TLSv1.3")):
+            self.assertEqual(await self.starttls(port, version), ("ok", name))
+        self.assertEqual([e.tls for e, _ in handler.messages], [True, True])
+
+    async def test_tls_1_1_is_refused(self):
+        from OpenSSL import SSL
+
+        # the control: this client can do TLS 1.1 with a server that allows it
+        cert, key = tls_pair(self.mktemp())
+
+        @implementer(IOpenSSLContextFactory)
+        class Lax:
+            def __init__(self):
+                self.context = SSL.Context(SSL.TLS_METHOD)
+                self.context.set_min_proto_version(SSL.TLS1_1_VERSION)
+                self.context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+                self.context.use_certificate_chain_file(str(cert))
+                self.context.use_privatekey_file(str(key))
+
+            def getContext(self):  # noqa: N802
+                return self.context
+
+        lax = Lax()
+        lax_port, _, _ = self.start(tls_context=lax)
+        control = await self.starttls(lax_port, ssl.TLSVersion.TLSv1_1)
+        if control[0] != "ok":
+            raise self.skipTest(f"this OpenSSL cannot speak TLS 1.1 at all: {control[1]}")
+        port, factory, handler = self.start(tls_context=self.tls())
+        result = await self.starttls(port, ssl.TLSVersion.TLSv1_1)
+        self.assertEqual(result[0], "refused", result)
+        self.assertEqual(handler.messages, [])
+
+
+class FloodTests(ServerTestCase):
+    """One client cannot hold the server: loopback addresses as clients."""
+
+    async def test_a_flood_from_one_client_while_another_is_served(self):
+        port, factory, handler = self.start(max_sessions=6, max_sessions_per_client=3,
+                                            command_timeout=1.0, idle_timeout=30)
+
+        def flood():
+            held = [Raw(port, source="127.0.0.2") for _ in range(3)]
+            greetings = [c.reply() for c in held]
+            refused = [Raw(port, source="127.0.0.2") for _ in range(3)]
+            refusals = [(c.reply(), c.closed()) for c in refused]
+            # trickle a byte at a time into every held session
+            cut_off = []
+            for _ in range(20):  # 2 s, twice the command deadline
+                for c in held:
+                    try:
+                        c.send(b"N")
+                    except OSError:
+                        pass
+                time.sleep(0.1)
+            for c in held:
+                cut_off.append(c.reply())
+            return greetings, refusals, cut_off
+
+        def other_client():
+            time.sleep(0.3)  # while the flood holds its slots
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                s.ehlo("c")
+                s.mail("a@example.org")
+                s.rcpt("a@relay.test")
+                return s.data(b"Subject: x\r\n\r\nserved\r\n")
+
+        started = time.monotonic()
+        (greetings, refusals, cut_off), served = await defer.gatherResults(
+            [self.in_thread(flood), self.in_thread(other_client)])
+        self.assertEqual([code for code, _ in greetings], [220] * 3)
+        self.assertEqual(refusals, [((421, "4.7.0 too many sessions from your address, try "
+                                            "again later"), True)] * 3)
+        self.assertEqual(served[0], 250)
+        self.assertEqual(cut_off, [(421, "4.4.2 mx.test Error: command took too long")] * 3)
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(len(handler.messages), 1)
+
+    async def test_a_byte_a_tick_trickler_is_cut_off_in_data(self):
+        port, factory, handler = self.start(command_timeout=5.0, data_timeout=1.0,
+                                            idle_timeout=30)
+
+        def trickle():
+            c = Raw(port)
+            c.reply()
+            c.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<a@relay.test>\r\n"
+                   b"DATA\r\n")
+            c.replies(4)
+            started = time.monotonic()
+            sent = 0
+            for _ in range(100):  # 20 bytes a second: the idle timeout never fires
+                try:
+                    c.send(b"x")
+                    sent += 1
+                except OSError:
+                    break
+                if select.select([c.sock], [], [], 0.05)[0]:
+                    break  # the server said something
+            return c.reply(), time.monotonic() - started, sent, c.closed()
+
+        reply, took, sent, closed = await self.in_thread(trickle)
+        self.assertEqual(reply, (421, "4.4.2 mx.test Error: DATA took too long"))
+        self.assertTrue(closed)
+        self.assertGreater(sent, 5)
+        self.assertLess(took, 3)
+        self.assertEqual(handler.messages, [])

@@ -19,7 +19,7 @@ from emaild.outbound.kinds import Scope
 from emaild.outbound.sender import Sender
 from emaild.people.store import PeopleStore
 from tests.fakes import ScriptedTransport
-from tests.support import wait_for
+from tests.support import altered, wait_for
 from tests.webtest import WebTestCase
 
 FORM = {"Content-Type": ["application/x-www-form-urlencoded"]}
@@ -161,7 +161,7 @@ class UnsubscribePageTests(UnsubscribeTestCase):
         path = self.unsubscribe_path((yield defer.ensureDeferred(self.announce())))
         token = path.rsplit("/", 1)[1]
         login = yield defer.ensureDeferred(self.web.links.login_url(self.ann.id, "/home"))
-        flipped = token[:-1] + ("a" if token[-1] != "a" else "b")
+        flipped = altered(token)
         for bad in [flipped, token[:-1], token + "x", token.upper() if token.upper() != token else
                     token.lower(), login.rsplit("/", 1)[1], "0" * 12, "%00", "a" * 200]:
             response, body = yield defer.ensureDeferred(self.client().get(f"/unsubscribe/{bad}"))
@@ -315,7 +315,7 @@ class PreferencesTests(UnsubscribeTestCase):
         browser = yield defer.ensureDeferred(self.sign_in(self.ann.id))
         _, body = yield defer.ensureDeferred(browser.get("/preferences"))
         csrf = self.csrf(body)
-        for data in [[("on", "*:digest")], [("csrf_token", csrf[:-1] + "x"), ("on", "*:digest")],
+        for data in [[("on", "*:digest")], [("csrf_token", altered(csrf)), ("on", "*:digest")],
                      [("csrf_token", ""), ("on", "*:digest")]]:
             response, body = yield defer.ensureDeferred(browser.post("/preferences", data=data))
             self.assertEqual(response.code, 403)

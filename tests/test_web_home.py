@@ -8,6 +8,7 @@ import re
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
+from tests.support import altered
 from tests.test_web_links import LinkTestCase, async_test
 
 
@@ -101,7 +102,7 @@ class HomeTests(LinkTestCase):
         browser = await self.signed_in(ada)
         response, body = await browser.get("/home")
         token = self.csrf(body)
-        for data in (None, {"csrf_token": ""}, {"csrf_token": token[:-1] + "x"},
+        for data in (None, {"csrf_token": ""}, {"csrf_token": altered(token)},
                      {"csrf_token": "é"}):
             response, body = await browser.post("/logout", data=data)
             self.assertEqual(response.code, 403, data)

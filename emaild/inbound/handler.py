@@ -27,6 +27,8 @@ from emaild.links.service import Links
 from emaild.outbound.store import OutboxStore
 
 UNSUBSCRIBE_PREFIX = "unsubscribe+"
+#: [groups] max_posts_per_hour's default
+DEFAULT_MAX_POSTS_PER_HOUR = 30
 BOUNCE_PREFIX = "bounces+"
 
 
@@ -42,7 +44,8 @@ def _from_addresses(raw: bytes) -> list[str]:
 @implementer(IInboundHandler)
 class InboundHandler:
     def __init__(self, store: InboundStore, groups: GroupStore, addresses: ReplyAddresses,
-                 links: Links, outbox: OutboxStore, sender_auth=None):
+                 links: Links, outbox: OutboxStore, *,
+                 max_posts_per_hour: int = DEFAULT_MAX_POSTS_PER_HOUR, sender_auth=None):
         """
         @param sender_auth: a L{emaild.inbound.auth.policy.SenderAuthentication}
             that checks every group post (SPF, DKIM, DMARC; the daemon always
@@ -51,6 +54,8 @@ class InboundHandler:
         """
         self.store = store
         self.sender_auth = sender_auth
+        #: a member's posts to one group per hour; the next RCPT gets 450 4.7.1
+        self.max_posts_per_hour = max_posts_per_hour
         self.groups = groups
         self.addresses = addresses
         self.links = links
@@ -81,11 +86,38 @@ class InboundHandler:
                 raise Refused(550, "5.1.1", "this group address no longer works: its owner "
                                             "left the group")
             if member is not None:
+                await self._check_posting_rate(member, address, mail_from)
                 verified = bool(member.email) and member.email.lower() == mail_from.lower()
+                # the canonical spelling, so that every spelling of one
+                # reply address is one recipient (the server keeps equal
+                # results once)
+                address = self.addresses.address(token)
                 return Recipient(address, RELAY, group_id=member.group_id,
                                  person_id=member.person_id, sender_verified=verified,
                                  member_email=member.email)
         raise Refused(550, "5.1.1", "no such address here")
+
+    async def _check_posting_rate(self, member, address: str, mail_from: str) -> None:
+        """
+        C{450 4.7.1} at RCPT once the member posted C{max_posts_per_hour}
+        times to the group in the last hour: before DATA, so nothing is
+        transferred or stored, and a 4xx, so a real member's mail is sent
+        again later by their MTA rather than lost.
+        """
+        limit = self.max_posts_per_hour
+        if not limit:
+            return
+        posts = await self.store.recent_posts(member.group_id, member.person_id,
+                                              seconds=3600, at_most=limit)
+        if posts < limit:
+            return
+        refused = Refused(450, "4.7.1", f"too many posts from this member in the last hour "
+                                        f"(at most {limit}); try again later")
+        await self.store.record_refusal(
+            reason="rate", subject=f"group {member.group_id} person {member.person_id}",
+            group_id=member.group_id, person_id=member.person_id, address=address,
+            mail_from=mail_from, reply=str(refused))
+        raise refused
 
     def check_recipient(self, address: str, mail_from: str):
         return Deferred.fromCoroutine(self._check(address, mail_from))

@@ -1,14 +1,34 @@
 """
-The line handling under the inbound SMTP session: a buffer read one line at
-a time, strictly in order, with line length limits, replies that count
-errors, and a way to wait for the handler without reading ahead.
+The line layer under the inbound SMTP session, on Twisted's
+L{LineReceiver}: lines read strictly in order, with per-mode line ends and
+length limits, replies that count errors, and a way to wait for the handler
+without reading ahead.
+
+How each guarantee maps onto L{LineReceiver}:
+  - strict order while the handler decides: L{wait} calls
+    C{pauseProducing()} (LineReceiver stops splitting lines and pauses the
+    transport) and C{resumeProducing()} when the answer came, which runs the
+    lines buffered meanwhile;
+  - command lines end at LF (a CR before it is dropped) and may be
+    L{COMMAND_LINE_LIMIT} long; message lines end at CRLF only (so a bare LF
+    can never end the message) and may be L{DATA_LINE_LIMIT} long: setting
+    C{in_data} switches C{delimiter} and C{MAX_LENGTH}, which LineReceiver
+    reads afresh for every line;
+  - a longer line, in either mode, is C{500 5.5.6} and close
+    (C{lineLengthExceeded}): falling back to command mode inside a message
+    would run its lines as commands;
+  - STARTTLS drops what was buffered after it: C{clearLineBuffer()}.
+
+DATA stays in line mode rather than C{setRawMode()}: its lines must be
+dot-unstuffed, counted and length-limited, and the end of the message found
+only at CRLF.CRLF, which is what line mode with a CRLF delimiter gives.
 """
 
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
 from emaild.inbound.syntax import printable
@@ -23,15 +43,10 @@ COMMAND_LINE_LIMIT = 1000
 DATA_LINE_LIMIT = 16384
 
 
-class LineSession(Protocol, TimeoutMixin):
+class LineSession(LineReceiver, TimeoutMixin):
     """
-    Subclasses implement L{lineReceived} and set C{in_data} while a message
-    is being read: then lines end at CRLF only (a bare LF can never end the
-    message) and may be L{DATA_LINE_LIMIT} long; otherwise they end at LF
-    (CR before it optional) and may be L{COMMAND_LINE_LIMIT} long.  A longer
-    line is answered C{500 5.5.6} and the connection closed, whatever the
-    mode: falling back to command mode inside a message would run its lines
-    as commands.
+    Subclasses implement L{line} and set C{in_data} while a message is
+    being read (see the module's docstring for the line ends and limits).
     """
 
     #: the name in the last replies (set by the subclass)
@@ -41,68 +56,55 @@ class LineSession(Protocol, TimeoutMixin):
     #: the peer, for log lines
     peer = "unknown"
 
-    in_data = False
-    _busy = False  # waiting for something before reading the next line
-    _processing = False  # inside _process (so a synchronous result does not recurse)
-    _paused = False
+    delimiter = b"\n"
+    MAX_LENGTH = COMMAND_LINE_LIMIT - 1
+    _in_data = False
+    _waiting = False
     _closing = False
     _errors = 0
 
-    def lineReceived(self, line: bytes) -> None:
+    def line(self, line: bytes) -> None:
+        """One line: a command (CR LF or LF removed) or a message line."""
         raise NotImplementedError
 
-    # -- input ------------------------------------------------------------
-    def connectionMade(self):
-        self._buffer = bytearray()
+    @property
+    def in_data(self) -> bool:
+        """Whether message lines (not commands) are being read."""
+        return self._in_data
 
+    @in_data.setter
+    def in_data(self, value: bool) -> None:
+        self._in_data = value
+        if value:
+            self.delimiter, self.MAX_LENGTH = b"\r\n", DATA_LINE_LIMIT - 2
+        else:
+            self.delimiter, self.MAX_LENGTH = b"\n", COMMAND_LINE_LIMIT - 1
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a L{wait} is in progress (no line is read meanwhile)."""
+        return self._waiting
+
+    # -- input ------------------------------------------------------------
     def dataReceived(self, data: bytes):
         if self._closing:
             return
         self.resetTimeout()
-        self._buffer += data
-        self._process()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return
+        if not self._in_data and line.endswith(b"\r"):
+            line = line[:-1]
+        self.line(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.close(500, "5.5.6 Line too long")
 
     def connectionLost(self, reason):
         self._closing = True
         self.setTimeout(None)
-
-    def _next_line(self) -> bytes | None:
-        buf = self._buffer
-        if self.in_data:
-            end, ending, limit = buf.find(b"\r\n"), 2, DATA_LINE_LIMIT
-        else:
-            end, ending, limit = buf.find(b"\n"), 1, COMMAND_LINE_LIMIT
-        if (end < 0 and len(buf) >= limit) or end + ending > limit:
-            self.close(500, "5.5.6 Line too long")
-            return None
-        if end < 0:
-            return None
-        line = bytes(buf[:end])
-        del buf[: end + ending]
-        if not self.in_data and line.endswith(b"\r"):
-            line = line[:-1]
-        return line
-
-    def _process(self) -> None:
-        if self._processing:
-            return
-        self._processing = True
-        try:
-            while not self._busy and not self._closing:
-                line = self._next_line()
-                if line is None:
-                    break
-                self.lineReceived(line)
-        finally:
-            self._processing = False
-        # hold the client back while waiting; let it go on after
-        want_pause = self._busy and not self._closing
-        if want_pause != self._paused:
-            self._paused = want_pause
-            if want_pause:
-                self.transport.pauseProducing()
-            else:
-                self.transport.resumeProducing()
 
     def wait(self, d: defer.Deferred, then) -> None:
         """
@@ -110,22 +112,28 @@ class LineSession(Protocol, TimeoutMixin):
         result or Failure, and go on with the lines buffered meanwhile.
         Nothing happens if the session closed in between.
         """
-        self._busy = True
+        self._waiting = True
+        paused = False
 
         def done(result):
-            self._busy = False
-            if not self._closing:
-                try:
-                    then(result)
-                finally:
-                    self._process()
+            self._waiting = False
+            if self._closing:
+                return None
+            try:
+                then(result)
+            finally:
+                if paused and not self._closing:
+                    self.resumeProducing()
 
         d.addBoth(done).addErrback(
             lambda f: log.failure("inbound: internal error for {peer}", f, peer=self.peer))
+        if self._waiting:  # no answer yet: hold the client back until there is
+            paused = True
+            self.pauseProducing()
 
     def discard_input(self) -> None:
         """Forget every byte received and not yet read."""
-        self._buffer.clear()
+        self.clearLineBuffer()
 
     # -- output -----------------------------------------------------------
     def _send(self, code: int, lines: list[str]) -> None:

@@ -164,6 +164,58 @@ class InboundStore:
             " WHERE message_id = %s ORDER BY id", (message_id,))
         return [tuple(r) for r in rows]
 
+    # -- limits checked before anything is stored ----------------------------
+    async def recent_posts(self, group_id: int, person_id: int, *, seconds: float,
+                           at_most: int) -> int:
+        """
+        How many messages the member stored as posts to the group in the
+        last C{seconds} (counting stops at C{at_most}).
+        """
+        rows = await self.db.runQuery(
+            "SELECT count(*) FROM (SELECT 1 FROM inbound_recipients r"
+            "  JOIN inbound_messages m ON m.id = r.message_id"
+            "  WHERE r.purpose = 'relay' AND r.group_id = %s AND r.person_id = %s"
+            "  AND m.received_at > now() - make_interval(secs => %s)"
+            "  ORDER BY r.message_id DESC LIMIT %s) recent",
+            (group_id, person_id, seconds, at_most))
+        return rows[0][0]
+
+    async def record_refusal(self, *, reason: str, subject: str, address: str,
+                             mail_from: str, reply: str,
+                             group_id: int | None = None, person_id: int | None = None) -> None:
+        """
+        Note an attempt refused before anything was stored: one row per
+        (reason, subject, hour), counting the attempts.
+        """
+        await self.db.runOperation(
+            "INSERT INTO inbound_refusals (reason, subject, hour, group_id, person_id, address,"
+            "  mail_from, reply) VALUES (%s, %s, date_trunc('hour', now()), %s, %s, %s, %s, %s)"
+            " ON CONFLICT (reason, subject, hour) DO UPDATE SET attempts ="
+            "  inbound_refusals.attempts + 1, last_at = now(), address = EXCLUDED.address,"
+            "  mail_from = EXCLUDED.mail_from, reply = EXCLUDED.reply",
+            (reason, subject, group_id, person_id, address, mail_from, reply))
+
+    async def recent_refusals(self, limit: int = 20) -> list[Refusal]:
+        """The newest refusal records, newest first."""
+        rows = await self.db.runQuery(
+            "SELECT reason, subject, address, mail_from, reply, attempts, first_at,"
+            " last_at FROM inbound_refusals ORDER BY last_at DESC, id DESC LIMIT %s", (limit,))
+        return [Refusal(*row) for row in rows]
+
+
+@attrs.frozen
+class Refusal:
+    """Attempts refused for one reason about one subject in one hour."""
+
+    reason: str
+    subject: str
+    address: str
+    mail_from: str
+    reply: str
+    attempts: int
+    first_at: Any
+    last_at: Any
+
 
 async def _finish(cursor, recipient_id: int, state: str, reason: str) -> None:
     await cursor.execute(

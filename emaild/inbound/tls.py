@@ -1,19 +1,18 @@
 """
-TLS for the inbound SMTP server: a server context from a certificate and key
-file (for STARTTLS), and a self-signed pair made on first start when the
-operator configures none.
+TLS for the inbound SMTP server: Twisted's L{CertificateOptions} from a
+certificate and key file (for STARTTLS), TLS 1.2 at least, and a
+self-signed pair made on first start when the operator configures none.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 import tempfile
 from pathlib import Path
 
-from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from zope.interface import implementer
+from twisted.internet.ssl import CertificateOptions, TLSVersion
 
 #: where ensure_self_signed keeps its pair, under the state directory
 SELF_SIGNED_DIR = "tls"
@@ -21,37 +20,34 @@ SELF_SIGNED_CERT = "smtp-cert.pem"
 SELF_SIGNED_KEY = "smtp-key.pem"
 
 
-@implementer(IOpenSSLServerConnectionCreator)
-class ServerTLS:
+#: the private key's PEM block in a file that may hold certificates too
+_PEM_KEY = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----",
+                      re.S)
+
+
+def tls_context_factory(certificate_path, key_path) -> CertificateOptions:
     """
-    A server TLS context loaded from PEM files (the certificate file may hold
-    the chain after the leaf).  Loading happens in the constructor, so a
-    missing or mismatched file stops start-up instead of failing the first
-    STARTTLS.
+    The server TLS options to hand L{InboundFactory} as C{tls_context}: the
+    certificate file's first certificate, the chain after it, the key (from
+    C{key_path}, which may be the certificate file itself), TLS 1.2 at least.
+    Everything is loaded and the key checked against the certificate here,
+    so a missing or mismatched file stops start-up instead of failing the
+    first STARTTLS.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    def __init__(self, certificate_path: str | os.PathLike, key_path: str | os.PathLike):
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
-        ctx.use_certificate_chain_file(os.fsencode(certificate_path))
-        ctx.use_privatekey_file(os.fsencode(key_path))
-        ctx.check_privatekey()
-        self._context = ctx
-
-    def getContext(self) -> SSL.Context:
-        return self._context
-
-    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
-        return SSL.Connection(self._context, None)
-
-
-def tls_context_factory(certificate_path, key_path) -> ServerTLS:
-    """
-    The context to hand L{InboundFactory} as C{tls_context}.  C{key_path} may
-    be the certificate file itself when that holds the key too.
-    """
-    return ServerTLS(certificate_path, key_path or certificate_path)
+    key_path = key_path or certificate_path
+    chain = x509.load_pem_x509_certificates(Path(certificate_path).read_bytes())
+    key_pem = _PEM_KEY.search(Path(key_path).read_bytes())
+    if key_pem is None:
+        raise ValueError(f"{key_path}: no PEM private key in it")
+    key = load_pem_private_key(key_pem.group(), password=None)
+    options = CertificateOptions(privateKey=key, certificate=chain[0],
+                                 extraCertChain=chain[1:],
+                                 raiseMinimumTo=TLSVersion.TLSv1_2)
+    options.getContext()  # builds the context now: check_privatekey() raises
+    return options
 
 
 def _write_atomically(path: Path, content: bytes, mode: int) -> None:
