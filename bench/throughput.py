@@ -169,7 +169,7 @@ def main():
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=DIR",
                         help="also run emaild from DIR, a copy of the repo with a change"
-                             " (its emaild/, templates/, twisted/), labelled LABEL")
+                             " (its emaild/ and twisted/), labelled LABEL")
     parser.add_argument("--profile", action="store_true",
                         help="sample the daemon with py-spy (pip install py-spy) and summarise")
     args = parser.parse_args()

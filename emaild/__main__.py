@@ -2,7 +2,7 @@
 C{python -m emaild}: the same as the C{emaild} command.
 """
 
-from emaild.cli import main
+from emaild.cli.main import main
 
 if __name__ == "__main__":
     main()

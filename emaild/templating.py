@@ -1,42 +1,61 @@
 """
 Where templates come from: the operator's folder (C{[templates] dir}) first,
-then the built-ins shipped with emaild.
+then the built-ins shipped inside the package (C{emaild/templates/}, loaded
+through Jinja2's L{jinja2.PackageLoader}, so they are found wherever and
+however emaild is installed).
 """
 
 from __future__ import annotations
 
-import sys
+import importlib.resources
 from pathlib import Path
 
 import jinja2
 
-
-def builtin_templates_dir() -> Path:
-    """
-    The built-in C{templates/} folder: beside the package in a source checkout
-    or editable install, under C{<prefix>/share/emaild} in a normal install.
-    """
-    here = Path(__file__).resolve().parent.parent / "templates"
-    if here.is_dir():
-        return here
-    installed = Path(sys.prefix) / "share" / "emaild" / "templates"
-    if installed.is_dir():
-        return installed
-    raise RuntimeError(f"emaild's built-in templates are missing (looked in {here} and {installed})")
+#: the package whose C{templates/} folder holds the built-ins
+PACKAGE = "emaild"
+#: that folder, inside the package
+FOLDER = "templates"
 
 
-def search_path(operator_dir: str, part: str) -> list[str]:
+def operator_folder(operator_dir: str, part: str) -> Path | None:
     """
-    Folders to search for C{part} templates (C{"email"} or C{"web"}).
+    The operator's folder for C{part} templates (C{"email"} or C{"web"}), or
+    None when none is configured.
+
+    @raise FileNotFoundError: C{[templates] dir} names no folder.
     """
-    paths = []
-    if operator_dir:
-        operator = Path(operator_dir).expanduser()
-        if not operator.is_dir():
-            raise FileNotFoundError(f"templates.dir: folder {operator} does not exist")
-        paths.append(str(operator / part))
-    paths.append(str(builtin_templates_dir() / part))
-    return paths
+    if not operator_dir:
+        return None
+    operator = Path(operator_dir).expanduser()
+    if not operator.is_dir():
+        raise FileNotFoundError(f"templates.dir: folder {operator} does not exist")
+    return operator / part
+
+
+def loader(operator_dir: str, part: str) -> jinja2.BaseLoader:
+    """
+    The operator's C{<dir>/<part>/} (when configured) before the package's
+    C{templates/<part>/}: a file of the same name overrides a built-in.
+    """
+    builtin = jinja2.PackageLoader(PACKAGE, f"{FOLDER}/{part}")
+    operator = operator_folder(operator_dir, part)
+    if operator is None:
+        return builtin
+    return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(operator)), builtin])
+
+
+def static_folder(operator_dir: str) -> Path | None:
+    """
+    The folder the web app serves C{/static/} from: the operator's
+    C{<dir>/web/static} if there is one, else the package's.
+    """
+    operator = operator_folder(operator_dir, "web")
+    if operator is not None and (operator / "static").is_dir():
+        return operator / "static"
+    builtin = importlib.resources.files(PACKAGE).joinpath(FOLDER, "web", "static")
+    # an installed package is a folder on disk (emaild is not zip-safe)
+    return Path(str(builtin)) if builtin.is_dir() else None
 
 
 def environment(operator_dir: str, part: str) -> jinja2.Environment:
@@ -46,7 +65,7 @@ def environment(operator_dir: str, part: str) -> jinja2.Environment:
     mailed as an empty string).
     """
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(search_path(operator_dir, part)),
+        loader=loader(operator_dir, part),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "htm", "xml"),
                                             default_for_string=False),
         undefined=jinja2.StrictUndefined,

@@ -61,7 +61,7 @@ class _Realm:
 
 
 class _RelayESMTP(smtp.ESMTP):
-    # Long lines must not fall back to command mode (see PITFALLS): allow them.
+    # Long lines must not fall back to command mode (see docs/design.md, known traps): allow them.
     MAX_LENGTH = 1 << 20
 
     def __init__(self, relay: Relay, session: Session):

@@ -13,8 +13,8 @@ from emaild.digest.announce import (AnnounceError, announce, progress, resend_fa
 from emaild.outbound.outbox import Outbox
 from emaild.outbound.store import STATES, OutboxStore
 from emaild.people.store import PeopleStore
+from tests.cli.support import CLITestCase
 from tests.support import DatabaseTestCase
-from tests.test_cli import CLITestCase
 from tests.test_web_links import async_test, text_of
 
 BODY = {"body": "The lab moves to room 4."}

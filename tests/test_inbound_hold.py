@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.internet import reactor, task
 
-from emaild.cli_inbound import auth_summary
+from emaild.cli.inbound import auth_summary
 from emaild.inbound.holds_store import EXPIRED_REASON
 from tests.authfixture import HELD_REASON, DaemonWithDNS, post, wait_for
 

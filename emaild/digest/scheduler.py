@@ -14,7 +14,7 @@ finished once no learner is left to claim; later ticks skip it.
 
 L{DigestScheduler} is the daemon's service: a LoopingCall that checks every
 minute whether a week's update is due and never lets an exception stop it
-(see PITFALLS: a LoopingCall stops for good after one).
+(see docs/design.md, known traps: a LoopingCall stops for good after one).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ Personal reply addresses: C{<prefix>-<token>@<relay domain>}.
 
 The token is hashids over (group id, person id, 64 secret bits stored in
 the membership), so decoding alone proves nothing: the secret must match the
-live membership row (see PITFALLS, hashids).  The alphabet is lower-case
+live membership row (see docs/design.md, hashids).  The alphabet is lower-case
 letters and digits because some MTAs fold the case of local parts; a
 decoded token is canonical (hashids re-encodes and compares), so each
 membership has exactly one address.

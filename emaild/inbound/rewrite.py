@@ -30,7 +30,8 @@ import attrs
 from emaild.inbound.classify import LOOP_HEADER, content_type, header_value, parse_message
 from emaild.inbound.mime import CRLF, crlf_bytes, decode_text, encode_text, lines_ok
 from emaild.inbound.scrub import ANONYMOUS, CONTROL, Scrubber, clean, scrub_map  # noqa: F401 (API)
-from emaild.outbound.compose import _address_header, _check_uri, _encoded_header, check_address
+from emaild.mailformat.addresses import check_address
+from emaild.mailformat.headers import address_header, check_header_uri, encoded_header
 
 #: what the top-level entity keeps of the original header (everything else
 #: could identify the sender: Received, DKIM, X-Originating-IP, ...)
@@ -54,11 +55,11 @@ def _crlf(text: str) -> str:
 
 def _header_line(name: str, value: str) -> str:
     """
-    One header from text, through compose's encoder; a value with a word
+    One header from text, through the shared encoder; a value with a word
     too long to fold goes out as UTF-8 encoded words, which can be split.
     """
     value = clean(value)
-    line = _encoded_header(name, value)
+    line = encoded_header(name, value)
     if max(map(len, line.split("\n"))) > 998:
         line = f"{name}: " + Header(value, "utf-8", header_name=name).encode(linesep="\n")
     return _crlf(line)
@@ -330,24 +331,24 @@ def build_copy(prepared: Prepared, *, author: str, group_name: str, reply_addres
     author = clean(author)[:100] or ANONYMOUS
     group = clean(group_name)[:100]
     lines = [
-        _crlf(_address_header("From", f"{author} via {group}", reply_address)),
-        _crlf(_address_header("Reply-To", f"{author} via {group}", reply_address)),
-        _crlf(_address_header("To", group, reply_address)),
+        _crlf(address_header("From", f"{author} via {group}", reply_address)),
+        _crlf(address_header("Reply-To", f"{author} via {group}", reply_address)),
+        _crlf(address_header("To", group, reply_address)),
         _header_line("Subject", prepared.subject),
         f"Date: {_date(prepared.date)}",
         f"Message-ID: {message_id}",
         _id_header("In-Reply-To", in_reply_to),
         _id_header("References", references),
-        _crlf(_address_header("List-Id", group, list_id)),
+        _crlf(address_header("List-Id", group, list_id)),
         f"List-Post: <mailto:{reply_address}>",
     ]
     targets = []
     if unsubscribe_url:
-        targets.append(f"<{_check_uri(unsubscribe_url)}>")
+        targets.append(f"<{check_header_uri(unsubscribe_url)}>")
     if unsubscribe_mailto:
         mailto = unsubscribe_mailto if unsubscribe_mailto.startswith("mailto:") \
             else f"mailto:{unsubscribe_mailto}"
-        targets.append(f"<{_check_uri(mailto)}>")
+        targets.append(f"<{check_header_uri(mailto)}>")
     if targets:
         lines.append("List-Unsubscribe: " + ",\r\n ".join(targets))
     if unsubscribe_url:

@@ -14,7 +14,7 @@ import re
 import secrets
 from typing import Iterable, Mapping
 
-from emaild.outbound.compose import header_text
+from emaild.mailformat.headers import header_text
 
 ANONYMOUS = "a group member"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")

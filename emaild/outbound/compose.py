@@ -5,8 +5,8 @@ Templates come in threes: C{<name>.subject.txt}, C{<name>.txt} and,
 optionally, C{<name>.html}; with an HTML part the message is
 multipart/alternative.  The message is assembled by hand rather than with
 C{email.message} because enqueueing 100,000 of them must take seconds, and
-every header value that can carry user data goes through L{header_text} and
-L{email.utils.formataddr}, so no value can start a new header line.
+every header value that can carry user data goes through
+L{emaild.mailformat.headers}, so no value can start a new header line.
 
 Stored messages use LF line endings; transports convert to CRLF on the wire.
 
@@ -23,12 +23,10 @@ template as C{unsubscribe_url}.
 
 from __future__ import annotations
 
-import binascii
 import re
 import secrets
 import time
-from email.header import Header
-from email.utils import formataddr, formatdate
+from email.utils import formatdate
 from typing import Any, Callable, Mapping, Sequence
 
 import attrs
@@ -37,21 +35,16 @@ from markupsafe import escape
 
 from emaild.links.service import LOGIN, ROUTES, UNSUBSCRIBE, LinkError
 from emaild.links.store import LinkRequest, LinkRow
-from emaild.outbound.kinds import KindError, Scope, parse_target
-
-#: What we accept as a recipient: a plain ASCII addr-spec (no SMTPUTF8, no
-#: quoted local parts, no source routes).  Anything else is refused at
-#: enqueue time with a reason, never sent to the relay.
-_ADDRESS = re.compile(
-    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}"
-    r"@(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+from emaild.mailformat import addresses
+from emaild.mailformat.headers import (
+    HeaderError,
+    address_header,
+    check_header_uri,
+    encoded_header,
+    header_text,
 )
-_WHITESPACE = re.compile(r"\s+")
-#: what may stand between < and > in List-Unsubscribe (RFC 3986 characters
-#: less the ones that would end or split the header)
-_HEADER_URI = re.compile(r"^[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+;=%]+$")
-_NEWLINES = re.compile(r"\r\n?")
+from emaild.mailformat.parts import encode_text_part, text_part_headers
+from emaild.outbound.kinds import KindError, Scope, parse_target
 
 
 class ComposeError(ValueError):
@@ -63,66 +56,20 @@ class ComposeError(ValueError):
 
 def check_address(address: str) -> str:
     """
-    Return C{address} stripped, or raise L{ComposeError} saying what is wrong.
+    L{emaild.mailformat.addresses.check_address}, raising L{ComposeError}
+    (what callers of the composer catch) instead of its C{AddressError}.
     """
-    if not isinstance(address, str):
-        raise ComposeError(f"recipient must be a string, got {address!r}")
-    stripped = address.strip()
-    if not stripped:
-        raise ComposeError("recipient address is empty")
-    if not _ADDRESS.match(stripped) or ".." in stripped or stripped.startswith("."):
-        raise ComposeError(f"{address!r} is not a valid e-mail address")
-    return stripped
+    try:
+        return addresses.check_address(address)
+    except addresses.AddressError as e:
+        raise ComposeError(str(e)) from None
 
 
-def header_text(value: Any) -> str:
-    """
-    One line of header text: every run of whitespace, CR and LF included,
-    becomes a single space, so user data cannot add header lines.
-    """
-    return _WHITESPACE.sub(" ", str(value)).strip()
-
-
-def _encoded_header(name: str, value: str) -> str:
-    value = header_text(value)
-    if value.isascii() and "=?" not in value and len(name) + 2 + len(value) <= 78:
-        return f"{name}: {value}"  # the common case, without email.header's cost
-    # text that looks like an encoded word is itself encoded, so readers
-    # decode it back to the literal text (not to what it pretends to encode)
-    charset = "us-ascii" if value.isascii() and "=?" not in value else "utf-8"
-    return f"{name}: " + Header(value, charset, header_name=name).encode(linesep="\n")
-
-
-def _address_header(name: str, display: Any, address: str) -> str:
-    display = header_text(display) if display else ""
-    if "=?" in display:
-        encoded = Header(display, "utf-8", header_name=name).encode(linesep="\n")
-        return f"{name}: {encoded} <{address}>"
-    return f"{name}: " + formataddr((display, address), charset="utf-8")
-
-
-def normalise_newlines(text: str) -> str:
-    text = _NEWLINES.sub("\n", text)
-    return text if text.endswith("\n") else text + "\n"
-
-
-def _body_part(text: str) -> tuple[str, bytes]:
-    """
-    (Content-Transfer-Encoding, encoded bytes) for a text part: 7bit when the
-    text is ASCII with lines within RFC 5322's 998, else quoted-printable.
-    """
-    raw = normalise_newlines(text).encode("utf-8")
-    if raw.isascii() and max(map(len, raw.split(b"\n"))) <= 998:
-        return "7bit", raw
-    encoded = binascii.b2a_qp(raw, quotetabs=False, istext=True, header=False)
-    return "quoted-printable", encoded if encoded.endswith(b"\n") else encoded + b"\n"
-
-
-def _part_headers(subtype: str, cte: str) -> bytes:
-    return (
-        f'Content-Type: text/{subtype}; charset="utf-8"\n'
-        f"Content-Transfer-Encoding: {cte}\n\n"
-    ).encode("ascii")
+def _check_uri(uri: str) -> str:
+    try:
+        return check_header_uri(uri)
+    except HeaderError as e:
+        raise ComposeError(str(e)) from None
 
 
 @attrs.frozen
@@ -219,12 +166,6 @@ class Draft:
         return [*self.requests, self.unsubscribe]
 
 
-def _check_uri(uri: str) -> str:
-    if not _HEADER_URI.match(uri) or len(uri) > 900:
-        raise ComposeError(f"cannot put {uri!r} in a header")
-    return uri
-
-
 class Composer:
     """
     @param env: the e-mail Jinja2 environment (see L{emaild.templating}).
@@ -246,7 +187,7 @@ class Composer:
     ):
         self.env = env
         self.relay_domain = relay_domain
-        self.from_header = _address_header("From", from_name, from_address)
+        self.from_header = address_header("From", from_name, from_address)
         self.clock = clock
         self.globals = dict(globals_ or {})
         self.links = links
@@ -386,8 +327,8 @@ class Composer:
         envelope_from = f"bounces+{token}@{self.relay_domain}"
         lines = [
             self.from_header,
-            _address_header("To", draft.display_name, draft.recipient),
-            _encoded_header("Subject", subject),
+            address_header("To", draft.display_name, draft.recipient),
+            encoded_header("Subject", subject),
             f"Date: {formatdate(self.clock(), usegmt=True)}",
             f"Message-ID: {message_id}",
             "MIME-Version: 1.0",
@@ -399,19 +340,19 @@ class Composer:
             lines.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         head = "\n".join(lines) + "\n"
 
-        text_cte, text_bytes = _body_part(text)
+        text_cte, text_bytes = encode_text_part(text)
         if html is None:
-            data = head.encode("ascii") + _part_headers("plain", text_cte) + text_bytes
+            data = head.encode("ascii") + text_part_headers("plain", text_cte) + text_bytes
         else:
-            html_cte, html_bytes = _body_part(html)
+            html_cte, html_bytes = encode_text_part(html)
             boundary = f"=_emaild_{token}"
             data = b"".join([
                 head.encode("ascii"),
                 f'Content-Type: multipart/alternative; boundary="{boundary}"\n\n'.encode("ascii"),
                 f"--{boundary}\n".encode("ascii"),
-                _part_headers("plain", text_cte), text_bytes,
+                text_part_headers("plain", text_cte), text_bytes,
                 f"--{boundary}\n".encode("ascii"),
-                _part_headers("html", html_cte), html_bytes,
+                text_part_headers("html", html_cte), html_bytes,
                 f"--{boundary}--\n".encode("ascii"),
             ])
         return Rendered(draft.recipient, envelope_from, message_id, subject, data,

@@ -7,7 +7,7 @@ L{SMTPClientProtocol.send} (one message, answered with a L{DeliveryResult})
 and L{SMTPClientProtocol.quit}.  We do not use twisted.mail's
 ESMTPSenderFactory: its retries can resend a message, it mangles CRLF input
 and dot-stuffs per 16 KiB chunk, and it can leave Deferreds pending for ever
-(see PITFALLS.md).
+(see docs/smtp-protocols.md and the known traps in docs/design.md).
 
 Every reply we wait for is a Deferred in a FIFO (replies come back in order,
 which also makes PIPELINING easy) guarded by a timer; a waiter never fails:

@@ -35,7 +35,7 @@ from typing import Callable
 import attrs
 from oauthlib.oauth1 import RequestValidator, SignatureOnlyEndpoint
 
-from emaild.outbound.compose import ComposeError, check_address
+from emaild.mailformat.addresses import AddressError, check_address
 
 #: the path of the launch URL under public_url
 LAUNCH_PATH = "/lti/launch"
@@ -329,7 +329,7 @@ class LaunchVerifier:
         if sent:
             try:
                 email = check_address(sent)
-            except ComposeError:
+            except AddressError:
                 rejected = sent
         name = _clean(fields.get("lis_person_name_full", ""))
         if not name:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-from pathlib import Path
 
 from klein import Klein
 from twisted.internet import defer
@@ -28,7 +27,7 @@ from emaild.links.store import LinkStore
 from emaild.notify.notifier import Notifier
 from emaild.people.lti import LaunchVerifier, NonceStore
 from emaild.people.store import PeopleStore
-from emaild.templating import search_path
+from emaild.templating import static_folder
 from emaild.web.pages import Pages, SecurityHeaders
 from emaild.web.sessions import SessionStore, Sessions
 
@@ -131,9 +130,7 @@ class WebApp:
         self.notifier = Notifier(config, db, outbox, clock=reactor.seconds)
         self.lti = LaunchVerifier(config, NonceStore(db, config["lti"]["timestamp_window"]),
                                   clock=reactor.seconds)
-        self._static = next(
-            (Path(p) / "static" for p in search_path(config["templates"]["dir"], "web")
-             if (Path(p) / "static").is_dir()), None)
+        self._static = static_folder(config["templates"]["dir"])
 
     def resource(self):
         return SecurityHeaders(self.app.resource(), self.config["web"]["lms_origins"])

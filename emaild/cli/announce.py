@@ -24,24 +24,14 @@ from __future__ import annotations
 import json
 import sys
 
-from emaild.cli_output import CliError, one_line, table
+from emaild.cli.arguments import json_object, positive
+from emaild.cli.csv_input import open_csv
+from emaild.cli.lookup import find_course, find_group
+from emaild.cli.output import CliError, one_line, table
+from emaild.cli.runtime import open_database, watch
 
 
-def _json_object(text: str) -> dict:
-    import argparse
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object such as '{\"body\": \"…\"}'")
-    return value
-
-
-def add_announce_commands(commands, common) -> None:
-    from emaild.cli import _positive
-
+def add_parser(commands, common) -> None:
     announce = commands.add_parser(
         "announce", parents=[common], help="send an announcement, watch it, re-send failures",
         usage="emaild announce [-h] --template NAME (--course KEY | --group GROUP "
@@ -60,14 +50,14 @@ def add_announce_commands(commands, common) -> None:
     who.add_argument("--status", metavar="LABEL", help="show an announcement's delivery")
     who.add_argument("--resend-failed", metavar="LABEL",
                      help="queue it again for the people whose message failed")
-    announce.add_argument("--context", type=_json_object, metavar="JSON",
+    announce.add_argument("--context", type=json_object, metavar="JSON",
                           help="JSON object: template values every recipient shares")
     announce.add_argument("--subject", metavar="TEXT", help="the subject (template value 'subject')")
     announce.add_argument("--no-wait", action="store_true", help="do not show the progress bar")
     announce.add_argument("--json", action="store_true", help="with --status: print JSON")
-    announce.add_argument("--interval", type=_positive(float), default=1.0, metavar="SECONDS",
+    announce.add_argument("--interval", type=positive(float), default=1.0, metavar="SECONDS",
                           help="seconds between progress updates (default 1)")
-    announce.set_defaults(func=_announce)
+    announce.set_defaults(func=run)
 
 
 def _print_rejected(rejected, names) -> None:
@@ -76,13 +66,11 @@ def _print_rejected(rejected, names) -> None:
         print(f"emaild: not queued: {who}: {one_line(r.reason)}", file=sys.stderr)
 
 
-async def _people_from_csv(db, path: str):
+async def _people_from_csv(parts, path: str):
     """
     [(person id, own values)] for the rows whose address is a known person,
     and the rejected rows as (line, address, reason).
     """
-    from emaild.cli_csv import open_csv
-
     f, reader = open_csv(path)
     rows = []
     with f:
@@ -95,7 +83,7 @@ async def _people_from_csv(db, path: str):
                 from None
     if not rows:
         raise CliError(f"{path} has no recipient rows")
-    ids = await _ids_by_email(db, [address for _, address, _ in rows])
+    ids = await _ids_by_email(parts, [address for _, address, _ in rows])
     found, rejected = [], []
     for line, address, values in rows:
         if address.lower() in ids:
@@ -106,30 +94,23 @@ async def _people_from_csv(db, path: str):
     return found, rejected
 
 
-async def _ids_by_email(db, addresses) -> dict[str, int]:
-    from emaild.digest.store import DigestStore
-
-    return await DigestStore(db).ids_by_email(addresses)
+async def _ids_by_email(parts, addresses) -> dict[str, int]:
+    return await parts.get_digest_store().ids_by_email(addresses)
 
 
-async def _watch_label(reactor, args, db, label: str) -> None:
-    from emaild.cli import _watch
-    from emaild.digest.store import DigestStore
+async def _watch_label(parts, args, label: str) -> None:
     from emaild.outbound.stats import queue_summary
 
-    store = DigestStore(db)
+    store = parts.get_digest_store()
 
     async def summary():
         return queue_summary(await store.batch_counts(label))
 
     print("(Ctrl-C stops watching; the mail stays queued)", file=sys.stderr)
-    await _watch(reactor, summary, args.interval, args.interruption)
+    await watch(parts.reactor, summary, args.interval, args.interruption)
 
 
-async def _announce(reactor, args, config, db, embedded) -> int:
-    from emaild.cli import _open, _outbox
-    from emaild.cli_digest import find_course
-    from emaild.cli_groups import _find_group, _Stores
+async def run(parts, args) -> int:
     from emaild.digest.announce import AnnounceError, resend_failed, send_announcement, status
 
     sending = any(v is not None for v in (args.course, args.group, args.people, args.to))
@@ -141,17 +122,17 @@ async def _announce(reactor, args, config, db, embedded) -> int:
     if not sending and (args.template or args.context or args.subject):
         raise CliError("--template, --context and --subject are for sending a new announcement",
                        2)
-    outbox = _outbox(config, db)
+    outbox = parts.get_outbox()
     if args.template:
         try:
             outbox.composer.templates(args.template)
         except Exception as e:
             raise CliError(str(e)) from None
-    await _open(db, embedded)
+    await open_database(parts)
 
     if args.status is not None:
         try:
-            report = await status(db, args.status)
+            report = await status(parts.get_database(), args.status)
         except AnnounceError as e:
             raise CliError(str(e)) from None
         if args.json:
@@ -160,7 +141,7 @@ async def _announce(reactor, args, config, db, embedded) -> int:
             _print_status(report)
         return 0
 
-    stores = _Stores(db, config)
+    people = parts.get_people_store()
     rejected_lines: list[str] = []
     names: dict[int, str] = {}
     try:
@@ -169,15 +150,16 @@ async def _announce(reactor, args, config, db, embedded) -> int:
         else:
             kwargs = {}
             if args.course is not None:
-                kwargs["course_id"] = (await find_course(stores.people, args.course)).id
+                kwargs["course_id"] = (await find_course(people, args.course)).id
             elif args.group is not None:
-                kwargs["group_id"] = (await _find_group(stores, args.group)).id
+                kwargs["group_id"] = (await find_group(parts.get_group_store(), people,
+                                                        args.group)).id
             elif args.people is not None:
-                found, rejected_lines = await _people_from_csv(db, args.people)
+                found, rejected_lines = await _people_from_csv(parts, args.people)
                 kwargs["recipients"] = [(pid, values) for pid, values, _ in found]
                 names = {i: where for i, (_, _, where) in enumerate(found)}
             else:
-                ids = await _ids_by_email(db, args.to)
+                ids = await _ids_by_email(parts, args.to)
                 known = [a for a in args.to if a.strip().lower() in ids]
                 rejected_lines = [f"{a}: no person with this address (add them with "
                                   "emaild person add)" for a in args.to if a not in known]
@@ -199,7 +181,7 @@ async def _announce(reactor, args, config, db, embedded) -> int:
         print(f"emaild: not queued: {line}", file=sys.stderr)
     _print_rejected(result.rejected, names)
     if result.queued and not args.no_wait:
-        await _watch_label(reactor, args, db, result.label)
+        await _watch_label(parts, args, result.label)
     return 1 if (result.rejected or rejected_lines) else 0
 
 

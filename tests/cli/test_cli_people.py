@@ -7,24 +7,7 @@ from __future__ import annotations
 
 import json
 
-from tests.test_cli import CLITestCase
-
-
-class PersonCLITestCase(CLITestCase):
-    def people(self):
-        return self.query("SELECT id, email, display_name FROM people ORDER BY id")
-
-    def members(self):
-        return self.query(
-            "SELECT c.consumer_key, c.context_id, p.email, m.roles FROM course_members m"
-            " JOIN courses c ON c.id = m.course_id JOIN people p ON p.id = m.person_id"
-            " ORDER BY c.id, p.id")
-
-    def lti_course(self, consumer_key, context_id, title=""):
-        ((course_id,),) = self.query(
-            "INSERT INTO courses (consumer_key, context_id, title) VALUES (%s, %s, %s)"
-            " RETURNING id", (consumer_key, context_id, title))
-        return course_id
+from tests.cli.support import PersonCLITestCase
 
 
 class AddTests(PersonCLITestCase):

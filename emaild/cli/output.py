@@ -14,6 +14,7 @@ from emaild.db.database import redact
 from emaild.outbound.stats import finished, pending
 from emaild.outbound.store import STATES
 
+
 class CliError(Exception):
     """
     An expected failure: print C{emaild: <message>} and exit with C{code}.
@@ -75,7 +76,10 @@ def counts_table(summary: dict) -> str:
     return table(headers, rows, right=[False] + [True] * (len(headers) - 1))
 
 
-def _when(value) -> str:
+def when(value) -> str:
+    """
+    A time as C{YYYY-MM-DD HH:MM:SSZ} (UTC), C{-} for None.
+    """
     if value is None:
         return "-"
     if isinstance(value, datetime.datetime):
@@ -94,7 +98,7 @@ def failures_table(rows: Sequence[tuple]) -> str:
         return "no failed messages"
     return table(
         ["id", "recipient", "template", "class", "attempts", "finished (UTC)", "reason / last reply"],
-        [[i, rcpt, tpl, qos, attempts, _when(at), one_line(reason or "-")]
+        [[i, rcpt, tpl, qos, attempts, when(at), one_line(reason or "-")]
          for i, rcpt, tpl, qos, attempts, reason, at in rows],
         right=[True, False, False, False, True, False, False],
     )
@@ -115,7 +119,7 @@ def suppressions_table(rows: Sequence[tuple]) -> str:
     if not rows:
         return "no suppressed addresses"
     return table(["address", "since (UTC)", "reason"],
-                 [[address, _when(at), one_line(reason or "-")] for address, reason, at in rows])
+                 [[address, when(at), one_line(reason or "-")] for address, reason, at in rows])
 
 
 def suppressions_json(rows: Sequence[tuple]) -> list[dict]:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import re
 
-from emaild.cli_output import CliError, _when, table
-from emaild.inbound.store import TERMINAL, InboundStore
+from emaild.cli.output import CliError, table, when
+from emaild.cli.runtime import open_database
+from emaild.inbound.store import TERMINAL
 
 STATES = ("received", *TERMINAL, "held")
 #: states listed by default: the rows that were not relayed (yet)
@@ -28,7 +29,7 @@ def auth_summary(authentication: str) -> str:
     return " ".join(re.findall(r"\b(?:spf|dkim|dmarc)=[a-z]+", authentication or ""))
 
 
-def add_inbound_commands(commands, common) -> None:
+def add_parser(commands, common) -> None:
     inbound = commands.add_parser(
         "inbound", parents=[common], help="show received mail and what became of it",
         description="Counts of received mail per state, the newest messages that were not "
@@ -39,16 +40,14 @@ def add_inbound_commands(commands, common) -> None:
                          help="only rows in this state (repeatable; default: held, ignored, failed)")
     inbound.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     inbound.add_argument("--json", action="store_true", help="print JSON")
-    inbound.set_defaults(func=_inbound)
+    inbound.set_defaults(func=run)
 
 
-async def _inbound(reactor, args, config, db, embedded) -> int:
-    from emaild.cli import _open
-
+async def run(parts, args) -> int:
     if args.limit < 1:
         raise CliError("--limit must be at least 1")
-    await _open(db, embedded)
-    store = InboundStore(db)
+    await open_database(parts)
+    store = parts.get_inbound_store()
     counts = await store.counts()
     if args.message is not None:
         rows = await store.recent(STATES, args.limit, message_id=args.message)
@@ -61,9 +60,9 @@ async def _inbound(reactor, args, config, db, embedded) -> int:
         print(json.dumps({"counts": counts, "refusals": [
             {"reason": f.reason, "subject": f.subject, "address": f.address,
              "mail_from": f.mail_from, "reply": f.reply, "attempts": f.attempts,
-             "first_at": _when(f.first_at), "last_at": _when(f.last_at)} for f in refusals],
+             "first_at": when(f.first_at), "last_at": when(f.last_at)} for f in refusals],
             "rows": [
-            {"message": r[0], "received_at": _when(r[1]), "mail_from": r[2], "address": r[3],
+            {"message": r[0], "received_at": when(r[1]), "mail_from": r[2], "address": r[3],
              "purpose": r[4], "state": r[5], "reason": r[6], "size": r[7],
              "authentication": r[8]} for r in rows]},
             indent=2))
@@ -73,11 +72,11 @@ async def _inbound(reactor, args, config, db, embedded) -> int:
         print(f"Authentication-Results: {rows[0][8]}")
     if rows:
         print(table(["message", "received", "from", "to", "purpose", "state", "auth", "reason"],
-                    [(r[0], _when(r[1]), r[2] or "<>", r[3], r[4], r[5], auth_summary(r[8]),
+                    [(r[0], when(r[1]), r[2] or "<>", r[3], r[4], r[5], auth_summary(r[8]),
                       r[6] or "") for r in rows], right=[True] + [False] * 7))
     if refusals:  # refused before anything was stored (e.g. a member's posting rate)
         print("refused before storing:")
         print(table(["last", "reason", "to", "from", "attempts", "reply"],
-                    [(_when(f.last_at), f.reason, f.address, f.mail_from or "<>", f.attempts,
+                    [(when(f.last_at), f.reason, f.address, f.mail_from or "<>", f.attempts,
                       f.reply) for f in refusals], right=[False] * 4 + [True, False]))
     return 0

@@ -11,11 +11,30 @@ from typing import Awaitable, Callable
 
 import jinja2
 
-from emaild.cli_output import CheckReport, CliError, one_line
+from emaild.cli.output import CheckReport, CliError, one_line
+from emaild.cli.runtime import open_database
 from emaild.outbound.compose import ComposeError
 
 #: files in a template folder worth compiling (not editor backups, dot files)
 TEMPLATE_FILES = (".txt", ".html", ".htm", ".xml", ".j2", ".jinja")
+
+
+def add_parser(commands, common) -> None:
+    check = commands.add_parser("check", parents=[common], help="validate config, database and templates",
+                                description="Validate the configuration, connect to the database "
+                                            "and compile every template.")
+    check.set_defaults(func=run)
+
+
+async def run(parts, args) -> int:
+    where = (f"embedded PostgreSQL in {parts.embedded.data_dir}" if parts.embedded is not None
+             else one_line(parts.config["database"]["url"]))
+
+    async def open_db():
+        await open_database(parts)
+        return where
+
+    return await run_checks(parts, open_db)
 
 
 def compile_all(report: CheckReport, env: jinja2.Environment, label: str, skip=()) -> None:
@@ -35,17 +54,19 @@ def compile_all(report: CheckReport, env: jinja2.Environment, label: str, skip=(
             report.ok(f"{label} {name}", "compiled")
 
 
-async def run_checks(config, db, open_db: Callable[[], Awaitable[str]]) -> int:
+async def run_checks(parts, open_db: Callable[[], Awaitable[str]]) -> int:
     """
     Print one line per check; return 0 when all passed, else 1 (and list
     the failed items on stderr).
 
-    @param open_db: opens (and migrates) C{db}; returns a description of
-        where it is, or raises L{CliError}.
+    @param parts: the L{emaild.cli.runtime.CommandParts}.
+    @param open_db: opens (and migrates) the database; returns a
+        description of where it is, or raises L{CliError}.
     """
     from emaild.db.migrations import available
-    from emaild.outbound.outbox import make_composer
-    from emaild.templating import environment, search_path
+    from emaild.templating import environment
+
+    config, db = parts.config, parts.get_database()
 
     report = CheckReport()
     report.ok("config", str(Path(config.source).absolute()) if config.source
@@ -64,7 +85,7 @@ async def run_checks(config, db, open_db: Callable[[], Awaitable[str]]) -> int:
 
     template_dir = config["templates"]["dir"]
     try:
-        composer = make_composer(config)
+        composer = parts.get_composer()
     except (FileNotFoundError, RuntimeError) as e:
         report.fail("templates", str(e))
     else:
@@ -79,10 +100,7 @@ async def run_checks(config, db, open_db: Callable[[], Awaitable[str]]) -> int:
                 report.ok(f"template {name}", "subject, text" + (", html" if html is not None else ""))
         # partials and layouts the templates include
         compile_all(report, composer.env, "template file", skip=covered)
-        if any(Path(p).is_dir() for p in search_path(template_dir, "web")):
-            compile_all(report, environment(template_dir, "web"), "web template")
-        else:
-            report.skip("web templates", "no web/ folder in the template search path")
+        compile_all(report, environment(template_dir, "web"), "web template")
 
     if report.failed:
         print(f"emaild check: {len(report.failed)} of {len(report.failed) + report.passed} checks "

@@ -14,7 +14,7 @@ import csv
 import sys
 from pathlib import Path
 
-from emaild.cli_output import CliError, Interrupted, csv_summary, one_line
+from emaild.cli.output import CliError, Interrupted, csv_summary, one_line
 from emaild.outbound.compose import ComposeError
 
 #: CSV rows per Outbox.enqueue call (one transaction each)

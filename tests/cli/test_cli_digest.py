@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 
 from emaild.digest import weeks
-from tests.test_cli import CLITestCase
+from tests.cli.support import CLITestCase
 
 
 class DigestCLITests(CLITestCase):

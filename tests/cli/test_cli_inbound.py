@@ -8,7 +8,7 @@ import json
 
 from psycopg2 import Binary
 
-from tests.test_cli import CLITestCase
+from tests.cli.support import CLITestCase
 
 
 class InboundCLITests(CLITestCase):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import sys
 
-from emaild.cli_output import CliError
+from emaild.cli.lookup import find_course, find_person
+from emaild.cli.output import CliError
+from emaild.cli.runtime import open_database
 from emaild.digest import weeks
 
 
-def add_digest_commands(commands, common) -> None:
+def add_parser(commands, common) -> None:
     digest = commands.add_parser(
         "digest", parents=[common], help="the weekly update: note, preview, send now",
         usage="emaild digest [-h] (--note TEXT --course KEY | --preview PERSON | --send-now)\n"
@@ -38,47 +40,17 @@ def add_digest_commands(commands, common) -> None:
     digest.add_argument("--course", metavar="KEY", help="the course (its key or id)")
     digest.add_argument("--week", metavar="YYYY-Www",
                         help="ISO week, e.g. 2026-W48 (default: the next update to go out)")
-    digest.set_defaults(func=_digest)
-
-
-async def find_course(people, key: str):
-    """
-    The course KEY names: its key (context_id; the course made by hand
-    first, else the only LTI course with it), or its id.
-
-    @raise CliError: none, or several.
-    """
-    key = key.strip()
-    found = await people.find_courses(key)
-    if not found and key.isdigit():
-        found = list((await people.courses([int(key)])).values())
-    if not found:
-        raise CliError(f"no course {key!r}")
-    if found[0].consumer_key != "" and len(found) > 1:
-        which = ", ".join(f"{c.id} (consumer {c.consumer_key!r})" for c in found)
-        raise CliError(f"course {key!r} is ambiguous: it could be {which}; use the id")
-    return found[0]
-
-
-async def find_person(people, ref: str):
-    ref = ref.strip()
-    person = (await people.get(int(ref)) if ref.isdigit() else await people.by_email(ref))
-    if person is None:
-        raise CliError(f"no person {ref!r}")
-    return person
+    digest.set_defaults(func=run)
 
 
 def _course_name(course) -> str:
     return f"{course.context_id} ({course.title})" if course.title else course.context_id
 
 
-async def _digest(reactor, args, config, db, embedded) -> int:
-    from emaild.cli import _open, _outbox
-    from emaild.digest.scheduler import DigestRunner
-    from emaild.digest.store import DigestStore
+async def run(parts, args) -> int:
     from emaild.outbound.compose import ComposeError
-    from emaild.people.store import PeopleStore
 
+    reactor = parts.reactor
     if args.week is not None:
         try:
             weeks.parse_week(args.week)
@@ -88,16 +60,16 @@ async def _digest(reactor, args, config, db, embedded) -> int:
         raise CliError("--note needs --course KEY", 2)
     if args.send_now and args.week is not None:
         raise CliError("--send-now runs this week's update; --week is not allowed with it", 2)
-    outbox = _outbox(config, db)
-    await _open(db, embedded)
-    people = PeopleStore(db)
-    runner = DigestRunner(config, db, outbox, clock=reactor.seconds)
+    parts.get_outbox()  # a configuration error, before the database starts
+    await open_database(parts)
+    people = parts.get_people_store()
+    runner = parts.get_digest_runner()
     course = await find_course(people, args.course) if args.course is not None else None
     upcoming = weeks.next_week_to_send(reactor.seconds(), runner.weekday, runner.hour)
 
     if args.note is not None:
         week = args.week or upcoming
-        await DigestStore(db).set_note(course.id, week, args.note)
+        await parts.get_digest_store().set_note(course.id, week, args.note)
         done = "removed the note" if not args.note.strip() else "set the note"
         print(f"{done} for the {week} update of course {_course_name(course)}")
         return 0

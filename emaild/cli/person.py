@@ -33,9 +33,11 @@ from __future__ import annotations
 import json
 import sys
 
-from emaild.cli_csv import open_checked_csv, read_in_chunks
-from emaild.cli_output import CliError, Interrupted, one_line, rejected_lines, table
-from emaild.outbound.compose import ComposeError, check_address
+from emaild.cli.csv_input import open_checked_csv, read_in_chunks
+from emaild.cli.lookup import clean_name
+from emaild.cli.output import CliError, Interrupted, one_line, rejected_lines, table
+from emaild.cli.runtime import open_database
+from emaild.mailformat.addresses import AddressError, check_address
 
 #: CSV rows per transaction
 IMPORT_CHUNK = 500
@@ -43,7 +45,7 @@ IMPORT_CHUNK = 500
 IMPORT_COLUMNS = (("email", True), ("name", False), ("course", False))
 
 
-def add_person_commands(commands, common) -> None:
+def add_parser(commands, common) -> None:
     """
     Add C{person add|list|import} to the C{emaild} command's subparsers.
     """
@@ -74,40 +76,33 @@ def add_person_commands(commands, common) -> None:
     imports.set_defaults(func=_import)
 
 
-def _name(text: str | None) -> str:
-    return " ".join((text or "").split())
-
-
 def _describe(person, course) -> str:
     who = f"{person.display_name} <{person.email}>" if person.display_name else f"<{person.email}>"
     where = f" in course {course.context_id}" if course is not None else ""
     return f"person {person.id}: {who}{where}"
 
 
-async def _open_db(db, embedded):
-    from emaild.cli import _open
-    from emaild.people.store import PeopleStore
-
-    await _open(db, embedded)
-    return PeopleStore(db)
+async def _open_db(parts):
+    await open_database(parts)
+    return parts.get_people_store()
 
 
 # -- add -------------------------------------------------------------------------
 
 
-async def _add(reactor, args, config, db, embedded) -> int:
+async def _add(parts, args) -> int:
     from emaild.people.store import PersonError
 
     try:
         email = check_address(args.email)
-    except ComposeError as e:
+    except AddressError as e:
         raise CliError(f"not added: {one_line(e)}") from None
     course = args.course.strip() if args.course is not None else None
     if course == "":
         raise CliError("not added: --course is empty", 2)
-    store = await _open_db(db, embedded)
+    store = await _open_db(parts)
     try:
-        person, created, course = await store.add_person(email, _name(args.name), course)
+        person, created, course = await store.add_person(email, clean_name(args.name), course)
     except PersonError as e:
         raise CliError(f"not added: {one_line(e)}") from None
     print(f"{'added' if created else 'updated'} {_describe(person, course)}")
@@ -174,16 +169,14 @@ def people_table(entries, suppressed=None) -> str:
     return text
 
 
-async def _list(reactor, args, config, db, embedded) -> int:
-    from emaild.outbound.store import OutboxStore
-
-    store = await _open_db(db, embedded)
+async def _list(parts, args) -> int:
+    store = await _open_db(parts)
     course = args.course.strip() if args.course is not None else None
     if course is not None and not await store.find_courses(course):
         raise CliError(f"no course {course!r}")
     entries = await store.directory(course)
     suppressed = {address: (reason, since) for address, reason, since
-                  in await OutboxStore(db).suppressions(e.person.email for e in entries)}
+                  in await parts.get_outbox_store().suppressions(e.person.email for e in entries)}
     print(json.dumps(people_json(entries, suppressed), indent=2, ensure_ascii=False) if args.json
           else people_table(entries, suppressed))
     return 0
@@ -225,7 +218,7 @@ async def import_csv(store, reader, path: str, check_interrupt=lambda: None, out
     async def flush(chunk, lines):
         nonlocal new, updated
         results = await store.import_people(chunk)
-        for (line, address), result in zip(lines, results):
+        for (line, address), result in zip(lines, results, strict=True):
             if isinstance(result, PersonError):
                 rejected.append((line, address, str(result)))
             elif result[1]:
@@ -236,9 +229,9 @@ async def import_csv(store, reader, path: str, check_interrupt=lambda: None, out
     def parse(row) -> tuple[str, str, str | None]:
         try:
             email = check_address(row.get("email") or "")
-        except ComposeError as e:
+        except AddressError as e:
             raise ValueError(str(e)) from None
-        return email, _name(row.get("name")), (row.get("course") or "").strip() or None
+        return email, clean_name(row.get("name")), (row.get("course") or "").strip() or None
 
     try:
         error = await read_in_chunks(reader, path, parse, flush, chunk_size=IMPORT_CHUNK,
@@ -257,8 +250,8 @@ async def import_csv(store, reader, path: str, check_interrupt=lambda: None, out
     return 1 if (rejected or error) else 0
 
 
-async def _import(reactor, args, config, db, embedded) -> int:
+async def _import(parts, args) -> int:
     f, reader = open_people_csv(args.file)
     with f:
-        store = await _open_db(db, embedded)
+        store = await _open_db(parts)
         return await import_csv(store, reader, args.file, args.interruption.check)

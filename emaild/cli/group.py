@@ -35,9 +35,11 @@ from __future__ import annotations
 import json
 import sys
 
-from emaild.cli_csv import open_checked_csv, read_in_chunks
-from emaild.cli_output import CliError, Interrupted, _when, one_line, rejected_lines, table
-from emaild.outbound.compose import ComposeError, check_address
+from emaild.cli.csv_input import open_checked_csv, read_in_chunks
+from emaild.cli.lookup import clean_name, find_group
+from emaild.cli.output import CliError, Interrupted, one_line, rejected_lines, table, when
+from emaild.cli.runtime import open_database
+from emaild.mailformat.addresses import AddressError, check_address
 
 #: CSV rows per transaction
 IMPORT_CHUNK = 500
@@ -45,7 +47,7 @@ IMPORT_CHUNK = 500
 IMPORT_COLUMNS = (("email", True), ("group", True), ("course", True), ("name", False))
 
 
-def add_group_commands(commands, common) -> None:
+def add_parser(commands, common) -> None:
     """
     Add C{group add|list|members|import|join|leave} to the C{emaild}
     command's subparsers.
@@ -98,60 +100,25 @@ def add_group_commands(commands, common) -> None:
     leave.set_defaults(func=_leave)
 
 
-def _name(text: str | None) -> str:
-    return " ".join((text or "").split())
-
-
 class _Stores:
-    def __init__(self, db, config):
-        from emaild.groups.addresses import reply_addresses
-        from emaild.groups.store import GroupStore
-        from emaild.people.memberships import Memberships
-        from emaild.people.store import PeopleStore
+    """
+    The parts the group commands use, from L{CommandParts}.
+    """
 
-        self.people = PeopleStore(db)
-        self.groups = GroupStore(db)
-        self.memberships = Memberships(db)
-        self.addresses = reply_addresses(config)
+    def __init__(self, parts):
+        self.people = parts.get_people_store()
+        self.groups = parts.get_group_store()
+        self.memberships = parts.get_memberships()
+        self.addresses = parts.get_reply_addresses()
 
 
-async def _open_db(db, embedded, config) -> _Stores:
-    from emaild.cli import _open
-
-    await _open(db, embedded)
-    return _Stores(db, config)
+async def _open_db(parts) -> _Stores:
+    await open_database(parts)
+    return _Stores(parts)
 
 
 async def _find_group(stores: _Stores, ref: str):
-    """
-    The group GROUP names: an id, or C{COURSE_KEY/NAME} (a course key may
-    itself contain C{/}: every split is tried).
-
-    @raise CliError: no such group, or several.
-    """
-    ref = ref.strip()
-    if ref.isdigit():
-        group = await stores.groups.get(int(ref))
-        if group is None:
-            raise CliError(f"no group {ref}")
-        return group
-    if "/" not in ref:
-        raise CliError(f"GROUP must be a group id or COURSE_KEY/NAME, got {ref!r}", 2)
-    found = []
-    parts = ref.split("/")
-    for i in range(1, len(parts)):
-        key, name = "/".join(parts[:i]).strip(), _name("/".join(parts[i:]))
-        for course in await stores.people.find_courses(key):
-            group = await stores.groups.find(course.id, name)
-            if group is not None:
-                found.append((group, course))
-    if not found:
-        raise CliError(f"no group {ref!r}")
-    if len(found) > 1:
-        which = ", ".join(f"{g.id} (consumer {c.consumer_key!r}, course {c.context_id!r})"
-                          for g, c in found)
-        raise CliError(f"group {ref!r} is ambiguous: it could be {which}; use the id")
-    return found[0][0]
+    return await find_group(stores.groups, stores.people, ref)
 
 
 def _describe(group) -> str:
@@ -165,15 +132,15 @@ def _who(person) -> str:
 # -- add and list ------------------------------------------------------------------
 
 
-async def _add(reactor, args, config, db, embedded) -> int:
+async def _add(parts, args) -> int:
     from emaild.people.store import PersonError
 
-    key, name = args.course.strip(), _name(args.name)
+    key, name = args.course.strip(), clean_name(args.name)
     if not key:
         raise CliError("not added: --course is empty", 2)
     if not name:
         raise CliError("not added: NAME is empty", 2)
-    stores = await _open_db(db, embedded, config)
+    stores = await _open_db(parts)
     try:
         course, group_id, created = await stores.memberships.add_group(key, name)
     except PersonError as e:
@@ -185,8 +152,8 @@ async def _add(reactor, args, config, db, embedded) -> int:
     return 0
 
 
-async def _list(reactor, args, config, db, embedded) -> int:
-    stores = await _open_db(db, embedded, config)
+async def _list(parts, args) -> int:
+    stores = await _open_db(parts)
     if args.course is not None:
         courses = await stores.people.find_courses(args.course.strip())
         if not courses:
@@ -211,8 +178,8 @@ async def _list(reactor, args, config, db, embedded) -> int:
 # -- members ------------------------------------------------------------------------
 
 
-async def _members(reactor, args, config, db, embedded) -> int:
-    stores = await _open_db(db, embedded, config)
+async def _members(parts, args) -> int:
+    stores = await _open_db(parts)
     group = await _find_group(stores, args.group)
     members = await stores.groups.members(group.id, include_left=args.all)
     addresses = stores.addresses
@@ -226,8 +193,8 @@ async def _members(reactor, args, config, db, embedded) -> int:
         return 0
     print(f"{_describe(group)}: {sum(m.live for m in members)} current "
           f"{'member' if sum(m.live for m in members) == 1 else 'members'}")
-    rows = [[m.display_name or "-", m.email or "-", _when(m.joined_at)]
-            + ([f"left {_when(m.left_at)}"] if args.all and not m.live else
+    rows = [[m.display_name or "-", m.email or "-", when(m.joined_at)]
+            + ([f"left {when(m.left_at)}"] if args.all and not m.live else
                (["-"] if args.all else []))
             + [addresses.address(m.token) if m.live
                else f"{addresses.address(m.token)} (dead)"] for m in members]
@@ -243,7 +210,7 @@ async def _members(reactor, args, config, db, embedded) -> int:
 async def _person(stores: _Stores, address: str):
     try:
         email = check_address(address)
-    except ComposeError as e:
+    except AddressError as e:
         raise CliError(one_line(e)) from None
     person = await stores.people.by_email(email)
     if person is None:
@@ -251,8 +218,8 @@ async def _person(stores: _Stores, address: str):
     return person
 
 
-async def _join(reactor, args, config, db, embedded) -> int:
-    stores = await _open_db(db, embedded, config)
+async def _join(parts, args) -> int:
+    stores = await _open_db(parts)
     group = await _find_group(stores, args.group)
     person = await _person(stores, args.email)
     joined = await stores.memberships.join(group.id, group.course_id, person.id)
@@ -263,8 +230,8 @@ async def _join(reactor, args, config, db, embedded) -> int:
     return 0
 
 
-async def _leave(reactor, args, config, db, embedded) -> int:
-    stores = await _open_db(db, embedded, config)
+async def _leave(parts, args) -> int:
+    stores = await _open_db(parts)
     group = await _find_group(stores, args.group)
     person = await _person(stores, args.email)
     member = await stores.groups.member(group.id, person.id)
@@ -303,7 +270,7 @@ async def import_csv(stores: _Stores, reader, path: str, check_interrupt=lambda:
 
     async def flush(chunk, lines):
         results = await stores.memberships.import_rows(chunk)
-        for (line, address), result in zip(lines, results):
+        for (line, address), result in zip(lines, results, strict=True):
             if isinstance(result, PersonError):
                 rejected.append((line, address, str(result)))
                 continue
@@ -315,14 +282,14 @@ async def import_csv(stores: _Stores, reader, path: str, check_interrupt=lambda:
     def parse(row) -> tuple[str, str, str, str]:
         try:
             email = check_address(row.get("email") or "")
-        except ComposeError as e:
+        except AddressError as e:
             raise ValueError(str(e)) from None
-        course, group = (row.get("course") or "").strip(), _name(row.get("group"))
+        course, group = (row.get("course") or "").strip(), clean_name(row.get("group"))
         if not course:
             raise ValueError("the course is empty")
         if not group:
             raise ValueError("the group is empty")
-        return email, _name(row.get("name")), course, group
+        return email, clean_name(row.get("name")), course, group
 
     try:
         error = await read_in_chunks(reader, path, parse, flush, chunk_size=IMPORT_CHUNK,
@@ -341,8 +308,8 @@ async def import_csv(stores: _Stores, reader, path: str, check_interrupt=lambda:
     return 1 if (rejected or error) else 0
 
 
-async def _import(reactor, args, config, db, embedded) -> int:
+async def _import(parts, args) -> int:
     f, reader = open_checked_csv(args.file, IMPORT_COLUMNS)
     with f:
-        stores = await _open_db(db, embedded, config)
+        stores = await _open_db(parts)
         return await import_csv(stores, reader, args.file, args.interruption.check)

@@ -8,7 +8,7 @@ import json
 
 from psycopg2 import Binary
 
-from tests.test_cli import CLITestCase
+from tests.cli.support import CLITestCase
 
 RESULTS = ("relay.test; spf=softfail smtp.mailfrom=carol@none.test; spf=none smtp.helo=mx.test;"
            " dkim=none; dmarc=fail policy.published-domain-policy=none header.from=none.test")

@@ -9,8 +9,8 @@ import json
 import re
 
 from emaild.groups.addresses import ReplyToken, reply_addresses
+from tests.cli.support import PersonCLITestCase
 from tests.support import make_config
-from tests.test_cli_people import PersonCLITestCase
 
 ADDRESS = re.compile(r"group-[a-z0-9]+@localhost")
 
