@@ -437,6 +437,12 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "addresses": (_addresses, ()),
         "report_interval": (parse_duration, 3600.0),
     },
+    "lti13": {
+        "state_ttl": (parse_duration, 600.0),
+        "leeway": (parse_duration, 60.0),
+        "jwks_timeout": (parse_duration, 10.0),
+        "nrps_interval": (parse_duration, 86400.0),
+    },
     "digest": {
         "enabled": (_boolean, True),
         "weekday": (_weekday, "monday"),
@@ -536,6 +542,8 @@ class Config:
     source: str | None = None
     #: kind name -> L{MailKind}
     kinds: Mapping[str, MailKind] = attrs.field(factory=dict)
+    #: [lti13.platforms.<name>] -> L{Lti13Platform}
+    lti13_platforms: Mapping[str, "Lti13Platform"] = attrs.field(factory=dict)
 
     def __getitem__(self, section: str) -> Mapping[str, Any]:
         return self.values[section]
@@ -628,6 +636,7 @@ def load_config(
     kinds_raw = raw.pop("kinds", {})
     if not isinstance(kinds_raw, dict):
         raise ConfigError("kinds", "must be tables such as [kinds.digest]")
+    platforms_raw = _pop_lti13_platforms(raw, overrides)
 
     layered: dict[str, dict[str, Any]] = {}
     for section, table in raw.items():
@@ -713,4 +722,123 @@ def load_config(
         raise ConfigError(
             "relay.tls", "is 'none' while relay.username is set: credentials would travel in clear"
         )
-    return Config(values=values, qos=qos, source=source, kinds=kinds)
+    platforms = _lti13_platforms(platforms_raw, values["lti"]["consumers"])
+    return Config(values=values, qos=qos, source=source, kinds=kinds,
+                  lti13_platforms=platforms)
+
+
+# -- LTI 1.3 platforms ------------------------------------------------------------
+
+
+@attrs.frozen
+class Lti13Platform:
+    """
+    One C{[lti13.platforms.<name>]} table: an LMS we are registered with as
+    an LTI 1.3 tool.
+    """
+
+    name: str
+    #: the C{iss} of its id_tokens, exactly
+    issuer: str
+    #: the client_id it gave our registration
+    client_id: str
+    #: its OIDC authorization endpoint (where /lti/login redirects)
+    auth_login_url: str
+    #: its OAuth 2.0 token endpoint (for NRPS)
+    auth_token_url: str
+    #: its JWKS (the keys its id_tokens are signed with)
+    key_set_url: str
+    deployment_ids: tuple[str, ...]
+    #: an [lti.consumers] key whose courses this platform's launches go to
+    #: (a course moved from LTI 1.1 keeps its row); '' for its own courses
+    lti11_consumer_key: str = ""
+
+    @property
+    def course_key(self) -> str:
+        """
+        The C{courses.consumer_key} of this platform's courses.
+        """
+        return self.lti11_consumer_key or f"lti13:{self.name}"
+
+
+_PLATFORM_KEYS = ("issuer", "client_id", "auth_login_url", "auth_token_url", "key_set_url",
+                  "deployment_ids", "lti11_consumer_key")
+
+
+def _exact_url(value: Any) -> str:
+    value = _string(value).strip()
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _non_empty(value: Any) -> str:
+    value = _string(value).strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _deployment_ids(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of deployment ids such as ['1'], got {value!r}")
+    ids = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"every deployment id must be a non-empty string, got {item!r}")
+        ids.append(item.strip())
+    return tuple(dict.fromkeys(ids))
+
+
+def _pop_lti13_platforms(raw: dict, overrides) -> dict:
+    """
+    Take the C{[lti13.platforms.*]} tables out of the file's C{[lti13]} (so
+    the rest of C{[lti13]} is checked like any section), with the
+    overrides' C{lti13.platforms} on top (their other keys are ignored here).
+    """
+    platforms: dict = {}
+    layers = []
+    table = raw.get("lti13")
+    if isinstance(table, dict) and "platforms" in table:
+        layers.append(table.pop("platforms"))
+    if overrides and isinstance(overrides.get("lti13"), dict):
+        layers.append(overrides["lti13"].get("platforms", {}))
+    for layer in layers:
+        if not isinstance(layer, dict):
+            raise ConfigError("lti13.platforms", "must be tables such as [lti13.platforms.canvas]")
+        platforms.update(layer)
+    return platforms
+
+
+def _lti13_platforms(raw: Mapping[str, Any], consumers: Mapping[str, str]) -> dict:
+    parsers = {"issuer": _exact_url, "client_id": _non_empty, "auth_login_url": _exact_url,
+               "auth_token_url": _exact_url, "key_set_url": _exact_url,
+               "deployment_ids": _deployment_ids, "lti11_consumer_key": _string}
+    platforms = {}
+    seen: dict[tuple[str, str], str] = {}
+    for name, table in raw.items():
+        where = f"lti13.platforms.{name}"
+        if not re.match(r"^[a-z0-9][a-z0-9_-]*$", str(name)):
+            raise ConfigError(where, "platform names are lower-case letters, digits, '-' and '_'")
+        if not isinstance(table, dict):
+            raise ConfigError(where, f"must be a table [{where}]")
+        for key in table:
+            if key not in _PLATFORM_KEYS:
+                raise ConfigError(f"{where}.{key}", f"unknown key; known: {', '.join(_PLATFORM_KEYS)}")
+        typed = {}
+        for key in _PLATFORM_KEYS:
+            if key not in table:
+                if key == "lti11_consumer_key":
+                    continue
+                raise ConfigError(f"{where}.{key}", "is required")
+            typed[key] = _parse_value(f"{where}.{key}", parsers[key], table[key])
+        if typed.get("lti11_consumer_key") and typed["lti11_consumer_key"] not in consumers:
+            raise ConfigError(f"{where}.lti11_consumer_key",
+                              f"{typed['lti11_consumer_key']!r} is not a key of [lti.consumers]")
+        pair = (typed["issuer"], typed["client_id"])
+        if pair in seen:
+            raise ConfigError(f"{where}.client_id", f"platform {seen[pair]!r} has the same issuer "
+                              "and client_id; one of them is a duplicate")
+        seen[pair] = name
+        platforms[name] = Lti13Platform(name=name, **typed)
+    return platforms

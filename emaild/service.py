@@ -136,6 +136,7 @@ class Emaild(service.MultiService):
         # created here, not in __init__: under `twistd --uid` this runs after
         # privileges were dropped, so the files belong to the service user
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.web.lti13.keys.ensure()  # LTI 1.3: the tool's signing key, made on first start
         use_self_signed(self.config, self.smtp)
         await open_database(self.db, self.embedded)
         await self.sender.startService()

@@ -19,6 +19,8 @@ The C{emaild} command: queue mail, watch the queue, check an installation.
                                     | --people FILE.csv | --to EMAIL ...)
                                     [--context JSON] [--subject TEXT] [--no-wait]
     emaild [--config PATH] announce (--status LABEL [--json] | --resend-failed LABEL)
+    emaild [--config PATH] lti (keys | rotate-key | retire-key KID)
+    emaild [--config PATH] course sync COURSE
 
 It reads the daemon's configuration (C{--config}, else C{$EMAILD_CONFIG},
 else built-in defaults) and talks to the same database, starting the
@@ -60,6 +62,8 @@ COMMANDS = (
     "emaild.cli.inbound",
     "emaild.cli.digest",
     "emaild.cli.announce",
+    "emaild.cli.lti",
+    "emaild.cli.course",
 )
 
 

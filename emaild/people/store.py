@@ -473,3 +473,177 @@ async def _join_group(cursor, group_id: int, person_id: int) -> None:
         # a new reply address: the one they had before leaving stays dead
         "   reply_secret_hi = emaild_random32(), reply_secret_lo = emaild_random32()"
         " WHERE group_members.left_at IS NOT NULL", (group_id, person_id))
+
+
+# -- LTI 1.3 launches (appended; see emaild.people.lti13) ------------------------
+
+
+async def upsert_from_lti13(db, *, issuer: str, sub: str, email: str | None,
+                            display_name: str = "", roles: Sequence[str] = (),
+                            course_key: str, context_id: str | None = None,
+                            context_title: str = "", group: str | None = None,
+                            lti11_identity: tuple[str, str] | None = None) -> LtiOutcome:
+    """
+    L{PeopleStore.upsert_from_lti} for a verified LTI 1.3 launch, in one
+    transaction.  The identity is (C{issuer}, C{sub}) in C{lti13_identities};
+    the course is (C{course_key}, C{context_id}).
+
+    A new identity is linked, in this order, to the person of
+    C{lti11_identity} (the (consumer key, user_id) of a checked LTI 1.1
+    migration claim: the person an earlier 1.1 launch made), else to the
+    person with the launch's address (the platform vouches for it, as in 1.1),
+    else to a new person.  L{LtiOutcome.linked} says it was linked.
+    """
+    roles = [r for r in roles if r]
+
+    async def upsert(cursor) -> LtiOutcome:
+        lock = f"emaild lti13 identity {len(issuer)}:{issuer}{sub}"
+        await cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock,))
+        await cursor.execute(
+            "SELECT person_id FROM lti13_identities WHERE issuer = %s AND sub = %s", (issuer, sub))
+        row = cursor.fetchone()
+        migrated = False
+        if row is None and lti11_identity is not None:
+            await cursor.execute(
+                "SELECT person_id FROM lti_identities WHERE consumer_key = %s AND user_id = %s",
+                lti11_identity)
+            row = cursor.fetchone()
+            if row is not None:
+                await cursor.execute(
+                    "INSERT INTO lti13_identities (issuer, sub, person_id) VALUES (%s, %s, %s)",
+                    (issuer, sub, row[0]))
+                migrated = True
+        created = linked = False
+        conflict = None
+        if row is not None:
+            person_id = row[0]
+            linked = migrated
+            if display_name:
+                await cursor.execute(
+                    "UPDATE people SET display_name = %s, updated_at = now()"
+                    " WHERE id = %s AND display_name <> %s", (display_name, person_id, display_name))
+            if email:
+                conflict = await _set_email(cursor, person_id, email)
+        else:
+            if email:
+                person, created = await _upsert_person(cursor, email, display_name)
+                person_id, linked = person.id, not created
+            else:
+                await cursor.execute(
+                    "INSERT INTO people (email, display_name) VALUES (NULL, %s) RETURNING id",
+                    (display_name,))
+                person_id, created = cursor.fetchone()[0], True
+            await cursor.execute(
+                "INSERT INTO lti13_identities (issuer, sub, person_id) VALUES (%s, %s, %s)",
+                (issuer, sub, person_id))
+        course_id = group_id = None
+        if context_id:
+            course_id = await _ensure_course(cursor, course_key, context_id, context_title)
+            await _join_course(cursor, course_id, person_id, roles, launched=True)
+            if group:
+                group_id = await _ensure_group(cursor, course_id, group)
+                await _join_group(cursor, group_id, person_id)
+        return LtiOutcome(person_id=person_id, created=created, linked=linked,
+                          course_id=course_id, group_id=group_id, email_conflict=conflict)
+
+    return await db.transaction(upsert)
+
+
+@attrs.frozen
+class RosterMember:
+    """
+    One member of an NRPS membership container, checked.
+    """
+
+    sub: str
+    email: str | None
+    display_name: str
+    roles: tuple[str, ...]
+    #: Active, Inactive or Deleted
+    status: str
+
+
+async def upsert_roster(db, *, issuer: str, course_id: int,
+                        members: Sequence[RosterMember]) -> dict[str, int]:
+    """
+    Record a chunk of a course's roster (NRPS) in one transaction: each
+    Active member's person (found by (C{issuer}, sub), else by address, else
+    made), their course membership and roles (not a launch: C{last_launch_at}
+    stays), and their C{lti13_roster} row; an Inactive or Deleted member
+    leaves the course.  Returns counts: C{new}, C{updated}, C{left}.
+    """
+    counts = {"new": 0, "updated": 0, "left": 0}
+
+    async def store(cursor):
+        for member in members:
+            await cursor.execute(
+                "SELECT person_id FROM lti13_identities WHERE issuer = %s AND sub = %s",
+                (issuer, member.sub))
+            row = cursor.fetchone()
+            if member.status != "Active":
+                if row is not None:
+                    counts["left"] += await _leave_roster_txn(cursor, course_id, [row[0]],
+                                                              member.status)
+                continue
+            if row is not None:
+                person_id = row[0]
+                if member.display_name:
+                    await cursor.execute(
+                        "UPDATE people SET display_name = %s, updated_at = now()"
+                        " WHERE id = %s AND display_name <> %s",
+                        (member.display_name, person_id, member.display_name))
+                if member.email:
+                    await _set_email(cursor, person_id, member.email)
+                counts["updated"] += 1
+            else:
+                if member.email:
+                    person, created = await _upsert_person(cursor, member.email,
+                                                           member.display_name)
+                    person_id = person.id
+                else:
+                    await cursor.execute(
+                        "INSERT INTO people (email, display_name) VALUES (NULL, %s) RETURNING id",
+                        (member.display_name,))
+                    person_id, created = cursor.fetchone()[0], True
+                await cursor.execute(
+                    "INSERT INTO lti13_identities (issuer, sub, person_id) VALUES (%s, %s, %s)"
+                    " ON CONFLICT DO NOTHING", (issuer, member.sub, person_id))
+                counts["new" if created else "updated"] += 1
+            await _join_course(cursor, course_id, person_id, list(member.roles))
+            await cursor.execute(
+                "INSERT INTO lti13_roster (course_id, person_id, status) VALUES (%s, %s, 'Active')"
+                " ON CONFLICT (course_id, person_id) DO UPDATE SET status = 'Active',"
+                "   synced_at = now(), left_at = NULL", (course_id, person_id))
+        return counts
+
+    return await db.transaction(store)
+
+
+async def _leave_roster_txn(cursor, course_id: int, person_ids: list[int], status: str) -> int:
+    await cursor.execute(
+        "INSERT INTO lti13_roster (course_id, person_id, status, left_at)"
+        " SELECT %s, p, %s, now() FROM unnest(%s::bigint[]) p"
+        " ON CONFLICT (course_id, person_id) DO UPDATE SET status = EXCLUDED.status,"
+        "   synced_at = now(), left_at = coalesce(lti13_roster.left_at, now())",
+        (course_id, status, person_ids))
+    await cursor.execute(
+        "DELETE FROM course_members WHERE course_id = %s AND person_id = ANY(%s)",
+        (course_id, person_ids))
+    return cursor.rowcount
+
+
+async def end_roster(db, course_id: int, started_at) -> int:
+    """
+    After a complete roster sync that began at C{started_at}: members the
+    previous rosters listed and this one did not have left the course.
+    Returns how many left.
+    """
+
+    async def end(cursor):
+        await cursor.execute(
+            "SELECT person_id FROM lti13_roster WHERE course_id = %s AND left_at IS NULL"
+            " AND synced_at < %s", (course_id, started_at))
+        gone = [r[0] for r in cursor.fetchall()]
+        return await _leave_roster_txn(cursor, course_id, gone, "absent") if gone else 0
+
+    return await db.transaction(end)

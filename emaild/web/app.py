@@ -26,6 +26,7 @@ from emaild.links.service import Links
 from emaild.links.store import LinkStore
 from emaild.notify.notifier import Notifier
 from emaild.people.lti import LaunchVerifier, NonceStore
+from emaild.people.lti13 import Lti13
 from emaild.people.store import PeopleStore
 from emaild.templating import static_folder
 from emaild.web.pages import Pages, SecurityHeaders
@@ -130,6 +131,7 @@ class WebApp:
         self.notifier = Notifier(config, db, outbox, clock=reactor.seconds)
         self.lti = LaunchVerifier(config, NonceStore(db, config["lti"]["timestamp_window"]),
                                   clock=reactor.seconds)
+        self.lti13 = Lti13(reactor, config, db)  # LTI 1.3 (routes_lti13)
         self._static = static_folder(config["templates"]["dir"])
 
     def resource(self):
@@ -192,4 +194,5 @@ from emaild.web import (routes_groups, routes_home, routes_links, routes_lti,  #
                         routes_unsubscribe)
 from emaild.web import routes_api, routes_api_announce, routes_metrics  # noqa: E402,F401
 from emaild.web import routes_staff  # noqa: E402,F401
+from emaild.web import routes_lti13  # noqa: E402,F401
 from emaild.web import routes_holds  # noqa: E402,F401

@@ -37,6 +37,11 @@ def _client(request) -> str:
 
 @WebApp.app.route("/lti/launch", methods=["POST"])
 async def lti_launch(self, request):
+    if b"id_token" in request.args or (b"state" in request.args and b"error" in request.args):
+        # LTI 1.3 (an id_token, or the platform's error response): emaild.web.routes_lti13
+        from emaild.web.routes_lti13 import lti13_launch
+
+        return await lti13_launch(self, request)
     try:
         return await _launch(self, request)
     except DatabaseUnavailable as e:

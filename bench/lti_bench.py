@@ -1,0 +1,178 @@
+"""
+LTI 1.3 launches beside LTI 1.1 launches, in the same run, against the real
+daemon (twistd -n emaild, its own PostgreSQL in a temp state dir): the
+daemon's CPU time per launch of each kind.
+
+  1.1  one POST /lti/launch signed with OAuth 1.0a HMAC-SHA1 (tests/oauth1.py)
+  1.3  GET /lti/login (302 + state cookie), then POST /lti/launch with an RS256
+       id_token made here for the login's nonce (tests/lti13_platform.py; its
+       JWKS is served by this script on 127.0.0.1 and cached by the daemon)
+
+Each launch is a new learner (person, identity, course membership, session).
+Rounds alternate 1.1 and 1.3 so the machine's background load falls on both.
+Target (from the issue): a 1.3 launch costs at most 1.5x the daemon CPU of a
+1.1 launch.  "daemon ms" is CPU time of the twistd process only (PostgreSQL's
+share is reported apart), the figure least disturbed by other work.
+
+    python bench/lti_bench.py [--launches 200] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Bench, cpu_seconds, free_port, reexec_in_venv, table  # noqa: E402
+
+KEY, SECRET = "bench-consumer", "bench-consumer-secret-1"
+FORM = "application/x-www-form-urlencoded"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def _request(url: str, data: bytes | None = None, headers: dict | None = None):
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with _opener.open(request, timeout=30) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def serve_jwks(platform) -> int:
+    body = json.dumps({"keys": [k.jwk() for k in platform.keys]}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "max-age=3600")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
+def write_config(b: Bench, port: int, jwks_port: int) -> Path:
+    from tests.lti13_platform import CLIENT_ID, DEPLOYMENT_ID, ISSUER
+
+    path = b.dir / "lti.toml"
+    path.write_text("\n".join([
+        "[paths]", f'state_dir = "{b.dir}"',
+        "[database]", f'url = "{b.dsn}"',
+        "[http]", f'endpoint = "tcp:{port}:interface=127.0.0.1"',
+        f'public_url = "http://127.0.0.1:{port}"',
+        "[smtp]", f'endpoint = "tcp:{free_port()}:interface=127.0.0.1"',
+        "[digest]", "enabled = false",
+        "[lti.consumers]", f'{KEY} = "{SECRET}"',
+        "[lti13.platforms.bench]", f'issuer = "{ISSUER}"', f'client_id = "{CLIENT_ID}"',
+        f'auth_login_url = "http://127.0.0.1:{jwks_port}/auth"',
+        f'auth_token_url = "http://127.0.0.1:{jwks_port}/token"',
+        f'key_set_url = "http://127.0.0.1:{jwks_port}/jwks"',
+        f'deployment_ids = ["{DEPLOYMENT_ID}"]',
+    ]) + "\n")
+    return path
+
+
+def launch11(base: str, n: int) -> None:
+    from tests import oauth1
+    from tests.test_lti import launch_fields
+
+    fields = launch_fields(user_id=f"u11-{n}", lis_person_contact_email_primary=f"a{n}@11.test")
+    params = oauth1.sign("POST", base + "/lti/launch", fields, KEY, SECRET)
+    status, _, body = _request(base + "/lti/launch", oauth1.form_body(params),
+                               {"Content-Type": FORM})
+    if status != 303:
+        raise RuntimeError(f"1.1 launch answered {status}: {body[:300]!r}")
+
+
+def launch13(base: str, platform, n: int) -> None:
+    from tests.lti13_platform import CLIENT_ID, DEPLOYMENT_ID, ISSUER
+
+    query = urllib.parse.urlencode({"iss": ISSUER, "login_hint": f"h{n}", "client_id": CLIENT_ID,
+                                    "target_link_uri": base + "/lti/launch",
+                                    "lti_deployment_id": DEPLOYMENT_ID})
+    status, headers, body = _request(base + "/lti/login?" + query)
+    if status != 302:
+        raise RuntimeError(f"1.3 login answered {status}: {body[:300]!r}")
+    redirect = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(headers["Location"]).query))
+    cookie = headers["Set-Cookie"].split(";", 1)[0]
+    platform.user = {"sub": f"u13-{n}", "name": f"Learner {n}", "email": f"a{n}@13.test"}
+    token = platform.id_token(redirect["nonce"])
+    data = urllib.parse.urlencode({"id_token": token, "state": redirect["state"]}).encode()
+    status, _, body = _request(base + "/lti/launch", data, {"Content-Type": FORM,
+                                                            "Cookie": cookie})
+    if status != 303:
+        raise RuntimeError(f"1.3 launch answered {status}: {body[:300]!r}")
+
+
+def main() -> None:
+    reexec_in_venv()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--launches", type=int, default=200, help="launches per kind per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    from tests.lti13_platform import Platform
+
+    platform = Platform()
+    jwks_port = serve_jwks(platform)
+    with Bench("lti") as b:
+        port = free_port()
+        daemon = b.start_daemon(write_config(b, port, jwks_port))
+        base = f"http://127.0.0.1:{port}"
+        postmaster = b.postmaster_pid()
+        # warm up both paths (and the daemon's JWKS cache)
+        for n in range(5):
+            launch11(base, -1 - n)
+            launch13(base, platform, -1 - n)
+        results = {"1.1": [], "1.3": []}
+        counter = 0
+        for _ in range(args.rounds):
+            for kind in ("1.1", "1.3"):
+                app0, pg0, wall0 = cpu_seconds(daemon.pid), cpu_seconds(postmaster), time.time()
+                for _ in range(args.launches):
+                    counter += 1
+                    if kind == "1.1":
+                        launch11(base, counter)
+                    else:
+                        launch13(base, platform, counter)
+                results[kind].append(((cpu_seconds(daemon.pid) - app0) / args.launches,
+                                      (cpu_seconds(postmaster) - pg0) / args.launches,
+                                      (time.time() - wall0) / args.launches))
+        rows = []
+        for kind, samples in results.items():
+            app = sorted(s[0] for s in samples)[len(samples) // 2]
+            pg = sorted(s[1] for s in samples)[len(samples) // 2]
+            wall = sorted(s[2] for s in samples)[len(samples) // 2]
+            rows.append((kind, args.launches * args.rounds, f"{app * 1000:.2f}",
+                         f"{pg * 1000:.2f}", f"{wall * 1000:.1f}"))
+        print(table(["launch", "launches", "daemon ms", "pg ms", "wall ms"], rows))
+        ratio = float(rows[1][2]) / float(rows[0][2]) if float(rows[0][2]) else float("inf")
+        print(f"1.3 / 1.1 daemon CPU per launch: {ratio:.2f} (target: at most 1.5)")
+
+
+if __name__ == "__main__":
+    main()
