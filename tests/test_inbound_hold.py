@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.internet import reactor, task
 
 from emaild.cli.inbound import auth_summary
+from emaild.inbound.holds import subject_of
 from emaild.inbound.holds_store import EXPIRED_REASON
 from tests.authfixture import HELD_REASON, DaemonWithDNS, post, wait_for
 
@@ -121,3 +122,8 @@ class HoldTests(DaemonWithDNS):
                          [("ignored", "not relayed: automatic mail (Auto-Submitted: auto-replied)")])
         self.assertEqual(self.query("SELECT count(*) FROM outbox"), [(0,)])
         self.assertEqual(self.query("SELECT count(*) FROM inbound_holds"), [(0,)])
+
+    def test_the_subject_shown_has_no_control_characters(self):
+        self.assertEqual(subject_of(b"Subject: a\x00b\x1b[31m =?utf-8?q?caf=C3=A9?=\r\n\r\nx"),
+                         "a b [31m caf\u00e9")
+        self.assertEqual(subject_of(b"\r\n"), "")

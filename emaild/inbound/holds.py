@@ -38,7 +38,9 @@ KIND = "transactional"
 def subject_of(raw: bytes) -> str:
     try:
         subject = BytesHeaderParser(policy=default_policy).parsebytes(raw).get("Subject", "")
-        return " ".join(str(subject).split())[:200]
+        # shown to the member: no control characters, one line
+        text = "".join(c if c.isprintable() else " " for c in str(subject))
+        return " ".join(text.split())[:200]
     except Exception:  # a header too broken to decode says nothing useful
         return ""
 
