@@ -14,6 +14,7 @@ import logging
 
 import attrs
 import dkim as dkimpy
+from twisted.internet import defer
 
 from emaild.inbound.auth.dns import Resolver, TemporaryDNSError
 
@@ -55,7 +56,7 @@ async def verify_all(resolver: Resolver, raw: bytes) -> list[DKIMResult]:
     except Exception as e:  # dkimpy raises more than DKIMException on odd input
         return [DKIMResult("permerror", reason=f"unreadable message: {e}"[:200])]
     count = min(_signature_count(message), MAX_SIGNATURES)
-    # read every signature's key name first, then fetch them all
+    # read every signature's key name first, then fetch them all (at once)
     wanted: dict[int, tuple[str, str]] = {}
     results: dict[int, DKIMResult] = {}
     for index in range(count):
@@ -76,17 +77,22 @@ async def verify_all(resolver: Resolver, raw: bytes) -> list[DKIMResult]:
                                         "accepted: text could be appended")
             continue
         wanted[index] = (domain, selector)
-    keys: dict[str, tuple | TemporaryDNSError] = {}
-    for domain, selector in set(wanted.values()):
-        name = f"{selector}._domainkey.{domain}"
-        try:
-            keys[name] = await resolver.lookup(name, "TXT")
-        except TemporaryDNSError as e:
-            keys[name] = e
+    names = sorted({f"{selector}._domainkey.{domain}" for domain, selector in wanted.values()})
+    # all at once, so timeouts do not add up
+    fetched = await defer.gatherResults(
+        [defer.Deferred.fromCoroutine(_key(resolver, name)) for name in names])
+    keys = dict(zip(names, fetched))
     for index, (domain, selector) in wanted.items():
         results[index] = _verify_one(message, index, domain, selector,
                                      keys[f"{selector}._domainkey.{domain}"])
     return [results[i] for i in range(count)]
+
+
+async def _key(resolver: Resolver, name: str) -> tuple | TemporaryDNSError:
+    try:
+        return await resolver.lookup(name, "TXT")
+    except TemporaryDNSError as e:
+        return e
 
 
 def _verify_one(message: dkimpy.DKIM, index: int, domain: str, selector: str,
