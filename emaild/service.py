@@ -1,180 +1,189 @@
 """
-The service tree of one emaild process.
+The service tree of one emaild process, built from one L{HomeServer}.
 
     Emaild (MultiService)
-      ├── web listener   (Klein site on [http] endpoint)
-      ├── smtp listener  (inbound ESMTP on [smtp] endpoint: the group relay)
-      └── (after the database is up) Sender, RelayProcessor, ErrorReporter and
-          the weekly update scheduler (DigestScheduler, when [digest] enabled)
-
-The group activity notifier lives in the web app (C{self.web.notifier}).
+      ├── database   (DatabaseService: opens and migrates the database, then
+      │   │           starts its children; stops them before it closes it)
+      │   ├── relay processor   (inbound posts -> copies in the outbox)
+      │   ├── hold expiry       (unanswered "Did you send this?" -> ignored)
+      │   ├── error reporter    (logged errors -> mail to [admin] addresses)
+      │   ├── digest            (weekly updates, when [digest] enabled)
+      │   └── sender            (outbox -> relay)
+      ├── http       (Klein site on the [http] endpoint)
+      └── smtp       (inbound ESMTP on the [smtp] endpoint: the group relay)
 
 Listening ports are children, so C{twistd --uid/--gid} binds them as root in
-privilegedStartService before dropping privileges.  Everything that needs the
-database starts once it is open and migrated; shutdown runs in the reverse
-order: sender drains, listeners stop, the database closes last.
+privilegedStartService before dropping privileges.  They accept connections
+at once, but until every part runs (L{emaild.readiness}) the web answers 503
+with C{Retry-After} and the SMTP server C{421 4.3.2}.
+
+Twisted's contract holds throughout: C{startService} returns nothing (the
+database service opens the database in the background and reports through
+the readiness state), C{stopService} may return a Deferred.  Shutdown is
+ordered, not Twisted's all-at-once: stop accepting, then the database
+service stops its children in reverse order (the sender first: it drains
+its deliveries in flight, bounded by its own grace period), closes the
+database and stops the embedded PostgreSQL this process owns.
 """
 
 from __future__ import annotations
 
 from twisted.application import service, strports
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from emaild.db.database import Database
-from emaild.db.embedded import EmbeddedPostgres
-from emaild.db.migrations import migrate
-from emaild.digest.scheduler import DigestScheduler
-from emaild.groups.addresses import reply_addresses
-from emaild.groups.store import GroupStore
-from emaild.inbound.auth.policy import sender_authentication
-from emaild.inbound.handler import InboundHandler
-from emaild.inbound.holds import HoldExpiry
-from emaild.inbound.holds_store import HoldStore
-from emaild.inbound.relay import RelayProcessor
-from emaild.inbound.server import inbound_listener, use_self_signed
-from emaild.inbound.store import InboundStore
-from emaild.metrics import Metrics
-from emaild.notify.errors import ErrorReporter
-from emaild.outbound.maildir import MaildirTransport
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.sender import Sender
-from emaild.outbound.store import OutboxStore
-from emaild.web.app import WebApp
+from emaild.homeserver import HomeServer
 
 log = Logger()
 
 
-def make_transport(config, reactor):
-    relay = config["relay"]
-    if relay["transport"] == "maildir":
-        return MaildirTransport(reactor, config.state_dir / "outbox")
-    from emaild.outbound.smtp import SMTPTransport
-
-    return SMTPTransport(
-        reactor,
-        host=relay["host"],
-        port=relay["port"],
-        tls=relay["tls"],
-        username=relay["username"] or None,
-        password=relay["password"] or None,
-        connections=relay["connections"],
-        helo_name=relay["helo_name"] or None,
-        connect_timeout=relay["connect_timeout"],
-        reply_timeout=relay["reply_timeout"],
-        data_timeout=relay["reply_timeout"],
-        trust_roots_pem=relay["ca_file"] or None,
-    )
-
-
-def database_for(config, reactor) -> tuple[Database, EmbeddedPostgres | None]:
+def start_failed(hs: HomeServer, error: Exception) -> None:
     """
-    The configured database, or an embedded one under the state directory
-    (its DSN is known once it has started).
+    Start-up failed for good: say why, and stop the process (twistd exits).
     """
-    url = config["database"]["url"]
-    embedded = None if url else EmbeddedPostgres(config.state_dir / "postgres")
-    return Database(reactor, url, config["database"]["pool_size"]), embedded
+    reason = " ".join(str(error).split()) or type(error).__name__
+    hs.get_readiness().mark_failed(reason)
+    log.critical("emaild cannot start: {error}", error=reason)
+    reactor = hs.get_reactor()
+    if reactor.running:
+        reactor.stop()
 
 
-async def open_database(db: Database, embedded: EmbeddedPostgres | None) -> None:
-    if embedded is not None:
-        db.dsn = await threads.deferToThread(embedded.start)
-    await db.start()
-    await migrate(db)
+class DatabaseService(service.MultiService):
+    """
+    A MultiService whose children need the database: they start once it is
+    open and migrated, and stop before it closes.
+    """
+
+    def __init__(self, hs: HomeServer):
+        super().__init__()
+        self.setName("database")
+        self.hs = hs
+        self.readiness = hs.get_readiness()
+        #: the open-and-start work of the current start (never fails)
+        self.opening: defer.Deferred | None = None
+
+    def startService(self):  # noqa: N802
+        # not MultiService's: the children wait for the database
+        service.Service.startService(self)
+        self.opening = defer.ensureDeferred(self._open())
+
+    async def _open(self) -> None:
+        try:
+            if self.hs.owns_database:
+                await self.hs.open_database()
+            if not self.running:  # stopped while the database was opening
+                return
+            self.readiness.starting("starting services")
+            for child in self:
+                child.startService()
+            # children with asynchronous start-up (LISTEN) say when it is done
+            await defer.gatherResults([child.starting for child in self
+                                       if getattr(child, "starting", None) is not None])
+        except Exception as e:
+            start_failed(self.hs, e)
+            return
+        if not self.running:
+            return
+        self.readiness.mark_ready()
+        log.info("emaild ready: transport {t}, rate {r}/s",
+                 t=self.hs.get_transport().name, r=self.hs.get_config()["relay"]["rate"])
+
+    def stopService(self):  # noqa: N802
+        service.Service.stopService(self)
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.opening is not None:
+            # a thread may be starting PostgreSQL: let it finish, then undo
+            await self.opening
+        for child in reversed(list(self)):
+            if child.running:
+                try:
+                    await defer.maybeDeferred(child.stopService)
+                except Exception:
+                    log.failure("{name} did not stop cleanly", name=child.name)
+        await self.hs.close_database()
 
 
 class Emaild(service.MultiService):
-    def __init__(self, config, reactor=None):
+    """
+    The daemon.  C{hs} (default: a new L{HomeServer} of C{config}) owns the
+    parts; the tree only starts and stops them.
+    """
+
+    def __init__(self, config, reactor=None, hs: HomeServer | None = None):
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
+        self.hs = hs = hs or HomeServer(config, reactor)
         self.config = config
-        self.db, self.embedded = database_for(config, reactor)
-        self.store = OutboxStore(self.db)
-        self.outbox = Outbox(config, self.store)
-        self.transport = make_transport(config, reactor)
-        #: one registry for the whole process, served at /metrics
-        self.metrics = Metrics()
-        self.sender = Sender(reactor, self.store, self.transport, config, metrics=self.metrics)
-        self.web = WebApp(reactor, config, self.db, parts={"sender": self.sender},
-                          outbox=self.outbox)
-        self.web.metrics = self.metrics
+        self.reactor = hs.get_reactor()
+        self.readiness = hs.get_readiness()
+        # the parts, by name, for tests and for the web's /healthz
+        self.db = hs.get_database()
+        self.outbox = hs.get_outbox()
+        self.metrics = hs.get_metrics()
+        self.sender = hs.get_sender()
+        self.relay = hs.get_relay_processor()
+        self.errors = hs.get_error_reporter()
+        self.digest = hs.get_digest_scheduler()
+        self.notifier = hs.get_notifier()
+
+        self.database = DatabaseService(hs)
+        self.database.setServiceParent(self)
+        children = [self.relay, hs.get_hold_expiry(), self.errors]
+        if config["digest"]["enabled"]:
+            children.append(self.digest)
+        children.append(self.sender)  # last to start, first to stop: it drains
+        for child in children:
+            child.setServiceParent(self.database)
+
+        self.web = hs.get_web_app()
+        self.web.parts["sender"] = self.sender
         listener = strports.service(config["http"]["endpoint"], self.web.site())
         listener.setName("http")
         listener.setServiceParent(self)
-        self.inbound = InboundStore(self.db)
-        addresses = reply_addresses(config)
-        # SPF/DKIM/DMARC of group posts, and holds ([dns], [groups] unauthenticated)
-        self.sender_auth = sender_authentication(config, reactor, self.db, self.outbox.links,
-                                                 self.outbox.composer)
-        handler = InboundHandler(self.inbound, GroupStore(self.db), addresses,
-                                 self.outbox.links, self.store,
-                                 max_posts_per_hour=config["groups"]["max_posts_per_hour"],
-                                 sender_auth=self.sender_auth)
-        self.hold_expiry = HoldExpiry(reactor, HoldStore(self.db))
-        self.smtp = inbound_listener(config, handler, reactor, metrics=self.metrics)
+
+        from emaild.inbound.server import inbound_listener
+
+        self.smtp = inbound_listener(config, hs.get_inbound_handler(), self.reactor,
+                                     metrics=self.metrics, is_ready=self.readiness.is_ready)
         self.smtp.setName("smtp")
         self.smtp.setServiceParent(self)
-        self.relay = RelayProcessor(reactor, config, self.inbound, addresses,
-                                    self.outbox.links, self.outbox, metrics=self.metrics)
-        #: "X is active in your group" (web app and API call its visited())
-        self.notifier = self.web.notifier
-        #: mails logged errors to [admin] addresses
-        self.errors = ErrorReporter(config, self.outbox, reactor)
-        self.digest = DigestScheduler(reactor, config, self.db, self.outbox)
-        #: fires when the database is open and the sender runs
-        self.ready: defer.Deferred | None = None
+
+    @property
+    def ready(self) -> defer.Deferred:
+        """
+        A new Deferred that fires once every part runs (fails if start-up
+        fails or the daemon stops first).
+        """
+        return self.readiness.when_ready()
 
     def startService(self):  # noqa: N802
+        from emaild.inbound.server import use_self_signed
+
+        try:
+            # here, not in __init__: under `twistd --uid` this runs after
+            # privileges were dropped, so the files belong to the service user
+            self.config.state_dir.mkdir(parents=True, exist_ok=True)
+            use_self_signed(self.config, self.smtp)
+            self.hs.get_lti13().keys.ensure()  # the LTI 1.3 signing key, made on first start
+        except Exception as e:
+            service.Service.startService(self)
+            start_failed(self.hs, e)
+            return
         super().startService()
-        self.ready = defer.ensureDeferred(self._start())
-        self.ready.addErrback(self._start_failed)
-
-    async def _start(self):
-        # created here, not in __init__: under `twistd --uid` this runs after
-        # privileges were dropped, so the files belong to the service user
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.web.lti13.keys.ensure()  # LTI 1.3: the tool's signing key, made on first start
-        use_self_signed(self.config, self.smtp)
-        await open_database(self.db, self.embedded)
-        await self.sender.startService()
-        await self.relay.startService()
-        self.hold_expiry.startService()
-        self.errors.startService()
-        if self.config["digest"]["enabled"]:
-            self.digest.startService()
-        log.info("emaild ready: transport {t}, rate {r}/s", t=self.transport.name,
-                 r=self.config["relay"]["rate"])
-
-    def _start_failed(self, failure):
-        log.critical("emaild cannot start: {error}", error=failure.getErrorMessage())
-        if self.reactor.running:
-            self.reactor.stop()
-        return None
 
     def stopService(self):  # noqa: N802
+        service.Service.stopService(self)
+        self.readiness.mark_stopping()
         return defer.ensureDeferred(self._stop())
 
-    async def _stop(self):
-        if self.ready is not None and not self.ready.called:
-            await self.ready
-        if self.errors.running:
-            await self.errors.stopService()
-        if self.digest.running:  # its run in progress stops after the current chunk
-            await self.digest.stopService()
-        if self.hold_expiry.running:
-            self.hold_expiry.stopService()
-        if self.relay.running:
-            await self.relay.stopService()
-        if self.sender.running:
-            await self.sender.stopService()
-        await super().stopService()
-        self.sender_auth.close()
-        self.db.close()
-        if self.embedded is not None and self.embedded.started_here:
-            await threads.deferToThread(self.embedded.stop)
+    async def _stop(self) -> None:
+        listeners = [s for s in self if s is not self.database and s.running]
+        await defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners])
+        if self.database.running:
+            await self.database.stopService()
+        self.hs.get_resolver().close()  # its DNS connections
         log.info("emaild stopped")
 
 

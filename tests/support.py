@@ -113,6 +113,15 @@ class DatabaseTestCase(unittest.TestCase):
     def config(self, **sections):
         return make_config(self.tmp, self.dsn, **sections)
 
+    def homeserver(self, config=None, db=None):
+        """
+        A L{HomeServer} on C{config} (default: L{config}()) and the test's
+        open database (or C{db}); it builds every part the way the daemon does.
+        """
+        from emaild.homeserver import HomeServer
+
+        return HomeServer(config or self.config(), reactor, database=db or self.db)
+
     def query(self, sql: str, params=None) -> list[tuple]:
         """
         Read the database synchronously, outside the pool (for assertions).

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from emaild.digest.announce import (AnnounceError, announce, progress, resend_failed,
-                                    send_announcement, status)
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import STATES, OutboxStore
+from emaild.digest.announce import AnnounceError
+from emaild.outbound.store import STATES
 from emaild.people.store import PeopleStore
 from tests.cli.support import CLITestCase
 from tests.support import DatabaseTestCase
@@ -29,7 +27,9 @@ class AnnounceTestCase(DatabaseTestCase):
         (tpl / "news.txt").write_text(
             "Hi {{ name }}, {{ body }} Seat {{ seat | default('-') }}. {{ link('/home') }}\n")
         self.cfg = self.config(templates={"dir": str(self.tmp / "tpl")})
-        self.outbox = Outbox(self.cfg, OutboxStore(self.db))
+        hs = self.homeserver(self.cfg)
+        self.outbox = hs.get_outbox()
+        self.announcements = hs.get_announcements()
         return d
 
     async def course(self):
@@ -60,7 +60,7 @@ class AnnounceTests(AnnounceTestCase):
     @async_test
     async def test_to_a_course(self):
         await self.course()
-        label = await announce(self.outbox, "announcement", course_id=self.course_id,
+        label = await self.announcements.announce("announcement", course_id=self.course_id,
                                context=BODY, subject="Room change")
         self.assertTrue(label.startswith("ann-"))
         self.assertEqual(self.rows(label), [(p.id, "queued", "announcement", self.course_id)
@@ -76,7 +76,7 @@ class AnnounceTests(AnnounceTestCase):
         await self.course()
         await PeopleStore(self.db).join_group(self.group, self.cy.id)
         self.query("UPDATE group_members SET left_at = now() WHERE person_id = %s", (self.cy.id,))
-        label = await announce(self.outbox, "news", group_id=self.group, context=BODY)
+        label = await self.announcements.announce("news", group_id=self.group, context=BODY)
         self.assertEqual([r[0] for r in self.rows(label)], [self.ada.id, self.bob.id])
         text = text_of(self.query("SELECT body FROM outbox WHERE person_id = %s",
                                   (self.bob.id,))[0][0])
@@ -87,8 +87,8 @@ class AnnounceTests(AnnounceTestCase):
     @async_test
     async def test_to_a_list_with_own_values(self):
         await self.course()
-        result = await send_announcement(
-            self.outbox, "news", recipients=[(self.ada.id, {"seat": "A1"}), (self.cy.id, {}),
+        result = await self.announcements.send(
+            "news", recipients=[(self.ada.id, {"seat": "A1"}), (self.cy.id, {}),
                                              (self.ada.id, {"seat": "A2"}), (999999, {})],
             context=BODY)
         self.assertEqual(result.queued, 2)
@@ -96,27 +96,27 @@ class AnnounceTests(AnnounceTestCase):
                          [(2, self.ada.id), (3, 999999)])
         self.assertIn("Seat A1.", text_of(self.query(
             "SELECT body FROM outbox WHERE person_id = %s", (self.ada.id,))[0][0]))
-        self.assertEqual((await progress(self.db, result.label))["rejected"], 2)
+        self.assertEqual((await self.announcements.progress(result.label))["rejected"], 2)
 
     @async_test
     async def test_bad_requests(self):
         await self.course()
         with self.assertRaises(AnnounceError):
-            await announce(self.outbox, "announcement", context=BODY)
+            await self.announcements.announce("announcement", context=BODY)
         with self.assertRaises(AnnounceError):
-            await announce(self.outbox, "no-such-template", course_id=self.course_id)
+            await self.announcements.announce("no-such-template", course_id=self.course_id)
         with self.assertRaises(AnnounceError):
-            await announce(self.outbox, "announcement", group_id=424242)
+            await self.announcements.announce("announcement", group_id=424242)
         with self.assertRaises(AnnounceError):
-            await progress(self.db, "nope")
+            await self.announcements.progress("nope")
         self.assertEqual(self.query("SELECT count(*) FROM outbox"), [(0,)])
 
     @async_test
     async def test_progress_matches_the_outbox(self):
         await self.course()
-        label = await announce(self.outbox, "announcement", course_id=self.course_id,
+        label = await self.announcements.announce("announcement", course_id=self.course_id,
                                context=BODY, subject="s")
-        other = await announce(self.outbox, "announcement", group_id=self.group,
+        other = await self.announcements.announce("announcement", group_id=self.group,
                                context=BODY, subject="s")
         self.query("UPDATE outbox SET state = 'sent' WHERE batch = %s AND person_id = %s",
                    (label, self.ada.id))
@@ -126,17 +126,17 @@ class AnnounceTests(AnnounceTestCase):
                    (label, self.cy.id))
         self.query("UPDATE outbox SET state = 'sending' WHERE batch = %s AND person_id = %s",
                    (label, self.ines.id))
-        counts = await progress(self.db, label)
+        counts = await self.announcements.progress(label)
         self.assertEqual({s: counts[s] for s in STATES}, self.counts(label))
         self.assertEqual(counts, {"queued": 0, "sending": 1, "sent": 1, "failed": 1,
                                   "suppressed": 1, "total": 4, "rejected": 0})
-        self.assertEqual((await progress(self.db, other))["queued"], 2)
+        self.assertEqual((await self.announcements.progress(other))["queued"], 2)
 
     @async_test
     async def test_resend_failed_touches_only_the_failed(self):
         await self.course()
-        result = await send_announcement(
-            self.outbox, "news", recipients=[(p.id, {"seat": f"S{p.id}"}) for p in self.people],
+        result = await self.announcements.send(
+            "news", recipients=[(p.id, {"seat": f"S{p.id}"}) for p in self.people],
             context=BODY)
         label = result.label
         self.query("UPDATE outbox SET state = 'sent' WHERE batch = %s AND person_id = %s",
@@ -146,7 +146,7 @@ class AnnounceTests(AnnounceTestCase):
         self.query("UPDATE outbox SET state = 'suppressed' WHERE batch = %s AND person_id = %s",
                    (label, self.ines.id))
         before = self.query("SELECT id, state, reason FROM outbox ORDER BY id")
-        again = await resend_failed(self.outbox, label)
+        again = await self.announcements.resend_failed(label)
         self.assertEqual(again.label, f"{label}-resend1")
         self.assertEqual(again.queued, 2)
         # the old rows are untouched: the failures stay visible
@@ -159,16 +159,16 @@ class AnnounceTests(AnnounceTestCase):
             (again.label, self.bob.id))[0][0]))
         # while the re-send is under way there is nothing more to re-send
         with self.assertRaises(AnnounceError):
-            await resend_failed(self.outbox, label)
+            await self.announcements.resend_failed(label)
         # Cy fails again: only Cy, in a second re-send
         self.query("UPDATE outbox SET state = 'failed' WHERE batch = %s AND person_id = %s",
                    (again.label, self.cy.id))
         self.query("UPDATE outbox SET state = 'sent' WHERE batch = %s AND person_id = %s",
                    (again.label, self.bob.id))
-        third = await resend_failed(self.outbox, label)
+        third = await self.announcements.resend_failed(label)
         self.assertEqual(third.label, f"{label}-resend2")
         self.assertEqual([r[0] for r in self.rows(third.label)], [self.cy.id])
-        report = await status(self.db, label)
+        report = await self.announcements.status(label)
         self.assertEqual(report["resends"], [again.label, third.label])
         self.assertEqual(sorted(f["person_id"] for f in report["failures"]),
                          [self.bob.id, self.cy.id])

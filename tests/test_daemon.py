@@ -16,11 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import OutboxStore
 from tests.relay import Relay
 from tests.support import DatabaseTestCase, http_get, wait_for
 
@@ -113,7 +111,7 @@ class DaemonTestCase(DatabaseTestCase):
         await wait_for(ok, timeout=60, interval=0.2)
 
     async def enqueue(self, n, template="plain"):
-        outbox = Outbox(self.config(), OutboxStore(self.db))
+        outbox = self.homeserver().get_outbox()
         return await outbox.enqueue(
             template, [(f"r{i}@example.org", {"subject": f"s{i}", "body": "b"}) for i in range(n)])
 

@@ -13,8 +13,6 @@ from emaild.db.database import Database
 from emaild.digest import weeks
 from emaild.digest.scheduler import DigestRunner, DigestScheduler
 from emaild.digest.store import DigestStore, is_staff, is_staff_role
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import OutboxStore
 from emaild.people.store import PeopleStore
 from tests.support import DatabaseTestCase, wait_for
 from tests.test_web_links import async_test, text_of
@@ -63,7 +61,7 @@ class DigestTestCase(DatabaseTestCase):
     def setUp(self):
         d = super().setUp()
         self.cfg = self.config()
-        self.outbox = Outbox(self.cfg, OutboxStore(self.db))
+        self.outbox = self.homeserver(self.cfg).get_outbox()
         return d
 
     async def course(self, learners=2, extra_learners=0):
@@ -110,10 +108,11 @@ class DigestTestCase(DatabaseTestCase):
             " VALUES (%s, %s, '<new@x>', 'Lab 3 & questions', %s)",
             (self.team, self.bob.id, IN_WINDOW))
 
-    def runner(self, db=None, chunk_size=None, outbox=None):
-        outbox = outbox or (self.outbox if db is None else Outbox(self.cfg, OutboxStore(db)))
-        return DigestRunner(self.cfg, db or self.db, outbox, chunk_size=chunk_size,
-                            clock=lambda: NOW)
+    def runner(self, db=None, chunk_size=None, clock=NOW):
+        """A runner on C{db} (default: the test's) at C{clock}, as the daemon builds it."""
+        hs = self.homeserver(self.cfg, db)
+        return DigestRunner(self.cfg, hs.get_database(), hs.get_outbox(), hs.get_digest_store(),
+                            hs.get_people_store(), chunk_size=chunk_size, clock=lambda: clock)
 
     def digests(self):
         return self.query(
@@ -219,8 +218,7 @@ class RunTests(DigestTestCase):
 
 class SchedulerTests(DigestTestCase):
     async def run_scheduler(self, db, clock=NOW):
-        scheduler = DigestScheduler(reactor, self.cfg, db, Outbox(self.cfg, OutboxStore(db)),
-                                    clock=lambda: clock)
+        scheduler = DigestScheduler(reactor, self.runner(db, clock=clock))
         scheduler.startService()
         try:
             await wait_for(lambda: scheduler.last_week is not None or scheduler.last_error)
@@ -244,10 +242,8 @@ class SchedulerTests(DigestTestCase):
     async def test_two_schedulers_at_once(self):
         await self.course(extra_learners=20)
         one, two = await self.second_db(), await self.second_db()
-        s1 = DigestScheduler(reactor, self.cfg, one, Outbox(self.cfg, OutboxStore(one)),
-                             clock=lambda: NOW)
-        s2 = DigestScheduler(reactor, self.cfg, two, Outbox(self.cfg, OutboxStore(two)),
-                             clock=lambda: NOW)
+        s1 = DigestScheduler(reactor, self.runner(one))
+        s2 = DigestScheduler(reactor, self.runner(two))
         s1.runner.chunk_size = s2.runner.chunk_size = 3
         s1.startService()
         s2.startService()
@@ -262,16 +258,15 @@ class SchedulerTests(DigestTestCase):
     @async_test
     async def test_not_before_the_hour(self):
         await self.course()
-        scheduler = DigestScheduler(reactor, self.cfg, self.db, self.outbox,
-                                    clock=lambda: (SCHEDULED - datetime.timedelta(seconds=1))
-                                    .timestamp())
+        scheduler = DigestScheduler(reactor, self.runner(
+            clock=(SCHEDULED - datetime.timedelta(seconds=1)).timestamp()))
         self.assertEqual(await scheduler.run_due(), {})
         self.assertEqual(self.digests(), [])
 
     @async_test
     async def test_an_error_does_not_stop_the_ticks(self):
         await self.course()
-        scheduler = DigestScheduler(reactor, self.cfg, self.db, self.outbox, clock=lambda: NOW)
+        scheduler = DigestScheduler(reactor, self.runner())
         scheduler.interval = 0.05
         real = scheduler.runner.run_week
         calls = []

@@ -13,7 +13,6 @@ from twisted.logger import LogPublisher, Logger, globalLogPublisher
 
 from emaild.notify.errors import FLUSH_INTERVAL, OVERFLOW, ErrorReporter, fingerprint
 from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import OutboxStore
 from tests.support import DatabaseTestCase
 from tests.test_web_links import async_test, text_of
 
@@ -38,7 +37,7 @@ class ReporterTestCase(DatabaseTestCase):
     def make_reporter(self, publisher=None, **kwargs):
         self.cfg = self.config(admin={"addresses": list(self.addresses),
                                       "report_interval": "1h"})
-        self.outbox = Outbox(self.cfg, OutboxStore(self.db))
+        self.outbox = self.homeserver(self.cfg).get_outbox()
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
         self.publisher = publisher if publisher is not None else LogPublisher()

@@ -9,6 +9,7 @@ relays it, "it was not me" discards it; unknown and expired links say so.
 from __future__ import annotations
 
 from twisted.internet import reactor, task
+from twisted.trial import unittest
 
 from emaild.cli.inbound import auth_summary
 from emaild.inbound.holds import subject_of
@@ -67,7 +68,7 @@ class HoldTests(DaemonWithDNS):
         await task.deferLater(reactor, 1.5, lambda: None)  # three processor polls
         self.assertEqual(self.copies(message_id), [])
         self.assertEqual(self.query("SELECT state FROM inbound_holds"), [("discarded",)])
-        rows = await self.service.inbound.recent(("ignored",))
+        rows = await self.service.hs.get_inbound_store().recent(("ignored",))
         self.assertEqual(auth_summary(rows[0][8]), "spf=softfail spf=none dkim=none dmarc=fail")
 
     async def test_bad_choice_unknown_and_expired_links(self):
@@ -94,7 +95,7 @@ class HoldTests(DaemonWithDNS):
         self.assertEqual(self.copies(message_id), [])
         # and the daemon's housekeeping gives up on it, saying why
         self.query("UPDATE inbound_holds SET expires_at = now() - interval '1 second'")
-        await self.service.hold_expiry.expire()
+        await self.service.hs.get_hold_expiry().expire()
         self.assertEqual(self.states(message_id), [("ignored", EXPIRED_REASON)])
         self.assertEqual(self.query("SELECT state FROM inbound_holds"), [("expired",)])
         response, page = await browser.get(link)
@@ -123,7 +124,21 @@ class HoldTests(DaemonWithDNS):
         self.assertEqual(self.query("SELECT count(*) FROM outbox"), [(0,)])
         self.assertEqual(self.query("SELECT count(*) FROM inbound_holds"), [(0,)])
 
+
+class HoldTextTests(unittest.TestCase):
     def test_the_subject_shown_has_no_control_characters(self):
         self.assertEqual(subject_of(b"Subject: a\x00b\x1b[31m =?utf-8?q?caf=C3=A9?=\r\n\r\nx"),
                          "a b [31m caf\u00e9")
         self.assertEqual(subject_of(b"\r\n"), "")
+
+    def test_hold_tokens_never_reach_the_access_log(self):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from emaild.web.app import access_log_line
+
+        request = DummyRequest([b"hold", b"Ab3dE9xYz0Qw"])
+        request.uri = b"/hold/Ab3dE9xYz0Qw"
+        request.code, request.sentLength = 200, 0
+        line = access_log_line("[01/Dec/2026:00:00:00 +0000]", request)
+        self.assertIn("/hold/<token>", line)
+        self.assertNotIn("Ab3dE9xYz0Qw", line)

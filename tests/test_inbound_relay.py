@@ -20,7 +20,6 @@ from emaild.inbound.handler import InboundHandler
 from emaild.inbound.relay import RelayProcessor
 from emaild.inbound.store import InboundStore
 from emaild.inbound.webpost import post_from_web
-from emaild.outbound.outbox import Outbox
 from emaild.outbound.store import OutboxStore
 from emaild.people.store import PeopleStore
 from tests.support import DatabaseTestCase, wait_for
@@ -50,7 +49,7 @@ class RelayTestCase(DatabaseTestCase):
         self.groups = GroupStore(self.db)
         self.inbound = InboundStore(self.db)
         self.outbox_store = OutboxStore(self.db)
-        self.outbox = Outbox(self.cfg, self.outbox_store)
+        self.outbox = self.homeserver(self.cfg).get_outbox()
         self.addresses = reply_addresses(self.cfg)
         self.handler = InboundHandler(self.inbound, self.groups, self.addresses,
                                       self.outbox.links, self.outbox_store)

@@ -99,7 +99,8 @@ class MetricsWebTests(WebTestCase):
         transport = ScriptedTransport(reactor, script)
         sender = Sender(reactor, self.outbox.store, transport, self.cfg, owner="t",
                         metrics=self.metrics)
-        await sender.startService()
+        sender.startService()
+        await sender.starting
         self.addCleanup(sender.stopService)
         await self.outbox.enqueue("plain", [(a, {"subject": "s", "body": "b"}) for a in (
             "ok@example.org", "bad@example.org", "gone@example.org", "slow@example.org")])

@@ -14,9 +14,6 @@ from urllib.parse import urlsplit
 from twisted.internet import defer, reactor
 
 from emaild.db.database import Database
-from emaild.notify.notifier import Notifier
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import OutboxStore
 from tests.test_web_groups import GroupPageTestCase
 from tests.test_web_links import async_test, text_of
 
@@ -103,8 +100,7 @@ class BurstTests(NotifyTestCase):
             db = Database(reactor, self.dsn, pool_size=3)
             await db.start()
             self.addCleanup(db.close)
-            notifiers.append(Notifier(self.cfg, db, Outbox(self.cfg, OutboxStore(db)),
-                                      clock=reactor.seconds))
+            notifiers.append(self.homeserver(self.cfg, db).get_notifier())
         await self.web.groups.record_visit(self.group_id, self.ada.id)
         results = await defer.gatherResults(
             [defer.ensureDeferred(notifiers[i % 5].visited(self.group_id, self.ada.id))

@@ -14,9 +14,7 @@ from twisted.internet import defer
 
 from emaild.outbound.compose import ComposeError
 from emaild.outbound.kinds import Scope
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import OutboxStore, RateLimits
-from emaild.people.store import PeopleStore
+from emaild.outbound.store import RateLimits
 from tests.support import DatabaseTestCase
 
 NOW = 1_900_000_000.0
@@ -36,9 +34,10 @@ class PeopleTestCase(DatabaseTestCase):
     def _parts(self):
         self.cfg = self.config(http={"public_url": "https://course.example.org"},
                                smtp={"relay_domain": "mail.course.test"})
-        self.store = OutboxStore(self.db)
-        self.outbox = Outbox(self.cfg, self.store)
-        self.people = PeopleStore(self.db)
+        hs = self.homeserver(self.cfg)
+        self.store = hs.get_outbox_store()
+        self.outbox = hs.get_outbox()
+        self.people = hs.get_people_store()
 
     def course(self, title="Physics 101") -> int:
         return self.query("INSERT INTO courses (context_id, title) VALUES (%s, %s) RETURNING id",
@@ -98,13 +97,6 @@ class EnqueuePeopleTests(PeopleTestCase):
             people.append((yield self.people.add(f"p{i}@example.org", f"P {i}")))
         course = self.course()
         calls = []
-        mint_many = self.outbox.links.mint_many
-
-        def counting(requests):
-            calls.append(len(requests))
-            return mint_many(requests)
-
-        self.outbox.links.mint_many = counting
         ops = self.config(templates={"dir": str(self.tmp / "ops")},
                           http={"public_url": "https://course.example.org"},
                           smtp={"relay_domain": "mail.course.test"})
@@ -113,7 +105,14 @@ class EnqueuePeopleTests(PeopleTestCase):
         (self.tmp / "ops" / "email" / "group.txt").write_text(
             "{{ link('/groups/3') }}\n{{ link('/home') }}\n{{ link('/groups/3') }}\n"
             "{{ unsubscribe_url }}\n")
-        self.outbox = Outbox(ops, self.store, links=self.outbox.links)
+        self.outbox = self.homeserver(ops).get_outbox()
+        mint_many = self.outbox.links.mint_many
+
+        def counting(requests):
+            calls.append(len(requests))
+            return mint_many(requests)
+
+        self.outbox.links.mint_many = counting
         recipients = [(p.id, {}) for p in people]
 
         first = yield defer.ensureDeferred(self.outbox.enqueue_people(

@@ -8,9 +8,8 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from emaild.db.migrations import migrate
-from emaild.outbound.outbox import Outbox
 from emaild.outbound.policy import decide
-from emaild.outbound.store import OutboxStore, RateLimits
+from emaild.outbound.store import RateLimits
 from emaild.outbound.transport import DeliveryResult, Outcome
 from tests.support import DatabaseTestCase
 
@@ -29,8 +28,9 @@ class StoreTestCase(DatabaseTestCase):
 
     def _store(self):
         self.cfg = self.config()
-        self.store = OutboxStore(self.db)
-        self.outbox = Outbox(self.cfg, self.store)
+        hs = self.homeserver(self.cfg)
+        self.store = hs.get_outbox_store()
+        self.outbox = hs.get_outbox()
 
     async def enqueue(self, addresses, qos=None, template="plain"):
         report = await self.outbox.enqueue(

@@ -11,7 +11,6 @@ import time
 from twisted.internet import defer, reactor, task
 
 from emaild.db.database import Database
-from emaild.outbound.outbox import Outbox
 from emaild.outbound.sender import Sender
 from emaild.outbound.store import OutboxStore
 from emaild.outbound.transport import DeliveryResult, Outcome
@@ -32,14 +31,16 @@ class ClockedSenderTests(DatabaseTestCase):
         self.clock.advance(time.time())
         relay = {"rate": 1000, "burst": 1000, "poll_interval": "5s", **relay}
         self.cfg = self.config(relay=relay, **{"qos__default": {"backoff": ["30s", "5m"], "max_attempts": 4}})
-        self.store = OutboxStore(self.db)
-        self.outbox = Outbox(self.cfg, self.store)
+        hs = self.homeserver(self.cfg)
+        self.store = hs.get_outbox_store()
+        self.outbox = hs.get_outbox()
         self.transport = ScriptedTransport(self.clock, script)
         self.sender = Sender(self.clock, self.store, self.transport, self.cfg, owner="test")
         return self.sender
 
     async def start(self):
-        await self.sender.startService()
+        self.sender.startService()
+        await self.sender.starting
         self.addCleanup(lambda: self.sender.running and self.stop())
 
     def stop(self):
@@ -234,11 +235,12 @@ class SharedDatabaseTests(DatabaseTestCase):
             self.addCleanup(db.close)
             transport = ScriptedTransport(reactor)
             sender = Sender(reactor, OutboxStore(db), transport, cfg, owner=f"daemon{i}")
-            yield sender.startService()
+            sender.startService()
+            yield sender.starting
             self.addCleanup(sender.stopService)
             senders.append(sender)
             transports.append(transport)
-        outbox = Outbox(cfg, OutboxStore(self.db))
+        outbox = self.homeserver(cfg, self.db).get_outbox()
         yield defer.ensureDeferred(outbox.enqueue(
             "plain", [(f"r{i}@example.org", {"subject": "s", "body": "b"}) for i in range(count)]))
         yield wait_for(lambda: sum(len(t.log) for t in transports) == count, timeout=30)

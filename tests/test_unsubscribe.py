@@ -209,7 +209,8 @@ class SuppressionTests(UnsubscribeTestCase):
 
         transport = ScriptedTransport(reactor)
         sender = Sender(reactor, self.outbox.store, transport, self.cfg, owner="test")
-        yield sender.startService()
+        sender.startService()
+        yield sender.starting
         self.addCleanup(lambda: sender.running and sender.stopService())
         yield wait_for(lambda: self.query(
             "SELECT count(*) FROM outbox WHERE state IN ('sent', 'suppressed')")[0][0] == 2)

@@ -13,20 +13,18 @@ from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from emaild.outbound.outbox import Outbox
-from emaild.outbound.store import OutboxStore
-from emaild.web.app import WebApp
 from tests.support import DatabaseTestCase
 
 
 class WebTestCase(DatabaseTestCase):
     """
-    C{await self.start_web(web={...}, links={...})} serves a L{WebApp} on
+    C{await self.start_web(web={...}, links={...})} serves a L{WebApp} (ready,
+    unless C{ready=False}: then it answers as while the daemon starts) on
     127.0.0.1 and sets C{self.base} (its URL, also its public_url),
-    C{self.web} and C{self.cfg}.
+    C{self.web}, C{self.hs} (its L{HomeServer}) and C{self.cfg}.
     """
 
-    async def start_web(self, **sections):
+    async def start_web(self, ready=True, **sections):
         # public_url must name the port, which we only know after listening:
         # listen first, then build the app with the right config.
         holder = {}
@@ -45,8 +43,11 @@ class WebTestCase(DatabaseTestCase):
         self.base = f"http://127.0.0.1:{port.getHost().port}"
         http = {"public_url": self.base, **sections.pop("http", {})}
         self.cfg = self.config(http=http, **sections)
-        self.outbox = Outbox(self.cfg, OutboxStore(self.db))
-        self.web = WebApp(reactor, self.cfg, self.db, outbox=self.outbox)
+        self.hs = self.homeserver(self.cfg)
+        if ready:  # the database is open and migrated
+            self.hs.get_readiness().mark_ready()
+        self.outbox = self.hs.get_outbox()
+        self.web = self.hs.get_web_app()
         holder["resource"] = self.web.resource()
         return self.base
 

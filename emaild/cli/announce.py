@@ -111,7 +111,7 @@ async def _watch_label(parts, args, label: str) -> None:
 
 
 async def run(parts, args) -> int:
-    from emaild.digest.announce import AnnounceError, resend_failed, send_announcement, status
+    from emaild.digest.announce import AnnounceError
 
     sending = any(v is not None for v in (args.course, args.group, args.people, args.to))
     if sending and not args.template:
@@ -132,7 +132,7 @@ async def run(parts, args) -> int:
 
     if args.status is not None:
         try:
-            report = await status(parts.get_database(), args.status)
+            report = await parts.get_announcements().status(args.status)
         except AnnounceError as e:
             raise CliError(str(e)) from None
         if args.json:
@@ -146,7 +146,7 @@ async def run(parts, args) -> int:
     names: dict[int, str] = {}
     try:
         if args.resend_failed is not None:
-            result = await resend_failed(outbox, args.resend_failed)
+            result = await parts.get_announcements().resend_failed(args.resend_failed)
         else:
             kwargs = {}
             if args.course is not None:
@@ -170,8 +170,8 @@ async def run(parts, args) -> int:
                 for line in rejected_lines:
                     print(f"emaild: not queued: {line}", file=sys.stderr)
                 raise CliError("nobody to send it to: no recipient is a known person")
-            result = await send_announcement(outbox, args.template, context=args.context,
-                                             subject=args.subject, **kwargs)
+            result = await parts.get_announcements().send(args.template, context=args.context,
+                                                          subject=args.subject, **kwargs)
     except AnnounceError as e:
         raise CliError(str(e)) from None
     print(result.label, flush=True)

@@ -15,19 +15,18 @@ from __future__ import annotations
 import shutil
 import sys
 
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, task
 
 from emaild.cli.output import CliError, Interrupted, drained_line, one_line, progress_line
+from emaild.homeserver import HomeServer
 from emaild.outbound.stats import finished, pending
 
 
-class CommandParts:
+class CommandParts(HomeServer):
     """
-    The database and the parts built on it, each made on first use and
-    then kept: the only place in the CLI that constructs a database, a
-    store or the outbox (a command asks for what it needs with a C{get_*}
-    method), so the daemon's composition root can take its place in one
-    edit.
+    The command's composition root: the daemon's L{HomeServer} (every part
+    built once, on first use, with its C{get_*} methods), with the CLI's
+    answers to a broken configuration and an unreachable database.
 
     @ivar db: the L{emaild.db.database.Database}, not yet open (see
         L{open_database}).
@@ -35,91 +34,27 @@ class CommandParts:
         state directory, or None when a database URL is configured.
     """
 
-    def __init__(self, config, reactor):
-        from emaild.service import database_for
+    @property
+    def db(self):
+        return self.get_database()
 
-        self.config = config
-        self.reactor = reactor
-        self.db, self.embedded = database_for(config, reactor)
-        self._built: dict[str, object] = {}
-
-    def _once(self, name: str, build):
-        if name not in self._built:
-            self._built[name] = build()
-        return self._built[name]
-
-    def get_database(self):
-        return self.db
-
-    def get_outbox_store(self):
-        from emaild.outbound.store import OutboxStore
-
-        return self._once("outbox_store", lambda: OutboxStore(self.db))
-
-    def get_composer(self):
-        """
-        The e-mail composer (its templates).
-
-        @raise FileNotFoundError: C{[templates] dir} names no folder.
-        """
-        from emaild.outbound.outbox import make_composer
-
-        return self._once("composer", lambda: make_composer(self.config))
+    @property
+    def embedded(self):
+        return self.get_embedded_postgres()
 
     def get_outbox(self):
         """
         The outbox and its composer; a missing template folder or a broken
         config is a configuration error (exit code 2).
         """
-        from emaild.outbound.outbox import Outbox
-
         try:
-            return self._once("outbox", lambda: Outbox(self.config, self.get_outbox_store(),
-                                                       composer=self.get_composer()))
+            return super().get_outbox()
         except (FileNotFoundError, RuntimeError) as e:
             raise CliError(f"configuration error: {e}", 2) from None
 
-    def get_people_store(self):
-        from emaild.people.store import PeopleStore
-
-        return self._once("people_store", lambda: PeopleStore(self.db))
-
-    def get_group_store(self):
-        from emaild.groups.store import GroupStore
-
-        return self._once("group_store", lambda: GroupStore(self.db))
-
-    def get_memberships(self):
-        from emaild.people.memberships import Memberships
-
-        return self._once("memberships", lambda: Memberships(self.db))
-
-    def get_reply_addresses(self):
-        from emaild.groups.addresses import reply_addresses
-
-        return self._once("reply_addresses", lambda: reply_addresses(self.config))
-
-    def get_inbound_store(self):
-        from emaild.inbound.store import InboundStore
-
-        return self._once("inbound_store", lambda: InboundStore(self.db))
-
-    def get_digest_store(self):
-        from emaild.digest.store import DigestStore
-
-        return self._once("digest_store", lambda: DigestStore(self.db))
-
-    def get_digest_runner(self):
-        from emaild.digest.scheduler import DigestRunner
-
-        return self._once("digest_runner", lambda: DigestRunner(
-            self.config, self.db, self.get_outbox(), clock=self.reactor.seconds))
-
     async def close(self) -> None:
-        self.db.close()
-        if self.embedded is not None and self.embedded.started_here:
-            # not while a daemon that attached meanwhile still uses it
-            await threads.deferToThread(self.embedded.stop_if_unused)
+        # the embedded server stops only if no daemon (or other command) uses it
+        await self.close_database()
 
 
 async def open_database(parts: CommandParts) -> None:
@@ -133,10 +68,9 @@ async def open_database(parts: CommandParts) -> None:
 
     from emaild.db.database import DatabaseUnavailable
     from emaild.db.embedded import EmbeddedPostgresError
-    from emaild.service import open_database as open_and_migrate
 
     try:
-        await open_and_migrate(parts.db, parts.embedded)
+        await parts.open_database()
     except EmbeddedPostgresError as e:
         first = (str(e).strip().splitlines() or ["failed"])[0]
         raise CliError(f"cannot start the embedded PostgreSQL: {first} "

@@ -212,6 +212,8 @@ class Database:
         self.pool_size = pool_size
         self._pool: _Pool | None = None
         self._listen_conn: txpostgres.Connection | None = None
+        #: parts start LISTEN at the same time: one of them makes the connection
+        self._listen_lock = defer.DeferredLock()
         self._listeners: dict[str, list[Callable[[str], Any]]] = {}
         self._recovered: list[Callable[[], Any]] = []
 
@@ -290,13 +292,14 @@ class Database:
         C{on_recovered()} after the listening connection came back from an
         outage (notifications may have been missed meanwhile).
         """
-        if self._listen_conn is None:
-            detector = _Detector(self.reactor)
-            conn = _Connection(self.reactor, detector=detector)
-            await conn.connect(self.dsn, **_connect_kwargs())
-            conn.addNotifyObserver(self._dispatch)
-            detector.addRecoveryHandler(self._relisten)
-            self._listen_conn = conn
+        async with self._listen_lock:
+            if self._listen_conn is None:
+                detector = _Detector(self.reactor)
+                conn = _Connection(self.reactor, detector=detector)
+                await conn.connect(self.dsn, **_connect_kwargs())
+                conn.addNotifyObserver(self._dispatch)
+                detector.addRecoveryHandler(self._relisten)
+                self._listen_conn = conn
         self._listeners.setdefault(channel, []).append(on_notify)
         if on_recovered is not None:
             self._recovered.append(on_recovered)

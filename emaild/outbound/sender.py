@@ -86,12 +86,15 @@ class Sender(service.Service):
                       "throttled": 0, "suppressed": 0, "recovered": 0}
 
     # -- life cycle ----------------------------------------------------------
+    starting: defer.Deferred | None = None
+
     def startService(self):  # noqa: N802
         super().startService()
         self._stopping = False
         # the heartbeat renews our leases well before they run out
         self._heartbeat.start(max(0.5, min(self.poll_interval, self.limits.lease / 4)), now=True)
-        return defer.ensureDeferred(self._listen())
+        #: fires once LISTEN is set up (it never fails: polling is the fallback)
+        self.starting = defer.ensureDeferred(self._listen())
 
     async def _listen(self):
         try:
@@ -110,6 +113,8 @@ class Sender(service.Service):
         then abort them (they are released, not failed); write every result.
         """
         self._stopping = True
+        if self.starting is not None:  # LISTEN is set up before the database closes
+            await self.starting
         if self._heartbeat.running:
             self._heartbeat.stop()
         self._cancel_timer()

@@ -14,12 +14,16 @@ import hashlib
 import hmac
 import json
 import re
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.web.app import WebApp, json_response, uncancellable
+from emaild.web.responses import json_response
+from emaild.web.routing import Routes, uncancellable
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
 
 log = Logger()
 
@@ -239,9 +243,9 @@ def answer(request, status: int, body) -> bytes:
     return json_response(request, status, body)
 
 
-def resource(path: str, *, auth: bool = True, **handlers: Handler) -> None:
+def resource(routes: Routes, path: str, *, auth: bool = True, **handlers: Handler) -> None:
     """
-    Serve C{path} (Werkzeug syntax) with C{handlers} by method (C{GET=…});
+    Add to C{routes}: serve C{path} (Werkzeug syntax) with C{handlers} by method (C{GET=…});
     HEAD is served by the GET handler.  Every handler gets
     C{(app, request, **path values)} once the token (C{auth}) was checked.
     """
@@ -268,4 +272,4 @@ def resource(path: str, *, auth: bool = True, **handlers: Handler) -> None:
             return answer(request, 500, {"error": "internal error; it has been logged"})
 
     route.__name__ = route.__qualname__ = endpoint
-    WebApp.app.route(path, methods=ALL_METHODS, endpoint=endpoint)(uncancellable(route))
+    routes.add(path, uncancellable(route), methods=ALL_METHODS, endpoint=endpoint)

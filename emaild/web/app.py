@@ -1,41 +1,76 @@
 """
 The Klein application: what every route shares (config, database, pages,
-sessions, links, people) and the routes that belong to no other concern
-(health, static files, error pages).  Routes of a concern live in
-their own module (C{routes_*.py}) and register on L{WebApp.app}.
+sessions, links, people, all taken from the L{HomeServer}) and the routes
+that belong to no other concern (health, static files, error pages).
+
+Routes of a concern live in their own module (C{routes_*.py}); each collects
+its routes on a L{emaild.web.routing.Routes} table and exposes
+C{register(web)}, and L{ROUTE_MODULES} lists them: adding a concern is one
+line there.  Route modules never import this one.
+
+Until the daemon is ready (database open and migrated, every part running)
+L{StartingGate} answers every route but C{/healthz} and C{/static/} with 503
+and C{Retry-After}: an HTML page, or JSON under C{/api/} and at C{/metrics}.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import re
 
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.resource import Resource
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from emaild.groups.addresses import reply_addresses
-from emaild.groups.store import GroupStore
-from emaild.inbound.store import InboundStore
-from emaild.links.service import Links
-from emaild.links.store import LinkStore
-from emaild.notify.notifier import Notifier
-from emaild.people.lti import LaunchVerifier, NonceStore
-from emaild.people.lti13 import Lti13
-from emaild.people.store import PeopleStore
+from emaild.readiness import STOPPING
 from emaild.templating import static_folder
+from emaild.web import (
+    routes_api,
+    routes_api_announce,
+    routes_groups,
+    routes_holds,
+    routes_home,
+    routes_links,
+    routes_lti,
+    routes_lti13,
+    routes_metrics,
+    routes_staff,
+    routes_unsubscribe,
+)
 from emaild.web.pages import Pages, SecurityHeaders
-from emaild.web.sessions import SessionStore, Sessions
+from emaild.web.responses import form_value, json_response
+from emaild.web.routing import uncancellable
+
+__all__ = ["ROUTE_MODULES", "WebApp", "access_log_line", "form_value", "json_response",
+           "uncancellable"]
 
 log = Logger()
 
+#: every module whose routes the app serves (each has register(web))
+ROUTE_MODULES = (
+    routes_home,
+    routes_links,
+    routes_unsubscribe,
+    routes_lti,
+    routes_lti13,
+    routes_groups,
+    routes_staff,
+    routes_api,
+    routes_api_announce,
+    routes_metrics,
+    routes_holds,
+)
+
 #: how long /healthz waits for the database before calling it down
 HEALTH_QUERY_TIMEOUT = 2.0
+
+#: paths served while the daemon starts (they need no database)
+_ALWAYS_SERVED = (b"/healthz", b"/static/")
+#: paths whose errors are JSON, not pages
+_JSON_PATHS = (b"/api/", b"/metrics")
 
 
 _TOKEN_IN_PATH = re.compile(r"(/(?:email|unsubscribe|hold)/)[A-Za-z0-9]+")
@@ -50,92 +85,82 @@ def access_log_line(timestamp, request) -> str:
     return _TOKEN_IN_PATH.sub(r"\1<token>", http.combinedLogFormatter(timestamp, request))
 
 
-def json_response(request, status: int, body) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-
-
-def form_value(request, name: str) -> str:
+class StartingGate(Resource):
     """
-    A form field as text ('' when absent or not UTF-8): request args are bytes.
-    """
-    raw = (request.args.get(name.encode("ascii")) or [b""])[0]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return ""
-
-
-def uncancellable(route):
-    """
-    Run an C{async def} route to the end even if the client goes away.
-
-    Klein cancels a route's Deferred when the connection is lost.  Database
-    calls are never cancelled (see L{emaild.db.database}), but a route with
-    several steps (a sign-in: check the link, make the session, count the
-    use) would stop between them; with this it completes, and Klein gets its
-    CancelledError (which it ignores for a finished request).
+    Serves the app only once the process is ready; until then (and while it
+    stops) a 503 with C{Retry-After} in the route's own language.
     """
 
-    @functools.wraps(route)
-    def wrapper(*args, **kwargs):
-        work = defer.ensureDeferred(route(*args, **kwargs))
-        answer = defer.Deferred()
+    isLeaf = True
 
-        def forward(result):
-            if not answer.called:
-                if isinstance(result, Failure):
-                    answer.errback(result)
-                else:
-                    answer.callback(result)
-            elif isinstance(result, Failure):
-                log.failure("Error in {route} after the client went away", result,
-                            route=route.__name__)
+    def __init__(self, inner: Resource, readiness, pages: Pages):
+        super().__init__()
+        self.inner = inner
+        self.readiness = readiness
+        self.pages = pages
 
-        work.addBoth(forward)
-        return answer
-
-    return wrapper
-
+    def render(self, request):
+        path = request.path
+        if self.readiness.is_ready() or path == _ALWAYS_SERVED[0] or path.startswith(
+                _ALWAYS_SERVED[1]):
+            return self.inner.render(request)
+        request.setHeader(b"Retry-After", str(self.readiness.retry_after).encode("ascii"))
+        doing = "stopping" if self.readiness.state == STOPPING else "starting"
+        if path == b"/api" or path.startswith(_JSON_PATHS):
+            return json_response(request, 503, {
+                "error": f"emaild is {doing}; try again in a few seconds",
+                "status": self.readiness.state})
+        return self.pages.error(request, 503, f"This site is {doing}. "
+                                "Please try again in a few seconds.")
 
 
 class WebApp:
     """
+    The web part of one L{emaild.homeserver.HomeServer}.
+
     @param parts: the daemon's parts, by name, each with a C{health()} that
         returns a JSON-able dict with at least C{"state"}; the database is
         checked with a real query.
-    @param outbox: the outbound L{Outbox}, for pages that send mail.
 
-    C{self.notifier} (L{Notifier}): call C{await self.notifier.visited(group_id,
-    person_id)} after recording that a member is present in a group (the
-    group page does; so does the API's presence endpoint).  It never raises.
+    C{self.notifier} (L{emaild.notify.notifier.Notifier}): call C{await
+    self.notifier.visited(group_id, person_id)} after recording that a
+    member is present in a group (the group page does; so does the API's
+    presence endpoint).  It never raises.
     """
 
-    app = Klein()
-
-    def __init__(self, reactor, config, db, parts=None, outbox=None):
-        self.reactor = reactor
-        self.config = config
-        self.db = db
-        self.parts = parts or {}
-        self.outbox = outbox
+    def __init__(self, hs, parts=None):
+        self.hs = hs
+        self.reactor = hs.get_reactor()
+        self.config = config = hs.get_config()
+        self.db = hs.get_database()
+        self.readiness = hs.get_readiness()
+        self.parts = parts if parts is not None else {}
+        self.outbox = hs.get_outbox()
+        self.metrics = hs.get_metrics()
         self.pages = Pages(config)
-        self.sessions = Sessions(config, SessionStore(db))
-        self.links = Links(config, LinkStore(db))
-        self.people = PeopleStore(db)
-        self.groups = GroupStore(db)
-        self.inbound = InboundStore(db)
-        self.reply_addresses = reply_addresses(config)
-        self.notifier = Notifier(config, db, outbox, clock=reactor.seconds)
-        self.lti = LaunchVerifier(config, NonceStore(db, config["lti"]["timestamp_window"]),
-                                  clock=reactor.seconds)
-        self.lti13 = Lti13(reactor, config, db)  # LTI 1.3 (routes_lti13)
+        self.sessions = hs.get_sessions()
+        self.links = hs.get_links()
+        self.people = hs.get_people_store()
+        self.groups = hs.get_group_store()
+        self.inbound = hs.get_inbound_store()
+        self.reply_addresses = hs.get_reply_addresses()
+        self.notifier = hs.get_notifier()
+        self.lti = hs.get_launch_verifier()
+        self.announcements = hs.get_announcements()
+        self.lti13 = hs.get_lti13()
         self._static = static_folder(config["templates"]["dir"])
+        self.klein = Klein()
+        self.klein.route("/healthz", methods=["GET", "HEAD"])(self.healthz)
+        self.klein.route("/static/", branch=True, methods=["GET", "HEAD"])(self.static)
+        self.klein.handle_errors(NotFound)(self.not_found)
+        self.klein.handle_errors(MethodNotAllowed)(self.method_not_allowed)
+        self.klein.handle_errors(self.server_error)
+        for module in ROUTE_MODULES:
+            module.register(self)
 
     def resource(self):
-        return SecurityHeaders(self.app.resource(), self.config["web"]["lms_origins"])
+        return SecurityHeaders(StartingGate(self.klein.resource(), self.readiness, self.pages),
+                               self.config["web"]["lms_origins"])
 
     def site(self):
         from twisted.web.server import Site
@@ -154,45 +179,41 @@ class WebApp:
             return {"state": "down", "error": str(e) or type(e).__name__}
         return {"state": "ok"}
 
-    @app.route("/healthz", methods=["GET", "HEAD"])
-    async def healthz(self, request):
-        parts = {"database": await self._database_state()}
+    def _part_states(self) -> dict:
+        parts = {}
         for name, part in self.parts.items():
             try:
                 parts[name] = part.health()
             except Exception as e:
                 parts[name] = {"state": "error", "error": str(e)}
+        return parts
+
+    async def healthz(self, request):
+        if not self.readiness.is_ready():
+            # the database may not exist yet: do not ask it
+            request.setHeader(b"Retry-After", str(self.readiness.retry_after).encode("ascii"))
+            parts = {"database": {"state": self.readiness.state}, **self._part_states()}
+            return json_response(request, 503, {"status": self.readiness.state,
+                                                "step": self.readiness.step, "parts": parts})
+        parts = {"database": await self._database_state(), **self._part_states()}
         healthy = parts["database"]["state"] == "ok"
         return json_response(request, 200 if healthy else 503,
                              {"status": "ok" if healthy else "unavailable", "parts": parts})
 
-    @app.route("/static/", branch=True, methods=["GET", "HEAD"])
     def static(self, request):
         if self._static is None:
             return self.pages.error(request, 404, "There is no such page.")
         return File(str(self._static))
 
     # -- errors --------------------------------------------------------------
-    @app.handle_errors(NotFound)
     def not_found(self, request, failure):
         return self.pages.error(request, 404, "There is no such page.")
 
-    @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request, failure):
         return self.pages.error(request, 405, "This page does not accept that kind of request.")
 
-    @app.handle_errors
     def server_error(self, request, failure):
         log.failure("Error serving {method} {path}", failure,
                     method=request.method, path=request.path)
         return self.pages.error(request, 500, "Something went wrong on our side; "
                                 "it has been logged. Please try again later.")
-
-
-# The concerns' routes register themselves on WebApp.app when imported.
-from emaild.web import (routes_groups, routes_home, routes_links, routes_lti,  # noqa: E402,F401
-                        routes_unsubscribe)
-from emaild.web import routes_api, routes_api_announce, routes_metrics  # noqa: E402,F401
-from emaild.web import routes_staff  # noqa: E402,F401
-from emaild.web import routes_lti13  # noqa: E402,F401
-from emaild.web import routes_holds  # noqa: E402,F401

@@ -64,6 +64,16 @@ class Pages:
         request.setHeader(b"Cache-Control", b"no-store")
         return self.env.get_template(template).render(**context).encode("utf-8")
 
+    def unavailable(self, request) -> bytes:
+        """The 503 page for a database that does not answer."""
+        return self.error(request, 503, "We cannot reach our database right now. "
+                          "Please try again in a few minutes.")
+
+    def signed_out(self, request, code: int, state: str) -> bytes:
+        """The home page of someone not (or no longer) signed in."""
+        title = "Signed out" if state == "signed_out" else "Not signed in"
+        return self.render(request, "home.html", code, title=title, state=state)
+
     def error(self, request, status: int, message: str, **context: Any) -> bytes:
         """
         The error page for C{status}, saying C{message} (never a traceback).

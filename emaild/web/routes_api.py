@@ -10,16 +10,31 @@ call, its answers and its errors; C{docs/api.md} is the short guide.
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
 from emaild.outbound.compose import ComposeError, check_address
 from emaild.outbound.stats import finished, pending, queue_report, queue_summary
 from emaild.outbound.store import OutboxStore
-from emaild.people.memberships import Memberships
 from emaild.people.store import PersonError
 from emaild.web.api_openapi import document
-from emaild.web.api_support import (PREFIX, ApiError, Fields, answer, not_found, path_id,
-                                    query_arg, read_json, resource)
-from emaild.web.app import WebApp
+from emaild.web.api_support import (
+    PREFIX,
+    ApiError,
+    Fields,
+    answer,
+    not_found,
+    path_id,
+    query_arg,
+    read_json,
+    resource,
+)
+from emaild.web.routing import Routes
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 #: recipients one POST /messages may name (the body limit applies too)
 MAX_RECIPIENTS = 10000
@@ -35,7 +50,7 @@ def _iso(when) -> str | None:
 
 
 def _outbox(self: WebApp) -> OutboxStore:
-    return self.outbox.store if self.outbox is not None else OutboxStore(self.db)
+    return self.outbox.store
 
 
 # -- people -------------------------------------------------------------------------
@@ -86,7 +101,7 @@ async def create_group(self: WebApp, request):
     course = fields.string("course", max_length=255)
     name = fields.string("name", max_length=200)
     try:
-        _, group_id, created = await Memberships(self.db).add_group(course, name)
+        _, group_id, created = await self.hs.get_memberships().add_group(course, name)
     except PersonError as e:
         raise fields.bad("course", str(e)) from None
     group = await self.groups.get(group_id)
@@ -116,7 +131,7 @@ async def _group_and_person(self: WebApp, group_id: int, person_id: int):
 
 async def join_group(self: WebApp, request, group_id: int, person_id: int):
     group = await _group_and_person(self, group_id, person_id)
-    joined = await Memberships(self.db).join(group.id, group.course_id, person_id)
+    joined = await self.hs.get_memberships().join(group.id, group.course_id, person_id)
     return answer(request, 201 if joined else 200,
                   {"group_id": group.id, "person_id": person_id, "member": True,
                    "changed": joined})
@@ -260,18 +275,18 @@ async def nowhere(self: WebApp, request, rest: str = ""):
     raise not_found(f"there is no API endpoint {request.path.decode('ascii', 'replace')}")
 
 
-resource(f"{PREFIX}/openapi.json", auth=False, GET=openapi)
-resource(f"{PREFIX}/people", POST=upsert_person)
-resource(f"{PREFIX}/people/<int:person_id>", GET=get_person)
-resource(f"{PREFIX}/groups", GET=list_groups, POST=create_group)
-resource(f"{PREFIX}/groups/<int:group_id>/members/<int:person_id>",
+resource(routes, f"{PREFIX}/openapi.json", auth=False, GET=openapi)
+resource(routes, f"{PREFIX}/people", POST=upsert_person)
+resource(routes, f"{PREFIX}/people/<int:person_id>", GET=get_person)
+resource(routes, f"{PREFIX}/groups", GET=list_groups, POST=create_group)
+resource(routes, f"{PREFIX}/groups/<int:group_id>/members/<int:person_id>",
          PUT=join_group, DELETE=leave_group)
-resource(f"{PREFIX}/presence", POST=presence)
-resource(f"{PREFIX}/messages", POST=send_message)
-resource(f"{PREFIX}/messages/<int:message_id>", GET=message_history)
-resource(f"{PREFIX}/queue", GET=queue)
-resource(f"{PREFIX}/batches/<path:label>", GET=batch_progress)
+resource(routes, f"{PREFIX}/presence", POST=presence)
+resource(routes, f"{PREFIX}/messages", POST=send_message)
+resource(routes, f"{PREFIX}/messages/<int:message_id>", GET=message_history)
+resource(routes, f"{PREFIX}/queue", GET=queue)
+resource(routes, f"{PREFIX}/batches/<path:label>", GET=batch_progress)
 # anything else under the prefix: a JSON 404 rather than the site's page
 for _path in (PREFIX, f"{PREFIX}/", f"{PREFIX}/<path:rest>"):
-    resource(_path, auth=False, **{m: nowhere for m in ("GET", "POST", "PUT", "DELETE",
+    resource(routes, _path, auth=False, **{m: nowhere for m in ("GET", "POST", "PUT", "DELETE",
                                                          "PATCH", "OPTIONS")})

@@ -11,9 +11,17 @@ its label as their batch).
 
 from __future__ import annotations
 
-from emaild.digest.announce import AnnounceError, resend_failed, send_announcement
+from typing import TYPE_CHECKING
+
+from emaild.digest.announce import AnnounceError
 from emaild.web.api_support import PREFIX, ApiError, Fields, answer, read_json, resource
-from emaild.web.app import WebApp
+from emaild.web.routing import Routes
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 #: people one announcement may list by id (a course or group has no limit)
 MAX_PEOPLE = 10000
@@ -28,8 +36,6 @@ def _result(request, status: int, result) -> object:
 
 
 async def announce(self: WebApp, request):
-    if self.outbox is None:
-        raise ApiError(503, "this process cannot queue mail")
     fields = Fields(read_json(self.config, request),
                     ("template", "course_id", "group_id", "person_ids", "context", "subject"))
     template = fields.string("template", required=False, max_length=100,
@@ -50,8 +56,8 @@ async def announce(self: WebApp, request):
         raise fields.bad("course_id", "not with group_id (the group's course is used)")
     subject = fields.string("subject", required=False, max_length=200)
     try:
-        result = await send_announcement(
-            self.outbox, template, course_id=course_id, group_id=group_id,
+        result = await self.announcements.send(
+            template, course_id=course_id, group_id=group_id,
             person_ids=person_ids, context=fields.object("context"), subject=subject)
     except AnnounceError as e:
         raise ApiError(400, str(e)) from None
@@ -59,14 +65,12 @@ async def announce(self: WebApp, request):
 
 
 async def resend(self: WebApp, request, label: str):
-    if self.outbox is None:
-        raise ApiError(503, "this process cannot queue mail")
     try:
-        result = await resend_failed(self.outbox, label)
+        result = await self.announcements.resend_failed(label)
     except AnnounceError as e:
         raise ApiError(404 if "no announcement" in str(e) else 409, str(e)) from None
     return _result(request, 202, result)
 
 
-resource(f"{PREFIX}/announcements", POST=announce)
-resource(f"{PREFIX}/announcements/<path:label>/resend", POST=resend)
+resource(routes, f"{PREFIX}/announcements", POST=announce)
+resource(routes, f"{PREFIX}/announcements/<path:label>/resend", POST=resend)

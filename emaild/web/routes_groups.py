@@ -22,11 +22,18 @@ C{POST /groups/<id>/post}
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.inbound.webpost import PostError, post_from_web
-from emaild.web.app import WebApp, form_value, uncancellable
-from emaild.web.routes_home import _signed_out_page, _unavailable
+from emaild.web.responses import form_value
+from emaild.web.routing import Routes, uncancellable
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 
 class _Refused(Exception):
@@ -42,7 +49,7 @@ async def _viewer(self: WebApp, request, group_id: int):
     """
     session = await self.sessions.current(request)
     if session is None or await self.people.get(session.person_id) is None:
-        raise _Refused(_signed_out_page(self, request, 401, "anonymous"))
+        raise _Refused(self.pages.signed_out(request, 401, "anonymous"))
     group = await self.groups.get(group_id)
     if group is None:
         raise _Refused(self.pages.error(request, 404, "There is no such group."))
@@ -82,7 +89,7 @@ async def _page(self: WebApp, request, session, group, member, code: int = 200,
         confirmation=None if error else _confirmation(request))
 
 
-@WebApp.app.route("/groups/<int:group_id>", methods=["GET", "HEAD"])
+@routes.route("/groups/<int:group_id>", methods=["GET", "HEAD"])
 @uncancellable
 async def group_page(self: WebApp, request, group_id: int):
     try:
@@ -94,10 +101,10 @@ async def group_page(self: WebApp, request, group_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
 
 
-@WebApp.app.route("/groups/<int:group_id>/post", methods=["POST"])
+@routes.route("/groups/<int:group_id>/post", methods=["POST"])
 @uncancellable
 async def group_post(self: WebApp, request, group_id: int):
     try:
@@ -117,7 +124,7 @@ async def group_post(self: WebApp, request, group_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
     request.setResponseCode(303)
     request.setHeader(b"Location", f"/groups/{group.id}?posted={others}".encode("ascii"))
     request.setHeader(b"Cache-Control", b"no-store")

@@ -15,14 +15,18 @@ from __future__ import annotations
 import datetime
 
 from emaild.inbound.holds import Holds, subject_of
-from emaild.inbound.holds_store import EXPIRED, WAITING, HoldStore
-from emaild.web.app import WebApp, form_value
+from emaild.inbound.holds_store import EXPIRED, WAITING
+from emaild.web.responses import form_value
+from emaild.web.routing import Routes
+
+routes = Routes()
+register = routes.register
 
 CHOICES = {"send": True, "discard": False}
 
 
 def _holds(web) -> Holds:
-    return Holds(web.config, HoldStore(web.db), web.links, web.groups, composer=None)
+    return web.hs.get_holds()
 
 
 def _private(request) -> None:
@@ -49,7 +53,7 @@ def _when(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%d %B %Y, %H:%M UTC")
 
 
-@WebApp.app.route("/hold/<token>", methods=["GET", "HEAD"])
+@routes.route("/hold/<token>", methods=["GET", "HEAD"])
 async def hold_page(self, request, token):
     _private(request)
     hold, error = await _find(self, request, token)
@@ -61,7 +65,7 @@ async def hold_page(self, request, token):
         received=_when(hold.received_at), server=f"{hold.helo or 'unnamed'} [{hold.peer}]")
 
 
-@WebApp.app.route("/hold/<token>", methods=["POST"])
+@routes.route("/hold/<token>", methods=["POST"])
 async def hold_answer(self, request, token):
     _private(request)
     hold, error = await _find(self, request, token)

@@ -22,14 +22,16 @@ All pages are autoescaped Jinja2 (names and course titles come from the LMS).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.web.app import WebApp, uncancellable
+from emaild.web.routing import Routes, uncancellable
 
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
 
-def _unavailable(self: WebApp, request) -> bytes:
-    return self.pages.error(request, 503, "We cannot reach our database right now. "
-                            "Please try again in a few minutes.")
+routes = Routes()
+register = routes.register
 
 
 def _role(role: str) -> str:
@@ -39,23 +41,18 @@ def _role(role: str) -> str:
     return role.rsplit("/", 1)[-1].rsplit(":", 1)[-1] or role
 
 
-def _signed_out_page(self: WebApp, request, code: int, state: str) -> bytes:
-    title = "Signed out" if state == "signed_out" else "Not signed in"
-    return self.pages.render(request, "home.html", code, title=title, state=state)
-
-
-@WebApp.app.route("/home", methods=["GET", "HEAD"])
+@routes.route("/home", methods=["GET", "HEAD"])
 @uncancellable
 async def home(self: WebApp, request):
     try:
         session = await self.sessions.current(request)
         person = await self.people.get(session.person_id) if session else None
         if person is None:
-            return _signed_out_page(self, request, 401, "anonymous")
+            return self.pages.signed_out(request, 401, "anonymous")
         courses = await self.people.courses_of(person.id)
         groups = await self.people.groups_of(person.id)
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
     name = person.display_name or person.email or "there"
     courses = [{"id": c[0], "title": c[1], "roles": [_role(r) for r in c[2]]} for c in courses]
     return self.pages.render(
@@ -65,7 +62,7 @@ async def home(self: WebApp, request):
         csrf_token=session.csrf_token)
 
 
-@WebApp.app.route("/logout", methods=["POST"])
+@routes.route("/logout", methods=["POST"])
 @uncancellable
 async def logout(self: WebApp, request):
     try:
@@ -75,5 +72,5 @@ async def logout(self: WebApp, request):
                                     "come from our page. Reload your home page and try again.")
         await self.sessions.end(request)
     except DatabaseUnavailable:
-        return _unavailable(self, request)
-    return _signed_out_page(self, request, 200, "signed_out")
+        return self.pages.unavailable(request)
+    return self.pages.signed_out(request, 200, "signed_out")

@@ -61,6 +61,7 @@ Both routes
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from klein.interfaces import IKleinRequest
@@ -69,8 +70,15 @@ from twisted.logger import Logger
 from emaild.db.database import DatabaseUnavailable
 from emaild.links.service import LOGIN, LinkError
 from emaild.outbound.compose import ComposeError, check_address
-from emaild.web.app import WebApp, form_value, uncancellable
+from emaild.web.responses import form_value
+from emaild.web.routing import Routes, uncancellable
 from emaild.web.sessions import SessionStore
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 log = Logger()
 
@@ -187,7 +195,7 @@ def _unusable_address(self: WebApp, request, address: str) -> bytes:
                              masked=mask_address(address), unusable=True)
 
 
-@WebApp.app.route("/email/<token>", methods=["GET", "HEAD"])
+@routes.route("/email/<token>", methods=["GET", "HEAD"])
 @uncancellable
 async def login_link(self: WebApp, request, token: str):
     _no_referrer(request)
@@ -216,7 +224,7 @@ async def login_link(self: WebApp, request, token: str):
     return b"Signed in; continue to " + location + b"\n"
 
 
-@WebApp.app.route("/email/<token>/fresh", methods=["POST"])
+@routes.route("/email/<token>/fresh", methods=["POST"])
 @uncancellable
 async def fresh_link(self: WebApp, request, token: str):
     _no_referrer(request)
@@ -250,7 +258,7 @@ async def fresh_link(self: WebApp, request, token: str):
         if self.outbox is None:
             return self.pages.error(request, 503, "We cannot send mail from here right now.")
         web = self.config["web"]
-        allowed, wait = await FreshLinkRequests(self.db).take(
+        allowed, wait = await self.hs.get_fresh_link_requests().take(
             person.id, web["fresh_link_limit"], web["fresh_link_window"])
         if not allowed:
             request.setHeader(b"Retry-After", str(int(wait + 0.999)).encode("ascii"))
@@ -280,7 +288,7 @@ async def fresh_link(self: WebApp, request, token: str):
                              masked=mask_address(person.email))
 
 
-@WebApp.app.route("/email/", branch=True, methods=_ALL_METHODS)
+@routes.route("/email/", branch=True, methods=_ALL_METHODS)
 def other_email_paths(self: WebApp, request):
     """
     Anything else under /email/ (a wrong method, a token with a slash):

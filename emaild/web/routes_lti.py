@@ -20,11 +20,19 @@ L{Sessions} with the attributes that let it work in the LMS's iframe.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti import LaunchRefused
-from emaild.web.app import WebApp
+from emaild.web.routing import Routes
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 log = Logger()
 
@@ -35,7 +43,7 @@ def _client(request) -> str:
     return f"{peer} (forwarded for {forwarded.decode('latin-1')})" if forwarded else str(peer)
 
 
-@WebApp.app.route("/lti/launch", methods=["POST"])
+@routes.route("/lti/launch", methods=["POST"])
 async def lti_launch(self, request):
     if b"id_token" in request.args or (b"state" in request.args and b"error" in request.args):
         # LTI 1.3 (an id_token, or the platform's error response): emaild.web.routes_lti13

@@ -27,12 +27,21 @@ import hashlib
 import json
 import urllib.parse
 
+from typing import TYPE_CHECKING
+
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti13_claims import Launch13, Lti13Refused
 from emaild.people.store import upsert_from_lti13
-from emaild.web.app import WebApp, json_response, uncancellable
+from emaild.web.responses import json_response
+from emaild.web.routing import Routes, uncancellable
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 log = Logger()
 
@@ -93,7 +102,7 @@ def _unavailable(self: WebApp, request, error) -> bytes:
                             "Please launch again from your course in a few minutes.")
 
 
-@WebApp.app.route("/lti/jwks.json", methods=["GET", "HEAD"])
+@routes.route("/lti/jwks.json", methods=["GET", "HEAD"])
 def lti_jwks(self: WebApp, request):
     request.setResponseCode(200)
     request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
@@ -101,7 +110,7 @@ def lti_jwks(self: WebApp, request):
     return json.dumps(self.lti13.keys.jwks(), indent=2).encode("utf-8") + b"\n"
 
 
-@WebApp.app.route("/lti/login", methods=["GET", "POST"])
+@routes.route("/lti/login", methods=["GET", "POST"])
 async def lti_login(self: WebApp, request):
     try:
         redirect = await self.lti13.login(_params(request))
@@ -166,7 +175,7 @@ async def lti13_launch(self: WebApp, request):
         home.encode("utf-8").replace(b"&", b"&amp;").replace(b'"', b"&quot;"))
 
 
-@WebApp.app.route("/lti/launch/confirm", methods=["POST"])
+@routes.route("/lti/launch/confirm", methods=["POST"])
 @uncancellable  # once confirmed, the state is used: finish signing in
 async def lti_launch_confirm(self: WebApp, request):
     if request.getHeader(STORAGE_HEADER) != b"1":

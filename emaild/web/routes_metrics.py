@@ -12,28 +12,25 @@ client with one of C{[api] tokens} as a bearer token.  Others get C{403}
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.metrics import CONTENT_TYPE, Metrics
-from emaild.outbound.store import OutboxStore
+from emaild.metrics import CONTENT_TYPE
 from emaild.web.api_support import REALM, token_valid
-from emaild.web.app import WebApp, json_response, uncancellable
+from emaild.web.responses import json_response
+from emaild.web.routing import Routes, uncancellable
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 log = Logger()
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
-
-
-def metrics_of(app: WebApp) -> Metrics:
-    """
-    The app's metrics: the daemon's shared ones when it set them, else a
-    registry of the app's own (never the global registry).
-    """
-    metrics = getattr(app, "metrics", None)
-    if metrics is None:
-        metrics = app.metrics = Metrics()
-    return metrics
 
 
 def _local(request) -> bool:
@@ -42,7 +39,7 @@ def _local(request) -> bool:
     return host in LOOPBACK and not proxied
 
 
-@WebApp.app.route("/metrics", methods=["GET", "HEAD"])
+@routes.route("/metrics", methods=["GET", "HEAD"])
 @uncancellable
 async def metrics(self: WebApp, request):
     header = request.getHeader("authorization")
@@ -52,14 +49,14 @@ async def metrics(self: WebApp, request):
     if header is None and not _local(request):
         return json_response(request, 403, {
             "error": "metrics are served to 127.0.0.1, or with an [api] token as bearer token"})
-    store = self.outbox.store if self.outbox is not None else OutboxStore(self.db)
+    store = self.outbox.store
     try:
         counts = await store.counts()
     except DatabaseUnavailable as e:
         # the counters are still worth having; the depth series are absent
         log.warn("/metrics without the outbox depth: {e}", e=e)
         counts = {}
-    body = metrics_of(self).render(counts)
+    body = self.metrics.render(counts)
     request.setResponseCode(200)
     request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
     request.setHeader(b"Cache-Control", b"no-store")

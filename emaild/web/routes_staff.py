@@ -18,7 +18,7 @@ C{POST /staff/courses/<id>/announce/preview}
     text) with the number of recipients and a button to confirm.
 
 C{POST /staff/courses/<id>/announce}
-    Queues it (L{emaild.digest.announce.send_announcement}) and redirects
+    Queues it (L{emaild.digest.announce.Announcements.send}) and redirects
     (C{303}) to the course page, which shows its progress.
 
 C{POST /staff/courses/<id>/note}
@@ -31,14 +31,19 @@ C{POST /staff/courses/<id>/resend}
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.digest import weeks
-from emaild.digest.announce import (AnnounceError, preview, progress, resend_failed,
-                                    send_announcement)
-from emaild.digest.store import DigestStore
-from emaild.web.app import WebApp, form_value, uncancellable
-from emaild.web.routes_home import _signed_out_page, _unavailable
+from emaild.digest.announce import AnnounceError
+from emaild.web.responses import form_value
+from emaild.web.routing import Routes, uncancellable
+
+if TYPE_CHECKING:
+    from emaild.web.app import WebApp
+
+routes = Routes()
+register = routes.register
 
 TEMPLATE = "announcement"
 MAX_SUBJECT = 200
@@ -58,11 +63,11 @@ async def _staff(self: WebApp, request, course_id: int, post: bool = False):
     """
     session = await self.sessions.current(request)
     if session is None or await self.people.get(session.person_id) is None:
-        raise _Refused(_signed_out_page(self, request, 401, "anonymous"))
+        raise _Refused(self.pages.signed_out(request, 401, "anonymous"))
     course = (await self.people.courses([course_id])).get(course_id)
     if course is None:
         raise _Refused(self.pages.error(request, 404, "There is no such course."))
-    if not await DigestStore(self.db).is_staff(course_id, session.person_id):
+    if not await self.hs.get_digest_store().is_staff(course_id, session.person_id):
         raise _Refused(self.pages.error(
             request, 403, "Only the course's instructors and administrators can see this page."))
     if post and not self.sessions.check_csrf(request, session):
@@ -86,7 +91,7 @@ def _next_week(self: WebApp) -> str:
 
 async def _course_page(self: WebApp, request, session, course, code: int = 200,
                        error: str | None = None, form: dict | None = None) -> bytes:
-    store = DigestStore(self.db)
+    store = self.hs.get_digest_store()
     groups = []
     for group, _count in await self.groups.list(course.id):
         members = await self.groups.members(group.id)
@@ -97,7 +102,7 @@ async def _course_page(self: WebApp, request, session, course, code: int = 200,
         announcements.append({
             "label": a.label, "audience": a.audience, "created": _utc(a.created_at),
             "subject": (a.context or {}).get("subject", ""), "resend_of": a.resend_of,
-            "counts": await progress(self.db, a.label),
+            "counts": await self.announcements.progress(a.label),
             "failures": [{"recipient": r[2], "attempts": r[3], "reason": r[4] or "",
                           "last_reply": r[6] or "", "at": _utc(r[5])}
                          for r in await store.batch_failures(a.label, 20)],
@@ -154,7 +159,7 @@ def _redirect(request, location: str) -> bytes:
     return b""
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>", methods=["GET", "HEAD"])
+@routes.route("/staff/courses/<int:course_id>", methods=["GET", "HEAD"])
 @uncancellable
 async def staff_course(self: WebApp, request, course_id: int):
     try:
@@ -163,10 +168,10 @@ async def staff_course(self: WebApp, request, course_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>/announce/preview", methods=["POST"])
+@routes.route("/staff/courses/<int:course_id>/announce/preview", methods=["POST"])
 @uncancellable
 async def staff_preview(self: WebApp, request, course_id: int):
     try:
@@ -175,8 +180,8 @@ async def staff_preview(self: WebApp, request, course_id: int):
         try:
             _check(form)
             who = await _audience(self, course, form)
-            shown = await preview(self.outbox, TEMPLATE, context={"body": form["body"]},
-                                  subject=form["subject"], **who)
+            shown = await self.announcements.preview(TEMPLATE, context={"body": form["body"]},
+                                                     subject=form["subject"], **who)
         except AnnounceError as e:
             return await _course_page(self, request, session, course, 400, str(e), form)
         return self.pages.render(
@@ -186,10 +191,10 @@ async def staff_preview(self: WebApp, request, course_id: int):
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>/announce", methods=["POST"])
+@routes.route("/staff/courses/<int:course_id>/announce", methods=["POST"])
 @uncancellable
 async def staff_announce(self: WebApp, request, course_id: int):
     try:
@@ -198,19 +203,19 @@ async def staff_announce(self: WebApp, request, course_id: int):
         try:
             _check(form)
             who = await _audience(self, course, form)
-            result = await send_announcement(self.outbox, TEMPLATE, context={"body": form["body"]},
-                                             subject=form["subject"],
-                                             created_by=session.person_id, **who)
+            result = await self.announcements.send(TEMPLATE, context={"body": form["body"]},
+                                                   subject=form["subject"],
+                                                   created_by=session.person_id, **who)
         except AnnounceError as e:
             return await _course_page(self, request, session, course, 400, str(e), form)
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
     return _redirect(request, f"/staff/courses/{course.id}?sent={result.label}")
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>/note", methods=["POST"])
+@routes.route("/staff/courses/<int:course_id>/note", methods=["POST"])
 @uncancellable
 async def staff_note(self: WebApp, request, course_id: int):
     try:
@@ -219,29 +224,29 @@ async def staff_note(self: WebApp, request, course_id: int):
         if len(note) > MAX_BODY:
             return await _course_page(self, request, session, course, 400,
                                       f"Keep the note within {MAX_BODY} characters.")
-        await DigestStore(self.db).set_note(course.id, _next_week(self), note, session.person_id)
+        await self.hs.get_digest_store().set_note(course.id, _next_week(self), note, session.person_id)
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
     return _redirect(request, f"/staff/courses/{course.id}?noted=1")
 
 
-@WebApp.app.route("/staff/courses/<int:course_id>/resend", methods=["POST"])
+@routes.route("/staff/courses/<int:course_id>/resend", methods=["POST"])
 @uncancellable
 async def staff_resend(self: WebApp, request, course_id: int):
     try:
         session, course = await _staff(self, request, course_id, post=True)
         label = form_value(request, "label")
-        found = await DigestStore(self.db).announcement(label)
+        found = await self.hs.get_digest_store().announcement(label)
         if found is None or found.course_id != course.id:
             return self.pages.error(request, 404, "There is no such announcement in this course.")
         try:
-            result = await resend_failed(self.outbox, label, created_by=session.person_id)
+            result = await self.announcements.resend_failed(label, created_by=session.person_id)
         except AnnounceError as e:
             return await _course_page(self, request, session, course, 400, str(e))
     except _Refused as refused:
         return refused.page
     except DatabaseUnavailable:
-        return _unavailable(self, request)
+        return self.pages.unavailable(request)
     return _redirect(request, f"/staff/courses/{course.id}?sent={result.label}")

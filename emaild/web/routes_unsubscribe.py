@@ -28,14 +28,18 @@ from emaild.links.service import UNSUBSCRIBE
 from emaild.outbound.kinds import KindError, Scope, parse_key, unsubscribable_kinds
 from emaild.outbound.outbox import Outbox
 from emaild.outbound.store import OutboxStore
-from emaild.web.app import WebApp, form_value
+from emaild.web.responses import form_value
+from emaild.web.routing import Routes
+
+routes = Routes()
+register = routes.register
 
 #: the body RFC 8058 one-click POSTs carry
 ONE_CLICK = "One-Click"
 
 
 def _optout_store(web) -> OutboxStore:
-    return web.outbox.store if web.outbox is not None else OutboxStore(web.db)
+    return web.outbox.store
 
 
 def _private(request) -> None:
@@ -68,7 +72,7 @@ def _not_found(web, request) -> bytes:
         "latest mail you received, or copy the whole link into the address bar.")
 
 
-@WebApp.app.route("/unsubscribe/<token>", methods=["GET", "HEAD"])
+@routes.route("/unsubscribe/<token>", methods=["GET", "HEAD"])
 async def unsubscribe_page(self, request, token):
     _private(request)
     found = await _resolve(self, request, token)
@@ -86,7 +90,7 @@ async def unsubscribe_page(self, request, token):
                              signed_in=session is not None and session.person_id == link.person_id)
 
 
-@WebApp.app.route("/unsubscribe/<token>", methods=["POST"])
+@routes.route("/unsubscribe/<token>", methods=["POST"])
 async def unsubscribe_post(self, request, token):
     _private(request)
     found = await _resolve(self, request, token)
@@ -166,7 +170,7 @@ def _sign_in_first(web, request) -> bytes:
         "follow its link to this site, or use the link in any mail from the course.")
 
 
-@WebApp.app.route("/preferences", methods=["GET", "HEAD"])
+@routes.route("/preferences", methods=["GET", "HEAD"])
 async def preferences_page(self, request):
     session = await self.sessions.current(request)
     if session is None:
@@ -177,7 +181,7 @@ async def preferences_page(self, request):
                              sections=sections, csrf_token=session.csrf_token, saved=saved)
 
 
-@WebApp.app.route("/preferences", methods=["POST"])
+@routes.route("/preferences", methods=["POST"])
 async def preferences_post(self, request):
     session = await self.sessions.current(request)
     if session is None:

@@ -22,12 +22,10 @@ from email.utils import getaddresses
 import attrs
 from twisted.logger import Logger
 
-from emaild.groups.store import GroupStore
-from emaild.inbound.auth.dns import Resolver
 from emaild.inbound.auth.verdict import HOLD, Authenticator, decide
 from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.holds import Holds
-from emaild.inbound.holds_store import HeldMessage, HoldStore
+from emaild.inbound.holds_store import HeldMessage
 from emaild.inbound.server import Envelope, Refused
 from emaild.inbound.store import RELAY
 
@@ -95,9 +93,6 @@ class SenderAuthentication:
             return Checked(header, False, reason)
         return Checked(header, decision.action == HOLD, reason)
 
-    def close(self) -> None:
-        self.authenticator.resolver.close()
-
     async def hold(self, envelope: Envelope, raw: bytes, checked: Checked) -> int:
         member = next(r for r in envelope.recipients if r.purpose == RELAY)
         message = HeldMessage(
@@ -107,15 +102,3 @@ class SenderAuthentication:
             group_id=member.group_id, reason=checked.reason)
         return await self.holds.hold(message, member.member_email)
 
-
-def sender_authentication(config, reactor, db, links, composer) -> SenderAuthentication:
-    """
-    The daemon's sender authentication: DNS from C{[dns]}, holds in the
-    database, confirmation mail composed by the outbox's composer.
-    """
-    resolver = Resolver(reactor, config["dns"]["servers"], config["dns"]["timeout"])
-    holds = Holds(config, HoldStore(db), links, GroupStore(db), composer)
-    authserv_id = config["smtp"]["hostname"] or config["smtp"]["relay_domain"]
-    return SenderAuthentication(Authenticator(resolver), holds,
-                                config["groups"]["unauthenticated"], authserv_id,
-                                config["smtp"]["relay_domain"])

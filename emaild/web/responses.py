@@ -1,0 +1,26 @@
+"""
+Small helpers every route module shares: JSON answers and form values.
+(A leaf module: it imports nothing of emaild's web part.)
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def json_response(request, status: int, body) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def form_value(request, name: str) -> str:
+    """
+    A form field as text ('' when absent or not UTF-8): request args are bytes.
+    """
+    raw = (request.args.get(name.encode("ascii")) or [b""])[0]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
