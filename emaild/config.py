@@ -274,6 +274,44 @@ def _consumers(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0 seconds, got {value!r}")
+    return seconds
+
+
+def _dns_servers(value: Any) -> tuple[tuple[str, int], ...]:
+    """
+    DNS resolvers as C{host:port} strings (C{[::1]:53} for IPv6; the port
+    defaults to 53); an empty list means the system's (C{/etc/resolv.conf}).
+    From the environment: comma-separated.
+    """
+    import ipaddress
+
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list such as ['127.0.0.1:53'], got {value!r}")
+    servers = []
+    for item in value:
+        match = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+))(?::(\d{1,5}))?$",
+                         item.strip()) if isinstance(item, str) else None
+        if not match:
+            raise ValueError(f"{item!r} is not a resolver address such as '127.0.0.1:53' or "
+                             "'[::1]:53' (an IP address: the resolver itself is not looked up)")
+        host = match.group(1) or match.group(2)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r}: {host!r} is not an IP address") from None
+        port = int(match.group(3) or 53)
+        if not 0 < port < 65536:
+            raise ValueError(f"{item!r}: port {port} is out of range")
+        servers.append((host, port))
+    return tuple(servers)
+
+
 def _api_tokens(value: Any) -> tuple[str, ...]:
     """
     Bearer tokens for the JSON API: a list of strings, each at least 32
@@ -364,12 +402,22 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "salt": (_string, "emaild links"),
         "login_ttl": (parse_duration, 30 * 86400.0),
         "unsubscribe_ttl": (parse_duration, 365 * 86400.0),
+        # "Did you send this?" links for held group posts
+        "hold_ttl": (parse_duration, 7 * 86400.0),
     },
     "groups": {
         "address_prefix": (_local_part, "group"),
         "address_salt": (_string, ""),
         "hard_bounce_limit": (_integer(1), 3),
         "max_posts_per_hour": (_integer(0), 30),
+        # what happens to a member's post that their domain does not vouch
+        # for (no aligned SPF or DKIM pass) and whose DMARC policy is not
+        # reject/quarantine (see emaild.inbound.auth)
+        "unauthenticated": (_choice("hold", "refuse", "relay"), "hold"),
+    },
+    "dns": {
+        "servers": (_dns_servers, ()),
+        "timeout": (_positive_duration, 5.0),
     },
     "lti": {
         "consumers": (_consumers, {}),

@@ -282,7 +282,49 @@ class HomeServer:
         return InboundHandler(self.get_inbound_store(), self.get_group_store(),
                               self.get_reply_addresses(), self.get_links(),
                               self.get_outbox_store(),
-                              max_posts_per_hour=self.config["groups"]["max_posts_per_hour"])
+                              max_posts_per_hour=self.config["groups"]["max_posts_per_hour"],
+                              sender_auth=self.get_sender_authentication())
+
+    # -- sender authentication of group posts, and holds ----------------------
+    @built_once
+    def get_resolver(self):
+        """DNS for SPF, DKIM and DMARC ([dns]): twisted.names, cached."""
+        from emaild.inbound.auth.dns import Resolver
+
+        return Resolver(self.reactor, self.config["dns"]["servers"],
+                        self.config["dns"]["timeout"])
+
+    @built_once
+    def get_hold_store(self):
+        from emaild.inbound.holds_store import HoldStore
+
+        return HoldStore(self.get_database())
+
+    @built_once
+    def get_holds(self):
+        """Posts held until their member confirms them (the question, the answer)."""
+        from emaild.inbound.holds import Holds
+
+        return Holds(self.config, self.get_hold_store(), self.get_links(),
+                     self.get_group_store(), self.get_composer())
+
+    @built_once
+    def get_hold_expiry(self):
+        from emaild.inbound.holds import HoldExpiry
+
+        return HoldExpiry(self.reactor, self.get_hold_store())
+
+    @built_once
+    def get_sender_authentication(self):
+        """What the inbound handler asks about every group post."""
+        from emaild.inbound.auth.policy import SenderAuthentication
+        from emaild.inbound.auth.verdict import Authenticator
+
+        smtp = self.config["smtp"]
+        return SenderAuthentication(Authenticator(self.get_resolver()), self.get_holds(),
+                                    self.config["groups"]["unauthenticated"],
+                                    smtp["hostname"] or smtp["relay_domain"],
+                                    smtp["relay_domain"])
 
     @built_once
     def get_launch_verifier(self):

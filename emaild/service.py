@@ -5,6 +5,7 @@ The service tree of one emaild process, built from one L{HomeServer}.
       ├── database   (DatabaseService: opens and migrates the database, then
       │   │           starts its children; stops them before it closes it)
       │   ├── relay processor   (inbound posts -> copies in the outbox)
+      │   ├── hold expiry       (unanswered "Did you send this?" -> ignored)
       │   ├── error reporter    (logged errors -> mail to [admin] addresses)
       │   ├── digest            (weekly updates, when [digest] enabled)
       │   └── sender            (outbox -> relay)
@@ -129,7 +130,7 @@ class Emaild(service.MultiService):
 
         self.database = DatabaseService(hs)
         self.database.setServiceParent(self)
-        children = [self.relay, self.errors]
+        children = [self.relay, hs.get_hold_expiry(), self.errors]
         if config["digest"]["enabled"]:
             children.append(self.digest)
         children.append(self.sender)  # last to start, first to stop: it drains
@@ -182,6 +183,7 @@ class Emaild(service.MultiService):
         await defer.gatherResults([defer.maybeDeferred(s.stopService) for s in listeners])
         if self.database.running:
             await self.database.stopService()
+        self.hs.get_resolver().close()  # its DNS connections
         log.info("emaild stopped")
 
 

@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor, threads
 
 from emaild.inbound.server import DATA_LINE_LIMIT
 from emaild.service import Emaild
+from tests.dnsserver import ZoneServer, txt
 from tests.support import DatabaseTestCase, wait_for
 from tests.test_inbound_end_to_end import _free_port
 from tests.test_inbound_rewrite import EXPECTED
@@ -45,10 +46,18 @@ class CorpusTests(DatabaseTestCase):
 
     async def _scenario(self):
         smtp_port = _free_port()
+        # the members' domains vouch for this server (SPF), so that what is
+        # tested here is the relay, not sender authentication
+        zones = {d: {d: [txt("v=spf1 ip4:127.0.0.1 -all")]}
+                 for d in ("example.org", "example.net", "example.com")}
+        dns_server = ZoneServer("example.org", zones.pop("example.org"), zones)
+        dns_port = dns_server.start()
+        self.addCleanup(dns_server.stop)
         service = Emaild(self.config(
             http={"endpoint": "tcp:0:interface=127.0.0.1"},
             smtp={"endpoint": f"tcp:{smtp_port}:interface=127.0.0.1", "relay_domain": DOMAIN},
-            relay={"poll_interval": "0.5s"}), reactor)
+            relay={"poll_interval": "0.5s"}, dns={"servers": [f"127.0.0.1:{dns_port}"]}),
+            reactor)
         service.startService()
         self.addCleanup(service.stopService)
         await service.ready

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from twisted.internet import defer, reactor, threads
 
 from emaild.service import Emaild
+from tests.dnsserver import ZoneServer, txt
 from tests.support import DatabaseTestCase, wait_for
 from tests.webtest import Browser
 
@@ -69,12 +70,17 @@ class EndToEndTests(DatabaseTestCase):
         yield defer.ensureDeferred(self._scenario())
 
     async def _scenario(self):
+        # Bob's domain vouches for his mail server (SPF), as it must for the
+        # relay to pass his reply on (tests/test_inbound_auth_smtp.py)
+        dns_server = ZoneServer("example.net", {"example.net": [txt("v=spf1 ip4:127.0.0.1 -all")]})
+        dns_port = dns_server.start()
+        self.addCleanup(dns_server.stop)
         http_port, smtp_port = _free_port(), _free_port()
         base = f"http://127.0.0.1:{http_port}"
         service = Emaild(self.config(
             http={"endpoint": f"tcp:{http_port}:interface=127.0.0.1", "public_url": base},
             smtp={"endpoint": f"tcp:{smtp_port}:interface=127.0.0.1", "relay_domain": DOMAIN},
-            relay={"poll_interval": "0.5s"},
+            relay={"poll_interval": "0.5s"}, dns={"servers": [f"127.0.0.1:{dns_port}"]},
             # only the group's copies here: Ada opening the group page would
             # also tell Bob and Carol she is active (tests/test_notify.py)
             notifications={"daily_limit": 0}), reactor)

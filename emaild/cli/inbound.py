@@ -4,19 +4,29 @@ C{emaild inbound}: what the SMTP server received and what became of it.
     emaild inbound [--json] [--state STATE ...] [--limit N] [MESSAGE_ID]
 
 Without arguments: counts per state, then the newest rows that were not
-relayed (ignored or failed) with their reasons.  With a message id (the
-one named in the server's 250 reply): each of its recipients.
+relayed (held, ignored or failed) with their reasons and the sender
+authentication results.  With a message id (the one named in the server's
+250 reply): each of its recipients, and the whole Authentication-Results
+value.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from emaild.cli.output import CliError, table, when
 from emaild.cli.runtime import open_database
 from emaild.inbound.store import TERMINAL
 
-STATES = ("received", *TERMINAL)
+STATES = ("received", *TERMINAL, "held")
+#: states listed by default: the rows that were not relayed (yet)
+NOT_RELAYED = ("held", "ignored", "failed")
+
+
+def auth_summary(authentication: str) -> str:
+    """C{spf=fail dkim=pass dmarc=pass} from an Authentication-Results value."""
+    return " ".join(re.findall(r"\b(?:spf|dkim|dmarc)=[a-z]+", authentication or ""))
 
 
 def add_parser(commands, common) -> None:
@@ -27,7 +37,7 @@ def add_parser(commands, common) -> None:
                     "server's 250 reply named).")
     inbound.add_argument("message", nargs="?", type=int, metavar="MESSAGE_ID")
     inbound.add_argument("--state", action="append", choices=STATES,
-                         help="only rows in this state (repeatable; default: ignored, failed)")
+                         help="only rows in this state (repeatable; default: held, ignored, failed)")
     inbound.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     inbound.add_argument("--json", action="store_true", help="print JSON")
     inbound.set_defaults(func=run)
@@ -44,7 +54,7 @@ async def run(parts, args) -> int:
         if not rows:
             raise CliError(f"no received message {args.message}")
     else:
-        rows = await store.recent(args.state or ("ignored", "failed"), args.limit)
+        rows = await store.recent(args.state or NOT_RELAYED, args.limit)
     refusals = await store.recent_refusals() if args.message is None else []
     if args.json:
         print(json.dumps({"counts": counts, "refusals": [
@@ -53,14 +63,17 @@ async def run(parts, args) -> int:
              "first_at": when(f.first_at), "last_at": when(f.last_at)} for f in refusals],
             "rows": [
             {"message": r[0], "received_at": when(r[1]), "mail_from": r[2], "address": r[3],
-             "purpose": r[4], "state": r[5], "reason": r[6], "size": r[7]} for r in rows]},
+             "purpose": r[4], "state": r[5], "reason": r[6], "size": r[7],
+             "authentication": r[8]} for r in rows]},
             indent=2))
         return 0
     print("  ".join(f"{state} {counts[state]}" for state in STATES))
+    if args.message is not None and rows[0][8]:
+        print(f"Authentication-Results: {rows[0][8]}")
     if rows:
-        print(table(["message", "received", "from", "to", "purpose", "state", "reason"],
-                    [(r[0], when(r[1]), r[2] or "<>", r[3], r[4], r[5], r[6] or "")
-                     for r in rows], right=[True] + [False] * 6))
+        print(table(["message", "received", "from", "to", "purpose", "state", "auth", "reason"],
+                    [(r[0], when(r[1]), r[2] or "<>", r[3], r[4], r[5], auth_summary(r[8]),
+                      r[6] or "") for r in rows], right=[True] + [False] * 7))
     if refusals:  # refused before anything was stored (e.g. a member's posting rate)
         print("refused before storing:")
         print(table(["last", "reason", "to", "from", "attempts", "reply"],

@@ -45,8 +45,15 @@ def _from_addresses(raw: bytes) -> list[str]:
 class InboundHandler:
     def __init__(self, store: InboundStore, groups: GroupStore, addresses: ReplyAddresses,
                  links: Links, outbox: OutboxStore, *,
-                 max_posts_per_hour: int = DEFAULT_MAX_POSTS_PER_HOUR):
+                 max_posts_per_hour: int = DEFAULT_MAX_POSTS_PER_HOUR, sender_auth=None):
+        """
+        @param sender_auth: a L{emaild.inbound.auth.policy.SenderAuthentication}
+            that checks every group post (SPF, DKIM, DMARC; the daemon always
+            gives one).  Without it, only the envelope or From must name the
+            member, which anyone can write (tests of other concerns).
+        """
         self.store = store
+        self.sender_auth = sender_auth
         #: a member's posts to one group per hour; the next RCPT gets 450 4.7.1
         self.max_posts_per_hour = max_posts_per_hour
         self.groups = groups
@@ -117,8 +124,14 @@ class InboundHandler:
 
     async def _deliver(self, envelope: Envelope, raw: bytes) -> str:
         recipients = list(envelope.recipients)
+        authentication = ""
         unverified = [r for r in recipients if r.purpose == RELAY and not r.sender_verified]
-        if unverified:
+        if self.sender_auth is not None and any(r.purpose == RELAY for r in recipients):
+            checked = await self.sender_auth.check(envelope, raw)  # may raise Refused
+            if checked.hold:
+                return str(await self.sender_auth.hold(envelope, raw, checked))
+            authentication = checked.header
+        elif unverified:
             from_addresses = _from_addresses(raw)
             for r in unverified:
                 if not (r.member_email and r.member_email.lower() in from_addresses):
@@ -127,7 +140,8 @@ class InboundHandler:
                                                 "knows you by")
         message_id = await self.store.receive(
             peer=envelope.peer, helo=envelope.helo, tls=envelope.tls,
-            mail_from=envelope.mail_from, recipients=recipients, raw=raw)
+            mail_from=envelope.mail_from, recipients=recipients, raw=raw,
+            authentication=authentication)
         return str(message_id)
 
     def deliver(self, envelope: Envelope, raw: bytes):

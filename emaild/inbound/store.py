@@ -68,10 +68,11 @@ class InboundStore:
         self.db = db
 
     def receive(self, *, peer: str, helo: str, tls: bool, mail_from: str,
-                recipients: Sequence[Recipient], raw: bytes):
+                recipients: Sequence[Recipient], raw: bytes, authentication: str = ""):
         """
         Store a message and its recipients in one transaction and wake the
-        processor.  Fires with the message id.
+        processor.  Fires with the message id.  C{authentication}: the
+        Authentication-Results value of a checked post.
         """
 
         # One statement, so one round trip and its own transaction (the
@@ -79,14 +80,14 @@ class InboundStore:
         # recipients and the NOTIFY (sent on commit) are stored together or
         # not at all.  Data-modifying CTEs always run to completion.
         d = self.db.runQuery(
-            "WITH m AS (INSERT INTO inbound_messages (peer, helo, tls, mail_from, size, raw)"
-            "   VALUES (%s, %s, %s, %s, %s, %s) RETURNING id),"
+            "WITH m AS (INSERT INTO inbound_messages (peer, helo, tls, mail_from, size, raw,"
+            "   authentication) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id),"
             " r AS (INSERT INTO inbound_recipients (message_id, address, purpose, group_id,"
             "   person_id, link_id, outbox_id)"
             "   SELECT m.id, a, p, g, pe, l, o FROM m, unnest(%s::text[], %s::text[],"
             "     %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) AS v(a, p, g, pe, l, o))"
             " SELECT m.id, pg_notify(%s, '') FROM m",
-            (peer, helo, tls, mail_from, len(raw), Binary(raw),
+            (peer, helo, tls, mail_from, len(raw), Binary(raw), authentication,
              [r.address for r in recipients], [r.purpose for r in recipients],
              [r.group_id for r in recipients], [r.person_id for r in recipients],
              [r.link_id for r in recipients], [r.outbox_id for r in recipients],
@@ -135,7 +136,7 @@ class InboundStore:
     async def counts(self) -> dict[str, int]:
         rows = await self.db.runQuery(
             "SELECT state, count(*) FROM inbound_recipients GROUP BY state")
-        counts = {state: 0 for state in ("received", *TERMINAL)}
+        counts = {state: 0 for state in ("received", "held", *TERMINAL)}
         counts.update(dict(rows))
         return counts
 
@@ -144,11 +145,11 @@ class InboundStore:
         """
         The newest recipient rows in C{states} (or those of one message):
         (message id, received at, mail from, address, purpose, state,
-        reason, size).
+        reason, size, authentication).
         """
         rows = await self.db.runQuery(
             "SELECT m.id, m.received_at, m.mail_from, r.address, r.purpose, r.state,"
-            " r.reason, m.size"
+            " r.reason, m.size, m.authentication"
             " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
             " WHERE r.state = ANY(%s) AND (%s::bigint IS NULL OR m.id = %s)"
             " ORDER BY r.id DESC LIMIT %s", (list(states), message_id, message_id, limit))

@@ -23,10 +23,12 @@ from emaild.links.tokens import TokenCodec, TokenParts
 
 LOGIN = "login"
 UNSUBSCRIBE = "unsubscribe"
-PURPOSES = (LOGIN, UNSUBSCRIBE)
+#: "Did you send this?" about a held group post (emaild.inbound.holds)
+HOLD = "hold"
+PURPOSES = (LOGIN, UNSUBSCRIBE, HOLD)
 
 #: URL paths the links are served under, per purpose
-ROUTES = {LOGIN: "email", UNSUBSCRIBE: "unsubscribe"}
+ROUTES = {LOGIN: "email", UNSUBSCRIBE: "unsubscribe", HOLD: "hold"}
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?#]*$")
 
@@ -100,7 +102,8 @@ class Links:
         self.site_origin = _origin(self.public_url)
         self.allowed_origins = tuple(config["web"]["allowed_origins"])
         self.ttl = {LOGIN: config["links"]["login_ttl"],
-                    UNSUBSCRIBE: config["links"]["unsubscribe_ttl"]}
+                    UNSUBSCRIBE: config["links"]["unsubscribe_ttl"],
+                    HOLD: config["links"]["hold_ttl"]}
         self.clock = clock
 
     # -- minting -----------------------------------------------------------

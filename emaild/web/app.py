@@ -31,6 +31,7 @@ from emaild.web import (
     routes_api,
     routes_api_announce,
     routes_groups,
+    routes_holds,
     routes_home,
     routes_links,
     routes_lti,
@@ -60,6 +61,7 @@ ROUTE_MODULES = (
     routes_api,
     routes_api_announce,
     routes_metrics,
+    routes_holds,
 )
 
 #: how long /healthz waits for the database before calling it down
@@ -71,7 +73,7 @@ _ALWAYS_SERVED = (b"/healthz", b"/static/")
 _JSON_PATHS = (b"/api/", b"/metrics")
 
 
-_TOKEN_IN_PATH = re.compile(r"(/(?:email|unsubscribe)/)[A-Za-z0-9]+")
+_TOKEN_IN_PATH = re.compile(r"(/(?:email|unsubscribe|hold)/)[A-Za-z0-9]+")
 
 
 def access_log_line(timestamp, request) -> str:

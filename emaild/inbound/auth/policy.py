@@ -1,0 +1,104 @@
+"""
+Sender authentication at the end of DATA: what the inbound handler asks
+before it stores a group post (see L{verdict} for the policy).
+
+    auth = SenderAuthentication(Authenticator(resolver), holds, "hold", "relay.example.org")
+    checked = await auth.check(envelope, raw)     # raises Refused (550 / 451)
+    if checked.hold:
+        message_id = await auth.hold(envelope, raw, checked)
+    else:
+        ... store with checked.header
+
+A post must carry exactly one From address, the member's own (the address
+the group knows them by), and that address's domain must vouch for it.
+"""
+
+from __future__ import annotations
+
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from email.utils import getaddresses
+
+import attrs
+from twisted.logger import Logger
+
+from emaild.inbound.auth.verdict import HOLD, Authenticator, decide
+from emaild.inbound.classify import not_relayable, parse_message
+from emaild.inbound.holds import Holds
+from emaild.inbound.holds_store import HeldMessage
+from emaild.inbound.server import Envelope, Refused
+from emaild.inbound.store import RELAY
+
+log = Logger()
+
+NOT_THE_MEMBER = ("you can only post to a group through your own group address, from the "
+                  "address the group knows you by")
+
+
+def from_addresses(raw: bytes) -> list[str]:
+    """Every address in the From header fields, lower-cased."""
+    try:
+        headers = BytesHeaderParser(policy=default_policy).parsebytes(raw)
+        values = headers.get_all("From") or []
+        return [a.lower() for _, a in getaddresses([str(v) for v in values]) if a]
+    except Exception:  # a From too broken to parse proves nothing
+        return []
+
+
+@attrs.frozen
+class Checked:
+    #: the Authentication-Results value to store with the message
+    header: str
+    #: hold the post and ask the member
+    hold: bool
+    reason: str = ""
+
+
+class SenderAuthentication:
+    def __init__(self, authenticator: Authenticator, holds: Holds, unauthenticated: str,
+                 authserv_id: str, relay_domain: str | None = None):
+        self.authenticator = authenticator
+        self.holds = holds
+        self.unauthenticated = unauthenticated
+        self.authserv_id = authserv_id
+        #: the loop marker our copies carry (see emaild.inbound.classify)
+        self.relay_domain = relay_domain or authserv_id
+
+    async def check(self, envelope: Envelope, raw: bytes) -> Checked:
+        """
+        @raise Refused: 550 5.7.1 (not the member, or refused by policy),
+            451 4.7.0 (DNS could not answer now).
+        """
+        relay = [r for r in envelope.recipients if r.purpose == RELAY]
+        senders = from_addresses(raw)
+        if len(set(senders)) != 1 or any(
+                not r.member_email or r.member_email.lower() != senders[0] for r in relay):
+            raise Refused(550, "5.7.1", NOT_THE_MEMBER)
+        from_domain = senders[0].rpartition("@")[2]
+        verdict = await self.authenticator.authenticate(
+            peer=envelope.peer, helo=envelope.helo, mail_from=envelope.mail_from, raw=raw,
+            from_domain=from_domain)
+        decision = decide(verdict, self.unauthenticated)
+        header = verdict.header(self.authserv_id)
+        log.info("inbound: sender authentication peer={peer} {decision}: {header}",
+                 peer=envelope.peer, decision=decision.action, header=header)
+        if decision.reply is not None:
+            raise Refused(*decision.reply)
+        reason = (f"{from_domain} does not vouch for it (no aligned SPF or DKIM pass, "
+                  f"DMARC {verdict.dmarc.result})")
+        if decision.action == HOLD and not_relayable(parse_message(raw), envelope.mail_from,
+                                                     self.relay_domain):
+            # an auto-reply, a report, a loop: the relay processor ignores it
+            # (and says why) whoever sent it, so nobody is asked about it
+            return Checked(header, False, reason)
+        return Checked(header, decision.action == HOLD, reason)
+
+    async def hold(self, envelope: Envelope, raw: bytes, checked: Checked) -> int:
+        member = next(r for r in envelope.recipients if r.purpose == RELAY)
+        message = HeldMessage(
+            peer=envelope.peer, helo=envelope.helo, tls=envelope.tls,
+            mail_from=envelope.mail_from, recipients=tuple(envelope.recipients), raw=raw,
+            authentication=checked.header, person_id=member.person_id,
+            group_id=member.group_id, reason=checked.reason)
+        return await self.holds.hold(message, member.member_email)
+
