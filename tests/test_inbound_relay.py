@@ -12,7 +12,10 @@ import email
 import email.policy
 from email.utils import formatdate
 
+import psycopg2
 from twisted.internet import defer, reactor
+
+from emaild.db.database import DatabaseUnavailable
 
 from emaild.groups.addresses import reply_addresses
 from emaild.groups.store import GroupStore
@@ -194,28 +197,38 @@ class FanOutTests(RelayTestCase):
 
 
 class CrashTests(RelayTestCase):
+    def batch(self, handle):
+        return self.inbound.process_batch(handle, limit=64, max_copies=2000, max_attempts=3)
+
     async def test_a_crash_before_commit_loses_nothing_and_sends_once(self):
-        message_id = await self.receive("ada", mail("ada@example.org", self.reply["ada"],
-                                                    "Crash", "body"))
+        ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
+                                              f"Crash {i}", "body")) for i in range(3)]
         crashing = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
                                   self.outbox.links, self.outbox)
-        real_relay = crashing._relay
+        handled = []
 
         async def relay_then_die(cursor, pending):
-            await real_relay(cursor, pending)  # copies are queued in this transaction…
-            raise RuntimeError("process killed")  # …which never commits
+            handled.append(pending.message_id)
+            if pending.message_id == ids[1]:
+                # the first row's copies are queued in this transaction…
+                raise psycopg2.OperationalError("server closed the connection")  # …which dies
+            return await crashing._handle(cursor, pending)
 
-        crashing._relay = relay_then_die
-        with self.assertRaises(RuntimeError):
-            await self.inbound.process_next(crashing._handle)
+        with self.assertRaises(DatabaseUnavailable):
+            await self.batch(relay_then_die)
+        # lost before COMMIT, so the database layer ran it once more, to no avail
+        self.assertEqual(handled, ids[:2] * 2)
         self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 0)
-        self.assertEqual(self.states(message_id), [("received", None)])
+        self.assertEqual(self.query("SELECT count(*) FROM group_relayed_copies")[0][0], 0)
+        for message_id in ids:
+            self.assertEqual(self.states(message_id), [("received", None)])
 
         self.processor()
-        ((state, _),) = await self.processed(message_id)
-        self.assertEqual(state, "done")
-        self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 2)
-        self.assertEqual(self.query("SELECT count(*) FROM group_posts")[0][0], 1)
+        for message_id in ids:
+            ((state, _),) = await self.processed(message_id)
+            self.assertEqual(state, "done")
+        self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 6)
+        self.assertEqual(self.query("SELECT count(*) FROM group_posts")[0][0], 3)
 
     async def test_a_message_that_always_crashes_ends_failed(self):
         message_id = await self.receive("ada", mail("ada@example.org", self.reply["ada"],
@@ -230,6 +243,95 @@ class CrashTests(RelayTestCase):
         self.assertEqual(state, "failed")
         self.assertIn("cannot handle this", reason)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 3)
+
+    async def test_a_failing_row_does_not_poison_its_batch(self):
+        ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
+                                              f"Post {i}", "body")) for i in range(5)]
+        processor = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
+                                   self.outbox.links, self.outbox)
+
+        async def fail_the_middle_one(cursor, pending):
+            outcome = await processor._handle(cursor, pending)  # its work is undone…
+            if pending.message_id == ids[2]:
+                raise ValueError("cannot handle this")
+            return outcome
+
+        results = await self.batch(fail_the_middle_one)
+        self.assertEqual([p.message_id for p, _ in results], ids)  # one transaction
+        self.assertEqual([o.state for _, o in results],
+                         ["done", "done", "retry", "done", "done"])
+        self.assertEqual([s for i in ids for s, _ in self.states(i)],
+                         ["done", "done", "received", "done", "done"])
+        self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 8)
+        self.assertEqual(self.query("SELECT count(*) FROM group_posts")[0][0], 4)
+        self.assertEqual(self.query("SELECT attempts FROM inbound_recipients r"
+                                    " WHERE message_id = %s", (ids[2],)), [(1,)])
+
+    async def test_a_batch_stops_taking_rows_at_its_copy_budget(self):
+        ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
+                                              f"Post {i}", "body")) for i in range(4)]
+        processor = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
+                                   self.outbox.links, self.outbox)
+        results = await self.inbound.process_batch(processor._handle, limit=64, max_copies=3,
+                                                   max_attempts=3)
+        self.assertEqual([p.message_id for p, _ in results], ids[:2])  # 2 copies each
+        self.assertEqual([s for i in ids for s, _ in self.states(i)],
+                         ["done", "done", "received", "received"])
+
+
+class AtMostOnceTests(RelayTestCase):
+    """
+    Each (message, member) is relayed at most once, whatever the headers say
+    (here: no Message-ID) and however often the message is addressed or
+    processed.
+    """
+
+    async def _receive_repeated(self, times: int) -> int:
+        raw = mail("ada@example.org", self.reply["ada"], "No id", "body")
+        recipient = await self.handler.check_recipient(self.reply["ada"], REAL[0])
+        return await self.inbound.receive(peer="127.0.0.1", helo="test", tls=False,
+                                          mail_from=REAL[0], recipients=[recipient] * times,
+                                          raw=raw)
+
+    def copies_per_member(self):
+        return self.query("SELECT recipient, count(*) FROM outbox GROUP BY 1 ORDER BY 1")
+
+    async def test_repeated_rcpts_relay_once(self):
+        message_id = await self._receive_repeated(20)
+        self.processor()
+        states = await self.processed(message_id)
+        self.assertEqual(sorted(s for s, _ in states), ["done"] + ["ignored"] * 19)
+        self.assertIn("more than once", [r for s, r in states if s == "ignored"][0])
+        self.assertEqual(self.copies_per_member(),
+                         [("bob@example.net", 1), ("carol@example.com", 1)])
+
+    async def test_reprocessing_sends_no_second_copy(self):
+        message_id = await self._receive_repeated(1)
+        processor = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
+                                   self.outbox.links, self.outbox)
+        await self.inbound.process_batch(processor._handle, limit=64, max_copies=2000,
+                                         max_attempts=3)
+        # as if the row were taken again (an operator reset, a second process)
+        # with its post gone: only the copies table stands in the way
+        self.query("DELETE FROM group_posts")
+        self.query("UPDATE inbound_recipients SET state = 'received' WHERE message_id = %s",
+                   (message_id,))
+        results = await self.inbound.process_batch(processor._handle, limit=64,
+                                                   max_copies=2000, max_attempts=3)
+        self.assertEqual([o.state for _, o in results], ["ignored"])
+        self.assertIn("already had a copy", results[0][1].reason)
+        self.assertEqual(self.copies_per_member(),
+                         [("bob@example.net", 1), ("carol@example.com", 1)])
+        self.assertEqual(self.query("SELECT count(*) FROM group_posts")[0][0], 0)
+
+    def test_the_database_refuses_a_second_copy(self):
+        self.query("INSERT INTO inbound_messages (mail_from, size, raw) VALUES ('', 0, '')")
+        ((message_id,),) = self.query("SELECT max(id) FROM inbound_messages")
+        insert = ("INSERT INTO group_relayed_copies (message_id, group_id, person_id)"
+                  " VALUES (%s, %s, %s)")
+        self.query(insert, (message_id, self.group_id, self.ids["bob"]))
+        with self.assertRaises(psycopg2.IntegrityError):
+            self.query(insert, (message_id, self.group_id, self.ids["bob"]))
 
 
 DSN = """From: MAILER-DAEMON@mx.example.net\r

@@ -195,3 +195,38 @@ async def members_for_relay(cursor, group_id: int, include_left: bool = False) -
         f"SELECT {_MEMBER} WHERE m.group_id = %s AND (%s OR m.left_at IS NULL)"
         " ORDER BY m.person_id", (group_id, include_left))
     return [Member(*row) for row in cursor.fetchall()]
+
+
+async def post_of_message(cursor, group_id: int, message_id: int) -> int | None:
+    """
+    The post already made in the group from received message C{message_id}
+    (through any of its recipient rows), if any.
+    """
+    await cursor.execute(
+        "SELECT p.id FROM group_posts p JOIN inbound_recipients r ON r.id = p.inbound_id"
+        " WHERE p.group_id = %s AND r.message_id = %s ORDER BY p.id LIMIT 1",
+        (group_id, message_id))
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+async def claim_copies(cursor, *, message_id: int, group_id: int, post_id: int,
+                       person_ids: Sequence[int]) -> set[int]:
+    """
+    Record that each of C{person_ids} gets a copy of received message
+    C{message_id} in the group; returns those not recorded before (the
+    only ones to send to).  Concurrent claims for the same member wait for
+    each other, and only one wins.
+    """
+    if not person_ids:
+        return set()
+    await cursor.execute(
+        "INSERT INTO group_relayed_copies (message_id, group_id, person_id, post_id)"
+        " SELECT %s, %s, p, %s FROM unnest(%s::bigint[]) AS p"
+        " ON CONFLICT DO NOTHING RETURNING person_id",
+        (message_id, group_id, post_id, list(person_ids)))
+    return {row[0] for row in cursor.fetchall()}
+
+
+async def delete_post(cursor, post_id: int) -> None:
+    await cursor.execute("DELETE FROM group_posts WHERE id = %s", (post_id,))

@@ -1,6 +1,7 @@
 """
-The relay processor: works through stored inbound recipients, one per
-transaction, and finishes each in the transaction that does its work.
+The relay processor: works through stored inbound recipients, many per
+transaction (L{InboundStore.process_batch}), and finishes each in the
+transaction that does its work.
 
 - a member's reply address: the post is re-sent to every other current
   member through the outbox (rate limit, retries and records apply), each
@@ -11,7 +12,9 @@ transaction, and finishes each in the transaction that does its work.
   address with C{[groups] hard_bounce_limit} hard bounces is suppressed.
 
 Auto-replies, bounces sent to reply addresses, loops and other lists' mail
-are recorded as C{ignored} with the reason, never relayed.
+are recorded as C{ignored} with the reason, never relayed.  Each member gets
+at most one copy of a received message per group (a unique row per copy in
+the database), however often the message was addressed or processed.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.dsn import parse_bounce
 from emaild.inbound.rewrite import build_copy, prepare, scrub_map
 from emaild.inbound.store import (BOUNCE, INBOUND_CHANNEL, RELAY, UNSUBSCRIBE, InboundStore,
-                                  Pending, record_bounce)
+                                  Outcome, Pending, record_bounce)
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.metrics import Metrics
 from emaild.outbound.compose import Rendered
@@ -43,6 +46,10 @@ log = Logger()
 GROUP_KIND = "group"
 #: a row whose processing raised this often is marked failed
 MAX_ATTEMPTS = 3
+#: rows per transaction, and the copies after which a batch takes no more
+#: rows (a post to a big group queues hundreds in one go)
+BATCH_ROWS = 64
+BATCH_COPIES = 2000
 ANONYMOUS = "A group member"
 
 
@@ -55,8 +62,6 @@ class RelayProcessor(service.Service):
                  links, outbox, metrics: Metrics | None = None):
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
-        #: copies queued by the row in hand, counted once its transaction commits
-        self._copies = 0
         self.config = config
         self.store = store
         self.addresses = addresses
@@ -69,7 +74,6 @@ class RelayProcessor(service.Service):
         self._poll.clock = reactor
         self._draining: defer.Deferred | None = None
         self._again = False
-        self._current: int | None = None
 
     # -- service ---------------------------------------------------------------
     def startService(self):  # noqa: N802
@@ -112,39 +116,32 @@ class RelayProcessor(service.Service):
 
     async def _drain(self) -> None:
         while self.running:
-            self._current = None
-            self._copies = 0
             try:
-                done = await self.store.process_next(self._handle)
+                results = await self.store.process_batch(
+                    self._handle, limit=BATCH_ROWS, max_copies=BATCH_COPIES,
+                    max_attempts=MAX_ATTEMPTS)
             except (DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as e:
                 log.warn("Relay processor paused, database unavailable: {e}", e=e)
                 return  # the next poll (or the recovery NOTIFY) tries again
-            except Exception as e:
-                if self._current is None:
-                    log.failure("Relay processor could not take work")
-                    return
-                log.failure("Processing inbound recipient {id} failed", id=self._current)
-                try:
-                    await self.store.fail(self._current, f"internal error: {e!r}"[:500],
-                                          MAX_ATTEMPTS)
-                except Exception:
-                    log.failure("Cannot record the failure of inbound recipient {id}",
-                                id=self._current)
-                    return
-                continue
-            if done is None:
+            except Exception:
+                log.failure("Relay processor could not process a batch")
                 return
-            self.metrics.relay_copies.inc(self._copies)
+            if not results:
+                return
+            for pending, outcome in results:
+                if outcome.failure is not None:
+                    log.failure("Processing inbound recipient {id} failed ({state})",
+                                outcome.failure, id=pending.id, state=outcome.state)
+            self.metrics.relay_copies.inc(sum(o.copies for _, o in results))
 
-    async def _handle(self, cursor, pending: Pending) -> tuple[str, str]:
-        self._current = pending.id
+    async def _handle(self, cursor, pending: Pending) -> Outcome:
         if pending.purpose == RELAY:
             return await self._relay(cursor, pending)
         if pending.purpose == UNSUBSCRIBE:
-            return await self._unsubscribe(pending)
+            return Outcome(*await self._unsubscribe(pending))
         if pending.purpose == BOUNCE:
-            return await self._bounce(cursor, pending)
-        return "failed", f"unknown purpose {pending.purpose!r}"
+            return Outcome(*await self._bounce(cursor, pending))
+        return Outcome("failed", f"unknown purpose {pending.purpose!r}")
 
     # -- unsubscribe by mail ---------------------------------------------------
     async def _unsubscribe(self, pending: Pending) -> tuple[str, str]:
@@ -181,20 +178,25 @@ class RelayProcessor(service.Service):
         return "done", f"{what} bounce of message {outbox_id} ({report.status})"
 
     # -- the group relay ---------------------------------------------------------
-    async def _relay(self, cursor, pending: Pending) -> tuple[str, str]:
+    async def _relay(self, cursor, pending: Pending) -> Outcome:
         message = parse_message(pending.raw)
         reason = not_relayable(message, pending.mail_from, self.domain)
         if reason:
-            return "ignored", f"not relayed: {reason}"
+            return Outcome("ignored", f"not relayed: {reason}")
         group = await group_tables.name_and_course(cursor, pending.group_id)
         if group is None:
-            return "ignored", "the group no longer exists"
+            return Outcome("ignored", "the group no longer exists")
         group_name, course_id = group
         members = await group_tables.members_for_relay(cursor, pending.group_id,
                                                        include_left=True)
         author = next((m for m in members if m.person_id == pending.person_id), None)
         if author is None:
-            return "ignored", "the sender is no longer a member of the group"
+            return Outcome("ignored", "the sender is no longer a member of the group")
+        earlier = await group_tables.post_of_message(cursor, pending.group_id,
+                                                     pending.message_id)
+        if earlier is not None:
+            return Outcome("ignored", f"a copy of post {earlier} (the message named this "
+                                      "reply address more than once)")
         author_name = author.display_name or ANONYMOUS
 
         # every address that could identify anyone: members (also former
@@ -210,7 +212,7 @@ class RelayProcessor(service.Service):
         found = await group_tables.find_posts(
             cursor, pending.group_id, cited + ([original] if original else []))
         if original and original in found:
-            return "ignored", f"a copy of post {found[original][0]} (delivered twice)"
+            return Outcome("ignored", f"a copy of post {found[original][0]} (delivered twice)")
         # replies cite our ids (or the author's own, for their earlier posts);
         # ids we never issued say nothing to the other members: dropped
         parent_key = next((i for i in prepared.in_reply_to if i in found), None) or next(
@@ -225,8 +227,16 @@ class RelayProcessor(service.Service):
             inbound_id=pending.id, thread_id=found[parent_key][1] if parent_key else None,
             message_id=message_id, original_message_id=original, subject=prepared.subject)
 
-        recipients = [m for m in members
+        candidates = [m for m in members
                       if m.live and m.email and m.person_id != author.person_id]
+        # the database's word on who has not had this message yet
+        claimed = await group_tables.claim_copies(
+            cursor, message_id=pending.message_id, group_id=pending.group_id,
+            post_id=post_id, person_ids=[m.person_id for m in candidates])
+        recipients = [m for m in candidates if m.person_id in claimed]
+        if candidates and not recipients:
+            await group_tables.delete_post(cursor, post_id)
+            return Outcome("ignored", "every member already had a copy of this message")
         target = Scope(course_id, GROUP_KIND).target
         links = await self.links.mint_many(
             [self.links.request(m.person_id, UNSUBSCRIBE_LINK, target) for m in recipients])
@@ -251,5 +261,5 @@ class RelayProcessor(service.Service):
         await outbox_tables.insert_messages(cursor, "group-relay", qos, copies,
                                             batch=f"group {pending.group_id} post {post_id}")
         await group_tables.set_copies(cursor, post_id, len(copies))
-        self._copies = len(copies)
-        return "done", f"relayed as post {post_id} to {len(copies)} members"
+        return Outcome("done", f"relayed as post {post_id} to {len(copies)} members",
+                       copies=len(copies))

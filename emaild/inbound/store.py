@@ -4,10 +4,10 @@ C{bounces}.
 
 A message is stored, with one row per accepted recipient saying what that
 address means, before the SMTP server answers 250.  The relay processor then
-takes one recipient row at a time (C{FOR UPDATE SKIP LOCKED}, so several
-emaild processes can share the work) and finishes it in the same
-transaction that queues its outbound copies: a crash in between leaves the
-row C{received} and the work is redone exactly once.
+takes many recipient rows per transaction (C{FOR UPDATE SKIP LOCKED}, so
+several emaild processes can share the work) and finishes them in the same
+transaction that queues their outbound copies: a crash in between leaves
+the rows C{received} and their work is redone exactly once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
 from psycopg2 import Binary
+from twisted.python.failure import Failure
+
+from emaild.db.database import DatabaseUnavailable
+from emaild.db.pool import connection_died
 
 
 #: NOTIFY channel that wakes the relay processor when mail arrived
@@ -42,6 +46,21 @@ class Recipient:
     sender_verified: bool = False
     #: relay: the member's address and name, for the From check
     member_email: str | None = None
+
+
+@attrs.frozen
+class Outcome:
+    """
+    What processing one recipient row came to: a terminal C{state} with its
+    reason, or C{retry} (it raised; see L{InboundStore.process_batch}).
+    """
+
+    state: str
+    reason: str
+    #: outbound copies queued for it
+    copies: int = 0
+    #: why it raised, for the log
+    failure: Failure | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -93,44 +112,35 @@ class InboundStore:
              INBOUND_CHANNEL))
         return d.addCallback(lambda rows: rows[0][0])
 
-    def process_next(self, handle: Callable[[Any, Pending], Awaitable[tuple[str, str]]]):
+    def process_batch(self, handle: Callable[[Any, Pending], Awaitable[Outcome]], *,
+                      limit: int, max_copies: int, max_attempts: int):
         """
-        Take the oldest unprocessed recipient row no other process holds,
-        run C{await handle(cursor, pending)} in the same transaction, and
-        record the C{(state, reason)} it returns.  Fires with the row id, or
-        None when there was nothing to do.  If C{handle} raises, nothing it
-        did is kept and the row stays C{received} (see L{fail}).
+        Take up to C{limit} unprocessed recipient rows that no other process
+        holds (L{claim_pending}), run C{await handle(cursor, pending)} for
+        each in the same transaction, record each row's L{Outcome}, and
+        commit once.  Fires with the [(pending, outcome)] processed.
+
+        Rows are taken in order until their copies reach C{max_copies}; the
+        rest stay C{received} for the next batch.  A row whose C{handle}
+        raises is undone alone (a savepoint) and has the attempt counted:
+        C{failed} after C{max_attempts}, else C{received} again (outcome
+        state C{retry}), and the batch goes on.  A lost connection undoes
+        the whole batch: every row is redone, exactly once, later.
         """
 
         async def run(cursor):
-            await cursor.execute(
-                "SELECT r.id, r.message_id, r.address, r.purpose, r.group_id, r.person_id,"
-                " r.link_id, r.outbox_id, r.attempts, m.mail_from, m.raw"
-                " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
-                " WHERE r.state = 'received' ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED")
-            row = cursor.fetchone()
-            if row is None:
-                return None
-            pending = Pending(*row[:-1], bytes(row[-1]))
-            state, reason = await handle(cursor, pending)
-            await _finish(cursor, pending.id, state, reason)
-            return pending.id
+            results: list[tuple[Pending, Outcome]] = []
+            copies = 0
+            for pending in await claim_pending(cursor, limit):
+                if copies >= max_copies:
+                    break
+                outcome = await _process_one(cursor, pending, handle, max_attempts)
+                copies += outcome.copies
+                results.append((pending, outcome))
+            await _finish(cursor, [(p.id, o) for p, o in results if o.state in TERMINAL])
+            return results
 
         return self.db.transaction(run)
-
-    async def fail(self, recipient_id: int, reason: str, max_attempts: int) -> str:
-        """
-        Count a failed attempt at a row; after C{max_attempts} it is
-        C{failed} with the reason, so a message that crashes the processor
-        cannot block the queue or loop for ever.  Returns the row's state.
-        """
-        rows = await self.db.runQuery(
-            "UPDATE inbound_recipients SET attempts = attempts + 1,"
-            "  state = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE state END,"
-            "  reason = %s, processed_at = CASE WHEN attempts + 1 >= %s THEN now() END"
-            " WHERE id = %s AND state = 'received' RETURNING state",
-            (max_attempts, reason, max_attempts, recipient_id))
-        return rows[0][0] if rows else "gone"
 
     async def counts(self) -> dict[str, int]:
         rows = await self.db.runQuery(
@@ -164,10 +174,66 @@ class InboundStore:
         return [tuple(r) for r in rows]
 
 
-async def _finish(cursor, recipient_id: int, state: str, reason: str) -> None:
+#: The recipient rows the relay processor may take.  Only rows in this state
+#: are ever selected for processing; a row that must wait (for instance a post
+#: held until its author confirms it) is kept out of it by its state.
+PENDING_STATE = "received"
+
+
+async def claim_pending(cursor, limit: int) -> list[Pending]:
+    """
+    Lock and return up to C{limit} of the oldest rows waiting to be
+    processed that no other transaction holds (C{FOR UPDATE SKIP LOCKED},
+    so several emaild processes share the work).  Every selection of rows
+    for processing goes through here.
+    """
     await cursor.execute(
-        "UPDATE inbound_recipients SET state = %s, reason = %s, processed_at = now(),"
-        " attempts = attempts + 1 WHERE id = %s", (state, reason, recipient_id))
+        "SELECT r.id, r.message_id, r.address, r.purpose, r.group_id, r.person_id,"
+        " r.link_id, r.outbox_id, r.attempts, m.mail_from, m.raw"
+        " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
+        " WHERE r.state = %s ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
+        (PENDING_STATE, limit))
+    return [Pending(*row[:-1], bytes(row[-1])) for row in cursor.fetchall()]
+
+
+def _transaction_lost(error: Exception) -> bool:
+    # the connection is gone (or the database, for a call handle made on
+    # another connection): no savepoint can help, the batch is redone
+    return isinstance(error, DatabaseUnavailable) or connection_died(Failure(error))
+
+
+async def _process_one(cursor, pending: Pending, handle, max_attempts: int) -> Outcome:
+    await cursor.execute("SAVEPOINT inbound_row")
+    try:
+        outcome = await handle(cursor, pending)
+    except Exception as e:
+        if _transaction_lost(e):
+            raise
+        failure = Failure()
+        await cursor.execute("ROLLBACK TO SAVEPOINT inbound_row")
+        reason = f"internal error: {e!r}"[:500]
+        await cursor.execute(
+            "UPDATE inbound_recipients SET attempts = attempts + 1,"
+            "  state = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE state END,"
+            "  reason = %s, processed_at = CASE WHEN attempts + 1 >= %s THEN now() END"
+            " WHERE id = %s RETURNING state",
+            (max_attempts, reason, max_attempts, pending.id))
+        (state,) = cursor.fetchone()
+        return Outcome("failed" if state == "failed" else "retry", reason, failure=failure)
+    await cursor.execute("RELEASE SAVEPOINT inbound_row")
+    return outcome
+
+
+async def _finish(cursor, outcomes: Sequence[tuple[int, Outcome]]) -> None:
+    if not outcomes:
+        return
+    await cursor.execute(
+        "UPDATE inbound_recipients r SET state = v.state, reason = v.reason,"
+        " processed_at = now(), attempts = r.attempts + 1"
+        " FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, state, reason)"
+        " WHERE r.id = v.id AND r.state = %s",
+        ([i for i, _ in outcomes], [o.state for _, o in outcomes],
+         [o.reason for _, o in outcomes], PENDING_STATE))
 
 
 # -- bounces (inside the processor's transaction) ----------------------------
