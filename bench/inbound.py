@@ -35,6 +35,7 @@ an embedded PostgreSQL in a fresh state directory.  Groups are made with
     python bench/inbound.py [--quick] [--messages 10000] [--sessions 20]
                             [--size 2048] [--rounds 3] [--posts 3]
                             [--members 1000] [--profile] [--keep]
+                            [--only accept|fanout] [--no-reference]
 
 --profile adds one more smtp-source run against a second daemon started
 under `twistd --profile FILE --profiler cprofile` and prints its hottest
@@ -245,6 +246,8 @@ def main():
     parser.add_argument("--pool", type=int, default=4,
                         help="[database] pool_size, and the reference's pool (default 4)")
     parser.add_argument("--only", choices=("accept", "fanout"))
+    parser.add_argument("--no-reference", action="store_true",
+                        help="emaild's rounds only (accept and drain rates), no aiosmtpd")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the state dir")
     args = parser.parse_args()
@@ -270,14 +273,15 @@ def main():
         rounds = []
         if args.only != "fanout":
             ref_port = free_port()
-            reference = start_reference(b, ref_port, args.pool)
-            pids["aiosmtpd"] = reference.pid
+            reference = None if args.no_reference else start_reference(b, ref_port, args.pool)
+            if reference is not None:
+                pids["aiosmtpd"] = reference.pid
             cmd = (f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size} "
                    f"-f {sender} -t {rcpt} -M client.example.edu 127.0.0.1:PORT")
             print(f"(a) {cmd}", flush=True)
             for i in range(args.rounds):
                 order = ("emaild", "aiosmtpd") if i % 2 == 0 else ("aiosmtpd", "emaild")
-                for which in order:
+                for which in order if reference is not None else ("emaild",):
                     r = accept_round(b, which, port if which == "emaild" else ref_port,
                                      args, sender, rcpt, pids)
                     r["round"] = i + 1
@@ -292,7 +296,8 @@ def main():
                           f"; machine {r['busy']:.0%} busy before"
                           + (f"; {len(r['errors'])} error lines, e.g. {r['errors'][0]}"
                              if r["errors"] else ""), flush=True)
-            b.end(reference)
+            if reference is not None:
+                b.end(reference)
             wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
             relay_states = dict(b.sql("SELECT state, count(*) FROM inbound_recipients"
                                       " GROUP BY state"))
@@ -313,7 +318,12 @@ def main():
         b.end(daemon)
 
     print()
-    if rounds:
+    if rounds and args.no_reference:
+        mine = [r for r in rounds if r["server"] == "emaild"]
+        print(f"emaild only: accept {median([r['rate'] for r in mine]):.0f}/s, relay drain "
+              f"{median([r['drain rate'] for r in mine]):.0f}/s, largest backlog at the end of "
+              f"a burst {max(r['backlog'] / max(r['stored'], 1) for r in mine):.1%}")
+    elif rounds:
         med = {w: median([r["rate"] for r in rounds if r["server"] == w])
                for w in ("emaild", "aiosmtpd")}
         per_round = []

@@ -74,6 +74,9 @@ class RelayProcessor(service.Service):
         self._poll.clock = reactor
         self._draining: defer.Deferred | None = None
         self._again = False
+        #: what the rows of one batch share (see _drain)
+        self._groups: dict[int, tuple] = {}
+        self._links: dict[tuple[int, str], object] = {}
 
     # -- service ---------------------------------------------------------------
     def startService(self):  # noqa: N802
@@ -116,6 +119,9 @@ class RelayProcessor(service.Service):
 
     async def _drain(self) -> None:
         while self.running:
+            # group names, members and unsubscribe links, looked up once per
+            # batch: posts in a burst mostly go to the same groups
+            self._groups, self._links = {}, {}
             try:
                 results = await self.store.process_batch(
                     self._handle, limit=BATCH_ROWS, max_copies=BATCH_COPIES,
@@ -183,12 +189,10 @@ class RelayProcessor(service.Service):
         reason = not_relayable(message, pending.mail_from, self.domain)
         if reason:
             return Outcome("ignored", f"not relayed: {reason}")
-        group = await group_tables.name_and_course(cursor, pending.group_id)
+        group = await self._group(cursor, pending.group_id)
         if group is None:
             return Outcome("ignored", "the group no longer exists")
-        group_name, course_id = group
-        members = await group_tables.members_for_relay(cursor, pending.group_id,
-                                                       include_left=True)
+        group_name, course_id, members = group
         author = next((m for m in members if m.person_id == pending.person_id), None)
         if author is None:
             return Outcome("ignored", "the sender is no longer a member of the group")
@@ -237,9 +241,8 @@ class RelayProcessor(service.Service):
         if candidates and not recipients:
             await group_tables.delete_post(cursor, post_id)
             return Outcome("ignored", "every member already had a copy of this message")
-        target = Scope(course_id, GROUP_KIND).target
-        links = await self.links.mint_many(
-            [self.links.request(m.person_id, UNSUBSCRIBE_LINK, target) for m in recipients])
+        links = await self._unsubscribe_links([m.person_id for m in recipients],
+                                              Scope(course_id, GROUP_KIND).target)
         copies = []
         for member, link in zip(recipients, links):
             reply_address = self.addresses.address(member.token)
@@ -263,3 +266,22 @@ class RelayProcessor(service.Service):
         await group_tables.set_copies(cursor, post_id, len(copies))
         return Outcome("done", f"relayed as post {post_id} to {len(copies)} members",
                        copies=len(copies))
+
+    async def _group(self, cursor, group_id: int):
+        """(name, course id, members also former ones) of the group, or None."""
+        if group_id not in self._groups:
+            found = await group_tables.name_and_course(cursor, group_id)
+            self._groups[group_id] = None if found is None else (
+                *found, await group_tables.members_for_relay(cursor, group_id,
+                                                             include_left=True))
+        return self._groups[group_id]
+
+    async def _unsubscribe_links(self, person_ids: list[int], target: str) -> list:
+        # minted (or reused, see LinksService.mint_many) in their own
+        # transaction: a link that outlives a rolled-back batch is harmless
+        missing = _unique(p for p in person_ids if (p, target) not in self._links)
+        if missing:
+            rows = await self.links.mint_many(
+                [self.links.request(p, UNSUBSCRIBE_LINK, target) for p in missing])
+            self._links.update(zip(((p, target) for p in missing), rows))
+        return [self._links[(p, target)] for p in person_ids]
