@@ -196,6 +196,33 @@ class FanOutTests(RelayTestCase):
         self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 2)
 
 
+class DisplayNameTests(RelayTestCase):
+    """
+    A member whose name is (or holds) an address, as an LMS without names
+    sends it: every copy's From and Reply-To show a neutral name instead.
+    """
+
+    async def test_a_name_that_is_an_address_is_not_shown(self):
+        self.processor()
+        for name in ("ada@example.org", "Ada Lovelace (ada&#64;example.org)", "ada [at] example.org"):
+            self.query("UPDATE people SET display_name = %s WHERE id = %s", (name, self.ids["ada"]))
+            message_id = await self.receive("ada", mail(
+                f'"{name}" <ada@example.org>', self.reply["ada"], f"Hi {name}",
+                "From ada@example.org, signed ada@example.org\n"))
+            ((state, reason),) = await self.processed(message_id)
+            self.assertEqual(state, "done", reason)
+            copies = self.copies(message_id)
+            self.assertEqual(len(copies), 2)
+            for _, body in copies:
+                self.assertNotIn(b"ada@example.org", bytes(body).lower())
+                message = parse(body)
+                for header in ("From", "Reply-To"):
+                    (shown,) = message[header].addresses
+                    self.assertEqual(shown.display_name, "A group member via Team A",
+                                     (name, header))
+                self.assertNotIn("example.org", str(message["Subject"]).lower())
+
+
 class CrashTests(RelayTestCase):
     def batch(self, handle):
         return self.inbound.process_batch(handle, limit=64, max_copies=2000, max_attempts=3)

@@ -32,7 +32,7 @@ from emaild.groups.addresses import ReplyAddresses
 from emaild.groups import store as group_tables
 from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.dsn import parse_bounce
-from emaild.inbound.rewrite import build_copy, prepare, scrub_map
+from emaild.inbound.rewrite import ANONYMOUS_NAME, build_copy, prepare, scrub_map
 from emaild.inbound.store import (BOUNCE, INBOUND_CHANNEL, RELAY, UNSUBSCRIBE, InboundStore,
                                   Outcome, Pending, record_bounce)
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
@@ -50,7 +50,7 @@ MAX_ATTEMPTS = 3
 #: rows (a post to a big group queues hundreds in one go)
 BATCH_ROWS = 64
 BATCH_COPIES = 2000
-ANONYMOUS = "A group member"
+ANONYMOUS = ANONYMOUS_NAME
 
 
 def _unique(items):
@@ -209,7 +209,7 @@ class RelayProcessor(service.Service):
         senders = [pending.mail_from] + [a for _, a in getaddresses(
             [str(v) for v in (message.get_all("From") or [])]) if "@" in a]
         known += [(a, author_name) for a in senders if a]
-        prepared = prepare(message, scrub_map(known))
+        prepared = prepare(message, scrub_map(known), author=author_name)
 
         cited = _unique(prepared.in_reply_to + prepared.references)
         original = prepared.original_message_id
@@ -248,7 +248,7 @@ class RelayProcessor(service.Service):
             reply_address = self.addresses.address(member.token)
             token = self.links.token(link)
             data = build_copy(
-                prepared, author=author_name, group_name=group_name,
+                prepared, author=prepared.author, group_name=group_name,
                 reply_address=reply_address, message_id=message_id,
                 in_reply_to=in_reply_to, references=references,
                 list_id=f"group-{pending.group_id}.{self.domain}",
