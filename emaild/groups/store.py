@@ -210,23 +210,29 @@ async def post_of_message(cursor, group_id: int, message_id: int) -> int | None:
     return row[0] if row else None
 
 
-async def claim_copies(cursor, *, message_id: int, group_id: int, post_id: int,
-                       person_ids: Sequence[int]) -> set[int]:
+async def insert_post_with_copies(cursor, *, group_id: int, author_id: int | None,
+                                  inbound_id: int, message_id: int, thread_id: int | None,
+                                  post_message_id: str, original_message_id: str | None,
+                                  subject: str, person_ids: Sequence[int]
+                                  ) -> tuple[int | None, set[int]]:
     """
     Record that each of C{person_ids} gets a copy of received message
-    C{message_id} in the group; returns those not recorded before (the
-    only ones to send to).  Concurrent claims for the same member wait for
-    each other, and only one wins.
+    C{message_id} (its row C{inbound_id}) in the group, and the post with
+    the number of copies, in one statement.  Returns (post id, the members
+    not recorded before: the only ones to send to); no post (None) when
+    every one of them had a copy already.  Concurrent claims for the same
+    member wait for each other, and only one wins.
     """
-    if not person_ids:
-        return set()
     await cursor.execute(
-        "INSERT INTO group_relayed_copies (message_id, group_id, person_id, post_id)"
-        " SELECT %s, %s, p, %s FROM unnest(%s::bigint[]) AS p"
-        " ON CONFLICT DO NOTHING RETURNING person_id",
-        (message_id, group_id, post_id, list(person_ids)))
-    return {row[0] for row in cursor.fetchall()}
-
-
-async def delete_post(cursor, post_id: int) -> None:
-    await cursor.execute("DELETE FROM group_posts WHERE id = %s", (post_id,))
+        "WITH c AS (INSERT INTO group_relayed_copies (message_id, group_id, person_id)"
+        "   SELECT %s, %s, p FROM unnest(%s::bigint[]) AS p"
+        "   ON CONFLICT DO NOTHING RETURNING person_id),"
+        " p AS (INSERT INTO group_posts (group_id, author_id, inbound_id, thread_id, message_id,"
+        "   original_message_id, subject, copies)"
+        "   SELECT %s, %s, %s, %s, %s, %s, %s, (SELECT count(*) FROM c)"
+        "   WHERE cardinality(%s::bigint[]) = 0 OR EXISTS (SELECT 1 FROM c) RETURNING id)"
+        " SELECT (SELECT id FROM p), ARRAY(SELECT person_id FROM c)",
+        (message_id, group_id, list(person_ids), group_id, author_id, inbound_id, thread_id,
+         post_message_id, original_message_id, subject, list(person_ids)))
+    post_id, claimed = cursor.fetchone()
+    return post_id, set(claimed)

@@ -196,8 +196,8 @@ class RelayProcessor(service.Service):
         author = next((m for m in members if m.person_id == pending.person_id), None)
         if author is None:
             return Outcome("ignored", "the sender is no longer a member of the group")
-        earlier = await group_tables.post_of_message(cursor, pending.group_id,
-                                                     pending.message_id)
+        earlier = await group_tables.post_of_message(
+            cursor, pending.group_id, pending.message_id) if pending.shared else None
         if earlier is not None:
             return Outcome("ignored", f"a copy of post {earlier} (the message named this "
                                       "reply address more than once)")
@@ -226,21 +226,18 @@ class RelayProcessor(service.Service):
                              + in_reply_to)
 
         message_id = f"<{secrets.token_hex(12)}@{self.domain}>"
-        post_id = await group_tables.insert_post(
-            cursor, group_id=pending.group_id, author_id=author.person_id,
-            inbound_id=pending.id, thread_id=found[parent_key][1] if parent_key else None,
-            message_id=message_id, original_message_id=original, subject=prepared.subject)
-
         candidates = [m for m in members
                       if m.live and m.email and m.person_id != author.person_id]
         # the database's word on who has not had this message yet
-        claimed = await group_tables.claim_copies(
-            cursor, message_id=pending.message_id, group_id=pending.group_id,
-            post_id=post_id, person_ids=[m.person_id for m in candidates])
-        recipients = [m for m in candidates if m.person_id in claimed]
-        if candidates and not recipients:
-            await group_tables.delete_post(cursor, post_id)
+        post_id, claimed = await group_tables.insert_post_with_copies(
+            cursor, group_id=pending.group_id, author_id=author.person_id,
+            inbound_id=pending.id, message_id=pending.message_id,
+            thread_id=found[parent_key][1] if parent_key else None,
+            post_message_id=message_id, original_message_id=original,
+            subject=prepared.subject, person_ids=[m.person_id for m in candidates])
+        if post_id is None:
             return Outcome("ignored", "every member already had a copy of this message")
+        recipients = [m for m in candidates if m.person_id in claimed]
         links = await self._unsubscribe_links([m.person_id for m in recipients],
                                               Scope(course_id, GROUP_KIND).target)
         copies = []
@@ -261,9 +258,9 @@ class RelayProcessor(service.Service):
                 unsubscribable=True))
         kind = self.config.kinds.get(GROUP_KIND)
         qos = self.config.qos_class(kind.qos if kind else None)
-        await outbox_tables.insert_messages(cursor, "group-relay", qos, copies,
-                                            batch=f"group {pending.group_id} post {post_id}")
-        await group_tables.set_copies(cursor, post_id, len(copies))
+        if copies:
+            await outbox_tables.insert_messages(cursor, "group-relay", qos, copies,
+                                                batch=f"group {pending.group_id} post {post_id}")
         return Outcome("done", f"relayed as post {post_id} to {len(copies)} members",
                        copies=len(copies))
 

@@ -16,11 +16,14 @@ becomes the member's name in the group.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import secrets
 import urllib.parse
 from typing import Iterable, Mapping
+
+import attrs
 
 from emaild.inbound.readable import ReadableText, readable, readable_bytes
 from emaild.outbound.compose import header_text
@@ -107,6 +110,52 @@ def _tokens(local: str, domain: str) -> tuple[str, ...]:
             + tuple(_DOT if c == "." else re.escape(c) for c in domain))
 
 
+@attrs.frozen
+class _Patterns:
+    keys: dict[str, str]
+    address: re.Pattern
+    angle: re.Pattern
+    mailto: re.Pattern
+    cid: re.Pattern
+    raw: re.Pattern
+
+
+@functools.lru_cache(maxsize=64)
+def _patterns(keys: tuple[str, ...]) -> _Patterns:
+    """
+    The patterns for a set of addresses, built once per set (the posts of
+    one group share it).
+    """
+    words, spellings = [], {}
+    for key in keys:
+        local, at, domain = key.rpartition("@")
+        if not at:
+            words.append(tuple(re.escape(c) for c in key))
+            spellings[key] = key
+            continue
+        for form in _domain_forms(domain):
+            words.append(_tokens(local, form))
+            spellings[f"{local}@{form}"] = key
+    # no word boundaries: in "ada@example.org.txt" or "img1.ada@example.org"
+    # the member's address is still there to read, so it goes too (the
+    # price: jimbob@example.net becomes "jimBob" when bob@example.net is a member)
+    # A quoted local part: "ada"@example.org reads as ada@example.org.
+    address = '"?(?:' + _trie(words) + ")"
+    flags = re.IGNORECASE
+    return _Patterns(
+        keys=spellings,
+        address=re.compile(address, flags),
+        # Gmail and Outlook write &lt;<a href="mailto:ada@x">ada@x</a>&gt;
+        # (read as <<a href="mailto:ada@x">ada@x</a>>)
+        angle=re.compile(r"<\s*(?:<a\b[^<>]*>\s*)?(?:mailto:\s*)?(" + address
+                         + r")\s*(?:</a>\s*)?>", flags),
+        mailto=re.compile(r"mailto:\s*(" + address + r")(?:\?[^\s\"'<>]*)?", flags),
+        cid=re.compile(r"(cid:[^\s\"'<>()]*?)(" + address + r")", flags),
+        # 8-bit bytes as they came: UTF-8 domains show here
+        raw=re.compile(b"|".join(re.escape(k.encode("utf-8", "replace")) for k in spellings),
+                       re.IGNORECASE))
+
+
 class Scrubber:
     """
     Finds the member addresses in text, however encoded (see the module's
@@ -119,37 +168,15 @@ class Scrubber:
                       for k, v in scrub.items() if k and k.strip()}
         self.tokens = {k: f"m{i}.{secrets.token_hex(4)}@removed.invalid"
                        for i, k in enumerate(sorted(self.names))}
-        #: every spelling of each address (IDNA forms) -> its key
-        self._keys: dict[str, str] = {}
         if not self.names:
             self.address = None
+            self._keys: dict[str, str] = {}
             return
-        words = []
-        for key in self.names:
-            local, at, domain = key.rpartition("@")
-            if not at:
-                words.append(tuple(re.escape(c) for c in key))
-                self._keys[key] = key
-                continue
-            for form in _domain_forms(domain):
-                words.append(_tokens(local, form))
-                self._keys[f"{local}@{form}"] = key
-        # no word boundaries: in "ada@example.org.txt" or "img1.ada@example.org"
-        # the member's address is still there to read, so it goes too (the
-        # price: jimbob@example.net becomes "jimBob" when bob@example.net is a member)
-        # a quoted local part: "ada"@example.org reads as ada@example.org
-        address = '"?(?:' + _trie(words) + ")"
-        flags = re.IGNORECASE
-        self.address = re.compile(address, flags)
-        # Gmail and Outlook write &lt;<a href="mailto:ada@x">ada@x</a>&gt;
-        # (read as <<a href="mailto:ada@x">ada@x</a>>)
-        self.angle = re.compile(r"<\s*(?:<a\b[^<>]*>\s*)?(?:mailto:\s*)?(" + address
-                                + r")\s*(?:</a>\s*)?>", flags)
-        self.mailto = re.compile(r"mailto:\s*(" + address + r")(?:\?[^\s\"'<>]*)?", flags)
-        self.cid = re.compile(r"(cid:[^\s\"'<>()]*?)(" + address + r")", flags)
-        # 8-bit bytes, read as Latin-1 by readable_bytes: UTF-8 domains show here
-        self.raw = re.compile(b"|".join(re.escape(k.encode("utf-8", "replace"))
-                                        for k in self._keys), re.IGNORECASE)
+        patterns = _patterns(tuple(sorted(self.names)))
+        #: every spelling of each address (IDNA forms) -> its key
+        self._keys = patterns.keys
+        self.address, self.angle, self.mailto, self.cid, self.raw = (
+            patterns.address, patterns.angle, patterns.mailto, patterns.cid, patterns.raw)
 
     def _key(self, found: str) -> str:
         text = re.sub(_AT, "@", found.replace('"', ""), flags=re.IGNORECASE)

@@ -80,6 +80,8 @@ class Pending:
     attempts: int
     mail_from: str
     raw: bytes
+    #: the message has other recipient rows (the same address named twice, ...)
+    shared: bool = False
 
 
 class InboundStore:
@@ -134,7 +136,8 @@ class InboundStore:
             for pending in await claim_pending(cursor, limit):
                 if copies >= max_copies:
                     break
-                outcome = await _process_one(cursor, pending, handle, max_attempts)
+                outcome = await _process_one(cursor, pending, handle, max_attempts,
+                                             first=not results)
                 copies += outcome.copies
                 results.append((pending, outcome))
             await _finish(cursor, [(p.id, o) for p, o in results if o.state in TERMINAL])
@@ -189,11 +192,13 @@ async def claim_pending(cursor, limit: int) -> list[Pending]:
     """
     await cursor.execute(
         "SELECT r.id, r.message_id, r.address, r.purpose, r.group_id, r.person_id,"
-        " r.link_id, r.outbox_id, r.attempts, m.mail_from, m.raw"
+        " r.link_id, r.outbox_id, r.attempts, m.mail_from, m.raw,"
+        " EXISTS (SELECT 1 FROM inbound_recipients o WHERE o.message_id = r.message_id"
+        "   AND o.id <> r.id)"
         " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
         " WHERE r.state = %s ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
         (PENDING_STATE, limit))
-    return [Pending(*row[:-1], bytes(row[-1])) for row in cursor.fetchall()]
+    return [Pending(*row[:-2], bytes(row[-2]), row[-1]) for row in cursor.fetchall()]
 
 
 def _transaction_lost(error: Exception) -> bool:
@@ -202,8 +207,11 @@ def _transaction_lost(error: Exception) -> bool:
     return isinstance(error, DatabaseUnavailable) or connection_died(Failure(error))
 
 
-async def _process_one(cursor, pending: Pending, handle, max_attempts: int) -> Outcome:
-    await cursor.execute("SAVEPOINT inbound_row")
+async def _process_one(cursor, pending: Pending, handle, max_attempts: int,
+                       first: bool) -> Outcome:
+    # one round trip: the previous row's savepoint is released with this one's
+    await cursor.execute("SAVEPOINT inbound_row" if first else
+                         "RELEASE SAVEPOINT inbound_row; SAVEPOINT inbound_row")
     try:
         outcome = await handle(cursor, pending)
     except Exception as e:
@@ -220,8 +228,7 @@ async def _process_one(cursor, pending: Pending, handle, max_attempts: int) -> O
             (max_attempts, reason, max_attempts, pending.id))
         (state,) = cursor.fetchone()
         return Outcome("failed" if state == "failed" else "retry", reason, failure=failure)
-    await cursor.execute("RELEASE SAVEPOINT inbound_row")
-    return outcome
+    return outcome  # its savepoint goes with the next row's, or at COMMIT
 
 
 async def _finish(cursor, outcomes: Sequence[tuple[int, Outcome]]) -> None:

@@ -9,7 +9,5 @@ CREATE TABLE group_relayed_copies (
     message_id  bigint NOT NULL REFERENCES inbound_messages (id) ON DELETE CASCADE,
     group_id    bigint NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
     person_id   bigint NOT NULL REFERENCES people (id) ON DELETE CASCADE,
-    post_id     bigint REFERENCES group_posts (id) ON DELETE SET NULL,
     PRIMARY KEY (message_id, group_id, person_id)
 );
-CREATE INDEX group_relayed_copies_post ON group_relayed_copies (post_id);
