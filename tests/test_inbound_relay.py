@@ -288,7 +288,7 @@ class CrashTests(RelayTestCase):
             return outcome
 
         results = await self.batch(fail_the_middle_one)
-        self.assertEqual([p.message_id for p, _ in results], ids)  # one transaction
+        self.assertEqual([p.message_id for p, _ in results], ids)  # all five, in one call
         self.assertEqual([o.state for _, o in results],
                          ["done", "done", "retry", "done", "done"])
         self.assertEqual([s for i in ids for s, _ in self.states(i)],

@@ -22,10 +22,12 @@ from __future__ import annotations
 import secrets
 from email.utils import getaddresses
 
+import attrs
 import psycopg2
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.groups.addresses import ReplyAddresses
@@ -53,6 +55,20 @@ BATCH_COPIES = 2000
 ANONYMOUS = ANONYMOUS_NAME
 
 
+@attrs.frozen
+class _Post:
+    """A post read and scrubbed, waiting for its turn in the batch."""
+
+    author: object
+    prepared: object
+
+    @property
+    def ids(self) -> list[str]:
+        p = self.prepared
+        return p.in_reply_to + p.references + ([p.original_message_id]
+                                               if p.original_message_id else [])
+
+
 def _unique(items):
     return list(dict.fromkeys(items))
 
@@ -74,9 +90,12 @@ class RelayProcessor(service.Service):
         self._poll.clock = reactor
         self._draining: defer.Deferred | None = None
         self._again = False
-        #: what the rows of one batch share (see _drain)
+        #: what the rows of one batch share (see _before_batch)
         self._groups: dict[int, tuple] = {}
         self._links: dict[tuple[int, str], object] = {}
+        self._read: dict[int, object] = {}
+        self._found: dict[int, dict] = {}
+        self._batch_posts: dict[int, dict] = {}
 
     # -- service ---------------------------------------------------------------
     def startService(self):  # noqa: N802
@@ -121,11 +140,10 @@ class RelayProcessor(service.Service):
         while self.running:
             # group names, members and unsubscribe links, looked up once per
             # batch: posts in a burst mostly go to the same groups
-            self._groups, self._links = {}, {}
             try:
                 results = await self.store.process_batch(
                     self._handle, limit=BATCH_ROWS, max_copies=BATCH_COPIES,
-                    max_attempts=MAX_ATTEMPTS)
+                    max_attempts=MAX_ATTEMPTS, before=self._before_rows)
             except (DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as e:
                 log.warn("Relay processor paused, database unavailable: {e}", e=e)
                 return  # the next poll (or the recovery NOTIFY) tries again
@@ -139,6 +157,12 @@ class RelayProcessor(service.Service):
                     log.failure("Processing inbound recipient {id} failed ({state})",
                                 outcome.failure, id=pending.id, state=outcome.state)
             self.metrics.relay_copies.inc(sum(o.copies for _, o in results))
+
+    async def _before_rows(self, cursor, batch: list[Pending]) -> None:
+        # group names, members and unsubscribe links are looked up once per
+        # batch (posts in a burst mostly go to the same groups)
+        self._batch_posts: dict[int, dict[str, tuple[int, int, str]]] = {}
+        await self._before_batch(cursor, batch)
 
     async def _handle(self, cursor, pending: Pending) -> Outcome:
         if pending.purpose == RELAY:
@@ -184,7 +208,28 @@ class RelayProcessor(service.Service):
         return "done", f"{what} bounce of message {outbox_id} ({report.status})"
 
     # -- the group relay ---------------------------------------------------------
-    async def _relay(self, cursor, pending: Pending) -> Outcome:
+    async def _before_batch(self, cursor, batch: list[Pending]) -> None:
+        """
+        Read every post of the batch first (parse, check, scrub: no database
+        work but the group's members), then look up the posts they cite in
+        one query per group rather than one per post.
+        """
+        self._groups, self._links, self._read, self._found = {}, {}, {}, {}
+        cited: dict[int, set[str]] = {}
+        for pending in batch:
+            if pending.purpose != RELAY:
+                continue
+            try:
+                read = await self._read_post(cursor, pending)
+            except Exception:
+                read = Failure()  # raised again when the row's turn comes
+            self._read[pending.id] = read
+            if isinstance(read, _Post):
+                cited.setdefault(pending.group_id, set()).update(read.ids)
+        for group_id, ids in cited.items():
+            self._found[group_id] = await group_tables.find_posts(cursor, group_id, sorted(ids))
+
+    async def _read_post(self, cursor, pending: Pending):
         message = parse_message(pending.raw)
         reason = not_relayable(message, pending.mail_from, self.domain)
         if reason:
@@ -192,29 +237,39 @@ class RelayProcessor(service.Service):
         group = await self._group(cursor, pending.group_id)
         if group is None:
             return Outcome("ignored", "the group no longer exists")
-        group_name, course_id, members = group
+        members = group[2]
         author = next((m for m in members if m.person_id == pending.person_id), None)
         if author is None:
             return Outcome("ignored", "the sender is no longer a member of the group")
-        earlier = await group_tables.post_of_message(
-            cursor, pending.group_id, pending.message_id) if pending.shared else None
-        if earlier is not None:
-            return Outcome("ignored", f"a copy of post {earlier} (the message named this "
-                                      "reply address more than once)")
         author_name = author.display_name or ANONYMOUS
-
         # every address that could identify anyone: members (also former
         # ones, who may be quoted), the envelope sender and the From header
         known = [(m.email, m.display_name or ANONYMOUS) for m in members if m.email]
         senders = [pending.mail_from] + [a for _, a in getaddresses(
             [str(v) for v in (message.get_all("From") or [])]) if "@" in a]
         known += [(a, author_name) for a in senders if a]
-        prepared = prepare(message, scrub_map(known), author=author_name)
+        return _Post(author, prepare(message, scrub_map(known), author=author_name))
 
-        cited = _unique(prepared.in_reply_to + prepared.references)
+    async def _relay(self, cursor, pending: Pending) -> Outcome:
+        if pending.id not in self._read:  # not read ahead (called without its batch)
+            self._batch_posts = {}
+            await self._before_batch(cursor, [pending])
+        read = self._read.pop(pending.id)
+        if isinstance(read, Failure):
+            read.raiseException()
+        if isinstance(read, Outcome):
+            return read
+        author, prepared = read.author, read.prepared
+        group_name, course_id, members = await self._group(cursor, pending.group_id)
+        earlier = await group_tables.post_of_message(
+            cursor, pending.group_id, pending.message_id) if pending.shared else None
+        if earlier is not None:
+            return Outcome("ignored", f"a copy of post {earlier} (the message named this "
+                                      "reply address more than once)")
+        # posts made earlier in this batch count as found too
+        found = {**self._found.get(pending.group_id, {}),
+                 **self._batch_posts.get(pending.group_id, {})}
         original = prepared.original_message_id
-        found = await group_tables.find_posts(
-            cursor, pending.group_id, cited + ([original] if original else []))
         if original and original in found:
             return Outcome("ignored", f"a copy of post {found[original][0]} (delivered twice)")
         # replies cite our ids (or the author's own, for their earlier posts);
@@ -228,15 +283,18 @@ class RelayProcessor(service.Service):
         message_id = f"<{secrets.token_hex(12)}@{self.domain}>"
         candidates = [m for m in members
                       if m.live and m.email and m.person_id != author.person_id]
+        thread_id = found[parent_key][1] if parent_key else None
         # the database's word on who has not had this message yet
         post_id, claimed = await group_tables.insert_post_with_copies(
             cursor, group_id=pending.group_id, author_id=author.person_id,
-            inbound_id=pending.id, message_id=pending.message_id,
-            thread_id=found[parent_key][1] if parent_key else None,
+            inbound_id=pending.id, message_id=pending.message_id, thread_id=thread_id,
             post_message_id=message_id, original_message_id=original,
             subject=prepared.subject, person_ids=[m.person_id for m in candidates])
         if post_id is None:
             return Outcome("ignored", "every member already had a copy of this message")
+        posts = self._batch_posts.setdefault(pending.group_id, {})
+        for key in filter(None, (message_id, original)):
+            posts[key] = (post_id, thread_id or post_id, message_id)
         recipients = [m for m in candidates if m.person_id in claimed]
         links = await self._unsubscribe_links([m.person_id for m in recipients],
                                               Scope(course_id, GROUP_KIND).target)

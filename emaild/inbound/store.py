@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
 from psycopg2 import Binary
+from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from emaild.db.database import DatabaseUnavailable
@@ -115,35 +116,60 @@ class InboundStore:
         return d.addCallback(lambda rows: rows[0][0])
 
     def process_batch(self, handle: Callable[[Any, Pending], Awaitable[Outcome]], *,
-                      limit: int, max_copies: int, max_attempts: int):
+                      limit: int, max_copies: int, max_attempts: int,
+                      before: Callable[[Any, list[Pending]], Awaitable[None]] | None = None):
         """
         Take up to C{limit} unprocessed recipient rows that no other process
-        holds (L{claim_pending}), run C{await handle(cursor, pending)} for
-        each in the same transaction, record each row's L{Outcome}, and
-        commit once.  Fires with the [(pending, outcome)] processed.
+        holds (L{claim_pending}), call C{await before(cursor, rows)} once,
+        then C{await handle(cursor, pending)} for each row in the same
+        transaction, record each row's L{Outcome}, and commit once.  Fires
+        with the [(pending, outcome)] processed.
 
         Rows are taken in order until their copies reach C{max_copies}; the
-        rest stay C{received} for the next batch.  A row whose C{handle}
-        raises is undone alone (a savepoint) and has the attempt counted:
-        C{failed} after C{max_attempts}, else C{received} again (outcome
-        state C{retry}), and the batch goes on.  A lost connection undoes
-        the whole batch: every row is redone, exactly once, later.
+        rest stay C{received} for the next batch.  When C{handle} raises for
+        a row, the batch is undone and its rows are done again one per
+        transaction, so only that row is held back: its attempt is counted
+        (C{failed} after C{max_attempts}, else C{received} again: outcome
+        state C{retry}).  A lost connection undoes the whole batch: every
+        row is redone, exactly once, later.
         """
+        return defer.ensureDeferred(self._process_batch(handle, limit, max_copies, max_attempts,
+                                                        before))
 
-        async def run(cursor):
-            results: list[tuple[Pending, Outcome]] = []
-            copies = 0
-            for pending in await claim_pending(cursor, limit):
-                if copies >= max_copies:
+    async def _process_batch(self, handle, limit, max_copies, max_attempts, before):
+        try:
+            return await self.db.transaction(_batch, handle, before, limit, max_copies, 0)
+        except _RowFailed as failed:
+            last = failed.last
+        results: list[tuple[Pending, Outcome]] = []
+        after = 0
+        while True:
+            try:
+                one = await self.db.transaction(_batch, handle, before, 1, max_copies, after)
+            except _RowFailed as f:
+                state, reason = await self._count_failure(f.pending.id, f.failure, max_attempts)
+                results.append((f.pending, Outcome(state, reason, failure=f.failure)))
+                pending = f.pending
+            else:
+                if not one:
                     break
-                outcome = await _process_one(cursor, pending, handle, max_attempts,
-                                             first=not results)
-                copies += outcome.copies
-                results.append((pending, outcome))
-            await _finish(cursor, [(p.id, o) for p, o in results if o.state in TERMINAL])
-            return results
+                results += one
+                pending = one[-1][0]
+            if pending.id >= last:
+                break
+            after = pending.id
+        return results
 
-        return self.db.transaction(run)
+    async def _count_failure(self, recipient_id: int, failure: Failure,
+                             max_attempts: int) -> tuple[str, str]:
+        reason = f"internal error: {failure.value!r}"[:500]
+        rows = await self.db.runQuery(
+            "UPDATE inbound_recipients SET attempts = attempts + 1,"
+            "  state = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE state END,"
+            "  reason = %s, processed_at = CASE WHEN attempts + 1 >= %s THEN now() END"
+            " WHERE id = %s AND state = %s RETURNING state",
+            (max_attempts, reason, max_attempts, recipient_id, PENDING_STATE))
+        return ("failed" if rows and rows[0][0] == "failed" else "retry"), reason
 
     async def counts(self) -> dict[str, int]:
         rows = await self.db.runQuery(
@@ -183,10 +209,10 @@ class InboundStore:
 PENDING_STATE = "received"
 
 
-async def claim_pending(cursor, limit: int) -> list[Pending]:
+async def claim_pending(cursor, limit: int, after: int = 0) -> list[Pending]:
     """
     Lock and return up to C{limit} of the oldest rows waiting to be
-    processed that no other transaction holds (C{FOR UPDATE SKIP LOCKED},
+    processed (with an id above C{after}) that no other transaction holds (C{FOR UPDATE SKIP LOCKED},
     so several emaild processes share the work).  Every selection of rows
     for processing goes through here.
     """
@@ -196,39 +222,42 @@ async def claim_pending(cursor, limit: int) -> list[Pending]:
         " EXISTS (SELECT 1 FROM inbound_recipients o WHERE o.message_id = r.message_id"
         "   AND o.id <> r.id)"
         " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
-        " WHERE r.state = %s ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
-        (PENDING_STATE, limit))
+        " WHERE r.state = %s AND r.id > %s ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
+        (PENDING_STATE, after, limit))
     return [Pending(*row[:-2], bytes(row[-2]), row[-1]) for row in cursor.fetchall()]
 
 
 def _transaction_lost(error: Exception) -> bool:
     # the connection is gone (or the database, for a call handle made on
-    # another connection): no savepoint can help, the batch is redone
+    # another connection): the batch is redone as a whole
     return isinstance(error, DatabaseUnavailable) or connection_died(Failure(error))
 
 
-async def _process_one(cursor, pending: Pending, handle, max_attempts: int,
-                       first: bool) -> Outcome:
-    # one round trip: the previous row's savepoint is released with this one's
-    await cursor.execute("SAVEPOINT inbound_row" if first else
-                         "RELEASE SAVEPOINT inbound_row; SAVEPOINT inbound_row")
-    try:
-        outcome = await handle(cursor, pending)
-    except Exception as e:
-        if _transaction_lost(e):
-            raise
-        failure = Failure()
-        await cursor.execute("ROLLBACK TO SAVEPOINT inbound_row")
-        reason = f"internal error: {e!r}"[:500]
-        await cursor.execute(
-            "UPDATE inbound_recipients SET attempts = attempts + 1,"
-            "  state = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE state END,"
-            "  reason = %s, processed_at = CASE WHEN attempts + 1 >= %s THEN now() END"
-            " WHERE id = %s RETURNING state",
-            (max_attempts, reason, max_attempts, pending.id))
-        (state,) = cursor.fetchone()
-        return Outcome("failed" if state == "failed" else "retry", reason, failure=failure)
-    return outcome  # its savepoint goes with the next row's, or at COMMIT
+class _RowFailed(Exception):
+    def __init__(self, pending: Pending, failure: Failure, last: int):
+        super().__init__(pending.id)
+        self.pending, self.failure, self.last = pending, failure, last
+
+
+async def _batch(cursor, handle, before, limit: int, max_copies: int, after: int):
+    results: list[tuple[Pending, Outcome]] = []
+    batch = await claim_pending(cursor, limit, after)
+    if batch and before is not None:
+        await before(cursor, batch)
+    copies = 0
+    for pending in batch:
+        if copies >= max_copies:
+            break
+        try:
+            outcome = await handle(cursor, pending)
+        except Exception as e:
+            if _transaction_lost(e):
+                raise
+            raise _RowFailed(pending, Failure(), batch[-1].id) from None
+        copies += outcome.copies
+        results.append((pending, outcome))
+    await _finish(cursor, [(p.id, o) for p, o in results if o.state in TERMINAL])
+    return results
 
 
 async def _finish(cursor, outcomes: Sequence[tuple[int, Outcome]]) -> None:
