@@ -73,6 +73,11 @@ class RelayTestCase(DatabaseTestCase):
         d.addCallback(lambda _: defer.ensureDeferred(self._setup()))
         return d
 
+    def bare_processor(self):
+        """A processor that is not running (the test drives it)."""
+        return RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
+                              self.outbox.links, self.outbox)
+
     def processor(self):
         processor = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
                                    self.outbox.links, self.outbox)
@@ -230,8 +235,7 @@ class CrashTests(RelayTestCase):
     async def test_a_crash_before_commit_loses_nothing_and_sends_once(self):
         ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
                                               f"Crash {i}", "body")) for i in range(3)]
-        crashing = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
-                                  self.outbox.links, self.outbox)
+        crashing = self.bare_processor()
         handled = []
 
         async def relay_then_die(cursor, pending):
@@ -278,8 +282,7 @@ class CrashTests(RelayTestCase):
     async def test_a_failing_row_does_not_poison_its_batch(self):
         ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
                                               f"Post {i}", "body")) for i in range(5)]
-        processor = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
-                                   self.outbox.links, self.outbox)
+        processor = self.bare_processor()
 
         async def fail_the_middle_one(cursor, pending):
             outcome = await processor._handle(cursor, pending)  # its work is undone…
@@ -301,8 +304,7 @@ class CrashTests(RelayTestCase):
     async def test_a_batch_stops_taking_rows_at_its_copy_budget(self):
         ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
                                               f"Post {i}", "body")) for i in range(4)]
-        processor = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
-                                   self.outbox.links, self.outbox)
+        processor = self.bare_processor()
         results = await self.inbound.process_batch(processor._handle, limit=64, max_copies=3,
                                                    max_attempts=3)
         self.assertEqual([p.message_id for p, _ in results], ids[:2])  # 2 copies each
@@ -338,8 +340,7 @@ class AtMostOnceTests(RelayTestCase):
 
     async def test_reprocessing_sends_no_second_copy(self):
         message_id = await self._receive_repeated(1)
-        processor = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
-                                   self.outbox.links, self.outbox)
+        processor = self.bare_processor()
         await self.inbound.process_batch(processor._handle, limit=64, max_copies=2000,
                                          max_attempts=3)
         # as if the row were taken again (an operator reset, a second process)

@@ -20,21 +20,19 @@ the database), however often the message was addressed or processed.
 from __future__ import annotations
 
 import secrets
-from email.utils import getaddresses
 
 import attrs
 import psycopg2
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.groups.addresses import ReplyAddresses
 from emaild.groups import store as group_tables
-from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.dsn import parse_bounce
-from emaild.inbound.rewrite import ANONYMOUS_NAME, build_copy, prepare, scrub_map
+from emaild.inbound.reading import PostToRead, read_posts
+from emaild.inbound.rewrite import ANONYMOUS_NAME, build_copy
 from emaild.inbound.store import (BOUNCE, INBOUND_CHANNEL, RELAY, UNSUBSCRIBE, InboundStore,
                                   Outcome, Pending, record_bounce)
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
@@ -53,6 +51,10 @@ MAX_ATTEMPTS = 3
 BATCH_ROWS = 64
 BATCH_COPIES = 2000
 ANONYMOUS = ANONYMOUS_NAME
+
+
+class PostUnreadable(Exception):
+    """Reading a post raised; the message has the traceback."""
 
 
 @attrs.frozen
@@ -115,7 +117,7 @@ class RelayProcessor(service.Service):
         if self._poll.running:
             self._poll.stop()
         if self._draining is not None:
-            # finish the row in hand; its transaction commits or rolls back whole
+            # finish the batch in hand; its transaction commits or rolls back whole
             return defer.DeferredList([self._draining])
         return defer.succeed(None)
 
@@ -210,53 +212,49 @@ class RelayProcessor(service.Service):
     # -- the group relay ---------------------------------------------------------
     async def _before_batch(self, cursor, batch: list[Pending]) -> None:
         """
-        Read every post of the batch first (parse, check, scrub: no database
-        work but the group's members), then look up the posts they cite in
-        one query per group rather than one per post.
+        Read every post of the batch first (parse, check, scrub: see
+        L{read_posts}), then look up the posts they cite in one query per
+        group rather than one per post.
         """
         self._groups, self._links, self._read, self._found = {}, {}, {}, {}
-        cited: dict[int, set[str]] = {}
+        waiting: list[tuple[Pending, object]] = []
+        items, members = [], {}
         for pending in batch:
             if pending.purpose != RELAY:
                 continue
-            try:
-                read = await self._read_post(cursor, pending)
-            except Exception:
-                read = Failure()  # raised again when the row's turn comes
-            self._read[pending.id] = read
-            if isinstance(read, _Post):
-                cited.setdefault(pending.group_id, set()).update(read.ids)
+            group = await self._group(cursor, pending.group_id)
+            author = None if group is None else next(
+                (m for m in group[2] if m.person_id == pending.person_id), None)
+            if group is None:
+                self._read[pending.id] = Outcome("ignored", "the group no longer exists")
+            elif author is None:
+                self._read[pending.id] = Outcome(
+                    "ignored", "the sender is no longer a member of the group")
+            else:
+                members.setdefault(pending.group_id, tuple(
+                    (m.email, m.display_name or ANONYMOUS) for m in group[2] if m.email))
+                items.append(PostToRead(pending.raw, pending.mail_from, self.domain,
+                                        author.display_name or ANONYMOUS, pending.group_id))
+                waiting.append((pending, author))
+        cited: dict[int, set[str]] = {}
+        for (pending, author), read in zip(waiting, read_posts(items, members)):
+            if read.error is not None:
+                self._read[pending.id] = PostUnreadable(read.error)
+            elif read.ignored is not None:
+                self._read[pending.id] = Outcome("ignored", read.ignored)
+            else:
+                post = self._read[pending.id] = _Post(author, read.prepared)
+                cited.setdefault(pending.group_id, set()).update(post.ids)
         for group_id, ids in cited.items():
             self._found[group_id] = await group_tables.find_posts(cursor, group_id, sorted(ids))
-
-    async def _read_post(self, cursor, pending: Pending):
-        message = parse_message(pending.raw)
-        reason = not_relayable(message, pending.mail_from, self.domain)
-        if reason:
-            return Outcome("ignored", f"not relayed: {reason}")
-        group = await self._group(cursor, pending.group_id)
-        if group is None:
-            return Outcome("ignored", "the group no longer exists")
-        members = group[2]
-        author = next((m for m in members if m.person_id == pending.person_id), None)
-        if author is None:
-            return Outcome("ignored", "the sender is no longer a member of the group")
-        author_name = author.display_name or ANONYMOUS
-        # every address that could identify anyone: members (also former
-        # ones, who may be quoted), the envelope sender and the From header
-        known = [(m.email, m.display_name or ANONYMOUS) for m in members if m.email]
-        senders = [pending.mail_from] + [a for _, a in getaddresses(
-            [str(v) for v in (message.get_all("From") or [])]) if "@" in a]
-        known += [(a, author_name) for a in senders if a]
-        return _Post(author, prepare(message, scrub_map(known), author=author_name))
 
     async def _relay(self, cursor, pending: Pending) -> Outcome:
         if pending.id not in self._read:  # not read ahead (called without its batch)
             self._batch_posts = {}
             await self._before_batch(cursor, [pending])
         read = self._read.pop(pending.id)
-        if isinstance(read, Failure):
-            read.raiseException()
+        if isinstance(read, PostUnreadable):
+            raise read
         if isinstance(read, Outcome):
             return read
         author, prepared = read.author, read.prepared
