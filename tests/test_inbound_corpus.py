@@ -376,6 +376,31 @@ class GeneratedVariantTests(unittest.TestCase):
         self.assertGreater(checked, len(ENCODINGS) * len(CARRIERS) * 3 // 4)
         self.assertEqual(len(found), 0, sorted(set(found))[:20])
 
+    def test_no_member_address_in_copies_of_the_corpus(self):
+        # the same count over the real-world files, and over each of them
+        # with every address in it percent-encoded twice and as &#x40;
+        members = list(MEMBERS.items())
+        found = []
+        for name, (_, relayed) in sorted(EXPECTED.items()):
+            if not relayed:
+                continue
+            raw = (CORPUS / name).read_bytes()
+            variants = {"as is": raw}
+            for label, at in (("%2540", b"%2540"), ("&#x40;", b"&#x40;")):
+                variants[label] = re.sub(rb"(?i)(ada|bob|carol)@(example\.(?:org|net|com))",
+                                         lambda m: m.group(1) + at + m.group(2), raw)
+            for label, data in variants.items():
+                prepared = prepare(parse_message(data), scrub_map(members), author="Ada")
+                copy = build_copy(prepared, author=prepared.author, group_name="G",
+                                  reply_address="group-r3c1p@relay.example",
+                                  message_id="<copy.1@relay.example>", in_reply_to=[],
+                                  references=[], list_id="g7.relay.example",
+                                  unsubscribe_url=None, unsubscribe_mailto=None, loop_value=LOOP)
+                for text in everything_readable(copy):
+                    read = reads(text)
+                    found += [(name, label, a) for a in MEMBERS if a in read]
+        self.assertEqual(found, [])
+
     def test_lookalikes_are_left_alone(self):
         lines = [f"not a member: {a}" for a in LOOKALIKES]
         for carrier in ("plain utf-8 quoted-printable", "html utf-8 quoted-printable",
