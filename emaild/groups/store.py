@@ -170,20 +170,6 @@ async def find_posts(cursor, group_id: int, message_ids: Sequence[str]) -> dict[
     return found
 
 
-async def insert_post(cursor, *, group_id: int, author_id: int | None, inbound_id: int | None,
-                      thread_id: int | None, message_id: str, original_message_id: str | None,
-                      subject: str) -> int:
-    await cursor.execute(
-        "INSERT INTO group_posts (group_id, author_id, inbound_id, thread_id, message_id,"
-        " original_message_id, subject) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (group_id, author_id, inbound_id, thread_id, message_id, original_message_id, subject))
-    return cursor.fetchone()[0]
-
-
-async def set_copies(cursor, post_id: int, copies: int) -> None:
-    await cursor.execute("UPDATE group_posts SET copies = %s WHERE id = %s", (copies, post_id))
-
-
 async def name_and_course(cursor, group_id: int) -> tuple[str, int] | None:
     await cursor.execute("SELECT name, course_id FROM groups WHERE id = %s", (group_id,))
     row = cursor.fetchone()
