@@ -12,7 +12,10 @@ import email
 import email.policy
 from email.utils import formatdate
 
+import psycopg2
 from twisted.internet import defer, reactor
+
+from emaild.db.database import DatabaseUnavailable
 
 from emaild.groups.addresses import reply_addresses
 from emaild.groups.store import GroupStore
@@ -68,6 +71,11 @@ class RelayTestCase(DatabaseTestCase):
         d = super().setUp()
         d.addCallback(lambda _: defer.ensureDeferred(self._setup()))
         return d
+
+    def bare_processor(self):
+        """A processor that is not running (the test drives it)."""
+        return RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
+                              self.outbox.links, self.outbox)
 
     def processor(self):
         processor = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
@@ -192,29 +200,65 @@ class FanOutTests(RelayTestCase):
         self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 2)
 
 
+class DisplayNameTests(RelayTestCase):
+    """
+    A member whose name is (or holds) an address, as an LMS without names
+    sends it: every copy's From and Reply-To show a neutral name instead.
+    """
+
+    async def test_a_name_that_is_an_address_is_not_shown(self):
+        self.processor()
+        for name in ("ada@example.org", "Ada Lovelace (ada&#64;example.org)", "ada [at] example.org"):
+            self.query("UPDATE people SET display_name = %s WHERE id = %s", (name, self.ids["ada"]))
+            message_id = await self.receive("ada", mail(
+                f'"{name}" <ada@example.org>', self.reply["ada"], f"Hi {name}",
+                "From ada@example.org, signed ada@example.org\n"))
+            ((state, reason),) = await self.processed(message_id)
+            self.assertEqual(state, "done", reason)
+            copies = self.copies(message_id)
+            self.assertEqual(len(copies), 2)
+            for _, body in copies:
+                self.assertNotIn(b"ada@example.org", bytes(body).lower())
+                message = parse(body)
+                for header in ("From", "Reply-To"):
+                    (shown,) = message[header].addresses
+                    self.assertEqual(shown.display_name, "A group member via Team A",
+                                     (name, header))
+                self.assertNotIn("example.org", str(message["Subject"]).lower())
+
+
 class CrashTests(RelayTestCase):
+    def batch(self, handle):
+        return self.inbound.process_batch(handle, limit=64, max_copies=2000, max_attempts=3)
+
     async def test_a_crash_before_commit_loses_nothing_and_sends_once(self):
-        message_id = await self.receive("ada", mail("ada@example.org", self.reply["ada"],
-                                                    "Crash", "body"))
-        crashing = RelayProcessor(reactor, self.cfg, self.inbound, self.addresses,
-                                  self.outbox.links, self.outbox)
-        real_relay = crashing._relay
+        ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
+                                              f"Crash {i}", "body")) for i in range(3)]
+        crashing = self.bare_processor()
+        handled = []
 
         async def relay_then_die(cursor, pending):
-            await real_relay(cursor, pending)  # copies are queued in this transaction…
-            raise RuntimeError("process killed")  # …which never commits
+            handled.append(pending.message_id)
+            if pending.message_id == ids[1]:
+                # the first row's copies are queued in this transaction…
+                raise psycopg2.OperationalError("server closed the connection")  # …which dies
+            return await crashing._handle(cursor, pending)
 
-        crashing._relay = relay_then_die
-        with self.assertRaises(RuntimeError):
-            await self.inbound.process_next(crashing._handle)
+        with self.assertRaises(DatabaseUnavailable):
+            await self.batch(relay_then_die)
+        # lost before COMMIT, so the database layer ran it once more, to no avail
+        self.assertEqual(handled, ids[:2] * 2)
         self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 0)
-        self.assertEqual(self.states(message_id), [("received", None)])
+        self.assertEqual(self.query("SELECT count(*) FROM group_relayed_copies")[0][0], 0)
+        for message_id in ids:
+            self.assertEqual(self.states(message_id), [("received", None)])
 
         self.processor()
-        ((state, _),) = await self.processed(message_id)
-        self.assertEqual(state, "done")
-        self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 2)
-        self.assertEqual(self.query("SELECT count(*) FROM group_posts")[0][0], 1)
+        for message_id in ids:
+            ((state, _),) = await self.processed(message_id)
+            self.assertEqual(state, "done")
+        self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 6)
+        self.assertEqual(self.query("SELECT count(*) FROM group_posts")[0][0], 3)
 
     async def test_a_message_that_always_crashes_ends_failed(self):
         message_id = await self.receive("ada", mail("ada@example.org", self.reply["ada"],
@@ -228,7 +272,97 @@ class CrashTests(RelayTestCase):
         ((state, reason),) = await self.processed(message_id)
         self.assertEqual(state, "failed")
         self.assertIn("cannot handle this", reason)
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 3)
+        # each attempt logged (once its batch committed)
+        errors = []
+        await wait_for(lambda: errors.extend(self.flushLoggedErrors(ValueError))
+                       or len(errors) >= 3)
+        self.assertEqual(len(errors), 3)
+
+    async def test_a_failing_row_does_not_poison_its_batch(self):
+        ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
+                                              f"Post {i}", "body")) for i in range(5)]
+        processor = self.bare_processor()
+
+        async def fail_the_middle_one(cursor, pending):
+            outcome = await processor._handle(cursor, pending)  # its work is undone…
+            if pending.message_id == ids[2]:
+                raise ValueError("cannot handle this")
+            return outcome
+
+        results = await self.batch(fail_the_middle_one)
+        self.assertEqual([p.message_id for p, _ in results], ids)  # all five, in one call
+        self.assertEqual([o.state for _, o in results],
+                         ["done", "done", "retry", "done", "done"])
+        self.assertEqual([s for i in ids for s, _ in self.states(i)],
+                         ["done", "done", "received", "done", "done"])
+        self.assertEqual(self.query("SELECT count(*) FROM outbox")[0][0], 8)
+        self.assertEqual(self.query("SELECT count(*) FROM group_posts")[0][0], 4)
+        self.assertEqual(self.query("SELECT attempts FROM inbound_recipients r"
+                                    " WHERE message_id = %s", (ids[2],)), [(1,)])
+
+    async def test_a_batch_stops_taking_rows_at_its_copy_budget(self):
+        ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
+                                              f"Post {i}", "body")) for i in range(4)]
+        processor = self.bare_processor()
+        results = await self.inbound.process_batch(processor._handle, limit=64, max_copies=3,
+                                                   max_attempts=3)
+        self.assertEqual([p.message_id for p, _ in results], ids[:2])  # 2 copies each
+        self.assertEqual([s for i in ids for s, _ in self.states(i)],
+                         ["done", "done", "received", "received"])
+
+
+class AtMostOnceTests(RelayTestCase):
+    """
+    Each (message, member) is relayed at most once, whatever the headers say
+    (here: no Message-ID) and however often the message is addressed or
+    processed.
+    """
+
+    async def _receive_repeated(self, times: int) -> int:
+        raw = mail("ada@example.org", self.reply["ada"], "No id", "body")
+        recipient = await self.handler.check_recipient(self.reply["ada"], REAL[0])
+        return await self.inbound.receive(peer="127.0.0.1", helo="test", tls=False,
+                                          mail_from=REAL[0], recipients=[recipient] * times,
+                                          raw=raw)
+
+    def copies_per_member(self):
+        return self.query("SELECT recipient, count(*) FROM outbox GROUP BY 1 ORDER BY 1")
+
+    async def test_repeated_rcpts_relay_once(self):
+        message_id = await self._receive_repeated(20)
+        self.processor()
+        states = await self.processed(message_id)
+        self.assertEqual(sorted(s for s, _ in states), ["done"] + ["ignored"] * 19)
+        self.assertIn("more than once", [r for s, r in states if s == "ignored"][0])
+        self.assertEqual(self.copies_per_member(),
+                         [("bob@example.net", 1), ("carol@example.com", 1)])
+
+    async def test_reprocessing_sends_no_second_copy(self):
+        message_id = await self._receive_repeated(1)
+        processor = self.bare_processor()
+        await self.inbound.process_batch(processor._handle, limit=64, max_copies=2000,
+                                         max_attempts=3)
+        # as if the row were taken again (an operator reset, a second process)
+        # with its post gone: only the copies table stands in the way
+        self.query("DELETE FROM group_posts")
+        self.query("UPDATE inbound_recipients SET state = 'received' WHERE message_id = %s",
+                   (message_id,))
+        results = await self.inbound.process_batch(processor._handle, limit=64,
+                                                   max_copies=2000, max_attempts=3)
+        self.assertEqual([o.state for _, o in results], ["ignored"])
+        self.assertIn("already had a copy", results[0][1].reason)
+        self.assertEqual(self.copies_per_member(),
+                         [("bob@example.net", 1), ("carol@example.com", 1)])
+        self.assertEqual(self.query("SELECT count(*) FROM group_posts")[0][0], 0)
+
+    def test_the_database_refuses_a_second_copy(self):
+        self.query("INSERT INTO inbound_messages (mail_from, size, raw) VALUES ('', 0, '')")
+        ((message_id,),) = self.query("SELECT max(id) FROM inbound_messages")
+        insert = ("INSERT INTO group_relayed_copies (message_id, group_id, person_id)"
+                  " VALUES (%s, %s, %s)")
+        self.query(insert, (message_id, self.group_id, self.ids["bob"]))
+        with self.assertRaises(psycopg2.IntegrityError):
+            self.query(insert, (message_id, self.group_id, self.ids["bob"]))
 
 
 DSN = """From: MAILER-DAEMON@mx.example.net\r

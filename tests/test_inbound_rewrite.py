@@ -14,7 +14,8 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from emaild.inbound.classify import LOOP_HEADER, not_relayable, parse_message
-from emaild.inbound.rewrite import ANONYMOUS, Prepared, build_copy, prepare, scrub_map
+from emaild.inbound.rewrite import (ANONYMOUS, ANONYMOUS_NAME, Prepared, Scrubber, build_copy,
+                                    prepare, scrub_map)
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 MEMBERS = [("ada@example.org", "Ada"), ("Bob@Example.NET", "Bob"), ("carol@example.com", "Carol")]
@@ -216,6 +217,40 @@ class ScrubTests(WellFormedMixin, unittest.TestCase):
             '"Ada Lovelace" <ada@example.org>, Bob Smith <bob@example.net>\n'
             "Ada Lovelace <ada@example.org> schrieb am 3. Juni:\n")
         self.assertEqual(text, "a Ada b Ada c Ada d\ne Ada f Ada g &#64;\nAda, Bob\nAda schrieb am 3. Juni:\n")
+
+    def test_encoded_forms_are_replaced_where_they_are_written(self):
+        scrubber = Scrubber(scrub_map([("ada@example.org", "Ada"), ("zoë@bücher.example", "Zoë")]))
+        cases = {
+            # a link wrapper's nested percent-encoding: the rest of the URL is kept
+            "https://w.example/?u=https%253A%252F%252Fx%252F%253Fto%253Dada%2540example.org&k=1":
+                "https://w.example/?u=https%253A%252F%252Fx%252F%253Fto%253DAda&k=1",
+            "ada&#x40;example&period;org!": "Ada!",
+            "ada&#64example.org": "Ada",
+            "ada&amp;#64;example.org": "Ada",
+            "ada%26%2364%3Bexample.org": "Ada",
+            "ada=40example.org": "Ada",
+            "ada\\u0040example.org": "Ada",
+            "ada\u200b@example.org": "Ada",
+            "ada\uff20example.org": "Ada",
+            '"ada"@example.org': "Ada",
+            "ADA [at] example [dot] org": "Ada",
+            "=?utf-8?b?YWRhQGV4YW1wbGUub3Jn?= wrote": "Ada wrote",
+            "zoë@xn--bcher-kva.example": "Zoë",
+            "mailto:ada%40example.org?cc=x": "Ada",
+            "&lt;ada@example.org&gt;": "Ada",
+            # not members' addresses, and plain entities, stay as written
+            "adam@example.org ada@example.com &amp; &#64; 100%25": "adam@example.org ada@example.com &amp; &#64; 100%25",
+        }
+        for written, expected in cases.items():
+            self.assertEqual(scrubber.text(written, html_=True), expected, written)
+        self.assertEqual(scrubber.text("x mailto:ada%40example.org", html_=False), "x Ada")
+
+    def test_display_names(self):
+        scrubber = Scrubber(scrub_map([("ada@example.org", "Ada")]))
+        for name in ("ada@example.org", "Ada <x@y.example>", "ada&commat;example.org",
+                     "ada at example dot org", "x\uff20y.example", "zed%40y.example"):
+            self.assertEqual(scrubber.display_name(name), ANONYMOUS_NAME, name)
+        self.assertEqual(scrubber.display_name("Ada L. (at home)"), "Ada L. (at home)")
 
     def test_other_addresses(self):
         self.assertEqual(self.text("ta@example.org bob@example.com ada@example.org.uk\n"),

@@ -4,7 +4,10 @@ The connection to PostgreSQL that every part of emaild shares.
 A txpostgres pool in which every connection has its own
 C{DeadConnectionDetector}: when PostgreSQL goes away, queries fail at once
 with L{DatabaseUnavailable} instead of hanging, each connection reconnects by
-itself with backoff, and the daemon carries on without a restart.  LISTEN
+itself with backoff, and the daemon carries on without a restart.  A call
+that failed on a dead connection before it could have committed is run
+once more on a fresh one (L{emaild.db.pool}), so once PostgreSQL is back
+nothing fails for that reason.  LISTEN
 runs on a dedicated connection that re-subscribes after a reconnect and tells
 its listener, since NOTIFYs sent during the outage are lost.
 """
@@ -17,9 +20,8 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txpostgres import reconnection, retrying, txpostgres
 
-from txpostgres.psycopg2_impl import psycopg2
+from emaild.db.pool import Connection, Detector, Pool, is_connection_error
 
 log = Logger()
 
@@ -40,132 +42,6 @@ class DatabaseUnavailable(Exception):
     """
     PostgreSQL cannot be reached right now; the operation was not done.
     """
-
-
-def _connection_died(failure) -> bool:
-    """
-    Whether C{failure} means the connection is gone (as opposed to a query
-    that PostgreSQL refused on a healthy connection: a statement timeout or
-    a serialization failure are OperationalErrors too, but need no reconnect).
-    """
-    if failure.check(psycopg2.extensions.QueryCanceledError,
-                     psycopg2.extensions.TransactionRollbackError):
-        return False
-    return bool(failure.check(psycopg2.InterfaceError, psycopg2.OperationalError,
-                              txpostgres.RollbackFailed))
-
-
-def _is_connection_error(failure) -> bool:
-    return _connection_died(failure) or bool(failure.check(reconnection.ConnectionDead))
-
-
-def _reconnection_delays():
-    # first retry at once, then back off to at most 5 s between tries, for ever
-    return retrying.simpleBackoffIterator(
-        initialDelay=0.5, maxDelay=5.0, factor=1.7, maxRetries=0, now=True
-    )
-
-
-class _Detector(reconnection.DeadConnectionDetector):
-    """
-    A detector that can be stopped: closing the database while PostgreSQL is
-    down must not leave a reconnection loop running.
-    """
-
-    stopped = False
-    _reconnecting = None
-
-    def __init__(self, reactor):
-        super().__init__(deathChecker=_connection_died,
-                         reconnectionIterator=_reconnection_delays, reactor=reactor)
-
-    def startReconnecting(self, f):  # noqa: N802 (txpostgres API)
-        if self.stopped:
-            return
-        log.warn("Lost the database connection ({error}); reconnecting", error=f.value)
-        call = retrying.RetryingCall(self.reconnect)
-        call.reactor = self.reactor
-        d = self._reconnecting = call.start(self.reconnectionIterator())
-        d.addCallback(lambda _: self.connectionRecovered())
-        d.addErrback(lambda f: None if f.check(defer.CancelledError) else log.failure(
-            "database reconnection stopped", f))
-        d.addBoth(lambda _: setattr(self, "_reconnecting", None))
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
-
-
-def _read_or_lost(selectable):
-    """
-    Read for a txpostgres connection or cursor, but report a dead server as
-    a lost connection (the reactor's convention: return the reason) instead
-    of raising, which the reactor would log as an unhandled error each time
-    PostgreSQL restarts.
-    """
-    try:
-        return txpostgres._PollingMixin.doRead(selectable)
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
-        return e
-
-
-class _Cursor(txpostgres.Cursor):
-    doRead = _read_or_lost
-
-
-class _Connection(txpostgres.Connection):
-    cursorFactory = _Cursor
-
-    def _runInteraction(self, interaction, *args, **kwargs):  # noqa: N802
-        # txpostgres' own version logs a traceback whenever the ROLLBACK after
-        # a failed transaction fails, which is every time the server went away
-        # mid-transaction; we report it as RollbackFailed (a dead connection)
-        # without the noise.
-        cursor = self.cursor()
-        d = cursor.execute("begin")
-        d.addCallback(interaction, *args, **kwargs)
-
-        def commit(result):
-            return cursor.execute("commit").addCallback(lambda _: result)
-
-        def rollback(failure):
-            d = defer.maybeDeferred(cursor.execute, "rollback")
-            d.addCallbacks(lambda _: failure,
-                           lambda _: defer.fail(txpostgres.RollbackFailed(self, failure)))
-            return d
-
-        d.addCallback(commit)
-        d.addErrback(rollback)
-        return d
-
-    def doRead(self):  # noqa: N802 (reactor API)
-        lost = _read_or_lost(self)
-        if lost is not None:
-            return lost
-        self.checkForNotifies()
-        if not self._connection.closed:
-            self.reactor.addReader(self)
-
-
-class _Pool(txpostgres.ConnectionPool):
-    def __init__(self, reactor, dsn: str, size: int):
-        self.reactor = reactor
-        self.min = size
-        super().__init__(None, dsn, min=size)
-
-    def connectionFactory(self, reactor, cooperator):  # noqa: N802 (txpostgres API)
-        connection = _Connection(reactor, cooperator, detector=_Detector(reactor))
-        self.__dict__.setdefault("every_connection", []).append(connection)
-        return connection
-
-    def close(self):
-        # txpostgres closes only the idle connections (those in the pool's
-        # set); close the checked-out ones too, and stop their reconnecting.
-        for connection in self.every_connection:
-            connection.detector.stop()
-            if connection._connection is not None:  # never connected: nothing to close
-                connection.close()
 
 
 def _connect_kwargs() -> dict:
@@ -210,15 +86,15 @@ class Database:
         self.reactor = reactor
         self.dsn = dsn
         self.pool_size = pool_size
-        self._pool: _Pool | None = None
-        self._listen_conn: txpostgres.Connection | None = None
+        self._pool: Pool | None = None
+        self._listen_conn: Connection | None = None
         #: parts start LISTEN at the same time: one of them makes the connection
         self._listen_lock = defer.DeferredLock()
         self._listeners: dict[str, list[Callable[[str], Any]]] = {}
         self._recovered: list[Callable[[], Any]] = []
 
     async def start(self) -> None:
-        pool = _Pool(self.reactor, self.dsn, self.pool_size)
+        pool = Pool(self.reactor, self.dsn, self.pool_size)
         pool.connkw.update(_connect_kwargs())
         try:
             await pool.start()
@@ -242,7 +118,7 @@ class Database:
 
     # -- queries ---------------------------------------------------------
     def _fail_clearly(self, failure):
-        if _is_connection_error(failure):
+        if is_connection_error(failure):
             raise DatabaseUnavailable(str(failure.value) or failure.type.__name__)
         return failure
 
@@ -266,6 +142,11 @@ class Database:
 
         (txpostgres' runInteraction does not await coroutines: it would commit
         an empty transaction.  Wrapping in ensureDeferred makes it wait.)
+
+        C{fn} may be called a second time, on a fresh connection, when the
+        first connection died before COMMIT was sent (nothing of the first
+        run was kept): it must do nothing outside the transaction that it
+        cannot do twice.
         """
 
         def interaction(cursor):
@@ -273,6 +154,14 @@ class Database:
 
         d = defer.maybeDeferred(lambda: self._checked().runInteraction(interaction))
         return _uncancellable(d.addErrback(self._fail_clearly))
+
+    @property
+    def retried(self) -> int:
+        """
+        How many calls were run a second time on a fresh connection (see
+        L{emaild.db.pool.may_retry}).
+        """
+        return self._pool.retried if self._pool is not None else 0
 
     @property
     def connected(self) -> bool:
@@ -294,8 +183,8 @@ class Database:
         """
         async with self._listen_lock:
             if self._listen_conn is None:
-                detector = _Detector(self.reactor)
-                conn = _Connection(self.reactor, detector=detector)
+                detector = Detector(self.reactor)
+                conn = Connection(self.reactor, detector=detector)
                 await conn.connect(self.dsn, **_connect_kwargs())
                 conn.addNotifyObserver(self._dispatch)
                 detector.addRecoveryHandler(self._relisten)

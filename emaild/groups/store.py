@@ -170,20 +170,6 @@ async def find_posts(cursor, group_id: int, message_ids: Sequence[str]) -> dict[
     return found
 
 
-async def insert_post(cursor, *, group_id: int, author_id: int | None, inbound_id: int | None,
-                      thread_id: int | None, message_id: str, original_message_id: str | None,
-                      subject: str) -> int:
-    await cursor.execute(
-        "INSERT INTO group_posts (group_id, author_id, inbound_id, thread_id, message_id,"
-        " original_message_id, subject) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (group_id, author_id, inbound_id, thread_id, message_id, original_message_id, subject))
-    return cursor.fetchone()[0]
-
-
-async def set_copies(cursor, post_id: int, copies: int) -> None:
-    await cursor.execute("UPDATE group_posts SET copies = %s WHERE id = %s", (copies, post_id))
-
-
 async def name_and_course(cursor, group_id: int) -> tuple[str, int] | None:
     await cursor.execute("SELECT name, course_id FROM groups WHERE id = %s", (group_id,))
     row = cursor.fetchone()
@@ -195,3 +181,44 @@ async def members_for_relay(cursor, group_id: int, include_left: bool = False) -
         f"SELECT {_MEMBER} WHERE m.group_id = %s AND (%s OR m.left_at IS NULL)"
         " ORDER BY m.person_id", (group_id, include_left))
     return [Member(*row) for row in cursor.fetchall()]
+
+
+async def post_of_message(cursor, group_id: int, message_id: int) -> int | None:
+    """
+    The post already made in the group from received message C{message_id}
+    (through any of its recipient rows), if any.
+    """
+    await cursor.execute(
+        "SELECT p.id FROM group_posts p JOIN inbound_recipients r ON r.id = p.inbound_id"
+        " WHERE p.group_id = %s AND r.message_id = %s ORDER BY p.id LIMIT 1",
+        (group_id, message_id))
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+async def insert_post_with_copies(cursor, *, group_id: int, author_id: int | None,
+                                  inbound_id: int, message_id: int, thread_id: int | None,
+                                  post_message_id: str, original_message_id: str | None,
+                                  subject: str, person_ids: Sequence[int]
+                                  ) -> tuple[int | None, set[int]]:
+    """
+    Record that each of C{person_ids} gets a copy of received message
+    C{message_id} (its row C{inbound_id}) in the group, and the post with
+    the number of copies, in one statement.  Returns (post id, the members
+    not recorded before: the only ones to send to); no post (None) when
+    every one of them had a copy already.  Concurrent claims for the same
+    member wait for each other, and only one wins.
+    """
+    await cursor.execute(
+        "WITH c AS (INSERT INTO group_relayed_copies (message_id, group_id, person_id)"
+        "   SELECT %s, %s, p FROM unnest(%s::bigint[]) AS p"
+        "   ON CONFLICT DO NOTHING RETURNING person_id),"
+        " p AS (INSERT INTO group_posts (group_id, author_id, inbound_id, thread_id, message_id,"
+        "   original_message_id, subject, copies)"
+        "   SELECT %s, %s, %s, %s, %s, %s, %s, (SELECT count(*) FROM c)"
+        "   WHERE cardinality(%s::bigint[]) = 0 OR EXISTS (SELECT 1 FROM c) RETURNING id)"
+        " SELECT (SELECT id FROM p), ARRAY(SELECT person_id FROM c)",
+        (message_id, group_id, list(person_ids), group_id, author_id, inbound_id, thread_id,
+         post_message_id, original_message_id, subject, list(person_ids)))
+    post_id, claimed = cursor.fetchone()
+    return post_id, set(claimed)

@@ -74,7 +74,10 @@ def header_values(message, name: str) -> list[str]:
     Every C{name} header of C{message}, decoded to text; from the raw value
     when it has 8-bit bytes or the structured parser chokes on it.
     """
-    raw = [v for k, v in message.raw_items() if k.lower() == name.lower()]
+    lname = name.lower()
+    raw = [v for k, v in message.raw_items() if k.lower() == lname]
+    if not raw:
+        return []  # the common case, without the structured parser's cost
     try:
         parsed = [str(v) for v in message.get_all(name) or ()]
     except Exception:

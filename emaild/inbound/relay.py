@@ -1,6 +1,7 @@
 """
-The relay processor: works through stored inbound recipients, one per
-transaction, and finishes each in the transaction that does its work.
+The relay processor: works through stored inbound recipients, many per
+transaction (L{InboundStore.process_batch}), and finishes each in the
+transaction that does its work.
 
 - a member's reply address: the post is re-sent to every other current
   member through the outbox (rate limit, retries and records apply), each
@@ -11,14 +12,16 @@ transaction, and finishes each in the transaction that does its work.
   address with C{[groups] hard_bounce_limit} hard bounces is suppressed.
 
 Auto-replies, bounces sent to reply addresses, loops and other lists' mail
-are recorded as C{ignored} with the reason, never relayed.
+are recorded as C{ignored} with the reason, never relayed.  Each member gets
+at most one copy of a received message per group (a unique row per copy in
+the database), however often the message was addressed or processed.
 """
 
 from __future__ import annotations
 
 import secrets
-from email.utils import getaddresses
 
+import attrs
 import psycopg2
 from twisted.application import service
 from twisted.internet import defer, task
@@ -27,11 +30,11 @@ from twisted.logger import Logger
 from emaild.db.database import DatabaseUnavailable
 from emaild.groups.addresses import ReplyAddresses
 from emaild.groups import store as group_tables
-from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.dsn import parse_bounce
-from emaild.inbound.rewrite import build_copy, prepare, scrub_map
+from emaild.inbound.reading import PostToRead, read_posts
+from emaild.inbound.rewrite import ANONYMOUS_NAME, build_copy
 from emaild.inbound.store import (BOUNCE, INBOUND_CHANNEL, RELAY, UNSUBSCRIBE, InboundStore,
-                                  Pending, record_bounce)
+                                  Outcome, Pending, record_bounce)
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.metrics import Metrics
 from emaild.outbound.compose import Rendered
@@ -43,7 +46,29 @@ log = Logger()
 GROUP_KIND = "group"
 #: a row whose processing raised this often is marked failed
 MAX_ATTEMPTS = 3
-ANONYMOUS = "A group member"
+#: rows per transaction, and the copies after which a batch takes no more
+#: rows (a post to a big group queues hundreds in one go)
+BATCH_ROWS = 64
+BATCH_COPIES = 2000
+ANONYMOUS = ANONYMOUS_NAME
+
+
+class PostUnreadable(Exception):
+    """Reading a post raised; the message has the traceback."""
+
+
+@attrs.frozen
+class _Post:
+    """A post read and scrubbed, waiting for its turn in the batch."""
+
+    author: object
+    prepared: object
+
+    @property
+    def ids(self) -> list[str]:
+        p = self.prepared
+        return p.in_reply_to + p.references + ([p.original_message_id]
+                                               if p.original_message_id else [])
 
 
 def _unique(items):
@@ -55,8 +80,6 @@ class RelayProcessor(service.Service):
                  links, outbox, metrics: Metrics | None = None):
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
-        #: copies queued by the row in hand, counted once its transaction commits
-        self._copies = 0
         self.config = config
         self.store = store
         self.addresses = addresses
@@ -69,7 +92,12 @@ class RelayProcessor(service.Service):
         self._poll.clock = reactor
         self._draining: defer.Deferred | None = None
         self._again = False
-        self._current: int | None = None
+        #: what the rows of one batch share (see _before_batch)
+        self._groups: dict[int, tuple] = {}
+        self._links: dict[tuple[int, str], object] = {}
+        self._read: dict[int, object] = {}
+        self._found: dict[int, dict] = {}
+        self._batch_posts: dict[int, dict] = {}
 
     # -- service ---------------------------------------------------------------
     name = "relay"
@@ -92,7 +120,7 @@ class RelayProcessor(service.Service):
         super().stopService()
         if self._poll.running:
             self._poll.stop()
-        # finish the row in hand (its transaction commits or rolls back
+        # finish the batch in hand (its transaction commits or rolls back
         # whole), and let LISTEN be set up before the database closes
         return defer.DeferredList([d for d in (self._draining, self.starting) if d is not None])
 
@@ -115,39 +143,40 @@ class RelayProcessor(service.Service):
 
     async def _drain(self) -> None:
         while self.running:
-            self._current = None
-            self._copies = 0
+            # group names, members and unsubscribe links, looked up once per
+            # batch: posts in a burst mostly go to the same groups
             try:
-                done = await self.store.process_next(self._handle)
+                results = await self.store.process_batch(
+                    self._handle, limit=BATCH_ROWS, max_copies=BATCH_COPIES,
+                    max_attempts=MAX_ATTEMPTS, before=self._before_rows)
             except (DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as e:
                 log.warn("Relay processor paused, database unavailable: {e}", e=e)
                 return  # the next poll (or the recovery NOTIFY) tries again
-            except Exception as e:
-                if self._current is None:
-                    log.failure("Relay processor could not take work")
-                    return
-                log.failure("Processing inbound recipient {id} failed", id=self._current)
-                try:
-                    await self.store.fail(self._current, f"internal error: {e!r}"[:500],
-                                          MAX_ATTEMPTS)
-                except Exception:
-                    log.failure("Cannot record the failure of inbound recipient {id}",
-                                id=self._current)
-                    return
-                continue
-            if done is None:
+            except Exception:
+                log.failure("Relay processor could not process a batch")
                 return
-            self.metrics.relay_copies.inc(self._copies)
+            if not results:
+                return
+            for pending, outcome in results:
+                if outcome.failure is not None:
+                    log.failure("Processing inbound recipient {id} failed ({state})",
+                                outcome.failure, id=pending.id, state=outcome.state)
+            self.metrics.relay_copies.inc(sum(o.copies for _, o in results))
 
-    async def _handle(self, cursor, pending: Pending) -> tuple[str, str]:
-        self._current = pending.id
+    async def _before_rows(self, cursor, batch: list[Pending]) -> None:
+        # group names, members and unsubscribe links are looked up once per
+        # batch (posts in a burst mostly go to the same groups)
+        self._batch_posts: dict[int, dict[str, tuple[int, int, str]]] = {}
+        await self._before_batch(cursor, batch)
+
+    async def _handle(self, cursor, pending: Pending) -> Outcome:
         if pending.purpose == RELAY:
             return await self._relay(cursor, pending)
         if pending.purpose == UNSUBSCRIBE:
-            return await self._unsubscribe(pending)
+            return Outcome(*await self._unsubscribe(pending))
         if pending.purpose == BOUNCE:
-            return await self._bounce(cursor, pending)
-        return "failed", f"unknown purpose {pending.purpose!r}"
+            return Outcome(*await self._bounce(cursor, pending))
+        return Outcome("failed", f"unknown purpose {pending.purpose!r}")
 
     # -- unsubscribe by mail ---------------------------------------------------
     async def _unsubscribe(self, pending: Pending) -> tuple[str, str]:
@@ -184,36 +213,66 @@ class RelayProcessor(service.Service):
         return "done", f"{what} bounce of message {outbox_id} ({report.status})"
 
     # -- the group relay ---------------------------------------------------------
-    async def _relay(self, cursor, pending: Pending) -> tuple[str, str]:
-        message = parse_message(pending.raw)
-        reason = not_relayable(message, pending.mail_from, self.domain)
-        if reason:
-            return "ignored", f"not relayed: {reason}"
-        group = await group_tables.name_and_course(cursor, pending.group_id)
-        if group is None:
-            return "ignored", "the group no longer exists"
-        group_name, course_id = group
-        members = await group_tables.members_for_relay(cursor, pending.group_id,
-                                                       include_left=True)
-        author = next((m for m in members if m.person_id == pending.person_id), None)
-        if author is None:
-            return "ignored", "the sender is no longer a member of the group"
-        author_name = author.display_name or ANONYMOUS
+    async def _before_batch(self, cursor, batch: list[Pending]) -> None:
+        """
+        Read every post of the batch first (parse, check, scrub: see
+        L{read_posts}), then look up the posts they cite in one query per
+        group rather than one per post.
+        """
+        self._groups, self._links, self._read, self._found = {}, {}, {}, {}
+        waiting: list[tuple[Pending, object]] = []
+        items, members = [], {}
+        for pending in batch:
+            if pending.purpose != RELAY:
+                continue
+            group = await self._group(cursor, pending.group_id)
+            author = None if group is None else next(
+                (m for m in group[2] if m.person_id == pending.person_id), None)
+            if group is None:
+                self._read[pending.id] = Outcome("ignored", "the group no longer exists")
+            elif author is None:
+                self._read[pending.id] = Outcome(
+                    "ignored", "the sender is no longer a member of the group")
+            else:
+                members.setdefault(pending.group_id, tuple(
+                    (m.email, m.display_name or ANONYMOUS) for m in group[2] if m.email))
+                items.append(PostToRead(pending.raw, pending.mail_from, self.domain,
+                                        author.display_name or ANONYMOUS, pending.group_id))
+                waiting.append((pending, author))
+        cited: dict[int, set[str]] = {}
+        for (pending, author), read in zip(waiting, read_posts(items, members)):
+            if read.error is not None:
+                self._read[pending.id] = PostUnreadable(read.error)
+            elif read.ignored is not None:
+                self._read[pending.id] = Outcome("ignored", read.ignored)
+            else:
+                post = self._read[pending.id] = _Post(author, read.prepared)
+                cited.setdefault(pending.group_id, set()).update(post.ids)
+        for group_id, ids in cited.items():
+            self._found[group_id] = await group_tables.find_posts(cursor, group_id, sorted(ids))
 
-        # every address that could identify anyone: members (also former
-        # ones, who may be quoted), the envelope sender and the From header
-        known = [(m.email, m.display_name or ANONYMOUS) for m in members if m.email]
-        senders = [pending.mail_from] + [a for _, a in getaddresses(
-            [str(v) for v in (message.get_all("From") or [])]) if "@" in a]
-        known += [(a, author_name) for a in senders if a]
-        prepared = prepare(message, scrub_map(known))
-
-        cited = _unique(prepared.in_reply_to + prepared.references)
+    async def _relay(self, cursor, pending: Pending) -> Outcome:
+        if pending.id not in self._read:  # not read ahead (called without its batch)
+            self._batch_posts = {}
+            await self._before_batch(cursor, [pending])
+        read = self._read.pop(pending.id)
+        if isinstance(read, PostUnreadable):
+            raise read
+        if isinstance(read, Outcome):
+            return read
+        author, prepared = read.author, read.prepared
+        group_name, course_id, members = await self._group(cursor, pending.group_id)
+        earlier = await group_tables.post_of_message(
+            cursor, pending.group_id, pending.message_id) if pending.shared else None
+        if earlier is not None:
+            return Outcome("ignored", f"a copy of post {earlier} (the message named this "
+                                      "reply address more than once)")
+        # posts made earlier in this batch count as found too
+        found = {**self._found.get(pending.group_id, {}),
+                 **self._batch_posts.get(pending.group_id, {})}
         original = prepared.original_message_id
-        found = await group_tables.find_posts(
-            cursor, pending.group_id, cited + ([original] if original else []))
         if original and original in found:
-            return "ignored", f"a copy of post {found[original][0]} (delivered twice)"
+            return Outcome("ignored", f"a copy of post {found[original][0]} (delivered twice)")
         # replies cite our ids (or the author's own, for their earlier posts);
         # ids we never issued say nothing to the other members: dropped
         parent_key = next((i for i in prepared.in_reply_to if i in found), None) or next(
@@ -223,22 +282,29 @@ class RelayProcessor(service.Service):
                              + in_reply_to)
 
         message_id = f"<{secrets.token_hex(12)}@{self.domain}>"
-        post_id = await group_tables.insert_post(
-            cursor, group_id=pending.group_id, author_id=author.person_id,
-            inbound_id=pending.id, thread_id=found[parent_key][1] if parent_key else None,
-            message_id=message_id, original_message_id=original, subject=prepared.subject)
-
-        recipients = [m for m in members
+        candidates = [m for m in members
                       if m.live and m.email and m.person_id != author.person_id]
-        target = Scope(course_id, GROUP_KIND).target
-        links = await self.links.mint_many(
-            [self.links.request(m.person_id, UNSUBSCRIBE_LINK, target) for m in recipients])
+        thread_id = found[parent_key][1] if parent_key else None
+        # the database's word on who has not had this message yet
+        post_id, claimed = await group_tables.insert_post_with_copies(
+            cursor, group_id=pending.group_id, author_id=author.person_id,
+            inbound_id=pending.id, message_id=pending.message_id, thread_id=thread_id,
+            post_message_id=message_id, original_message_id=original,
+            subject=prepared.subject, person_ids=[m.person_id for m in candidates])
+        if post_id is None:
+            return Outcome("ignored", "every member already had a copy of this message")
+        posts = self._batch_posts.setdefault(pending.group_id, {})
+        for key in filter(None, (message_id, original)):
+            posts[key] = (post_id, thread_id or post_id, message_id)
+        recipients = [m for m in candidates if m.person_id in claimed]
+        links = await self._unsubscribe_links([m.person_id for m in recipients],
+                                              Scope(course_id, GROUP_KIND).target)
         copies = []
         for member, link in zip(recipients, links):
             reply_address = self.addresses.address(member.token)
             token = self.links.token(link)
             data = build_copy(
-                prepared, author=author_name, group_name=group_name,
+                prepared, author=prepared.author, group_name=group_name,
                 reply_address=reply_address, message_id=message_id,
                 in_reply_to=in_reply_to, references=references,
                 list_id=f"group-{pending.group_id}.{self.domain}",
@@ -251,8 +317,27 @@ class RelayProcessor(service.Service):
                 unsubscribable=True))
         kind = self.config.kinds.get(GROUP_KIND)
         qos = self.config.qos_class(kind.qos if kind else None)
-        await outbox_tables.insert_messages(cursor, "group-relay", qos, copies,
-                                            batch=f"group {pending.group_id} post {post_id}")
-        await group_tables.set_copies(cursor, post_id, len(copies))
-        self._copies = len(copies)
-        return "done", f"relayed as post {post_id} to {len(copies)} members"
+        if copies:
+            await outbox_tables.insert_messages(cursor, "group-relay", qos, copies,
+                                                batch=f"group {pending.group_id} post {post_id}")
+        return Outcome("done", f"relayed as post {post_id} to {len(copies)} members",
+                       copies=len(copies))
+
+    async def _group(self, cursor, group_id: int):
+        """(name, course id, members also former ones) of the group, or None."""
+        if group_id not in self._groups:
+            found = await group_tables.name_and_course(cursor, group_id)
+            self._groups[group_id] = None if found is None else (
+                *found, await group_tables.members_for_relay(cursor, group_id,
+                                                             include_left=True))
+        return self._groups[group_id]
+
+    async def _unsubscribe_links(self, person_ids: list[int], target: str) -> list:
+        # minted (or reused, see LinksService.mint_many) in their own
+        # transaction: a link that outlives a rolled-back batch is harmless
+        missing = _unique(p for p in person_ids if (p, target) not in self._links)
+        if missing:
+            rows = await self.links.mint_many(
+                [self.links.request(p, UNSUBSCRIBE_LINK, target) for p in missing])
+            self._links.update(zip(((p, target) for p in missing), rows))
+        return [self._links[(p, target)] for p in person_ids]

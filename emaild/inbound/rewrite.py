@@ -29,7 +29,8 @@ import attrs
 
 from emaild.inbound.classify import LOOP_HEADER, content_type, header_value, parse_message
 from emaild.inbound.mime import CRLF, crlf_bytes, decode_text, encode_text, lines_ok
-from emaild.inbound.scrub import ANONYMOUS, CONTROL, Scrubber, clean, scrub_map  # noqa: F401 (API)
+from emaild.inbound.scrub import (ANONYMOUS, ANONYMOUS_NAME, CONTROL, Scrubber,  # noqa: F401 (API)
+                                  clean, scrub_map, usable_name)
 from emaild.mailformat.addresses import check_address
 from emaild.mailformat.headers import address_header, check_header_uri, encoded_header
 
@@ -264,16 +265,19 @@ class Prepared:
     in_reply_to: list[str]
     references: list[str]
     entity: bytes
+    #: the author's name as the copies show it (see L{Scrubber.display_name})
+    author: str = ANONYMOUS_NAME
 
 
 def _ids(value: str | None) -> list[str]:
     return _MSG_ID.findall(value or "")
 
 
-def prepare(message, scrub: Mapping[str, str]) -> Prepared:
+def prepare(message, scrub: Mapping[str, str], author: str | None = None) -> Prepared:
     """
-    The member-address-free subject and MIME entity of C{message}, and the
-    ids the processor maps to ours.
+    The member-address-free subject and MIME entity of C{message}, the
+    ids the processor maps to ours, and the C{author}'s name through the
+    same scrubber (a name that is or holds an address becomes neutral).
     """
     scrubber = Scrubber(scrub)
     subject = clean(scrubber.text(header_value(message, "Subject") or ""))
@@ -293,7 +297,7 @@ def prepare(message, scrub: Mapping[str, str]) -> Prepared:
                     message_ids[0] if message_ids else None,
                     _ids(header_value(message, "In-Reply-To")),
                     _ids(" ".join(filter(None, [header_value(message, "References")]))),
-                    entity)
+                    entity, scrubber.display_name(author) if author else ANONYMOUS_NAME)
 
 
 def _date(value: str | None) -> str:
@@ -328,8 +332,12 @@ def build_copy(prepared: Prepared, *, author: str, group_name: str, reply_addres
         raise ValueError(f"{message_id!r} is not a message id")
     if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,240}", list_id or ""):
         raise ValueError(f"{list_id!r} is not a list id")
-    author = clean(author)[:100] or ANONYMOUS
+    # a display name that is or holds an address (an LMS without names sends
+    # the address as the name) would show it to every member: neutral instead
+    author = clean(author)[:100]
+    author = author if usable_name(author) else ANONYMOUS_NAME
     group = clean(group_name)[:100]
+    group = group if usable_name(group) else "the group"
     lines = [
         _crlf(address_header("From", f"{author} via {group}", reply_address)),
         _crlf(address_header("Reply-To", f"{author} via {group}", reply_address)),

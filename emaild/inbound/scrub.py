@@ -1,30 +1,57 @@
 """
 Find the group members' real addresses in text and replace them.
 
-An address can hide as C{%40} or C{&#64;}, behind C{mailto:}, in angle
-brackets (also C{&lt;...&gt;}) after the person's real name, and in the
-"On ..., Ada Lovelace <ada@...> wrote:" line a client puts over a quote;
-all of these become the member's name in the group.
+Matching runs on the text as it reads (L{emaild.inbound.readable}): an
+address hidden in nested percent-encoding (a link wrapper's
+C{?u=https%253A%252F%252F...mailto%253Aada%2540example.org}), in HTML
+character references (C{ada&#x40;example&period;org}), quoted-printable or
+JavaScript escapes, full-width or invisible characters is found like a plain
+one, and the span of the original it was read from is replaced.  Also found:
+upper case, a quoted local part (C{"ada"@example.org}), the domain in
+Unicode or punycode, and C{ada [at] example [dot] org}.  Behind C{mailto:},
+in angle brackets after the person's real name, and in the "On ..., Ada
+Lovelace <ada@...> wrote:" line a client puts over a quote, the whole
+becomes the member's name in the group.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import secrets
+import urllib.parse
 from typing import Iterable, Mapping
 
+import attrs
+
+from emaild.inbound.readable import ReadableText, readable, readable_bytes
 from emaild.mailformat.headers import header_text
 
 ANONYMOUS = "a group member"
+#: the same, where it stands first, as in a From display name
+ANONYMOUS_NAME = "A group member"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: words that end a name search: "at 10:00 AM Ada Lovelace <ada@...>"
 _NAME_STOP = {"am", "pm", "a.m.", "p.m."}
-_AT = re.compile(r"@|%40|&#", re.IGNORECASE)
+#: "@" as people write it to get past harvesters
+_AT = r"(?:\s*@\s*|\s*[\[({<]\s*at\s*[\])}>]\s*|\s+at\s+)"
+_DOT = r"(?:\.|\s*[\[({<]\s*dot\s*[\])}>]\s*|\s+dot\s+)"
+_AT_ANYHOW = re.compile(r"@|[\[({<]\s*at\s*[\])}>]", re.IGNORECASE)
 
 
 def clean(value: str) -> str:
     return header_text(CONTROL.sub(" ", value or ""))
+
+
+def usable_name(text: str) -> bool:
+    """
+    Whether C{text} can stand for a person in a copy: not empty, and no
+    address or C{@} in any spelling, which could join the text around it
+    into an address again (an LMS without names sends the address as name).
+    """
+    read = readable(text or "")
+    return bool(text and text.strip()) and "<" not in read and not _AT_ANYHOW.search(read)
 
 
 def scrub_map(members: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -38,52 +65,125 @@ def scrub_map(members: Iterable[tuple[str, str]]) -> dict[str, str]:
         key = (address or "").strip().lower()
         if key:
             text = clean(name)[:100]
-            result[key] = text if _usable_name(text) else ANONYMOUS
+            result[key] = text if usable_name(text) else ANONYMOUS
     return result
 
 
-def _usable_name(text: str) -> bool:
-    # a name that is (or has) an address, or an @ in any spelling, could
-    # join the text around it into an address again
-    return bool(text) and "<" not in text and not _AT.search(text)
+def _domain_forms(domain: str) -> set[str]:
+    """The domain as written, and in Unicode and in punycode (IDNA)."""
+    forms = {domain}
+    try:
+        if domain.isascii():
+            forms.add(domain.encode("ascii").decode("idna").lower())
+        else:
+            forms.add(domain.encode("idna").decode("ascii").lower())
+    except (UnicodeError, ValueError):
+        pass
+    return forms
+
+
+def _trie(words: Iterable[tuple[str, ...]]) -> str:
+    """
+    One regex for many token sequences, sharing prefixes, so a group of a
+    thousand members costs a few comparisons per character, not a thousand.
+    """
+    tree: dict = {}
+    for word in words:
+        node = tree
+        for token in word:
+            node = node.setdefault(token, {})
+        node[""] = {}
+
+    def emit(node: dict) -> str:
+        ends = "" in node
+        branches = [token + emit(child) for token, child in sorted(node.items()) if token]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 and not ends else "(?:" + "|".join(branches) + ")"
+        return body + "?" if ends else body
+
+    return emit(tree)
+
+
+def _tokens(local: str, domain: str) -> tuple[str, ...]:
+    return (tuple(re.escape(c) for c in local) + ('"?' + _AT,)
+            + tuple(_DOT if c == "." else re.escape(c) for c in domain))
+
+
+@attrs.frozen
+class _Patterns:
+    keys: dict[str, str]
+    address: re.Pattern
+    angle: re.Pattern
+    mailto: re.Pattern
+    cid: re.Pattern
+    raw: re.Pattern
+
+
+@functools.lru_cache(maxsize=64)
+def _patterns(keys: tuple[str, ...]) -> _Patterns:
+    """
+    The patterns for a set of addresses, built once per set (the posts of
+    one group share it).
+    """
+    words, spellings = [], {}
+    for key in keys:
+        local, at, domain = key.rpartition("@")
+        if not at:
+            words.append(tuple(re.escape(c) for c in key))
+            spellings[key] = key
+            continue
+        for form in _domain_forms(domain):
+            words.append(_tokens(local, form))
+            spellings[f"{local}@{form}"] = key
+    # no word boundaries: in "ada@example.org.txt" or "img1.ada@example.org"
+    # the member's address is still there to read, so it goes too (the
+    # price: jimbob@example.net becomes "jimBob" when bob@example.net is a member)
+    # A quoted local part: "ada"@example.org reads as ada@example.org.
+    address = '"?(?:' + _trie(words) + ")"
+    flags = re.IGNORECASE
+    return _Patterns(
+        keys=spellings,
+        address=re.compile(address, flags),
+        # Gmail and Outlook write &lt;<a href="mailto:ada@x">ada@x</a>&gt;
+        # (read as <<a href="mailto:ada@x">ada@x</a>>)
+        angle=re.compile(r"<\s*(?:<a\b[^<>]*>\s*)?(?:mailto:\s*)?(" + address
+                         + r")\s*(?:</a>\s*)?>", flags),
+        mailto=re.compile(r"mailto:\s*(" + address + r")(?:\?[^\s\"'<>]*)?", flags),
+        cid=re.compile(r"(cid:[^\s\"'<>()]*?)(" + address + r")", flags),
+        # 8-bit bytes as they came: UTF-8 domains show here
+        raw=re.compile(b"|".join(re.escape(k.encode("utf-8", "replace")) for k in spellings),
+                       re.IGNORECASE))
 
 
 class Scrubber:
     """
-    Finds the member addresses in text (also as C{%40}, C{&#64;}) and
-    replaces them, with the display name in front when there is one.
+    Finds the member addresses in text, however encoded (see the module's
+    docstring), and replaces them, with the display name in front when
+    there is one.
     """
 
     def __init__(self, scrub: Mapping[str, str]):
-        self.names = {k.strip().lower(): v if _usable_name(v) else ANONYMOUS
+        self.names = {k.strip().lower(): v if usable_name(v) else ANONYMOUS
                       for k, v in scrub.items() if k and k.strip()}
         self.tokens = {k: f"m{i}.{secrets.token_hex(4)}@removed.invalid"
                        for i, k in enumerate(sorted(self.names))}
         if not self.names:
             self.address = None
+            self._keys: dict[str, str] = {}
             return
-        alternatives = []
-        for key in sorted(self.names, key=len, reverse=True):
-            local, at, domain = key.rpartition("@")
-            at_forms = r"(?:@|%40|&\#0*64;|&\#x0*40;)" if at else ""
-            alternatives.append(re.escape(local) + at_forms + re.escape(domain) if at
-                                else re.escape(domain))
-        # no word boundaries: in "ada@example.org.txt" or "img1.ada@example.org"
-        # the member's address is still there to read, so it goes too (the
-        # price: jimbob@example.net becomes "jimBob" when bob@example.net is a member)
-        address = "(?:" + "|".join(alternatives) + ")"
-        flags = re.IGNORECASE
-        self.address = re.compile(address, flags)
-        # Gmail and Outlook write &lt;<a href="mailto:ada@x">ada@x</a>&gt;
-        self.angle = re.compile(r"(?:<|&lt;|&\#0*60;|%3C)\s*(?:<a\b[^<>]*>\s*)?(?:mailto:\s*)?("
-                                + address + r")\s*(?:</a>\s*)?(?:>|&gt;|&\#0*62;|%3E)", flags)
-        self.mailto = re.compile(r"mailto:\s*(" + address + r")(?:\?[^\s\"'<>]*)?", flags)
-        self.cid = re.compile(r"(cid:[^\s\"'<>()]*?)(" + address + r")", flags)
-        self.raw = re.compile(b"|".join(re.escape(k.encode("utf-8", "replace"))
-                                        for k in self.names), re.IGNORECASE)
+        patterns = _patterns(tuple(sorted(self.names)))
+        #: every spelling of each address (IDNA forms) -> its key
+        self._keys = patterns.keys
+        self.address, self.angle, self.mailto, self.cid, self.raw = (
+            patterns.address, patterns.angle, patterns.mailto, patterns.cid, patterns.raw)
 
     def _key(self, found: str) -> str:
-        return re.sub(r"%40|&#0*64;|&#x0*40;", "@", found, flags=re.IGNORECASE).lower()
+        text = re.sub(_AT, "@", found.replace('"', ""), flags=re.IGNORECASE)
+        local, _, domain = text.rpartition("@")
+        domain = re.sub(_DOT, ".", domain, flags=re.IGNORECASE)
+        text = (f"{local}@{domain}" if local else domain).strip().lower()
+        return self._keys.get(text, text)
 
     def name(self, found: str) -> str:
         return self.names.get(self._key(found), ANONYMOUS)
@@ -92,10 +192,22 @@ class Scrubber:
         return self.tokens.get(self._key(found), "removed@removed.invalid")
 
     def found(self, text: str) -> bool:
-        return self.address is not None and self.address.search(text) is not None
+        return self.address is not None and self.address.search(readable(text)) is not None
 
     def found_bytes(self, data: bytes) -> bool:
-        return bool(self.names) and self.raw.search(data) is not None
+        if self.address is None:
+            return False
+        return self.raw.search(data) is not None or \
+            self.address.search(readable_bytes(data)) is not None
+
+    def display_name(self, name: str) -> str:
+        """
+        C{name} as a copy may show it in From and Reply-To:
+        L{ANONYMOUS_NAME} when it is or holds an address (anyone's, in any
+        spelling).
+        """
+        name = clean(name)[:100]
+        return name if usable_name(name) and not self.found(name) else ANONYMOUS_NAME
 
     def text(self, text: str, html_: bool = False, ident: bool = False) -> str:
         # "ADA@EXAMPLE.ORG" with "ada@example.org" pasted into it: replacing
@@ -108,24 +220,44 @@ class Scrubber:
         return text
 
     def _once(self, text: str, html_: bool, ident: bool) -> str:
-        escape = html.escape if html_ else str
         # ids (Content-ID and the cid: links to it) must stay one token and match
-        text = self.cid.sub(lambda m: m.group(1) + self.token(m.group(2)), text)
+        text = self._replace(text, self.cid, lambda m: self.token(m.group(2)), group=2,
+                             html_=False)
         if ident:
-            return self.address.sub(lambda m: self.token(m.group(0)), text)
-        text = self._angles(text, escape)
-        text = self.mailto.sub(lambda m: escape(self.name(m.group(1))), text)
-        return self.address.sub(lambda m: escape(self.name(m.group(0))), text)
+            return self._replace(text, self.address, lambda m: self.token(m.group(0)),
+                                 html_=False)
+        text = self._replace(text, self.angle, lambda m: self.name(m.group(1)), html_=html_,
+                             named=True)
+        text = self._replace(text, self.mailto, lambda m: self.name(m.group(1)), html_=html_)
+        return self._replace(text, self.address, lambda m: self.name(m.group(0)), html_=html_)
 
-    def _angles(self, text: str, escape) -> str:
-        # "Ada Lovelace <ada@x>" and '"Ada" <ada@x>' become the replacement
-        # as a whole: the name in front may be the member's real name
-        out, last = [], 0
-        for m in self.angle.finditer(text):
-            start = self._name_start(text, last, m.start())
-            out.append(text[last:start])
-            out.append(escape(self.name(m.group(1))))
-            last = m.end()
+    def _replace(self, text: str, pattern, replacement, *, html_: bool, group: int = 0,
+                 named: bool = False) -> str:
+        """
+        Replace each match of C{pattern} in the readable form of C{text} by
+        C{replacement(match)}, in C{text} itself (the span it was read from,
+        however encoded); C{group}: only that group of the match is
+        replaced, the rest stays as written.  C{named}: a name in front of
+        the match ("Ada Lovelace <...>") goes too.  The replacement is
+        percent-encoded where the span was, HTML-escaped in HTML.
+        """
+        view = ReadableText(text)
+        out, last, floor = [], 0, 0
+        for m in pattern.finditer(view.text):
+            start, end = m.span(group)
+            if named:
+                start = self._name_start(view.text, floor, start)
+            begin, finish = view.span(start, end)
+            if begin < last:
+                continue  # overlaps what the previous match replaced
+            written = text[begin:finish]
+            new = replacement(m)
+            if "%" in written:
+                new = urllib.parse.quote(new, safe="@")
+            elif html_:
+                new = html.escape(new)
+            out += [text[last:begin], new]
+            last, floor = finish, m.end()
         out.append(text[last:])
         return "".join(out)
 

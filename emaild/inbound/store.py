@@ -4,10 +4,10 @@ C{bounces}.
 
 A message is stored, with one row per accepted recipient saying what that
 address means, before the SMTP server answers 250.  The relay processor then
-takes one recipient row at a time (C{FOR UPDATE SKIP LOCKED}, so several
-emaild processes can share the work) and finishes it in the same
-transaction that queues its outbound copies: a crash in between leaves the
-row C{received} and the work is redone exactly once.
+takes many recipient rows per transaction (C{FOR UPDATE SKIP LOCKED}, so
+several emaild processes can share the work) and finishes them in the same
+transaction that queues their outbound copies: a crash in between leaves
+the rows C{received} and their work is redone exactly once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
 from psycopg2 import Binary
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from emaild.db.database import DatabaseUnavailable
+from emaild.db.pool import connection_died
 
 
 #: NOTIFY channel that wakes the relay processor when mail arrived
@@ -45,6 +50,21 @@ class Recipient:
 
 
 @attrs.frozen
+class Outcome:
+    """
+    What processing one recipient row came to: a terminal C{state} with its
+    reason, or C{retry} (it raised; see L{InboundStore.process_batch}).
+    """
+
+    state: str
+    reason: str
+    #: outbound copies queued for it
+    copies: int = 0
+    #: why it raised, for the log
+    failure: Failure | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
 class Pending:
     """
     A recipient row to process, with its message.
@@ -61,6 +81,8 @@ class Pending:
     attempts: int
     mail_from: str
     raw: bytes
+    #: the message has other recipient rows (the same address named twice, ...)
+    shared: bool = False
 
 
 class InboundStore:
@@ -94,44 +116,61 @@ class InboundStore:
              INBOUND_CHANNEL))
         return d.addCallback(lambda rows: rows[0][0])
 
-    def process_next(self, handle: Callable[[Any, Pending], Awaitable[tuple[str, str]]]):
+    def process_batch(self, handle: Callable[[Any, Pending], Awaitable[Outcome]], *,
+                      limit: int, max_copies: int, max_attempts: int,
+                      before: Callable[[Any, list[Pending]], Awaitable[None]] | None = None):
         """
-        Take the oldest unprocessed recipient row no other process holds,
-        run C{await handle(cursor, pending)} in the same transaction, and
-        record the C{(state, reason)} it returns.  Fires with the row id, or
-        None when there was nothing to do.  If C{handle} raises, nothing it
-        did is kept and the row stays C{received} (see L{fail}).
-        """
+        Take up to C{limit} unprocessed recipient rows that no other process
+        holds (L{claim_pending}), call C{await before(cursor, rows)} once,
+        then C{await handle(cursor, pending)} for each row in the same
+        transaction, record each row's L{Outcome}, and commit once.  Fires
+        with the [(pending, outcome)] processed.
 
-        async def run(cursor):
-            await cursor.execute(
-                "SELECT r.id, r.message_id, r.address, r.purpose, r.group_id, r.person_id,"
-                " r.link_id, r.outbox_id, r.attempts, m.mail_from, m.raw"
-                " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
-                " WHERE r.state = 'received' ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED")
-            row = cursor.fetchone()
-            if row is None:
-                return None
-            pending = Pending(*row[:-1], bytes(row[-1]))
-            state, reason = await handle(cursor, pending)
-            await _finish(cursor, pending.id, state, reason)
-            return pending.id
-
-        return self.db.transaction(run)
-
-    async def fail(self, recipient_id: int, reason: str, max_attempts: int) -> str:
+        Rows are taken in order until their copies reach C{max_copies}; the
+        rest stay C{received} for the next batch.  When C{handle} raises for
+        a row, the batch is undone and its rows are done again one per
+        transaction, so only that row is held back: its attempt is counted
+        (C{failed} after C{max_attempts}, else C{received} again: outcome
+        state C{retry}).  A lost connection undoes the whole batch: every
+        row is redone, exactly once, later.
         """
-        Count a failed attempt at a row; after C{max_attempts} it is
-        C{failed} with the reason, so a message that crashes the processor
-        cannot block the queue or loop for ever.  Returns the row's state.
-        """
+        return defer.ensureDeferred(self._process_batch(handle, limit, max_copies, max_attempts,
+                                                        before))
+
+    async def _process_batch(self, handle, limit, max_copies, max_attempts, before):
+        try:
+            return await self.db.transaction(_batch, handle, before, limit, max_copies, 0)
+        except _RowFailed as failed:
+            last = failed.last
+        results: list[tuple[Pending, Outcome]] = []
+        after = 0
+        while True:
+            try:
+                one = await self.db.transaction(_batch, handle, before, 1, max_copies, after)
+            except _RowFailed as f:
+                state, reason = await self._count_failure(f.pending.id, f.failure, max_attempts)
+                results.append((f.pending, Outcome(state, reason, failure=f.failure)))
+                pending = f.pending
+            else:
+                if not one:
+                    break
+                results += one
+                pending = one[-1][0]
+            if pending.id >= last:
+                break
+            after = pending.id
+        return results
+
+    async def _count_failure(self, recipient_id: int, failure: Failure,
+                             max_attempts: int) -> tuple[str, str]:
+        reason = f"internal error: {failure.value!r}"[:500]
         rows = await self.db.runQuery(
             "UPDATE inbound_recipients SET attempts = attempts + 1,"
             "  state = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE state END,"
             "  reason = %s, processed_at = CASE WHEN attempts + 1 >= %s THEN now() END"
-            " WHERE id = %s AND state = 'received' RETURNING state",
-            (max_attempts, reason, max_attempts, recipient_id))
-        return rows[0][0] if rows else "gone"
+            " WHERE id = %s AND state = %s RETURNING state",
+            (max_attempts, reason, max_attempts, recipient_id, PENDING_STATE))
+        return ("failed" if rows and rows[0][0] == "failed" else "retry"), reason
 
     async def counts(self) -> dict[str, int]:
         rows = await self.db.runQuery(
@@ -217,10 +256,73 @@ class Refusal:
     last_at: Any
 
 
-async def _finish(cursor, recipient_id: int, state: str, reason: str) -> None:
+#: The recipient rows the relay processor may take.  Only rows in this state
+#: are ever selected for processing; a row that must wait (for instance a post
+#: held until its author confirms it) is kept out of it by its state.
+PENDING_STATE = "received"
+
+
+async def claim_pending(cursor, limit: int, after: int = 0) -> list[Pending]:
+    """
+    Lock and return up to C{limit} of the oldest rows waiting to be
+    processed (with an id above C{after}) that no other transaction holds (C{FOR UPDATE SKIP LOCKED},
+    so several emaild processes share the work).  Every selection of rows
+    for processing goes through here.
+    """
     await cursor.execute(
-        "UPDATE inbound_recipients SET state = %s, reason = %s, processed_at = now(),"
-        " attempts = attempts + 1 WHERE id = %s", (state, reason, recipient_id))
+        "SELECT r.id, r.message_id, r.address, r.purpose, r.group_id, r.person_id,"
+        " r.link_id, r.outbox_id, r.attempts, m.mail_from, m.raw,"
+        " EXISTS (SELECT 1 FROM inbound_recipients o WHERE o.message_id = r.message_id"
+        "   AND o.id <> r.id)"
+        " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
+        " WHERE r.state = %s AND r.id > %s ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
+        (PENDING_STATE, after, limit))
+    return [Pending(*row[:-2], bytes(row[-2]), row[-1]) for row in cursor.fetchall()]
+
+
+def _transaction_lost(error: Exception) -> bool:
+    # the connection is gone (or the database, for a call handle made on
+    # another connection): the batch is redone as a whole
+    return isinstance(error, DatabaseUnavailable) or connection_died(Failure(error))
+
+
+class _RowFailed(Exception):
+    def __init__(self, pending: Pending, failure: Failure, last: int):
+        super().__init__(pending.id)
+        self.pending, self.failure, self.last = pending, failure, last
+
+
+async def _batch(cursor, handle, before, limit: int, max_copies: int, after: int):
+    results: list[tuple[Pending, Outcome]] = []
+    batch = await claim_pending(cursor, limit, after)
+    if batch and before is not None:
+        await before(cursor, batch)
+    copies = 0
+    for pending in batch:
+        if copies >= max_copies:
+            break
+        try:
+            outcome = await handle(cursor, pending)
+        except Exception as e:
+            if _transaction_lost(e):
+                raise
+            raise _RowFailed(pending, Failure(), batch[-1].id) from None
+        copies += outcome.copies
+        results.append((pending, outcome))
+    await _finish(cursor, [(p.id, o) for p, o in results if o.state in TERMINAL])
+    return results
+
+
+async def _finish(cursor, outcomes: Sequence[tuple[int, Outcome]]) -> None:
+    if not outcomes:
+        return
+    await cursor.execute(
+        "UPDATE inbound_recipients r SET state = v.state, reason = v.reason,"
+        " processed_at = now(), attempts = r.attempts + 1"
+        " FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, state, reason)"
+        " WHERE r.id = v.id AND r.state = %s",
+        ([i for i, _ in outcomes], [o.state for _, o in outcomes],
+         [o.reason for _, o in outcomes], PENDING_STATE))
 
 
 # -- bounces (inside the processor's transaction) ----------------------------

@@ -1,0 +1,303 @@
+"""
+The txpostgres pool under L{emaild.db.database.Database}: connections that
+notice when PostgreSQL went away and reconnect by themselves, and a pool
+that retries a call once on a fresh connection when the call cannot have
+committed.
+
+Why the retry: during an outage every pooled connection dies, and each
+comes back on its own backoff schedule (up to 5 s apart).  Without it, a
+query that happens to pick a connection still waiting for its next attempt,
+or one whose death nobody had noticed yet, fails after PostgreSQL is back,
+and an SMTP client gets a 451 for nothing.
+
+When a retry is safe (L{may_retry}):
+  - the connection was found dead at checkout, or psycopg2 refused to send
+    the statement: nothing reached the server;
+  - a transaction failed before its COMMIT was sent: PostgreSQL rolls back
+    a transaction whose connection is lost, so nothing of it was kept.
+A failure once a single statement (autocommit) or a COMMIT may have
+reached the server is ambiguous (it may have committed just before the
+connection died) and is never retried: the caller sees it.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import reconnection, retrying, txpostgres
+
+from txpostgres.psycopg2_impl import psycopg2
+
+log = Logger()
+
+
+def connection_died(failure) -> bool:
+    """
+    Whether C{failure} means the connection is gone (as opposed to a query
+    that PostgreSQL refused on a healthy connection: a statement timeout or
+    a serialization failure are OperationalErrors too, but need no reconnect).
+    """
+    if failure.check(psycopg2.extensions.QueryCanceledError,
+                     psycopg2.extensions.TransactionRollbackError):
+        return False
+    return bool(failure.check(psycopg2.InterfaceError, psycopg2.OperationalError,
+                              txpostgres.RollbackFailed))
+
+
+def is_connection_error(failure) -> bool:
+    return connection_died(failure) or bool(failure.check(reconnection.ConnectionDead))
+
+
+@attrs.define
+class Progress:
+    """
+    How far one database call got on its connection.
+    """
+
+    #: statements psycopg2 accepted to send (each may have reached the server)
+    sent: int = 0
+    #: a COMMIT was handed to psycopg2 (it may have reached the server)
+    commit_sent: bool = False
+
+
+def may_retry(failure: Failure, progress: Progress, transaction: bool) -> bool:
+    """
+    Whether a call that failed with C{failure} after C{progress} can be
+    run again without any risk of doing its work twice.
+    """
+    if failure.check(reconnection.ConnectionDead):
+        return True  # refused at checkout: nothing was sent
+    if not connection_died(failure):
+        return False  # PostgreSQL answered: the caller must hear it
+    if transaction:
+        return not progress.commit_sent
+    return progress.sent == 0
+
+
+def _reconnection_delays():
+    # first retry at once, then back off to at most 5 s between tries, for ever
+    return retrying.simpleBackoffIterator(
+        initialDelay=0.5, maxDelay=5.0, factor=1.7, maxRetries=0, now=True
+    )
+
+
+class Detector(reconnection.DeadConnectionDetector):
+    """
+    Reconnects a dead connection with backoff, can be asked to try at once
+    (L{reconnect_now}, for a caller that needs the connection now), and can
+    be stopped: closing the database while PostgreSQL is down must not leave
+    a reconnection loop running.
+    """
+
+    stopped = False
+
+    def __init__(self, reactor):
+        super().__init__(deathChecker=connection_died,
+                         reconnectionIterator=_reconnection_delays, reactor=reactor)
+        self._delays = None
+        self._timer = None
+        self._connecting: defer.Deferred | None = None
+        self._waiters: list[defer.Deferred] = []
+
+    def startReconnecting(self, f):  # noqa: N802 (txpostgres API)
+        if self.stopped:
+            return
+        log.warn("Lost the database connection ({error}); reconnecting", error=f.value)
+        self._delays = self.reconnectionIterator()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self._timer = self.reactor.callLater(next(self._delays), self._attempt)
+
+    def _attempt(self) -> None:
+        self._timer = None
+        d = self._connecting = defer.maybeDeferred(self.reconnect)
+        d.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, _):
+        self._connecting = None
+        d = defer.maybeDeferred(self.connectionRecovered)
+        d.addErrback(lambda f: log.failure("database recovery handler failed", f))
+        self._wake_waiters(True)
+
+    def _failed(self, failure):
+        self._connecting = None
+        if not self.stopped:
+            self._schedule()
+        self._wake_waiters(False)
+
+    def _wake_waiters(self, connected: bool) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(connected)
+
+    def reconnect_now(self) -> defer.Deferred:
+        """
+        Try to reconnect without waiting for the next scheduled attempt;
+        fires with whether the connection is alive (never fails).
+        """
+        if not self.connectionIsDead:
+            return defer.succeed(True)
+        if self.stopped:
+            return defer.succeed(False)
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+        if self._connecting is None:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._attempt()
+        return waiter
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._wake_waiters(False)
+
+
+def _read_or_lost(selectable):
+    """
+    Read for a txpostgres connection or cursor, but report a dead server as
+    a lost connection (the reactor's convention: return the reason) instead
+    of raising, which the reactor would log as an unhandled error each time
+    PostgreSQL restarts.
+    """
+    try:
+        return txpostgres._PollingMixin.doRead(selectable)
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+        return e
+
+
+class Cursor(txpostgres.Cursor):
+    doRead = _read_or_lost
+
+    def _doit(self, name, *args, **kwargs):
+        # txpostgres' own, counting each statement psycopg2 accepted to send
+        # (one it refused, e.g. on a closed connection, never left us)
+        try:
+            getattr(self._cursor, name)(*args, **kwargs)
+        except Exception:
+            return defer.fail()
+        self._connection.progress.sent += 1
+        self._connection.cursorRunning(self)
+
+        def finished(result):
+            self._connection.cursorFinished(self)
+            return result
+
+        return self.poll().addBoth(finished)
+
+
+class Connection(txpostgres.Connection):
+    cursorFactory = Cursor
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.progress = Progress()
+
+    def _runInteraction(self, interaction, *args, **kwargs):  # noqa: N802
+        # txpostgres' own version logs a traceback whenever the ROLLBACK after
+        # a failed transaction fails, which is every time the server went away
+        # mid-transaction; we report it as RollbackFailed (a dead connection)
+        # without the noise.  It also notes when COMMIT was sent (see may_retry).
+        cursor = self.cursor()
+        d = cursor.execute("begin")
+        d.addCallback(interaction, *args, **kwargs)
+
+        def commit(result):
+            before = self.progress.sent
+            d = cursor.execute("commit")
+            self.progress.commit_sent = self.progress.sent > before
+            return d.addCallback(lambda _: result)
+
+        def rollback(failure):
+            d = defer.maybeDeferred(cursor.execute, "rollback")
+            d.addCallbacks(lambda _: failure,
+                           lambda _: defer.fail(txpostgres.RollbackFailed(self, failure)))
+            return d
+
+        d.addCallback(commit)
+        d.addErrback(rollback)
+        return d
+
+    def doRead(self):  # noqa: N802 (reactor API)
+        lost = _read_or_lost(self)
+        if lost is not None:
+            return lost
+        self.checkForNotifies()
+        if not self._connection.closed:
+            self.reactor.addReader(self)
+
+
+class Pool(txpostgres.ConnectionPool):
+    """
+    A txpostgres pool whose connections reconnect by themselves, that
+    prefers a live connection at checkout, and that runs a call once more
+    on a fresh connection when L{may_retry} says it is safe.
+    """
+
+    def __init__(self, reactor, dsn: str, size: int):
+        self.reactor = reactor
+        self.min = size
+        #: every connection ever made, also those checked out
+        self.every_connection: list[Connection] = []
+        #: calls run a second time (for tests and logs)
+        self.retried = 0
+        super().__init__(None, dsn, min=size)
+
+    def connectionFactory(self, reactor, cooperator):  # noqa: N802 (txpostgres API)
+        connection = Connection(reactor, cooperator, detector=Detector(reactor))
+        self.every_connection.append(connection)
+        return connection
+
+    def close(self):
+        # txpostgres closes only the idle connections (those in the pool's
+        # set); close the checked-out ones too, and stop their reconnecting.
+        for connection in self.every_connection:
+            connection.detector.stop()
+            if connection._connection is not None:  # never connected: nothing to close
+                connection.close()
+
+    # txpostgres calls these inside its semaphore, so one connection is ours
+    def _runQuery(self, *args, **kwargs):  # noqa: N802
+        return defer.ensureDeferred(self._run(lambda c: c.runQuery(*args, **kwargs), False))
+
+    def _runOperation(self, *args, **kwargs):  # noqa: N802
+        return defer.ensureDeferred(self._run(lambda c: c.runOperation(*args, **kwargs), False))
+
+    def _runInteraction(self, interaction, *args, **kwargs):  # noqa: N802
+        return defer.ensureDeferred(self._run(
+            lambda c: c.runInteraction(interaction, *args, **kwargs), True))
+
+    async def _run(self, call, transaction: bool):
+        connection = await self._checkout()
+        try:
+            return await call(connection)
+        except Exception:
+            failure = Failure()
+            if not may_retry(failure, connection.progress, transaction):
+                raise
+        finally:
+            self.connections.add(connection)
+        self.retried += 1
+        log.info("Database call failed on a dead connection before it could commit "
+                 "({error}); running it once more on a fresh one", error=failure.value)
+        connection = await self._checkout()
+        try:
+            return await call(connection)
+        finally:
+            self.connections.add(connection)
+
+    async def _checkout(self) -> Connection:
+        live = [c for c in self.connections if not c.detector.connectionIsDead]
+        connection = live[0] if live else next(iter(self.connections))
+        self.connections.remove(connection)
+        connection.progress = Progress()
+        if connection.detector.connectionIsDead:
+            # found dead: try now rather than at its next scheduled attempt
+            # (if that fails, the call fails at once with ConnectionDead)
+            await connection.detector.reconnect_now()
+        return connection
