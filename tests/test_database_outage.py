@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from emaild.db.database import DatabaseUnavailable
 from emaild.db.embedded import EmbeddedPostgres
 from emaild.service import Emaild
+from tests.dnsserver import ZoneServer, txt
 from tests.relay import Relay
 from tests.support import http_get, make_config, wait_for
 
@@ -125,9 +126,18 @@ class InboundAfterRestartTests(unittest.TestCase):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             smtp_port = s.getsockname()[1]
+        # the members' domain vouches for mail from this host (SPF), so posts
+        # are relayed, not held; and one client may send all 32 posts at once
+        domain = REAL[0].split("@")[1]
+        dns_server = ZoneServer(domain, {domain: [txt("v=spf1 ip4:127.0.0.1 -all")]})
+        dns_port = dns_server.start()
+        self.addCleanup(dns_server.stop)
         config = make_config(self.tmp, self.pg.dsn(),
                              smtp={"relay_domain": "relay.course.test",
-                                   "endpoint": f"tcp:{smtp_port}:interface=127.0.0.1"},
+                                   "endpoint": f"tcp:{smtp_port}:interface=127.0.0.1",
+                                   "max_sessions_per_client": 40},
+                             groups={"max_posts_per_hour": 1000},
+                             dns={"servers": [f"127.0.0.1:{dns_port}"]},
                              database={"pool_size": 4},
                              relay={"poll_interval": "0.5s"},
                              http={"endpoint": "tcp:0:interface=127.0.0.1"})
