@@ -98,6 +98,8 @@ class HoldExpiry(service.Service):
     unanswered C{ignored} (so C{emaild inbound} stops listing them as held).
     """
 
+    name = "hold-expiry"
+
     def __init__(self, reactor, store: HoldStore, interval: float = 600):
         self.store = store
         self._loop = task.LoopingCall(self.expire)
