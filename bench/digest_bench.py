@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
@@ -139,7 +138,7 @@ def main():
         print(f"  {time.monotonic() - t0:.1f} s", flush=True)
         for size in sizes:
             samples = []
-            for i in range(args.repeat):
+            for _ in range(args.repeat):
                 reset(b)
                 wait_quiet(max_wait=10)
                 elapsed, rss, cpu, text = send_now(b, config, size)

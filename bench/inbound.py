@@ -57,9 +57,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BENCH, REPO, Bench, cpu_seconds, free_port, median,  # noqa: E402
-                          postfix_env, postfix_tool, python, reexec_in_venv, table, twistd,
-                          wait_for, wait_quiet)
+from bench.common import (  # noqa: E402
+    BENCH,
+    REPO,
+    Bench,
+    cpu_seconds,
+    free_port,
+    median,
+    postfix_env,
+    postfix_tool,
+    python,
+    reexec_in_venv,
+    table,
+    twistd,
+    wait_for,
+    wait_quiet,
+)
 
 DOMAIN = "bench.example.org"
 COURSE = "BENCH101"

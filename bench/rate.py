@@ -29,8 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (Bench, Relay, median, percentile, reexec_in_venv, table,  # noqa: E402
-                          wait_for, wait_quiet, write_csv)
+from bench.common import (  # noqa: E402
+    Bench,
+    Relay,
+    median,
+    percentile,
+    reexec_in_venv,
+    table,
+    wait_for,
+    wait_quiet,
+    write_csv,
+)
 
 RELAY_RATE = 14.0
 #: emaild's [relay] rate default, what the "defaults" scenario runs at

@@ -23,8 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (Bench, Relay, reexec_in_venv, table, wait_for,  # noqa: E402
-                          wait_quiet, write_csv)
+from bench.common import Bench, Relay, reexec_in_venv, table, wait_for, wait_quiet, write_csv  # noqa: E402
 
 LEASE = 15.0
 

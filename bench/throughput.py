@@ -275,7 +275,7 @@ def main():
                 jobs[(0, "smtp-source", 4)] = lambda: smtp_source(b, port, n, 4, sample)
                 jobs[(0, "smtplib", 1)] = lambda: smtplib_baseline(port, messages)
                 jobs[(0, "smtplib-pinned", 1)] = (
-                    lambda: smtplib_baseline(pinned_port, messages, cpu=0))
+                    lambda pinned_port=pinned_port: smtplib_baseline(pinned_port, messages, cpu=0))
                 for processes, c in runs:
                     for v in variants:
                         jobs[(0, "emaild", processes, c, v[0] if v else "")] = (

@@ -10,7 +10,7 @@ from typing import Callable
 from twisted.internet import defer
 from zope.interface import implementer
 
-from emaild.outbound.transport import DeliveryResult, IDeliveryTransport, OutgoingMessage, Outcome
+from emaild.outbound.transport import DeliveryResult, IDeliveryTransport, Outcome, OutgoingMessage
 
 SENT = DeliveryResult(Outcome.SENT, 250, "2.0.0 Ok: queued")
 

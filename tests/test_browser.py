@@ -55,7 +55,7 @@ class BrowserTests(DatabaseTestCase):
         try:
             import selenium  # noqa: F401
         except ImportError:
-            raise unittest.SkipTest("needs selenium (pip install -e '.[test]')")
+            raise unittest.SkipTest("needs selenium (pip install -e '.[test]')") from None
         return super().setUp()
 
     @defer.inlineCallbacks

@@ -119,9 +119,9 @@ class InboundAfterRestartTests(unittest.TestCase):
         yield defer.ensureDeferred(self._scenario())
 
     async def _scenario(self):
-        from twisted.internet.defer import gatherResults
-
         import socket
+
+        from twisted.internet.defer import gatherResults
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

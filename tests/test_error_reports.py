@@ -9,7 +9,7 @@ from __future__ import annotations
 import email
 
 from twisted.internet import task
-from twisted.logger import LogPublisher, Logger, globalLogPublisher
+from twisted.logger import Logger, LogPublisher, globalLogPublisher
 
 from emaild.notify.errors import FLUSH_INTERVAL, OVERFLOW, ErrorReporter, fingerprint
 from emaild.outbound.outbox import Outbox

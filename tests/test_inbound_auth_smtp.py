@@ -14,8 +14,16 @@ import time
 
 from twisted.internet import reactor, task, threads
 
-from tests.authfixture import (KEY, WRONG_KEY, ZONE, DaemonWithDNS, SilentServer, post, signed,
-                               wait_for)
+from tests.authfixture import (
+    KEY,
+    WRONG_KEY,
+    ZONE,
+    DaemonWithDNS,
+    SilentServer,
+    post,
+    signed,
+    wait_for,
+)
 from tests.dkimsign import sign
 from tests.dnsserver import ZoneServer
 

@@ -32,7 +32,6 @@ from twisted.trial import unittest
 
 from emaild.inbound.classify import parse_message
 from emaild.inbound.rewrite import build_copy, prepare, scrub_map
-
 from emaild.inbound.server import DATA_LINE_LIMIT
 from emaild.service import Emaild
 from tests.dnsserver import ZoneServer, txt
@@ -397,7 +396,7 @@ class GeneratedVariantTests(unittest.TestCase):
             variants = {"as is": raw}
             for label, at in (("%2540", b"%2540"), ("&#x40;", b"&#x40;")):
                 variants[label] = re.sub(rb"(?i)(ada|bob|carol)@(example\.(?:org|net|com))",
-                                         lambda m: m.group(1) + at + m.group(2), raw)
+                                         lambda m, at=at: m.group(1) + at + m.group(2), raw)
             for label, data in variants.items():
                 prepared = prepare(parse_message(data), scrub_map(members), author="Ada")
                 copy = build_copy(prepared, author=prepared.author, group_name="G",

@@ -23,7 +23,7 @@ class HoldInBrowserTests(DaemonWithDNS):
         try:
             import selenium  # noqa: F401
         except ImportError:
-            raise unittest.SkipTest("needs selenium (pip install -e '.[test]')")
+            raise unittest.SkipTest("needs selenium (pip install -e '.[test]')") from None
         return super().setUp()
 
     async def test_confirming_in_the_browser_relays_the_post(self):

@@ -16,7 +16,6 @@ import psycopg2
 from twisted.internet import defer, reactor
 
 from emaild.db.database import DatabaseUnavailable
-
 from emaild.groups.addresses import reply_addresses
 from emaild.groups.store import GroupStore
 from emaild.inbound.handler import InboundHandler
@@ -394,7 +393,7 @@ class BounceAndUnsubscribeTests(RelayTestCase):
         report = await self.outbox.enqueue("plain", [("gone@example.org", {"subject": "s", "body": "b"})] * 3)
         rows = self.query("SELECT id, envelope_from FROM outbox ORDER BY id")
         results = []
-        for (outbox_id, bounce_address), status in zip(rows, ("4.2.2", "5.1.1", "5.1.1")):
+        for (_outbox_id, bounce_address), status in zip(rows, ("4.2.2", "5.1.1", "5.1.1")):
             recipient = await self.handler.check_recipient(bounce_address, "")
             results.append(await self.inbound.receive(
                 peer="x", helo="x", tls=False, mail_from="", recipients=[recipient],

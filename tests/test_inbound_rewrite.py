@@ -14,8 +14,15 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from emaild.inbound.classify import LOOP_HEADER, not_relayable, parse_message
-from emaild.inbound.rewrite import (ANONYMOUS, ANONYMOUS_NAME, Prepared, Scrubber, build_copy,
-                                    prepare, scrub_map)
+from emaild.inbound.rewrite import (
+    ANONYMOUS,
+    ANONYMOUS_NAME,
+    Prepared,
+    Scrubber,
+    build_copy,
+    prepare,
+    scrub_map,
+)
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 MEMBERS = [("ada@example.org", "Ada"), ("Bob@Example.NET", "Bob"), ("carol@example.com", "Carol")]

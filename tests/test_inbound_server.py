@@ -42,15 +42,23 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher, formatEvent
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from emaild.config import ConfigError, load_config
 from emaild.inbound.server import (
-    COMMAND_LINE_LIMIT, DATA_LINE_LIMIT, Envelope, IInboundHandler, InboundFactory,
-    Refused, ensure_self_signed, inbound_listener, tls_context_factory, use_self_signed,
+    COMMAND_LINE_LIMIT,
+    DATA_LINE_LIMIT,
+    Envelope,
+    IInboundHandler,
+    InboundFactory,
+    Refused,
+    ensure_self_signed,
+    inbound_listener,
+    tls_context_factory,
+    use_self_signed,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -919,7 +927,10 @@ class SetupTests(TestCase):
         good = os.path.join(files.directory, "localhost.pem")
         other = os.path.join(files.directory, "wrong-host.pem")
         tls_context_factory(good, "")  # key and certificate in one file
-        self.assertRaises(Exception, tls_context_factory, good, other)
+        from OpenSSL import SSL
+
+        # the key does not belong to the certificate
+        self.assertRaises(SSL.Error, tls_context_factory, good, other)
 
     def test_config_keys(self):
         config = load_config(None, environ={}, overrides={})

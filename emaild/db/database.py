@@ -15,7 +15,7 @@ its listener, since NOTIFYs sent during the outage are lost.
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -65,7 +65,7 @@ def _uncancellable(d: defer.Deferred) -> defer.Deferred:
     disconnected, Ctrl-C in the CLI) only stop waiting, and the query or
     transaction runs to its end.
     """
-    waiter = defer.Deferred()
+    waiter: defer.Deferred = defer.Deferred()
 
     def forward(result):
         if not waiter.called:
@@ -100,9 +100,8 @@ class Database:
             await pool.start()
         except Exception as e:
             pool.close()
-            if isinstance(e, defer.FirstError):
-                e = e.subFailure.value
-            reason = " ".join(str(e).split()) or type(e).__name__
+            cause = e.subFailure.value if isinstance(e, defer.FirstError) else e
+            reason = " ".join(str(cause).split()) or type(cause).__name__
             raise DatabaseUnavailable(
                 f"cannot connect to PostgreSQL ({redact(self.dsn)}): {reason}") from None
         self._pool = pool
@@ -135,7 +134,7 @@ class Database:
         d = defer.maybeDeferred(lambda: self._checked().runOperation(sql, params))
         return _uncancellable(d.addErrback(self._fail_clearly))
 
-    def transaction(self, fn: Callable[..., Awaitable[Any]], *args, **kwargs) -> defer.Deferred:
+    def transaction(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args, **kwargs) -> defer.Deferred:
         """
         Run C{async def fn(cursor, *args, **kwargs)} in one transaction:
         committed when it returns, rolled back when it raises.
@@ -202,6 +201,7 @@ class Database:
                 log.failure("NOTIFY handler for {channel} failed", channel=notify.channel)
 
     async def _relisten_async(self) -> None:
+        assert self._listen_conn is not None  # only its detector calls this
         for channel in self._listeners:
             await self._listen_conn.runOperation(f'LISTEN "{channel}"')
         log.info("Database connection recovered; listening again")

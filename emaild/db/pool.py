@@ -27,7 +27,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
-
 from txpostgres.psycopg2_impl import psycopg2
 
 log = Logger()
@@ -109,6 +108,7 @@ class Detector(reconnection.DeadConnectionDetector):
         self._schedule()
 
     def _schedule(self) -> None:
+        assert self._delays is not None  # set by startReconnecting
         self._timer = self.reactor.callLater(next(self._delays), self._attempt)
 
     def _attempt(self) -> None:
@@ -142,7 +142,7 @@ class Detector(reconnection.DeadConnectionDetector):
             return defer.succeed(True)
         if self.stopped:
             return defer.succeed(False)
-        waiter = defer.Deferred()
+        waiter: defer.Deferred = defer.Deferred()
         self._waiters.append(waiter)
         if self._connecting is None:
             if self._timer is not None and self._timer.active():

@@ -9,6 +9,7 @@ processor records a post in the same transaction that queues its copies).
 
 from __future__ import annotations
 
+import builtins
 import datetime
 from typing import Sequence
 
@@ -80,7 +81,7 @@ class GroupStore:
             f"SELECT {_GROUP} WHERE g.course_id = %s AND g.name = %s", (course_id, name))
         return Group(*rows[0]) if rows else None
 
-    async def list(self, course_id: int | None = None) -> list[tuple[Group, int]]:
+    async def list(self, course_id: int | None = None) -> builtins.list[tuple[Group, int]]:
         """
         Groups (of one course, or all) with their number of current members.
         """
@@ -92,7 +93,7 @@ class GroupStore:
             (course_id, course_id))
         return [(Group(*row[:4]), row[4]) for row in rows]
 
-    async def members(self, group_id: int, include_left: bool = False) -> list[Member]:
+    async def members(self, group_id: int, include_left: bool = False) -> builtins.list[Member]:
         rows = await self.db.runQuery(
             f"SELECT {_MEMBER} WHERE m.group_id = %s AND (%s OR m.left_at IS NULL)"
             " ORDER BY lower(p.display_name), p.id", (group_id, include_left))
@@ -134,7 +135,7 @@ class GroupStore:
             "INSERT INTO group_visits (group_id, person_id) VALUES (%s, %s)",
             (group_id, person_id))
 
-    async def threads(self, group_id: int, limit: int = 20) -> list[Thread]:
+    async def threads(self, group_id: int, limit: int = 20) -> builtins.list[Thread]:
         """
         The most recently active threads of the group.
         """
@@ -176,7 +177,7 @@ async def name_and_course(cursor, group_id: int) -> tuple[str, int] | None:
     return tuple(row) if row else None
 
 
-async def members_for_relay(cursor, group_id: int, include_left: bool = False) -> list[Member]:
+async def members_for_relay(cursor, group_id: int, include_left: bool = False) -> builtins.list[Member]:
     await cursor.execute(
         f"SELECT {_MEMBER} WHERE m.group_id = %s AND (%s OR m.left_at IS NULL)"
         " ORDER BY m.person_id", (group_id, include_left))

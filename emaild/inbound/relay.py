@@ -28,18 +28,26 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.groups.addresses import ReplyAddresses
 from emaild.groups import store as group_tables
+from emaild.groups.addresses import ReplyAddresses
 from emaild.inbound.dsn import parse_bounce
 from emaild.inbound.reading import PostToRead, read_posts
 from emaild.inbound.rewrite import ANONYMOUS_NAME, build_copy
-from emaild.inbound.store import (BOUNCE, INBOUND_CHANNEL, RELAY, UNSUBSCRIBE, InboundStore,
-                                  Outcome, Pending, record_bounce)
+from emaild.inbound.store import (
+    BOUNCE,
+    INBOUND_CHANNEL,
+    RELAY,
+    UNSUBSCRIBE,
+    InboundStore,
+    Outcome,
+    Pending,
+    record_bounce,
+)
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.metrics import Metrics
+from emaild.outbound import store as outbox_tables
 from emaild.outbound.compose import Rendered
 from emaild.outbound.kinds import Scope
-from emaild.outbound import store as outbox_tables
 
 log = Logger()
 

@@ -29,8 +29,15 @@ import attrs
 
 from emaild.inbound.classify import LOOP_HEADER, content_type, header_value, parse_message
 from emaild.inbound.mime import CRLF, crlf_bytes, decode_text, encode_text, lines_ok
-from emaild.inbound.scrub import (ANONYMOUS, ANONYMOUS_NAME, CONTROL, Scrubber,  # noqa: F401 (API)
-                                  clean, scrub_map, usable_name)
+from emaild.inbound.scrub import (  # noqa: F401 (API)
+    ANONYMOUS,
+    ANONYMOUS_NAME,
+    CONTROL,
+    Scrubber,
+    clean,
+    scrub_map,
+    usable_name,
+)
 from emaild.mailformat.addresses import check_address
 from emaild.mailformat.headers import address_header, check_header_uri, encoded_header
 

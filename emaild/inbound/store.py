@@ -22,7 +22,6 @@ from twisted.python.failure import Failure
 from emaild.db.database import DatabaseUnavailable
 from emaild.db.pool import connection_died
 
-
 #: NOTIFY channel that wakes the relay processor when mail arrived
 INBOUND_CHANNEL = "emaild_inbound"
 RELAY, UNSUBSCRIBE, BOUNCE = "relay", "unsubscribe", "bounce"
@@ -277,7 +276,13 @@ async def claim_pending(cursor, limit: int, after: int = 0) -> list[Pending]:
         " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
         " WHERE r.state = %s AND r.id > %s ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
         (PENDING_STATE, after, limit))
-    return [Pending(*row[:-2], bytes(row[-2]), row[-1]) for row in cursor.fetchall()]
+    return [_pending(*row) for row in cursor.fetchall()]
+
+
+def _pending(row_id, message_id, address, purpose, group_id, person_id, link_id, outbox_id,
+             attempts, mail_from, raw, shared) -> Pending:
+    return Pending(row_id, message_id, address, purpose, group_id, person_id, link_id,
+                   outbox_id, attempts, mail_from, bytes(raw), shared)
 
 
 def _transaction_lost(error: Exception) -> bool:

@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.logger import LogLevel, Logger, formatEvent, globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 
 NAMESPACE = __name__
 log = Logger(namespace=NAMESPACE)

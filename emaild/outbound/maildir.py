@@ -17,7 +17,7 @@ from pathlib import Path
 from twisted.internet import defer, threads
 from zope.interface import implementer
 
-from emaild.outbound.transport import DeliveryResult, IDeliveryTransport, OutgoingMessage, Outcome
+from emaild.outbound.transport import DeliveryResult, IDeliveryTransport, Outcome, OutgoingMessage
 
 
 def ensure_maildir(path: Path) -> Path:

@@ -24,7 +24,7 @@ from emaild.db.database import DatabaseUnavailable
 from emaild.metrics import Metrics
 from emaild.outbound.policy import QUOTA_PAUSE, Decision, decide
 from emaild.outbound.store import OUTBOX_CHANNEL, OutboxStore, RateLimits
-from emaild.outbound.transport import DeliveryResult, OutgoingMessage, Outcome
+from emaild.outbound.transport import DeliveryResult, Outcome, OutgoingMessage
 
 log = Logger()
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import urllib.parse
-
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
