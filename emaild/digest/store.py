@@ -3,7 +3,7 @@ The digest part's tables: C{digest_notes}, C{digest_runs}, C{digest_sent},
 C{announcements} and C{announcement_recipients}.  It reads (never writes)
 people, courses, groups and group posts, and reads the outbox by batch
 label for announcement progress; outbox rows are only ever written through
-L{emaild.outbound.store.insert_messages} or L{emaild.outbound.outbox.Outbox}.
+L{emaild.outbound.store.insert_messages_txn} or L{emaild.outbound.outbox.Outbox}.
 
 Functions taking a C{cursor} run inside a caller's transaction (a weekly
 update chunk claims its learners and queues their mail in one).
@@ -336,7 +336,7 @@ class DigestStore:
 
 
 # -- inside a caller's transaction ---------------------------------------------------
-async def claim_learners(cursor, course_id: int, week: str, limit: int,
+async def claim_learners_txn(cursor, course_id: int, week: str, limit: int,
                          after: int = 0) -> tuple[list[int], int] | None:
     """
     Claim up to C{limit} learners of the course (person id above C{after})
@@ -361,7 +361,7 @@ async def claim_learners(cursor, course_id: int, week: str, limit: int,
     return sorted(r[0] for r in cursor.fetchall()), candidates[-1]
 
 
-async def learners(cursor, course_id: int, person_ids: Sequence[int]) -> list[Learner]:
+async def learners_txn(cursor, course_id: int, person_ids: Sequence[int]) -> list[Learner]:
     """
     The people with their current groups in the course.
     """
@@ -374,7 +374,7 @@ async def learners(cursor, course_id: int, person_ids: Sequence[int]) -> list[Le
     return [Learner(r[0], r[1], r[2] or "", tuple(r[3])) for r in cursor.fetchall()]
 
 
-async def mark_sent(cursor, course_id: int, week: str,
+async def mark_sent_txn(cursor, course_id: int, week: str,
                     outcomes: Sequence[tuple[int, str, int | None]]) -> None:
     """
     Record what became of each claimed learner: (person id, outcome, outbox id).

@@ -70,7 +70,7 @@ def _utc_day(now: float) -> datetime.date:
     return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
 
 
-async def _load_bucket(cursor, name: str, burst: float, now: float) -> Bucket:
+async def load_bucket_txn(cursor, name: str, burst: float, now: float) -> Bucket:
     await cursor.execute(
         "INSERT INTO send_buckets (name, tokens, refilled_at) VALUES (%s, %s, %s)"
         " ON CONFLICT (name) DO NOTHING",
@@ -84,7 +84,7 @@ async def _load_bucket(cursor, name: str, burst: float, now: float) -> Bucket:
     return Bucket(name, *cursor.fetchone())
 
 
-async def _save_bucket(cursor, bucket: Bucket) -> None:
+async def save_bucket_txn(cursor, bucket: Bucket) -> None:
     await cursor.execute(
         "UPDATE send_buckets SET tokens = %s, refilled_at = %s, slowdown = %s,"
         " slowed_at = %s, paused_until = %s WHERE name = %s",
@@ -120,7 +120,7 @@ class OutboxStore:
         return self.db.transaction(self._claim, owner, now, limit, limits, classes)
 
     async def _claim(self, cursor, owner, now, limit, limits: RateLimits, classes):
-        relay = await _load_bucket(cursor, RELAY_BUCKET, limits.burst, now)
+        relay = await load_bucket_txn(cursor, RELAY_BUCKET, limits.burst, now)
         relay.refill(limits.rate, limits.burst, now)
         allowed = min(limit, relay.available(now))
         retry_in = relay.wait(limits.rate, now) if allowed == 0 else None
@@ -142,7 +142,7 @@ class OutboxStore:
         capped = {}
         for name, qos in classes.items():
             if qos.rate > 0:
-                bucket = await _load_bucket(cursor, f"qos:{name}", max(1.0, qos.rate), now)
+                bucket = await load_bucket_txn(cursor, f"qos:{name}", max(1.0, qos.rate), now)
                 bucket.refill(qos.rate, max(1.0, qos.rate), now)
                 capped[name] = bucket
         exhausted = [name for name, b in capped.items() if b.available(now) == 0]
@@ -152,7 +152,7 @@ class OutboxStore:
                 "SELECT 1 FROM outbox WHERE state = 'queued' AND next_attempt_at <= to_timestamp(%s)"
                 " LIMIT 1", (now,))
             due = cursor.fetchone() is not None
-            await _save_bucket(cursor, relay)
+            await save_bucket_txn(cursor, relay)
             return ClaimResult([], 0, retry_in if due else None)
 
         await cursor.execute(
@@ -198,9 +198,9 @@ class OutboxStore:
                 " FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason) WHERE o.id = v.id",
                 ([i for i, _ in suppressed], [r for _, r in suppressed]),
             )
-        await _save_bucket(cursor, relay)
+        await save_bucket_txn(cursor, relay)
         for bucket in capped.values():
-            await _save_bucket(cursor, bucket)
+            await save_bucket_txn(cursor, bucket)
         if len(claimed) < allowed and len(rows) == allowed:
             retry_in = 0.0  # some rows were skipped by a class cap or suppressed: look again
         elif len(claimed) == allowed and allowed < limit:
@@ -286,7 +286,7 @@ class OutboxStore:
                     bucket.throttled(now)
                 if pause_until:
                     bucket.pause(pause_until)
-                await _save_bucket(cursor, bucket)
+                await save_bucket_txn(cursor, bucket)
         return latencies
 
     def recover_leases(self, now: float):
@@ -422,10 +422,10 @@ class OutboxStore:
         (outbox id, recipient, person id) of the message sent with this
         bounce address, or None.
         """
-        return self.db.transaction(bounced_message, envelope_from)
+        return self.db.transaction(bounced_message_txn, envelope_from)
 
     def suppress(self, address: str, reason: str):
-        return self.db.transaction(suppress_address, address, reason)
+        return self.db.transaction(suppress_address_txn, address, reason)
 
     # -- opt-outs (mail_optouts) ---------------------------------------------------
     async def add_optout(self, person_id: int, scope: Scope, source: str) -> bool:
@@ -497,7 +497,7 @@ class OutboxStore:
 
 # -- inside a caller's transaction (the relay processor queues its copies in
 # the transaction that finishes the inbound message) ---------------------------
-async def insert_messages(cursor, template: str, qos: QoSClass, messages: Sequence[Rendered],
+async def insert_messages_txn(cursor, template: str, qos: QoSClass, messages: Sequence[Rendered],
                           batch: str | None = None) -> list[int]:
     """
     Queue C{messages} and wake the senders (on commit); returns the ids.
@@ -522,7 +522,7 @@ async def insert_messages(cursor, template: str, qos: QoSClass, messages: Sequen
     return ids
 
 
-async def bounced_message(cursor, envelope_from: str) -> tuple[int, str, int | None] | None:
+async def bounced_message_txn(cursor, envelope_from: str) -> tuple[int, str, int | None] | None:
     """
     (outbox id, recipient, person id) of the message sent with this bounce
     address, or None.
@@ -534,7 +534,7 @@ async def bounced_message(cursor, envelope_from: str) -> tuple[int, str, int | N
     return tuple(row) if row else None
 
 
-async def record_bounced(cursor, outbox_id: int, status: str, reply: str) -> None:
+async def record_bounced_txn(cursor, outbox_id: int, status: str, reply: str) -> None:
     """
     Keep a bounce reported after the relay accepted a message with its
     attempts, so the message's history shows it.
@@ -545,8 +545,18 @@ async def record_bounced(cursor, outbox_id: int, status: str, reply: str) -> Non
         (outbox_id, code, f"{status} {reply}".strip()[:2000]))
 
 
-async def suppress_address(cursor, address: str, reason: str) -> None:
+async def suppress_address_txn(cursor, address: str, reason: str) -> None:
     await cursor.execute(
         "INSERT INTO suppressions (address, reason) VALUES (lower(%s), %s)"
         " ON CONFLICT (address) DO UPDATE SET reason = EXCLUDED.reason",
         (address, reason))
+
+
+# old name, kept until inbound moves over
+insert_messages = insert_messages_txn
+# old name, kept until inbound moves over
+bounced_message = bounced_message_txn
+# old name, kept until inbound moves over
+record_bounced = record_bounced_txn
+# old name, kept until inbound moves over
+suppress_address = suppress_address_txn
