@@ -358,7 +358,8 @@ class HomeServer:
         from emaild.digest.announce import Announcements
 
         return Announcements(self.get_outbox(), self.get_digest_store(),
-                             self.get_group_store(), self.get_people_store())
+                             self.get_group_store(), self.get_people_store(),
+                             self.get_outbox_store())
 
     # -- the services of the daemon ------------------------------------------
     @built_once

@@ -101,7 +101,7 @@ async def _ids_by_email(parts, addresses) -> dict[str, int]:
 async def _watch_label(parts, args, label: str) -> None:
     from emaild.outbound.stats import queue_summary
 
-    store = parts.get_digest_store()
+    store = parts.get_outbox_store()
 
     async def summary():
         return queue_summary(await store.batch_counts(label))

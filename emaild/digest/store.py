@@ -1,8 +1,9 @@
 """
 The digest part's tables: C{digest_notes}, C{digest_runs}, C{digest_sent},
 C{announcements} and C{announcement_recipients}.  It reads (never writes)
-people, courses, groups and group posts, and reads the outbox by batch
-label for announcement progress; outbox rows are only ever written through
+people, courses, groups and group posts; the outbox (an announcement's
+progress and failures, by batch label) is read through
+L{emaild.outbound.store.OutboxStore} and written through
 L{emaild.outbound.store.insert_messages_txn} or L{emaild.outbound.outbox.Outbox}.
 
 Functions taking a C{cursor} run inside a caller's transaction (a weekly
@@ -266,45 +267,6 @@ class DigestStore:
         rows = await self.db.runQuery(
             "SELECT label FROM announcements WHERE resend_of = %s ORDER BY created_at, label",
             (label,))
-        return [r[0] for r in rows]
-
-    # -- the outbox, by batch (read only) ---------------------------------------------
-    async def batch_counts(self, label: str) -> dict[str, dict[str, int]]:
-        """
-        {state: {qos: n}} of the outbox rows queued with this batch label
-        (the shape of L{OutboxStore.counts}).
-        """
-        rows = await self.db.runQuery(
-            "SELECT state, qos, count(*) FROM outbox WHERE batch = %s GROUP BY state, qos",
-            (label,))
-        counts: dict[str, dict[str, int]] = {}
-        for state, qos, n in rows:
-            counts.setdefault(state, {})[qos] = n
-        return counts
-
-    async def batch_failures(self, label: str, limit: int = 50) -> list[tuple]:
-        """
-        (outbox id, person id, recipient, attempts, reason, finished_at,
-        last reply) of the batch's failed messages, newest first.
-        """
-        return await self.db.runQuery(
-            "SELECT o.id, o.person_id, o.recipient, o.attempts, o.reason, o.finished_at,"
-            "  (SELECT coalesce(a.code::text || ' ', '') || a.reply FROM outbox_attempts a"
-            "   WHERE a.outbox_id = o.id ORDER BY a.id DESC LIMIT 1)"
-            " FROM outbox o WHERE o.batch = %s AND o.state = 'failed'"
-            " ORDER BY o.finished_at DESC NULLS LAST, o.id DESC LIMIT %s", (label, limit))
-
-    async def failed_people(self, label: str) -> list[int]:
-        """
-        People whose message in batch C{label} failed, less those a re-send
-        of it already reached (or is still trying to).
-        """
-        rows = await self.db.runQuery(
-            "SELECT DISTINCT o.person_id FROM outbox o"
-            " WHERE o.batch = %s AND o.state = 'failed' AND o.person_id IS NOT NULL"
-            "   AND NOT EXISTS (SELECT 1 FROM outbox r JOIN announcements a ON a.label = r.batch"
-            "     WHERE a.resend_of = %s AND r.person_id = o.person_id AND r.state <> 'failed')"
-            " ORDER BY 1", (label, label))
         return [r[0] for r in rows]
 
     async def count_members(self, *, course_id: int | None = None,

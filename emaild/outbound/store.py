@@ -1,7 +1,9 @@
 """
 The outbound part's tables: C{outbox}, C{outbox_attempts}, C{send_buckets},
 C{send_daily_usage}, C{suppressions} and C{mail_optouts}.  Nothing else
-touches them.
+touches them: other parts read them through L{OutboxStore} and write them
+through it or through the C{*_txn} functions at the bottom (which run inside
+the caller's transaction).
 
 Times passed in (C{now}) are seconds since the epoch on the sender's clock,
 so tests can drive the queue with a L{twisted.internet.task.Clock}.
@@ -64,6 +66,21 @@ class RateLimits:
     burst: float
     daily_quota: int  # 0 = none
     lease: float
+
+
+@attrs.frozen
+class BatchFailure:
+    """
+    A failed message of a batch, with the last reply the relay gave.
+    """
+
+    outbox_id: int
+    person_id: int | None
+    recipient: str
+    attempts: int
+    reason: str | None
+    finished_at: datetime.datetime | None
+    last_reply: str | None
 
 
 def _utc_day(now: float) -> datetime.date:
@@ -374,6 +391,31 @@ class OutboxStore:
         for state, qos, count in rows:
             result[state][qos] = count
         return result
+
+    async def batch_failures(self, batch: str, limit: int = 50) -> list[BatchFailure]:
+        """
+        The failed messages of the batch with their last reply, newest first.
+        """
+        rows = await self.db.runQuery(
+            "SELECT o.id, o.person_id, o.recipient, o.attempts, o.reason, o.finished_at,"
+            "  (SELECT coalesce(a.code::text || ' ', '') || a.reply FROM outbox_attempts a"
+            "   WHERE a.outbox_id = o.id ORDER BY a.id DESC LIMIT 1)"
+            " FROM outbox o WHERE o.batch = %s AND o.state = 'failed'"
+            " ORDER BY o.finished_at DESC NULLS LAST, o.id DESC LIMIT %s", (batch, limit))
+        return [BatchFailure(*row) for row in rows]
+
+    async def failed_people(self, batch: str, retries: Sequence[str] = ()) -> list[int]:
+        """
+        People whose message in C{batch} failed, less those a message in one
+        of the C{retries} batches reached (or is still trying to).
+        """
+        rows = await self.db.runQuery(
+            "SELECT DISTINCT o.person_id FROM outbox o"
+            " WHERE o.batch = %s AND o.state = 'failed' AND o.person_id IS NOT NULL"
+            "   AND NOT EXISTS (SELECT 1 FROM outbox r WHERE r.batch = ANY(%s)"
+            "     AND r.person_id = o.person_id AND r.state <> 'failed')"
+            " ORDER BY 1", (batch, list(retries)))
+        return [row[0] for row in rows]
 
     async def suppression_count(self) -> int:
         rows = await self.db.runQuery("SELECT count(*) FROM suppressions")

@@ -92,6 +92,7 @@ def _next_week(self: WebApp) -> str:
 async def _course_page(self: WebApp, request, session, course, code: int = 200,
                        error: str | None = None, form: dict | None = None) -> bytes:
     store = self.hs.get_digest_store()
+    outbox_store = self.hs.get_outbox_store()
     groups = []
     for group, _count in await self.groups.list(course.id):
         members = await self.groups.members(group.id)
@@ -103,9 +104,10 @@ async def _course_page(self: WebApp, request, session, course, code: int = 200,
             "label": a.label, "audience": a.audience, "created": _utc(a.created_at),
             "subject": (a.context or {}).get("subject", ""), "resend_of": a.resend_of,
             "counts": await self.announcements.progress(a.label),
-            "failures": [{"recipient": r[2], "attempts": r[3], "reason": r[4] or "",
-                          "last_reply": r[6] or "", "at": _utc(r[5])}
-                         for r in await store.batch_failures(a.label, 20)],
+            "failures": [{"recipient": f.recipient, "attempts": f.attempts,
+                          "reason": f.reason or "", "last_reply": f.last_reply or "",
+                          "at": _utc(f.finished_at)}
+                         for f in await outbox_store.batch_failures(a.label, 20)],
         })
     week = _next_week(self)
     sent = form_value(request, "sent")
