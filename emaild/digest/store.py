@@ -64,6 +64,14 @@ class GroupActivity:
 
 
 @attrs.frozen
+class CourseMember:
+    person_id: int
+    email: str | None
+    display_name: str
+    roles: list[str]
+
+
+@attrs.frozen
 class Learner:
     person_id: int
     email: str | None
@@ -102,12 +110,12 @@ class DigestStore:
     async def is_staff(self, course_id: int, person_id: int) -> bool:
         return is_staff(await self.roles(course_id, person_id) or ())
 
-    async def course_members(self, course_id: int) -> list[tuple[int, str | None, str, list[str]]]:
+    async def course_members(self, course_id: int) -> list[CourseMember]:
         rows = await self.db.runQuery(
             "SELECT p.id, p.email, p.display_name, m.roles FROM course_members m"
             " JOIN people p ON p.id = m.person_id WHERE m.course_id = %s"
             " ORDER BY lower(p.display_name), p.id", (course_id,))
-        return [(r[0], r[1], r[2], list(r[3])) for r in rows]
+        return [CourseMember(r[0], r[1], r[2], list(r[3])) for r in rows]
 
     async def ids_by_email(self, addresses: Iterable[str]) -> dict[str, int]:
         """

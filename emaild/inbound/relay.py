@@ -166,7 +166,7 @@ class RelayProcessor(service.Service):
         sent = await bounced_message_txn(cursor, pending.address)
         if sent is None:
             return "ignored", "no message of ours has this bounce address"
-        outbox_id, recipient, person_id = sent
+        outbox_id, recipient, person_id = sent.outbox_id, sent.recipient, sent.person_id
         reports = parse_bounce(pending.raw)
         if not reports:
             return "ignored", "no delivery status found in this bounce"

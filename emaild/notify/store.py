@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime
 from typing import Sequence
 
+import attrs
+
 #: advisory lock classes (the two-key form: class, id)
 ACTIVE_LOCK = 0x6E6F7469  # "noti": one (actor, group) at a time
 DAILY_LOCK = 0x6E6F7464  # "notd": one recipient's daily count at a time
@@ -26,6 +28,18 @@ def _key(value: int) -> int:
 
 def utc_day(now: float) -> datetime.date:
     return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
+
+
+@attrs.frozen
+class Notice:
+    """
+    A group-activity notice: who did something in which group, and when.
+    """
+
+    notice_id: int
+    group_id: int
+    actor_id: int
+    at: datetime.datetime
 
 
 class NotifyStore:
@@ -118,11 +132,11 @@ class NotifyStore:
                 "DELETE FROM group_activity_recipients WHERE notice_id = %s"
                 " AND recipient_id = ANY(%s)", (notice_id, list(recipients)))
 
-    async def notices(self, group_id: int | None = None) -> list[tuple[int, int, int, datetime.datetime]]:
+    async def notices(self, group_id: int | None = None) -> list[Notice]:
         """
-        (notice id, group id, actor id, when), newest first (for operators and tests).
+        The notices, newest first (for operators and tests).
         """
-        return list(await self.db.runQuery(
+        return [Notice(*row) for row in await self.db.runQuery(
             "SELECT id, group_id, actor_id, at FROM group_activity_notices"
             " WHERE %s::bigint IS NULL OR group_id = %s ORDER BY at DESC, id DESC",
-            (group_id, group_id)))
+            (group_id, group_id))]

@@ -69,6 +69,68 @@ class RateLimits:
 
 
 @attrs.frozen
+class Failure:
+    """
+    A message the sender gave up on.
+    """
+
+    outbox_id: int
+    recipient: str
+    template: str
+    qos: str
+    attempts: int
+    reason: str | None
+    finished_at: datetime.datetime | None
+
+
+@attrs.frozen
+class MessageState:
+    """
+    Where one outbox message stands; C{attempts}: the attempts counted
+    against its retry budget.
+    """
+
+    state: str
+    reason: str | None
+    attempts: int
+    recipient: str
+
+
+@attrs.frozen
+class Attempt:
+    """
+    One delivery attempt of a message (or a bounce reported after it).
+    """
+
+    at: datetime.datetime
+    outcome: str
+    code: int | None
+    reply: str | None
+
+
+@attrs.frozen
+class Suppression:
+    """
+    An address nothing is sent to, and why.
+    """
+
+    address: str
+    reason: str | None
+    created_at: datetime.datetime | None
+
+
+@attrs.frozen
+class BouncedMessage:
+    """
+    The message sent with a bounce address.
+    """
+
+    outbox_id: int
+    recipient: str
+    person_id: int | None
+
+
+@attrs.frozen
 class BatchFailure:
     """
     A failed message of a batch, with the last reply the relay gave.
@@ -421,53 +483,54 @@ class OutboxStore:
         rows = await self.db.runQuery("SELECT count(*) FROM suppressions")
         return rows[0][0]
 
-    async def failures(self, limit: int = 100) -> list[tuple]:
+    async def failures(self, limit: int = 100) -> list[Failure]:
         """
-        (id, recipient, template, qos, attempts, reason, finished_at) of the
-        most recent failures.
+        The most recent failures, newest first.
         """
-        return await self.db.runQuery(
+        rows = await self.db.runQuery(
             "SELECT id, recipient, template, qos, attempts, reason, finished_at FROM outbox"
             " WHERE state = 'failed' ORDER BY finished_at DESC, id DESC LIMIT %s", (limit,))
+        return [Failure(*row) for row in rows]
 
-    async def history(self, outbox_id: int) -> tuple[tuple | None, list[tuple]]:
+    async def history(self, outbox_id: int) -> tuple[MessageState | None, list[Attempt]]:
         """
-        The row's (state, reason, attempts, recipient) and its attempts
-        (at, outcome, code, reply), oldest first.
+        Where the message stands (None: no such message) and its attempts,
+        oldest first.
         """
         row = await self.db.runQuery(
             "SELECT state, reason, attempts, recipient FROM outbox WHERE id = %s", (outbox_id,))
         attempts = await self.db.runQuery(
             "SELECT at, outcome, code, reply FROM outbox_attempts WHERE outbox_id = %s ORDER BY id",
             (outbox_id,))
-        return (row[0] if row else None), attempts
+        return (MessageState(*row[0]) if row else None), [Attempt(*a) for a in attempts]
 
-    async def suppressions(self, addresses: Iterable[str] | None = None) -> list[tuple]:
+    async def suppressions(self, addresses: Iterable[str] | None = None) -> list[Suppression]:
         """
-        (address, reason, created_at) of the suppressed addresses (nothing
-        is sent to them), newest first; with C{addresses}, only those among
-        them (compared case-insensitively; the table holds them lower-cased).
+        The suppressed addresses (nothing is sent to them), newest first;
+        with C{addresses}, only those among them (compared
+        case-insensitively; the table holds them lower-cased).
         """
         if addresses is None:
-            return await self.db.runQuery(
+            rows = await self.db.runQuery(
                 "SELECT address, reason, created_at FROM suppressions"
                 " ORDER BY created_at DESC, address")
+            return [Suppression(*row) for row in rows]
         wanted = sorted({a.lower() for a in addresses if a})
         if not wanted:
             return []
-        return await self.db.runQuery(
+        rows = await self.db.runQuery(
             "SELECT address, reason, created_at FROM suppressions WHERE address = ANY(%s)"
             " ORDER BY created_at DESC, address", (wanted,))
+        return [Suppression(*row) for row in rows]
 
-    def by_bounce_address(self, envelope_from: str):
+    async def by_bounce_address(self, envelope_from: str) -> BouncedMessage | None:
         """
-        (outbox id, recipient, person id) of the message sent with this
-        bounce address, or None.
+        The message sent with this bounce address, or None.
         """
-        return self.db.transaction(bounced_message_txn, envelope_from)
+        return await self.db.transaction(bounced_message_txn, envelope_from)
 
-    def suppress(self, address: str, reason: str):
-        return self.db.transaction(suppress_address_txn, address, reason)
+    async def suppress(self, address: str, reason: str) -> None:
+        await self.db.transaction(suppress_address_txn, address, reason)
 
     # -- opt-outs (mail_optouts) ---------------------------------------------------
     async def add_optout(self, person_id: int, scope: Scope, source: str) -> bool:
@@ -564,16 +627,15 @@ async def insert_messages_txn(cursor, template: str, qos: QoSClass, messages: Se
     return ids
 
 
-async def bounced_message_txn(cursor, envelope_from: str) -> tuple[int, str, int | None] | None:
+async def bounced_message_txn(cursor, envelope_from: str) -> BouncedMessage | None:
     """
-    (outbox id, recipient, person id) of the message sent with this bounce
-    address, or None.
+    The message sent with this bounce address, or None.
     """
     await cursor.execute(
         "SELECT id, recipient, person_id FROM outbox WHERE envelope_from = lower(%s)",
         (envelope_from,))
     row = cursor.fetchone()
-    return tuple(row) if row else None
+    return BouncedMessage(*row) if row else None
 
 
 async def record_bounced_txn(cursor, outbox_id: int, status: str, reply: str) -> None:
@@ -596,8 +658,11 @@ async def suppress_address_txn(cursor, address: str, reason: str) -> None:
 
 # old name, kept until inbound moves over
 insert_messages = insert_messages_txn
-# old name, kept until inbound moves over
-bounced_message = bounced_message_txn
+# old name (and its tuple), kept until inbound moves over
+async def bounced_message(cursor, envelope_from: str) -> tuple[int, str, int | None] | None:
+    found = await bounced_message_txn(cursor, envelope_from)
+    return attrs.astuple(found) if found else None
+
 # old name, kept until inbound moves over
 record_bounced = record_bounced_txn
 # old name, kept until inbound moves over

@@ -71,6 +71,29 @@ class LtiOutcome:
     email_conflict: int | None
 
 
+@attrs.frozen
+class CourseOfPerson:
+    """
+    A course a person belongs to: its title (the context id when it has
+    none) and the person's roles in it.
+    """
+
+    course_id: int
+    title: str
+    roles: list[str]
+
+
+@attrs.frozen
+class GroupOfPerson:
+    """
+    A group a person is a current member of, with its course's title.
+    """
+
+    group_id: int
+    name: str
+    course_title: str
+
+
 class PersonError(ValueError):
     """
     A person cannot be stored as asked; the message says why.
@@ -131,27 +154,26 @@ class PeopleStore:
                 " ORDER BY id LIMIT %s OFFSET %s", (course, limit, offset))
         return [Person(*row) for row in rows]
 
-    async def courses_of(self, person_id: int) -> list[tuple[int, str, list[str]]]:
+    async def courses_of(self, person_id: int) -> list[CourseOfPerson]:
         """
-        (course id, title, roles) of every course the person belongs to.
+        Every course the person belongs to.
         """
         rows = await self.db.runQuery(
             "SELECT c.id, coalesce(nullif(c.title, ''), c.context_id), m.roles"
             " FROM course_members m JOIN courses c ON c.id = m.course_id"
             " WHERE m.person_id = %s ORDER BY c.id", (person_id,))
-        return [(r[0], r[1], list(r[2])) for r in rows]
+        return [CourseOfPerson(r[0], r[1], list(r[2])) for r in rows]
 
-    async def groups_of(self, person_id: int) -> list[tuple[int, str, str]]:
+    async def groups_of(self, person_id: int) -> list[GroupOfPerson]:
         """
-        (group id, group name, course title) of every group the person is a
-        current member of.
+        Every group the person is a current member of.
         """
         rows = await self.db.runQuery(
             "SELECT g.id, g.name, coalesce(nullif(c.title, ''), c.context_id)"
             " FROM group_members m JOIN groups g ON g.id = m.group_id"
             " JOIN courses c ON c.id = g.course_id"
             " WHERE m.person_id = %s AND m.left_at IS NULL ORDER BY g.id", (person_id,))
-        return [tuple(r) for r in rows]
+        return [GroupOfPerson(*r) for r in rows]
 
     # -- LTI launches ----------------------------------------------------------
     async def upsert_from_lti(self, *, consumer_key: str, user_id: str, email: str | None,
