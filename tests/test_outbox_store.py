@@ -84,7 +84,8 @@ class ClaimTests(StoreTestCase):
     def test_concurrent_claims_never_share_a_row(self):
         yield defer.ensureDeferred(self.enqueue([f"r{i}@example.org" for i in range(40)]))
         results = yield defer.gatherResults([
-            self.store.claim(f"owner{i}", NOW, 15, limits(), self.cfg.qos) for i in range(3)])
+            defer.ensureDeferred(self.store.claim(f"owner{i}", NOW, 15, limits(), self.cfg.qos))
+            for i in range(3)])
         ids = [m.id for r in results for m in r.messages]
         self.assertEqual(len(ids), len(set(ids)))
         self.assertEqual(len(ids), 40)

@@ -71,8 +71,8 @@ class NotifyStore:
              "course": course_id, "kind": kind})
         return [row[0] for row in rows]
 
-    def claim(self, group_id: int, actor_id: int, candidates: Sequence[int], now: float,
-              active_window: float, daily_limit: int):
+    async def claim(self, group_id: int, actor_id: int, candidates: Sequence[int], now: float,
+                    active_window: float, daily_limit: int):
         """
         In one transaction, under advisory locks (so every emaild process on
         the database agrees): unless the actor already had a notice in this
@@ -81,8 +81,8 @@ class NotifyStore:
         C{now}'s UTC day.  Fires with (notice id, [recipient ids]), or None
         when nothing is to be sent.
         """
-        return self.db.transaction(self._claim, group_id, actor_id, sorted(set(candidates)),
-                                   now, active_window, daily_limit)
+        return await self.db.transaction(self._claim, group_id, actor_id, sorted(set(candidates)),
+                                         now, active_window, daily_limit)
 
     @staticmethod
     async def _claim(cursor, group_id, actor_id, candidates, now, active_window, daily_limit):

@@ -177,17 +177,17 @@ class OutboxStore:
         self.db = db
 
     # -- enqueue ---------------------------------------------------------------
-    def enqueue(self, template: str, qos: QoSClass, messages: Sequence[Rendered],
-                batch: str | None = None):
+    async def enqueue(self, template: str, qos: QoSClass, messages: Sequence[Rendered],
+                      batch: str | None = None):
         """
         Insert one row per message, in one transaction, and wake the senders.
         Fires with the new ids in order.
         """
-        return self.db.transaction(insert_messages, template, qos, messages, batch)
+        return await self.db.transaction(insert_messages_txn, template, qos, messages, batch)
 
     # -- claim -----------------------------------------------------------------
-    def claim(self, owner: str, now: float, limit: int, limits: RateLimits,
-              classes: Mapping[str, QoSClass]):
+    async def claim(self, owner: str, now: float, limit: int, limits: RateLimits,
+                    classes: Mapping[str, QoSClass]):
         """
         Take up to C{limit} due messages for C{owner}, as many as the shared
         token buckets and the daily quota allow, highest priority first;
@@ -196,7 +196,7 @@ class OutboxStore:
         of all mail (in their course or in every course), are marked
         C{suppressed} instead, with the reason.  Fires with a L{ClaimResult}.
         """
-        return self.db.transaction(self._claim, owner, now, limit, limits, classes)
+        return await self.db.transaction(self._claim, owner, now, limit, limits, classes)
 
     async def _claim(self, cursor, owner, now, limit, limits: RateLimits, classes):
         relay = await load_bucket_txn(cursor, RELAY_BUCKET, limits.burst, now)
@@ -312,15 +312,15 @@ class OutboxStore:
                 for row_id, person_id, course_id, kind, source, day in cursor.fetchall()}
 
     # -- results ---------------------------------------------------------------
-    def record(self, owner: str, decisions: Sequence[Decision], now: float,
-               throttled: bool = False, pause_until: float = 0.0):
+    async def record(self, owner: str, decisions: Sequence[Decision], now: float,
+                     throttled: bool = False, pause_until: float = 0.0):
         """
         Apply the decisions (one transaction), log every attempt, count the
         day's sent recipients, and slow or pause the relay bucket when the
         relay throttled us.  Fires with the seconds from enqueue to now of
         each message recorded as sent (for the latency metric).
         """
-        return self.db.transaction(self._record, owner, decisions, now, throttled, pause_until)
+        return await self.db.transaction(self._record, owner, decisions, now, throttled, pause_until)
 
     async def _record(self, cursor, owner, decisions, now, throttled, pause_until):
         latencies: list[float] = []
@@ -368,7 +368,7 @@ class OutboxStore:
                 await save_bucket_txn(cursor, bucket)
         return latencies
 
-    def recover_leases(self, now: float):
+    async def recover_leases(self, now: float):
         """
         Put rows whose lease ran out (their sender died or hung) back in the
         queue, logging why; fires with how many.  The attempt does not count:
@@ -396,18 +396,18 @@ class OutboxStore:
                 await notify(cursor, OUTBOX_CHANNEL)
             return len(ids)
 
-        return self.db.transaction(recover)
+        return await self.db.transaction(recover)
 
-    def renew_leases(self, owner: str, ids: Sequence[int], now: float, lease: float):
+    async def renew_leases(self, owner: str, ids: Sequence[int], now: float, lease: float):
         """
         Extend the leases of rows this process is still sending, so a slow
         relay never makes a live process's messages look abandoned.
         """
-        return self.db.runOperation(
-            "UPDATE outbox SET lease_until = to_timestamp(%s)"
-            " WHERE id = ANY(%s) AND state = 'sending' AND lease_owner = %s",
-            (now + lease, list(ids), owner),
-        )
+        return await self.db.runOperation(
+                  "UPDATE outbox SET lease_until = to_timestamp(%s)"
+                  " WHERE id = ANY(%s) AND state = 'sending' AND lease_owner = %s",
+                  (now + lease, list(ids), owner),
+              )
 
     async def release(self, owner: str, ids: Iterable[int], reason: str) -> None:
         """
@@ -567,8 +567,8 @@ class OutboxStore:
         )
         return [OptOut(r[0], Scope(r[1], r[2]), r[3], r[4]) for r in rows]
 
-    def set_optouts(self, person_id: int, managed: Iterable[Scope], off: Iterable[Scope],
-                    source: str):
+    async def set_optouts(self, person_id: int, managed: Iterable[Scope], off: Iterable[Scope],
+                          source: str):
         """
         Of the C{managed} scopes (what a preferences form showed), make
         exactly those in C{off} opted out, in one transaction; opt-outs
@@ -597,7 +597,7 @@ class OutboxStore:
                 added = cursor.rowcount
             return added, removed
 
-        return self.db.transaction(apply)
+        return await self.db.transaction(apply)
 
 
 # -- inside a caller's transaction (the relay processor queues its copies in

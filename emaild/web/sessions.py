@@ -114,14 +114,14 @@ class SessionStore:
         session_id, person_id, csrf, last_seen = rows[0]
         return Session(session_id, person_id, csrf), last_seen
 
-    def touch(self, session_id: str):
-        return self.db.runOperation(
-            "UPDATE web_sessions SET last_seen_at = now() WHERE id = %s", (session_id,))
+    async def touch(self, session_id: str):
+        return await self.db.runOperation(
+                  "UPDATE web_sessions SET last_seen_at = now() WHERE id = %s", (session_id,))
 
-    def revoke(self, session_id: str):
-        return self.db.runOperation(
-            "UPDATE web_sessions SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
-            (session_id,))
+    async def revoke(self, session_id: str):
+        return await self.db.runOperation(
+                  "UPDATE web_sessions SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
+                  (session_id,))
 
 
 class Sessions:
