@@ -255,11 +255,11 @@ class OutboxStore:
             if row_id in opted_out:
                 suppressed.append((row_id, f"suppressed: {opted_out[row_id]}"))
                 continue
-            bucket = capped.get(qos)
-            if bucket is not None:
-                if bucket.available(now) == 0:
+            class_bucket = capped.get(qos)
+            if class_bucket is not None:
+                if class_bucket.available(now) == 0:
                     continue  # left queued for a later claim
-                bucket.take(1)
+                class_bucket.take(1)
             claimed.append(Claimed(row_id, qos, recipient, envelope_from, bytes(body), attempts))
         relay.take(len(claimed))
 

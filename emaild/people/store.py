@@ -5,6 +5,7 @@ C{course_members}, C{groups}, C{group_members}.
 
 from __future__ import annotations
 
+import builtins
 from typing import Iterable, Sequence
 
 import attrs
@@ -137,7 +138,7 @@ class PeopleStore:
         return Person(*rows[0]) if rows else None
 
     async def list(self, limit: int = 100, offset: int = 0,
-                   course: str | None = None) -> list[Person]:
+                   course: str | None = None) -> builtins.list[Person]:
         """
         People by id; with C{course}, only members of a course whose
         C{context_id} is C{course} (for any consumer; a course made by hand
@@ -154,7 +155,7 @@ class PeopleStore:
                 " ORDER BY id LIMIT %s OFFSET %s", (course, limit, offset))
         return [Person(*row) for row in rows]
 
-    async def courses_of(self, person_id: int) -> list[CourseOfPerson]:
+    async def courses_of(self, person_id: int) -> builtins.list[CourseOfPerson]:
         """
         Every course the person belongs to.
         """
@@ -164,7 +165,7 @@ class PeopleStore:
             " WHERE m.person_id = %s ORDER BY c.id", (person_id,))
         return [CourseOfPerson(r[0], r[1], list(r[2])) for r in rows]
 
-    async def groups_of(self, person_id: int) -> list[GroupOfPerson]:
+    async def groups_of(self, person_id: int) -> builtins.list[GroupOfPerson]:
         """
         Every group the person is a current member of.
         """
@@ -282,7 +283,7 @@ class PeopleStore:
         """
         await self.db.transaction(lambda cursor: join_group_txn(cursor, group_id, person_id))
 
-    async def find_courses(self, key: str) -> list[Course]:
+    async def find_courses(self, key: str) -> builtins.list[Course]:
         """
         The courses whose C{context_id} is C{key}: the one made by hand
         (consumer key '') first, then those of LTI consumers.
@@ -316,7 +317,7 @@ class PeopleStore:
         return result
 
     async def import_people(self, rows: Sequence[tuple[str, str, str | None]]
-                            ) -> list[tuple[Person, bool, Course | None] | PersonError]:
+                            ) -> builtins.list[tuple[Person, bool, Course | None] | PersonError]:
         """
         Add or update each (address, name, course key or None) in one
         transaction; return, per row, (person, new?, course) or the
@@ -351,7 +352,7 @@ class PeopleStore:
         return await self.db.transaction(add_all)
 
     # -- listing -----------------------------------------------------------------
-    async def directory(self, course: str | None = None) -> list[PersonDetails]:
+    async def directory(self, course: str | None = None) -> builtins.list[PersonDetails]:
         """
         Everybody (or the members of the courses whose C{context_id} is
         C{course}) with their LTI identities, courses and current groups,

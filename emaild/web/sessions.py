@@ -166,9 +166,8 @@ class Sessions:
         The request's valid session, or None (no cookie, unknown, revoked,
         idle too long, or past its absolute expiry).
         """
-        cached = getattr(request, "_emaild_session", False)
-        if cached is not False:
-            return cached
+        if hasattr(request, "_emaild_session"):
+            return request._emaild_session
         token = self._token(request)
         found = None
         if token is not None:
