@@ -123,6 +123,6 @@ class LinkStore:
         *row, used = rows[0]
         return LinkRow(*row), used
 
-    async def record_use(self, link_id: int):
-        return await self.db.runOperation(
-                  "UPDATE links SET uses = uses + 1, last_used_at = now() WHERE id = %s", (link_id,))
+    async def record_use(self, link_id: int) -> None:
+        await self.db.runOperation(
+            "UPDATE links SET uses = uses + 1, last_used_at = now() WHERE id = %s", (link_id,))

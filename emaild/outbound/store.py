@@ -398,16 +398,17 @@ class OutboxStore:
 
         return await self.db.transaction(recover)
 
-    async def renew_leases(self, owner: str, ids: Sequence[int], now: float, lease: float):
+    async def renew_leases(self, owner: str, ids: Sequence[int], now: float,
+                           lease: float) -> None:
         """
         Extend the leases of rows this process is still sending, so a slow
         relay never makes a live process's messages look abandoned.
         """
-        return await self.db.runOperation(
-                  "UPDATE outbox SET lease_until = to_timestamp(%s)"
-                  " WHERE id = ANY(%s) AND state = 'sending' AND lease_owner = %s",
-                  (now + lease, list(ids), owner),
-              )
+        await self.db.runOperation(
+            "UPDATE outbox SET lease_until = to_timestamp(%s)"
+            " WHERE id = ANY(%s) AND state = 'sending' AND lease_owner = %s",
+            (now + lease, list(ids), owner),
+        )
 
     async def release(self, owner: str, ids: Iterable[int], reason: str) -> None:
         """

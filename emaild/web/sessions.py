@@ -34,6 +34,16 @@ class Session:
 
 
 @attrs.frozen
+class FoundSession:
+    """
+    A live session and when it was last seen (seconds since the epoch).
+    """
+
+    session: Session
+    last_seen: float
+
+
+@attrs.frozen
 class NewSession:
     """
     A session about to start: its cookie token, the row's values, and the
@@ -103,7 +113,7 @@ class SessionStore:
             {**params, "person_id": person_id})
         return Session(new.id, person_id, new.csrf_token)
 
-    async def find(self, token: str, now: float, idle: float) -> tuple[Session, float] | None:
+    async def find(self, token: str, now: float, idle: float) -> FoundSession | None:
         rows = await self.db.runQuery(
             "SELECT id, person_id, csrf_token, extract(epoch FROM last_seen_at)::float8"
             " FROM web_sessions WHERE id = %s AND revoked_at IS NULL"
@@ -112,16 +122,16 @@ class SessionStore:
         if not rows:
             return None
         session_id, person_id, csrf, last_seen = rows[0]
-        return Session(session_id, person_id, csrf), last_seen
+        return FoundSession(Session(session_id, person_id, csrf), last_seen)
 
-    async def touch(self, session_id: str):
-        return await self.db.runOperation(
-                  "UPDATE web_sessions SET last_seen_at = now() WHERE id = %s", (session_id,))
+    async def touch(self, session_id: str) -> None:
+        await self.db.runOperation(
+            "UPDATE web_sessions SET last_seen_at = now() WHERE id = %s", (session_id,))
 
-    async def revoke(self, session_id: str):
-        return await self.db.runOperation(
-                  "UPDATE web_sessions SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
-                  (session_id,))
+    async def revoke(self, session_id: str) -> None:
+        await self.db.runOperation(
+            "UPDATE web_sessions SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
+            (session_id,))
 
 
 class Sessions:
@@ -173,9 +183,9 @@ class Sessions:
         if token is not None:
             now = self.clock()
             found = await self.store.find(token, now, self.idle)
-            if found is not None and now - found[1] > TOUCH_INTERVAL:
-                await self.store.touch(found[0].id)
-        request._emaild_session = found[0] if found else None
+            if found is not None and now - found.last_seen > TOUCH_INTERVAL:
+                await self.store.touch(found.session.id)
+        request._emaild_session = found.session if found else None
         return request._emaild_session
 
     async def start(self, request, person_id: int) -> Session:
