@@ -560,6 +560,21 @@ class OutboxStore:
         )
         return bool(rows)
 
+    async def opted_out(self, person_ids: Iterable[int], course_id: int | None,
+                        kind: str) -> set[int]:
+        """
+        Those of C{person_ids} who turned C{kind} off for the course (or
+        all mail in it, or all mail).
+        """
+        wanted = sorted(set(person_ids))
+        if not wanted:
+            return set()
+        rows = await self.db.runQuery(
+            "SELECT DISTINCT person_id FROM mail_optouts WHERE person_id = ANY(%s)"
+            " AND (course_id IS NULL OR course_id = %s) AND (kind IS NULL OR kind = %s)",
+            (wanted, course_id, kind))
+        return {row[0] for row in rows}
+
     async def optouts(self, person_id: int) -> list[OptOut]:
         rows = await self.db.runQuery(
             "SELECT person_id, course_id, kind, source, extract(epoch FROM created_at)::float8"

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import Iterable
 
 import attrs
 
@@ -123,6 +124,20 @@ class SessionStore:
             return None
         session_id, person_id, csrf, last_seen = rows[0]
         return FoundSession(Session(session_id, person_id, csrf), last_seen)
+
+    async def seen_since(self, person_ids: Iterable[int], seconds: float) -> set[int]:
+        """
+        Those of C{person_ids} with a live session that made a request in
+        the last C{seconds} (database time).
+        """
+        wanted = sorted(set(person_ids))
+        if not wanted:
+            return set()
+        rows = await self.db.runQuery(
+            "SELECT DISTINCT person_id FROM web_sessions WHERE person_id = ANY(%s)"
+            " AND revoked_at IS NULL AND last_seen_at > now() - make_interval(secs => %s)",
+            (wanted, float(seconds)))
+        return {row[0] for row in rows}
 
     async def touch(self, session_id: str) -> None:
         await self.db.runOperation(
