@@ -320,7 +320,8 @@ class OutboxStore:
         relay throttled us.  Fires with the seconds from enqueue to now of
         each message recorded as sent (for the latency metric).
         """
-        return await self.db.transaction(self._record, owner, decisions, now, throttled, pause_until)
+        return await self.db.transaction(self._record, owner, decisions, now, throttled,
+                                         pause_until)
 
     async def _record(self, cursor, owner, decisions, now, throttled, pause_until):
         latencies: list[float] = []
