@@ -95,7 +95,7 @@ async def _people_from_csv(parts, path: str):
 
 
 async def _ids_by_email(parts, addresses) -> dict[str, int]:
-    return await parts.get_digest_store().ids_by_email(addresses)
+    return await parts.get_people_store().ids_by_email(addresses)
 
 
 async def _watch_label(parts, args, label: str) -> None:

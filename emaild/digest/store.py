@@ -14,30 +14,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import attrs
 
-#: LTI roles that make a course member staff (Instructor or Administrator):
-#: the LTI 1.1 short names and URNs (context, institution and system roles,
-#: with any sub-role such as C{Instructor/TeachingAssistant}) and the LTI 1.3
-#: vocabulary URIs.  Used as a PostgreSQL regular expression too (C{~*}).
-STAFF_ROLE = (
-    r"^((urn:lti:(role|instrole|sysrole):ims/lis/)?(Instructor|Administrator)(/.*)?"
-    r"|https?://purl\.imsglobal\.org/vocab/lis/v2/(membership|institution/person|system/person)"
-    r"(#(Instructor|Administrator)|/(Instructor|Administrator)#.*))$"
-)
-_STAFF = re.compile(STAFF_ROLE, re.IGNORECASE)
-
-
-def is_staff_role(role: str) -> bool:
-    return bool(_STAFF.match(role.strip()))
-
-
-def is_staff(roles: Iterable[str]) -> bool:
-    return any(is_staff_role(r) for r in roles or ())
-
+from emaild.people.roles import STAFF_ROLE, is_staff, is_staff_role  # noqa: F401 (re-exported)
 
 #: SQL: the course member C{m} is not staff (see L{STAFF_ROLE}); takes the
 #: pattern as a parameter
@@ -61,14 +42,6 @@ class GroupActivity:
     @property
     def quiet(self) -> bool:
         return not (self.new_thread_count or self.reply_count or self.new_member_count)
-
-
-@attrs.frozen
-class CourseMember:
-    person_id: int
-    email: str | None
-    display_name: str
-    roles: list[str]
 
 
 @attrs.frozen
@@ -99,34 +72,6 @@ _ANNOUNCEMENT = ("label, template, course_id, group_id, audience, context, resen
 class DigestStore:
     def __init__(self, db):
         self.db = db
-
-    # -- staff ------------------------------------------------------------------
-    async def roles(self, course_id: int, person_id: int) -> list[str] | None:
-        rows = await self.db.runQuery(
-            "SELECT roles FROM course_members WHERE course_id = %s AND person_id = %s",
-            (course_id, person_id))
-        return list(rows[0][0]) if rows else None
-
-    async def is_staff(self, course_id: int, person_id: int) -> bool:
-        return is_staff(await self.roles(course_id, person_id) or ())
-
-    async def course_members(self, course_id: int) -> list[CourseMember]:
-        rows = await self.db.runQuery(
-            "SELECT p.id, p.email, p.display_name, m.roles FROM course_members m"
-            " JOIN people p ON p.id = m.person_id WHERE m.course_id = %s"
-            " ORDER BY lower(p.display_name), p.id", (course_id,))
-        return [CourseMember(r[0], r[1], r[2], list(r[3])) for r in rows]
-
-    async def ids_by_email(self, addresses: Iterable[str]) -> dict[str, int]:
-        """
-        {lower-cased address: person id} of the known people among C{addresses}.
-        """
-        wanted = sorted({a.strip().lower() for a in addresses if a and a.strip()})
-        if not wanted:
-            return {}
-        rows = await self.db.runQuery(
-            "SELECT lower(email), id FROM people WHERE lower(email) = ANY(%s)", (wanted,))
-        return dict(rows)
 
     # -- notes ------------------------------------------------------------------
     async def set_note(self, course_id: int, week: str, note: str,

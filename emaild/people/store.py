@@ -11,6 +11,8 @@ from typing import Iterable, Sequence
 import attrs
 import psycopg2
 
+from emaild.people.roles import is_staff as any_staff_role
+
 
 @attrs.frozen
 class Person:
@@ -70,6 +72,14 @@ class LtiOutcome:
     #: the launch's address already belongs to this other person, so the
     #: person kept their old address
     email_conflict: int | None
+
+
+@attrs.frozen
+class CourseMember:
+    person_id: int
+    email: str | None
+    display_name: str
+    roles: builtins.list[str]
 
 
 @attrs.frozen
@@ -175,6 +185,36 @@ class PeopleStore:
             " JOIN courses c ON c.id = g.course_id"
             " WHERE m.person_id = %s AND m.left_at IS NULL ORDER BY g.id", (person_id,))
         return [GroupOfPerson(*r) for r in rows]
+
+    async def roles(self, course_id: int, person_id: int) -> builtins.list[str] | None:
+        """
+        The person's roles in the course, or None when not a member.
+        """
+        rows = await self.db.runQuery(
+            "SELECT roles FROM course_members WHERE course_id = %s AND person_id = %s",
+            (course_id, person_id))
+        return list(rows[0][0]) if rows else None
+
+    async def is_staff(self, course_id: int, person_id: int) -> bool:
+        return any_staff_role(await self.roles(course_id, person_id) or ())
+
+    async def course_members(self, course_id: int) -> builtins.list[CourseMember]:
+        rows = await self.db.runQuery(
+            "SELECT p.id, p.email, p.display_name, m.roles FROM course_members m"
+            " JOIN people p ON p.id = m.person_id WHERE m.course_id = %s"
+            " ORDER BY lower(p.display_name), p.id", (course_id,))
+        return [CourseMember(r[0], r[1], r[2], list(r[3])) for r in rows]
+
+    async def ids_by_email(self, addresses: Iterable[str]) -> dict[str, int]:
+        """
+        {lower-cased address: person id} of the known people among C{addresses}.
+        """
+        wanted = sorted({a.strip().lower() for a in addresses if a and a.strip()})
+        if not wanted:
+            return {}
+        rows = await self.db.runQuery(
+            "SELECT lower(email), id FROM people WHERE lower(email) = ANY(%s)", (wanted,))
+        return dict(rows)
 
     # -- LTI launches ----------------------------------------------------------
     async def upsert_from_lti(self, *, consumer_key: str, user_id: str, email: str | None,

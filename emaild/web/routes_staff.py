@@ -3,7 +3,7 @@ Routes: the course staff's pages.
 
 Only signed-in people whose LTI role in the course is Instructor or
 Administrator (short names, URNs and LTI 1.3 URIs; see
-L{emaild.digest.store.STAFF_ROLE}) get in.  Not signed in: C{401}; no such
+L{emaild.people.roles.STAFF_ROLE}) get in.  Not signed in: C{401}; no such
 course: C{404}; anyone else (learners, other courses' staff): C{403}.
 Every POST checks the session's C{csrf_token} (C{403} without it).
 
@@ -67,7 +67,7 @@ async def _staff(self: WebApp, request, course_id: int, post: bool = False):
     course = (await self.people.courses([course_id])).get(course_id)
     if course is None:
         raise _Refused(self.pages.error(request, 404, "There is no such course."))
-    if not await self.hs.get_digest_store().is_staff(course_id, session.person_id):
+    if not await self.people.is_staff(course_id, session.person_id):
         raise _Refused(self.pages.error(
             request, 403, "Only the course's instructors and administrators can see this page."))
     if post and not self.sessions.check_csrf(request, session):
@@ -114,7 +114,7 @@ async def _course_page(self: WebApp, request, session, course, code: int = 200,
     return self.pages.render(
         request, "staff_course.html", code, title=f"Staff: {course.title or course.context_id}",
         course={"id": course.id, "title": course.title or course.context_id},
-        members=len(await store.course_members(course.id)), groups=groups,
+        members=len(await self.people.course_members(course.id)), groups=groups,
         announcements=announcements, csrf_token=session.csrf_token, error=error,
         form=form or {"target": "course", "subject": "", "body": ""},
         week=week, note=await store.note(course.id, week) or "",
