@@ -248,7 +248,9 @@ class HomeServer:
         from emaild.notify.notifier import Notifier
 
         return Notifier(self.config, self.get_notify_store(), self.get_group_store(),
-                        self.get_people_store(), self.get_outbox(), clock=self.reactor.seconds)
+                        self.get_people_store(), self.get_outbox(), clock=self.reactor.seconds,
+                        outbox_store=self.get_outbox_store(),
+                        session_store=self.get_session_store())
 
     @built_once
     def get_transport(self):
@@ -358,7 +360,8 @@ class HomeServer:
         from emaild.digest.announce import Announcements
 
         return Announcements(self.get_outbox(), self.get_digest_store(),
-                             self.get_group_store(), self.get_people_store())
+                             self.get_group_store(), self.get_people_store(),
+                             self.get_outbox_store())
 
     # -- the services of the daemon ------------------------------------------
     @built_once

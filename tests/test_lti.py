@@ -173,7 +173,7 @@ class LaunchTests(LtiTestCase):
         sessions = self.query("SELECT id, person_id FROM web_sessions WHERE revoked_at IS NULL")
         self.assertEqual(sessions, [(hashlib.sha256(value.encode()).hexdigest(), person_id)])
         session = await self.web.sessions.store.find(value, time.time(), 3600)
-        self.assertEqual(session[0].person_id, person_id)
+        self.assertEqual(session.session.person_id, person_id)
         self.assertIn(f"LTI launch: person {person_id} (new)", self.logged())
 
     @async_test

@@ -227,10 +227,10 @@ class LaunchTests(Lti13TestCase):
         self.assert_launched(*await self.launch())
         ((person_id, _, name),) = self.people()
         self.assertEqual(name, "Grace B. Hopper")
-        from emaild.digest.store import DigestStore
+        from emaild.people.store import PeopleStore
 
         (course_id,) = self.query("SELECT id FROM courses")[0]
-        self.assertTrue(await DigestStore(self.db).is_staff(course_id, person_id))
+        self.assertTrue(await PeopleStore(self.db).is_staff(course_id, person_id))
 
     @async_test
     async def test_a_launch_with_a_known_address_links_the_person_who_has_it(self):

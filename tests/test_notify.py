@@ -64,7 +64,8 @@ class BurstTests(NotifyTestCase):
         ((recipient, person_id, kind, course_id, batch, subject, body),) = self.mails()
         self.assertEqual((recipient, person_id, kind, course_id),
                          ("bob@example.org", self.bob.id, "notification", await self.course_id()))
-        (notice_id, group_id, actor_id, _), = await self.web.notifier.store.notices()
+        (notice,) = await self.web.notifier.store.notices()
+        notice_id, group_id, actor_id = notice.notice_id, notice.group_id, notice.actor_id
         self.assertEqual((group_id, actor_id), (self.group_id, self.ada.id))
         self.assertEqual(batch, f"notify:{notice_id}")
         self.assertEqual(subject, "Ada <Lovelace> is active in Team <A>")
@@ -138,7 +139,8 @@ class WhoHearsTests(NotifyTestCase):
         self.assertEqual(self.recipients(),
                          ["bob@example.org", "ivy@example.org", "joe@example.org"])
         # Cy left the group, Dan is not in it, Ada is who was active
-        (notice_id, *_), = await self.web.notifier.store.notices()
+        (notice,) = await self.web.notifier.store.notices()
+        notice_id = notice.notice_id
         self.assertEqual(
             sorted(r[0] for r in self.query(
                 "SELECT recipient_id FROM group_activity_recipients WHERE notice_id = %s",

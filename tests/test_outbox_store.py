@@ -84,7 +84,8 @@ class ClaimTests(StoreTestCase):
     def test_concurrent_claims_never_share_a_row(self):
         yield defer.ensureDeferred(self.enqueue([f"r{i}@example.org" for i in range(40)]))
         results = yield defer.gatherResults([
-            self.store.claim(f"owner{i}", NOW, 15, limits(), self.cfg.qos) for i in range(3)])
+            defer.ensureDeferred(self.store.claim(f"owner{i}", NOW, 15, limits(), self.cfg.qos))
+            for i in range(3)])
         ids = [m.id for r in results for m in r.messages]
         self.assertEqual(len(ids), len(set(ids)))
         self.assertEqual(len(ids), 40)
@@ -114,7 +115,7 @@ class ClaimTests(StoreTestCase):
     @defer.inlineCallbacks
     def test_suppressed_addresses_end_suppressed_with_reason(self):
         yield defer.ensureDeferred(self.enqueue(["Gone@Example.org", "ok@example.org"]))
-        yield self.store.suppress("gone@example.org", "hard bounce 550 5.1.1")
+        yield defer.ensureDeferred(self.store.suppress("gone@example.org", "hard bounce 550 5.1.1"))
         result = yield self.store.claim("me", NOW, 10, limits(), self.cfg.qos)
         self.assertEqual([m.recipient for m in result.messages], ["ok@example.org"])
         self.assertEqual(result.suppressed, 1)
@@ -123,14 +124,15 @@ class ClaimTests(StoreTestCase):
 
     @defer.inlineCallbacks
     def test_suppressions_are_readable(self):
-        yield self.store.suppress("Gone@Example.org", "3 hard bounces")
-        yield self.store.suppress("spam@example.org", "complaint")
+        yield defer.ensureDeferred(self.store.suppress("Gone@Example.org", "3 hard bounces"))
+        yield defer.ensureDeferred(self.store.suppress("spam@example.org", "complaint"))
         rows = yield defer.ensureDeferred(self.store.suppressions())
-        self.assertEqual(sorted((a, r) for a, r, _ in rows),
+        self.assertEqual(sorted((s.address, s.reason) for s in rows),
                          [("gone@example.org", "3 hard bounces"), ("spam@example.org", "complaint")])
         rows = yield defer.ensureDeferred(self.store.suppressions(["GONE@example.org", "x@y.org"]))
-        self.assertEqual([(a, r) for a, r, _ in rows], [("gone@example.org", "3 hard bounces")])
-        self.assertIsNotNone(rows[0][2])
+        self.assertEqual([(s.address, s.reason) for s in rows],
+                         [("gone@example.org", "3 hard bounces")])
+        self.assertIsNotNone(rows[0].created_at)
         self.assertEqual((yield defer.ensureDeferred(self.store.suppressions([]))), [])
 
     @defer.inlineCallbacks
@@ -167,9 +169,10 @@ class RecordTests(StoreTestCase):
         self.assertEqual(m.attempts, 1)
         no = DeliveryResult(Outcome.FAILED, 550, "5.1.1 no such user")
         yield self.store.record("me", [decide(m.id, m.attempts, qos, no, NOW)], NOW)
-        state, history = yield self.store.history(m.id)
-        self.assertEqual(state[:3], ("failed", "550 5.1.1 no such user", 2))
-        self.assertEqual([(h[1], h[2]) for h in history], [("retry", 451), ("failed", 550)])
+        state, history = yield defer.ensureDeferred(self.store.history(m.id))
+        self.assertEqual((state.state, state.reason, state.attempts),
+                         ("failed", "550 5.1.1 no such user", 2))
+        self.assertEqual([(h.outcome, h.code) for h in history], [("retry", 451), ("failed", 550)])
 
     @defer.inlineCallbacks
     def test_throttle_requeues_without_burning_and_slows_the_bucket(self):

@@ -95,13 +95,13 @@ async def _people_from_csv(parts, path: str):
 
 
 async def _ids_by_email(parts, addresses) -> dict[str, int]:
-    return await parts.get_digest_store().ids_by_email(addresses)
+    return await parts.get_people_store().ids_by_email(addresses)
 
 
 async def _watch_label(parts, args, label: str) -> None:
     from emaild.outbound.stats import queue_summary
 
-    store = parts.get_digest_store()
+    store = parts.get_outbox_store()
 
     async def summary():
         return queue_summary(await store.batch_counts(label))

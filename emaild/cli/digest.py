@@ -81,7 +81,8 @@ async def run(parts, args) -> int:
             if len(courses) != 1:
                 raise CliError(f"person {person.id} is in {len(courses)} courses; say which "
                                "with --course KEY")
-            course = (await people.courses([courses[0][0]]))[courses[0][0]]
+            course_id = courses[0].course_id
+            course = (await people.courses([course_id]))[course_id]
         try:
             subject, text, _ = await runner.preview(person.id, course.id, args.week or upcoming)
         except (ComposeError, LookupError) as e:

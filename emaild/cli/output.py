@@ -12,7 +12,7 @@ from typing import Iterable, Sequence, TextIO
 
 from emaild.db.database import redact
 from emaild.outbound.stats import finished, pending
-from emaild.outbound.store import STATES
+from emaild.outbound.store import STATES, Failure, Suppression
 
 
 class CliError(Exception):
@@ -89,42 +89,43 @@ def when(value) -> str:
     return str(value)
 
 
-def failures_table(rows: Sequence[tuple]) -> str:
+def failures_table(rows: Sequence[Failure]) -> str:
     """
-    L{OutboxStore.failures} rows: (id, recipient, template, qos, attempts,
-    reason, finished_at).
+    L{OutboxStore.failures} rows.
     """
     if not rows:
         return "no failed messages"
     return table(
         ["id", "recipient", "template", "class", "attempts", "finished (UTC)", "reason / last reply"],
-        [[i, rcpt, tpl, qos, attempts, when(at), one_line(reason or "-")]
-         for i, rcpt, tpl, qos, attempts, reason, at in rows],
+        [[f.outbox_id, f.recipient, f.template, f.qos, f.attempts, when(f.finished_at),
+          one_line(f.reason or "-")] for f in rows],
         right=[True, False, False, False, True, False, False],
     )
 
 
-def failures_json(rows: Sequence[tuple]) -> list[dict]:
+def failures_json(rows: Sequence[Failure]) -> list[dict]:
     return [
-        {"id": i, "recipient": rcpt, "template": tpl, "qos": qos, "attempts": attempts,
-         "reason": reason, "finished_at": at.isoformat() if at is not None else None}
-        for i, rcpt, tpl, qos, attempts, reason, at in rows
+        {"id": f.outbox_id, "recipient": f.recipient, "template": f.template, "qos": f.qos,
+         "attempts": f.attempts, "reason": f.reason,
+         "finished_at": f.finished_at.isoformat() if f.finished_at is not None else None}
+        for f in rows
     ]
 
 
-def suppressions_table(rows: Sequence[tuple]) -> str:
+def suppressions_table(rows: Sequence[Suppression]) -> str:
     """
-    L{OutboxStore.suppressions} rows: (address, reason, created_at).
+    L{OutboxStore.suppressions} rows.
     """
     if not rows:
         return "no suppressed addresses"
     return table(["address", "since (UTC)", "reason"],
-                 [[address, when(at), one_line(reason or "-")] for address, reason, at in rows])
+                 [[s.address, when(s.created_at), one_line(s.reason or "-")] for s in rows])
 
 
-def suppressions_json(rows: Sequence[tuple]) -> list[dict]:
-    return [{"address": address, "reason": reason,
-             "since": at.isoformat() if at is not None else None} for address, reason, at in rows]
+def suppressions_json(rows: Sequence[Suppression]) -> list[dict]:
+    return [{"address": s.address, "reason": s.reason,
+             "since": s.created_at.isoformat() if s.created_at is not None else None}
+            for s in rows]
 
 
 def _duration(seconds: float) -> str:

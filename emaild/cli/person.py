@@ -175,8 +175,9 @@ async def _list(parts, args) -> int:
     if course is not None and not await store.find_courses(course):
         raise CliError(f"no course {course!r}")
     entries = await store.directory(course)
-    suppressed = {address: (reason, since) for address, reason, since
-                  in await parts.get_outbox_store().suppressions(e.person.email for e in entries)}
+    suppressed = {s.address: (s.reason, s.created_at)
+                  for s in await parts.get_outbox_store().suppressions(e.person.email
+                                                                       for e in entries)}
     print(json.dumps(people_json(entries, suppressed), indent=2, ensure_ascii=False) if args.json
           else people_table(entries, suppressed))
     return 0

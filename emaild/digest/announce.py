@@ -31,7 +31,7 @@ from emaild.groups.store import GroupStore
 from emaild.outbound.compose import ComposeError
 from emaild.outbound.outbox import Rejected
 from emaild.outbound.stats import queue_summary
-from emaild.outbound.store import STATES
+from emaild.outbound.store import STATES, OutboxStore
 from emaild.people.store import PeopleStore
 
 #: people per Outbox.enqueue_people call (one transaction each)
@@ -89,11 +89,14 @@ class Preview:
 class Announcements:
     """
     Announcements of one process: queued through C{outbox}, recorded in the
-    digest part's tables (C{store}), audiences from C{groups} and C{people}.
+    digest part's tables (C{store}), audiences from C{groups} and C{people},
+    progress and failures read from the outbound part's C{outbox_store}.
     """
 
-    def __init__(self, outbox, store: DigestStore, groups: GroupStore, people: PeopleStore):
+    def __init__(self, outbox, store: DigestStore, groups: GroupStore, people: PeopleStore,
+                 outbox_store: OutboxStore):
         self.outbox = outbox
+        self.outbox_store = outbox_store
         self.store = store
         self.groups = groups
         self.people = people
@@ -270,7 +273,7 @@ class Announcements:
         found = await store.announcement(label)
         if found is None:
             raise AnnounceError(f"no announcement {label!r}")
-        summary = queue_summary(await store.batch_counts(label))
+        summary = queue_summary(await self.outbox_store.batch_counts(label))
         counts = {state: summary[state] for state in STATES}
         counts["total"] = summary["total"]
         counts["rejected"] = found.rejected
@@ -293,9 +296,11 @@ class Announcements:
             "resends": await store.resends(label),
             "counts": await self.progress(label),
             "failures": [
-                {"outbox_id": i, "person_id": p, "recipient": r, "attempts": a, "reason": reason,
-                 "finished_at": at.isoformat() if at else None, "last_reply": last}
-                for i, p, r, a, reason, at, last in await store.batch_failures(label, failures)],
+                {"outbox_id": f.outbox_id, "person_id": f.person_id, "recipient": f.recipient,
+                 "attempts": f.attempts, "reason": f.reason,
+                 "finished_at": f.finished_at.isoformat() if f.finished_at else None,
+                 "last_reply": f.last_reply}
+                for f in await self.outbox_store.batch_failures(label, failures)],
         }
 
 
@@ -310,11 +315,12 @@ class Announcements:
         found = await store.announcement(label)
         if found is None:
             raise AnnounceError(f"no announcement {label!r}")
-        failed = await store.failed_people(label)
+        resends = await store.resends(label)
+        failed = await self.outbox_store.failed_people(label, resends)
         if not failed:
             raise AnnounceError(f"announcement {label!r} has no failed recipients to send again")
         own = await store.contexts(label, failed)
-        number = len(await store.resends(label)) + 1
+        number = len(resends) + 1
         return await self.send(
             found.template, course_id=found.course_id,
             recipients=[(pid, own.get(pid, {})) for pid in failed],

@@ -17,7 +17,7 @@ from markupsafe import escape
 from emaild.digest.store import GroupActivity, Learner
 from emaild.outbound.compose import ComposeError, Rendered, check_address
 from emaild.outbound.kinds import get_kind
-from emaild.outbound.store import insert_messages
+from emaild.outbound.store import insert_messages_txn
 
 TEMPLATE = "digest"
 KIND = "digest"
@@ -135,7 +135,7 @@ async def enqueue_chunk(cursor, outbox, learners: Sequence[Learner],
             outcomes.append((person_id, f"rejected: {e}"[:500], None))
         at += n
     if rendered:
-        ids = await insert_messages(cursor, TEMPLATE, qos, rendered, None)
+        ids = await insert_messages_txn(cursor, TEMPLATE, qos, rendered, None)
         outcomes.extend((pid, "queued", oid) for pid, oid in zip(owners, ids))
     return ChunkResult(outcomes)
 

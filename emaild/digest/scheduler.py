@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from emaild.digest import weeks
 from emaild.digest.render import WeekData, enqueue_chunk, preview_text
-from emaild.digest.store import DigestStore, claim_learners, learners, mark_sent
+from emaild.digest.store import DigestStore, claim_learners_txn, learners_txn, mark_sent_txn
 from emaild.people.store import PeopleStore
 
 log = Logger()
@@ -112,15 +112,15 @@ class DigestRunner:
         return totals
 
     async def _chunk(self, cursor, data: WeekData, after: int):
-        found = await claim_learners(cursor, data.course_id, data.week, self.chunk_size, after)
+        found = await claim_learners_txn(cursor, data.course_id, data.week, self.chunk_size, after)
         if found is None:
             return None
         claimed, last = found
         if not claimed:
             return _Chunk([], last)
-        people = await learners(cursor, data.course_id, claimed)
+        people = await learners_txn(cursor, data.course_id, claimed)
         result = await enqueue_chunk(cursor, self.outbox, people, data)
-        await mark_sent(cursor, data.course_id, data.week, result.outcomes)
+        await mark_sent_txn(cursor, data.course_id, data.week, result.outcomes)
         return _Chunk(result.outcomes, last)
 
     async def preview(self, person_id: int, course_id: int, week: str):
@@ -129,7 +129,7 @@ class DigestRunner:
         is claimed, minted or queued.
         """
         data = await self.week_data(course_id, week)
-        found = await self.db.transaction(learners, course_id, [person_id])
+        found = await self.db.transaction(learners_txn, course_id, [person_id])
         if not found:
             raise LookupError(f"there is no person {person_id}")
         return preview_text(self.outbox, found[0], data)

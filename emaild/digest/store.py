@@ -1,9 +1,10 @@
 """
 The digest part's tables: C{digest_notes}, C{digest_runs}, C{digest_sent},
 C{announcements} and C{announcement_recipients}.  It reads (never writes)
-people, courses, groups and group posts, and reads the outbox by batch
-label for announcement progress; outbox rows are only ever written through
-L{emaild.outbound.store.insert_messages} or L{emaild.outbound.outbox.Outbox}.
+people, courses, groups and group posts; the outbox (an announcement's
+progress and failures, by batch label) is read through
+L{emaild.outbound.store.OutboxStore} and written through
+L{emaild.outbound.store.insert_messages_txn} or L{emaild.outbound.outbox.Outbox}.
 
 Functions taking a C{cursor} run inside a caller's transaction (a weekly
 update chunk claims its learners and queues their mail in one).
@@ -13,30 +14,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import attrs
 
-#: LTI roles that make a course member staff (Instructor or Administrator):
-#: the LTI 1.1 short names and URNs (context, institution and system roles,
-#: with any sub-role such as C{Instructor/TeachingAssistant}) and the LTI 1.3
-#: vocabulary URIs.  Used as a PostgreSQL regular expression too (C{~*}).
-STAFF_ROLE = (
-    r"^((urn:lti:(role|instrole|sysrole):ims/lis/)?(Instructor|Administrator)(/.*)?"
-    r"|https?://purl\.imsglobal\.org/vocab/lis/v2/(membership|institution/person|system/person)"
-    r"(#(Instructor|Administrator)|/(Instructor|Administrator)#.*))$"
-)
-_STAFF = re.compile(STAFF_ROLE, re.IGNORECASE)
-
-
-def is_staff_role(role: str) -> bool:
-    return bool(_STAFF.match(role.strip()))
-
-
-def is_staff(roles: Iterable[str]) -> bool:
-    return any(is_staff_role(r) for r in roles or ())
-
+from emaild.people.roles import STAFF_ROLE, is_staff, is_staff_role  # noqa: F401 (re-exported)
 
 #: SQL: the course member C{m} is not staff (see L{STAFF_ROLE}); takes the
 #: pattern as a parameter
@@ -90,34 +72,6 @@ _ANNOUNCEMENT = ("label, template, course_id, group_id, audience, context, resen
 class DigestStore:
     def __init__(self, db):
         self.db = db
-
-    # -- staff ------------------------------------------------------------------
-    async def roles(self, course_id: int, person_id: int) -> list[str] | None:
-        rows = await self.db.runQuery(
-            "SELECT roles FROM course_members WHERE course_id = %s AND person_id = %s",
-            (course_id, person_id))
-        return list(rows[0][0]) if rows else None
-
-    async def is_staff(self, course_id: int, person_id: int) -> bool:
-        return is_staff(await self.roles(course_id, person_id) or ())
-
-    async def course_members(self, course_id: int) -> list[tuple[int, str | None, str, list[str]]]:
-        rows = await self.db.runQuery(
-            "SELECT p.id, p.email, p.display_name, m.roles FROM course_members m"
-            " JOIN people p ON p.id = m.person_id WHERE m.course_id = %s"
-            " ORDER BY lower(p.display_name), p.id", (course_id,))
-        return [(r[0], r[1], r[2], list(r[3])) for r in rows]
-
-    async def ids_by_email(self, addresses: Iterable[str]) -> dict[str, int]:
-        """
-        {lower-cased address: person id} of the known people among C{addresses}.
-        """
-        wanted = sorted({a.strip().lower() for a in addresses if a and a.strip()})
-        if not wanted:
-            return {}
-        rows = await self.db.runQuery(
-            "SELECT lower(email), id FROM people WHERE lower(email) = ANY(%s)", (wanted,))
-        return dict(rows)
 
     # -- notes ------------------------------------------------------------------
     async def set_note(self, course_id: int, week: str, note: str,
@@ -268,45 +222,6 @@ class DigestStore:
             (label,))
         return [r[0] for r in rows]
 
-    # -- the outbox, by batch (read only) ---------------------------------------------
-    async def batch_counts(self, label: str) -> dict[str, dict[str, int]]:
-        """
-        {state: {qos: n}} of the outbox rows queued with this batch label
-        (the shape of L{OutboxStore.counts}).
-        """
-        rows = await self.db.runQuery(
-            "SELECT state, qos, count(*) FROM outbox WHERE batch = %s GROUP BY state, qos",
-            (label,))
-        counts: dict[str, dict[str, int]] = {}
-        for state, qos, n in rows:
-            counts.setdefault(state, {})[qos] = n
-        return counts
-
-    async def batch_failures(self, label: str, limit: int = 50) -> list[tuple]:
-        """
-        (outbox id, person id, recipient, attempts, reason, finished_at,
-        last reply) of the batch's failed messages, newest first.
-        """
-        return await self.db.runQuery(
-            "SELECT o.id, o.person_id, o.recipient, o.attempts, o.reason, o.finished_at,"
-            "  (SELECT coalesce(a.code::text || ' ', '') || a.reply FROM outbox_attempts a"
-            "   WHERE a.outbox_id = o.id ORDER BY a.id DESC LIMIT 1)"
-            " FROM outbox o WHERE o.batch = %s AND o.state = 'failed'"
-            " ORDER BY o.finished_at DESC NULLS LAST, o.id DESC LIMIT %s", (label, limit))
-
-    async def failed_people(self, label: str) -> list[int]:
-        """
-        People whose message in batch C{label} failed, less those a re-send
-        of it already reached (or is still trying to).
-        """
-        rows = await self.db.runQuery(
-            "SELECT DISTINCT o.person_id FROM outbox o"
-            " WHERE o.batch = %s AND o.state = 'failed' AND o.person_id IS NOT NULL"
-            "   AND NOT EXISTS (SELECT 1 FROM outbox r JOIN announcements a ON a.label = r.batch"
-            "     WHERE a.resend_of = %s AND r.person_id = o.person_id AND r.state <> 'failed')"
-            " ORDER BY 1", (label, label))
-        return [r[0] for r in rows]
-
     async def count_members(self, *, course_id: int | None = None,
                             group_id: int | None = None) -> int:
         if group_id is not None:
@@ -336,7 +251,7 @@ class DigestStore:
 
 
 # -- inside a caller's transaction ---------------------------------------------------
-async def claim_learners(cursor, course_id: int, week: str, limit: int,
+async def claim_learners_txn(cursor, course_id: int, week: str, limit: int,
                          after: int = 0) -> tuple[list[int], int] | None:
     """
     Claim up to C{limit} learners of the course (person id above C{after})
@@ -361,7 +276,7 @@ async def claim_learners(cursor, course_id: int, week: str, limit: int,
     return sorted(r[0] for r in cursor.fetchall()), candidates[-1]
 
 
-async def learners(cursor, course_id: int, person_ids: Sequence[int]) -> list[Learner]:
+async def learners_txn(cursor, course_id: int, person_ids: Sequence[int]) -> list[Learner]:
     """
     The people with their current groups in the course.
     """
@@ -374,7 +289,7 @@ async def learners(cursor, course_id: int, person_ids: Sequence[int]) -> list[Le
     return [Learner(r[0], r[1], r[2] or "", tuple(r[3])) for r in cursor.fetchall()]
 
 
-async def mark_sent(cursor, course_id: int, week: str,
+async def mark_sent_txn(cursor, course_id: int, week: str,
                     outcomes: Sequence[tuple[int, str, int | None]]) -> None:
     """
     Record what became of each claimed learner: (person id, outcome, outbox id).

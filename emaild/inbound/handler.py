@@ -77,8 +77,8 @@ class InboundHandler:
         elif local.lower().startswith(BOUNCE_PREFIX):
             sent = await self.outbox.by_bounce_address(address)
             if sent is not None:
-                outbox_id, _, person_id = sent
-                return Recipient(address, BOUNCE, outbox_id=outbox_id, person_id=person_id)
+                return Recipient(address, BOUNCE, outbox_id=sent.outbox_id,
+                                 person_id=sent.person_id)
         else:
             token = self.addresses.parse(address)
             member = await self.groups.by_token(token) if token is not None else None

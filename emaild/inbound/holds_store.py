@@ -14,7 +14,7 @@ import attrs
 from psycopg2 import Binary
 
 from emaild.inbound.store import INBOUND_CHANNEL, RELAY, Recipient
-from emaild.outbound import store as outbox_tables
+from emaild.outbound.store import insert_messages_txn
 
 WAITING, SENT, DISCARDED, EXPIRED = "waiting", "sent", "discarded", "expired"
 EXPIRED_REASON = "not relayed: the member did not confirm it before the link expired"
@@ -92,7 +92,7 @@ class HoldStore:
                  message.person_id, message.group_id, link_id, message.reason[:500],
                  expires_at, INBOUND_CHANNEL))
             message_id = cursor.fetchone()[0]
-            await outbox_tables.insert_messages(cursor, template, qos, [confirmation],
+            await insert_messages_txn(cursor, template, qos, [confirmation],
                                                 batch=f"hold of inbound message {message_id}")
             return message_id
 

@@ -45,9 +45,14 @@ from emaild.inbound.store import (
 )
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.metrics import Metrics
-from emaild.outbound import store as outbox_tables
 from emaild.outbound.compose import Rendered
 from emaild.outbound.kinds import Scope
+from emaild.outbound.store import (
+    bounced_message_txn,
+    insert_messages_txn,
+    record_bounced_txn,
+    suppress_address_txn,
+)
 
 log = Logger()
 
@@ -199,21 +204,21 @@ class RelayProcessor(service.Service):
         if pending.mail_from != "":
             return "ignored", ("not a bounce: mail to a bounce address must come from the "
                                "null sender <>")
-        sent = await outbox_tables.bounced_message(cursor, pending.address)
+        sent = await bounced_message_txn(cursor, pending.address)
         if sent is None:
             return "ignored", "no message of ours has this bounce address"
-        outbox_id, recipient, person_id = sent
+        outbox_id, recipient, person_id = sent.outbox_id, sent.recipient, sent.person_id
         reports = parse_bounce(pending.raw)
         if not reports:
             return "ignored", "no delivery status found in this bounce"
         report = next((r for r in reports if r.hard), reports[0])
-        await outbox_tables.record_bounced(cursor, outbox_id, report.status, report.diagnostic)
+        await record_bounced_txn(cursor, outbox_id, report.status, report.diagnostic)
         hard_bounces = await record_bounce(
             cursor, address=recipient, outbox_id=outbox_id, person_id=person_id,
             hard=report.hard, status=report.status, diagnostic=report.diagnostic)
         what = "hard" if report.hard else "soft"
         if report.hard and hard_bounces >= self.bounce_limit:
-            await outbox_tables.suppress_address(
+            await suppress_address_txn(
                 cursor, recipient, f"bounced: {hard_bounces} hard bounces, the last "
                                    f"{report.status} {report.diagnostic}".strip()[:500])
             return "done", (f"{what} bounce of message {outbox_id} ({report.status}); address "
@@ -326,8 +331,8 @@ class RelayProcessor(service.Service):
         kind = self.config.kinds.get(GROUP_KIND)
         qos = self.config.qos_class(kind.qos if kind else None)
         if copies:
-            await outbox_tables.insert_messages(cursor, "group-relay", qos, copies,
-                                                batch=f"group {pending.group_id} post {post_id}")
+            await insert_messages_txn(cursor, "group-relay", qos, copies,
+                                      batch=f"group {pending.group_id} post {post_id}")
         return Outcome("done", f"relayed as post {post_id} to {len(copies)} members",
                        copies=len(copies))
 

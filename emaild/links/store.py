@@ -47,7 +47,7 @@ class LinkStore:
     def __init__(self, db):
         self.db = db
 
-    def mint_many(self, requests: Sequence[LinkRequest], now: float):
+    async def mint_many(self, requests: Sequence[LinkRequest], now: float):
         """
         One link row per request, in order: an existing row for the same
         (person, purpose, target) that stays valid for at least half its
@@ -55,7 +55,7 @@ class LinkStore:
         10,000 rows a week, and no mail carries a link about to expire);
         otherwise a new row with a fresh 64-bit secret.
         """
-        return self.db.transaction(self._mint_many, list(requests), now)
+        return await self.db.transaction(self._mint_many, list(requests), now)
 
     async def _mint_many(self, cursor, requests, now):
         if not requests:
@@ -123,6 +123,6 @@ class LinkStore:
         *row, used = rows[0]
         return LinkRow(*row), used
 
-    def record_use(self, link_id: int):
-        return self.db.runOperation(
+    async def record_use(self, link_id: int) -> None:
+        await self.db.runOperation(
             "UPDATE links SET uses = uses + 1, last_used_at = now() WHERE id = %s", (link_id,))

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from emaild.groups.store import GroupStore
 from emaild.notify.store import NotifyStore
+from emaild.outbound.store import OutboxStore
 from emaild.people.store import PeopleStore
 
 log = Logger()
@@ -45,7 +46,8 @@ class Notifier:
     """
 
     def __init__(self, config, store: NotifyStore, groups: GroupStore, people: PeopleStore,
-                 outbox, clock: Callable[[], float]):
+                 outbox, clock: Callable[[], float], *, outbox_store: OutboxStore,
+                 session_store):
         section = config["notifications"]
         self.online_window = section["online_window"]
         self.active_window = section["active_window"]
@@ -55,6 +57,9 @@ class Notifier:
         self.store = store
         self.groups = groups
         self.people = people
+        #: opt-outs (the outbound part's) and signed-in activity (the web's)
+        self.outbox_store = outbox_store
+        self.session_store = session_store
         #: (group, actor) pairs being handled now: a burst of page loads
         #: does the work once (the database enforces it across processes)
         self._running: set[tuple[int, int]] = set()
@@ -94,8 +99,11 @@ class Notifier:
         actor = await self.groups.member(group_id, actor_id)
         if group is None or actor is None or not actor.live:
             return 0
-        quiet = await self.store.quiet_members(group_id, actor_id, KIND, group.course_id,
-                                               self.online_window)
+        quiet = await self.store.quiet_members(group_id, actor_id, self.online_window)
+        if quiet:
+            online = await self.session_store.seen_since(quiet, self.online_window)
+            off = await self.outbox_store.opted_out(quiet, group.course_id, KIND)
+            quiet = [p for p in quiet if p not in online and p not in off]
         if not quiet:
             return 0
         claimed = await self.store.claim(group_id, actor_id, quiet, now, self.active_window,

@@ -2,17 +2,21 @@
 The notifications part's tables: C{group_activity_notices} and
 C{group_activity_recipients} (migration 0010).
 
-It also reads, never writes, what other parts record about people: their
-group page visits (C{group_visits}) and web sessions (C{web_sessions}) to
-tell who is online, and their opt-outs (C{mail_optouts}) to leave out
-people who turned the notification kind off before anything is queued
-(the sender checks opt-outs again when it claims the mail).
+It also reads, never writes, the groups part's members and group page
+visits (C{group_members}, C{group_visits}) and people's addresses.  Who is
+signed in (C{web_sessions}) and who turned the notification kind off
+(C{mail_optouts}) the notifier asks the web and outbound stores
+(L{emaild.web.sessions.SessionStore.seen_since},
+L{emaild.outbound.store.OutboxStore.opted_out}); the sender checks opt-outs
+again when it claims the mail.
 """
 
 from __future__ import annotations
 
 import datetime
 from typing import Sequence
+
+import attrs
 
 #: advisory lock classes (the two-key form: class, id)
 ACTIVE_LOCK = 0x6E6F7469  # "noti": one (actor, group) at a time
@@ -28,17 +32,28 @@ def utc_day(now: float) -> datetime.date:
     return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
 
 
+@attrs.frozen
+class Notice:
+    """
+    A group-activity notice: who did something in which group, and when.
+    """
+
+    notice_id: int
+    group_id: int
+    actor_id: int
+    at: datetime.datetime
+
+
 class NotifyStore:
     def __init__(self, db):
         self.db = db
 
-    async def quiet_members(self, group_id: int, actor_id: int, kind: str, course_id: int,
-                            online_window: float) -> list[int]:
+    async def quiet_members(self, group_id: int, actor_id: int, online_window: float) -> list[int]:
         """
-        The other current members of the group who have an address, are
-        not online (no group page visit and no request in a signed-in
-        session within C{online_window} seconds) and have not turned
-        C{kind} off for the course (or all mail).
+        The other current members of the group who have an address and
+        have not visited a group page within C{online_window} seconds.
+        (Signed-in requests and opt-outs are the web and outbound parts'
+        tables: the notifier asks their stores.)
         """
         rows = await self.db.runQuery(
             "SELECT m.person_id FROM group_members m JOIN people p ON p.id = m.person_id"
@@ -46,19 +61,12 @@ class NotifyStore:
             "   AND coalesce(p.email, '') <> ''"
             "   AND NOT EXISTS (SELECT 1 FROM group_visits v WHERE v.person_id = m.person_id"
             "       AND v.at > now() - make_interval(secs => %(online)s))"
-            "   AND NOT EXISTS (SELECT 1 FROM web_sessions s WHERE s.person_id = m.person_id"
-            "       AND s.revoked_at IS NULL"
-            "       AND s.last_seen_at > now() - make_interval(secs => %(online)s))"
-            "   AND NOT EXISTS (SELECT 1 FROM mail_optouts o WHERE o.person_id = m.person_id"
-            "       AND (o.course_id IS NULL OR o.course_id = %(course)s)"
-            "       AND (o.kind IS NULL OR o.kind = %(kind)s))"
             " ORDER BY m.person_id",
-            {"group": group_id, "actor": actor_id, "online": float(online_window),
-             "course": course_id, "kind": kind})
+            {"group": group_id, "actor": actor_id, "online": float(online_window)})
         return [row[0] for row in rows]
 
-    def claim(self, group_id: int, actor_id: int, candidates: Sequence[int], now: float,
-              active_window: float, daily_limit: int):
+    async def claim(self, group_id: int, actor_id: int, candidates: Sequence[int], now: float,
+                    active_window: float, daily_limit: int):
         """
         In one transaction, under advisory locks (so every emaild process on
         the database agrees): unless the actor already had a notice in this
@@ -67,8 +75,8 @@ class NotifyStore:
         C{now}'s UTC day.  Fires with (notice id, [recipient ids]), or None
         when nothing is to be sent.
         """
-        return self.db.transaction(self._claim, group_id, actor_id, sorted(set(candidates)),
-                                   now, active_window, daily_limit)
+        return await self.db.transaction(self._claim, group_id, actor_id, sorted(set(candidates)),
+                                         now, active_window, daily_limit)
 
     @staticmethod
     async def _claim(cursor, group_id, actor_id, candidates, now, active_window, daily_limit):
@@ -118,11 +126,11 @@ class NotifyStore:
                 "DELETE FROM group_activity_recipients WHERE notice_id = %s"
                 " AND recipient_id = ANY(%s)", (notice_id, list(recipients)))
 
-    async def notices(self, group_id: int | None = None) -> list[tuple[int, int, int, datetime.datetime]]:
+    async def notices(self, group_id: int | None = None) -> list[Notice]:
         """
-        (notice id, group id, actor id, when), newest first (for operators and tests).
+        The notices, newest first (for operators and tests).
         """
-        return list(await self.db.runQuery(
+        return [Notice(*row) for row in await self.db.runQuery(
             "SELECT id, group_id, actor_id, at FROM group_activity_notices"
             " WHERE %s::bigint IS NULL OR group_id = %s ORDER BY at DESC, id DESC",
-            (group_id, group_id)))
+            (group_id, group_id))]

@@ -1,7 +1,9 @@
 """
 The outbound part's tables: C{outbox}, C{outbox_attempts}, C{send_buckets},
 C{send_daily_usage}, C{suppressions} and C{mail_optouts}.  Nothing else
-touches them.
+touches them: other parts read them through L{OutboxStore} and write them
+through it or through the C{*_txn} functions at the bottom (which run inside
+the caller's transaction).
 
 Times passed in (C{now}) are seconds since the epoch on the sender's clock,
 so tests can drive the queue with a L{twisted.internet.task.Clock}.
@@ -66,11 +68,88 @@ class RateLimits:
     lease: float
 
 
+@attrs.frozen
+class Failure:
+    """
+    A message the sender gave up on.
+    """
+
+    outbox_id: int
+    recipient: str
+    template: str
+    qos: str
+    attempts: int
+    reason: str | None
+    finished_at: datetime.datetime | None
+
+
+@attrs.frozen
+class MessageState:
+    """
+    Where one outbox message stands; C{attempts}: the attempts counted
+    against its retry budget.
+    """
+
+    state: str
+    reason: str | None
+    attempts: int
+    recipient: str
+
+
+@attrs.frozen
+class Attempt:
+    """
+    One delivery attempt of a message (or a bounce reported after it).
+    """
+
+    at: datetime.datetime
+    outcome: str
+    code: int | None
+    reply: str | None
+
+
+@attrs.frozen
+class Suppression:
+    """
+    An address nothing is sent to, and why.
+    """
+
+    address: str
+    reason: str | None
+    created_at: datetime.datetime | None
+
+
+@attrs.frozen
+class BouncedMessage:
+    """
+    The message sent with a bounce address.
+    """
+
+    outbox_id: int
+    recipient: str
+    person_id: int | None
+
+
+@attrs.frozen
+class BatchFailure:
+    """
+    A failed message of a batch, with the last reply the relay gave.
+    """
+
+    outbox_id: int
+    person_id: int | None
+    recipient: str
+    attempts: int
+    reason: str | None
+    finished_at: datetime.datetime | None
+    last_reply: str | None
+
+
 def _utc_day(now: float) -> datetime.date:
     return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
 
 
-async def _load_bucket(cursor, name: str, burst: float, now: float) -> Bucket:
+async def load_bucket_txn(cursor, name: str, burst: float, now: float) -> Bucket:
     await cursor.execute(
         "INSERT INTO send_buckets (name, tokens, refilled_at) VALUES (%s, %s, %s)"
         " ON CONFLICT (name) DO NOTHING",
@@ -84,7 +163,7 @@ async def _load_bucket(cursor, name: str, burst: float, now: float) -> Bucket:
     return Bucket(name, *cursor.fetchone())
 
 
-async def _save_bucket(cursor, bucket: Bucket) -> None:
+async def save_bucket_txn(cursor, bucket: Bucket) -> None:
     await cursor.execute(
         "UPDATE send_buckets SET tokens = %s, refilled_at = %s, slowdown = %s,"
         " slowed_at = %s, paused_until = %s WHERE name = %s",
@@ -98,17 +177,17 @@ class OutboxStore:
         self.db = db
 
     # -- enqueue ---------------------------------------------------------------
-    def enqueue(self, template: str, qos: QoSClass, messages: Sequence[Rendered],
-                batch: str | None = None):
+    async def enqueue(self, template: str, qos: QoSClass, messages: Sequence[Rendered],
+                      batch: str | None = None):
         """
         Insert one row per message, in one transaction, and wake the senders.
         Fires with the new ids in order.
         """
-        return self.db.transaction(insert_messages, template, qos, messages, batch)
+        return await self.db.transaction(insert_messages_txn, template, qos, messages, batch)
 
     # -- claim -----------------------------------------------------------------
-    def claim(self, owner: str, now: float, limit: int, limits: RateLimits,
-              classes: Mapping[str, QoSClass]):
+    async def claim(self, owner: str, now: float, limit: int, limits: RateLimits,
+                    classes: Mapping[str, QoSClass]):
         """
         Take up to C{limit} due messages for C{owner}, as many as the shared
         token buckets and the daily quota allow, highest priority first;
@@ -117,10 +196,10 @@ class OutboxStore:
         of all mail (in their course or in every course), are marked
         C{suppressed} instead, with the reason.  Fires with a L{ClaimResult}.
         """
-        return self.db.transaction(self._claim, owner, now, limit, limits, classes)
+        return await self.db.transaction(self._claim, owner, now, limit, limits, classes)
 
     async def _claim(self, cursor, owner, now, limit, limits: RateLimits, classes):
-        relay = await _load_bucket(cursor, RELAY_BUCKET, limits.burst, now)
+        relay = await load_bucket_txn(cursor, RELAY_BUCKET, limits.burst, now)
         relay.refill(limits.rate, limits.burst, now)
         allowed = min(limit, relay.available(now))
         retry_in = relay.wait(limits.rate, now) if allowed == 0 else None
@@ -142,7 +221,7 @@ class OutboxStore:
         capped = {}
         for name, qos in classes.items():
             if qos.rate > 0:
-                bucket = await _load_bucket(cursor, f"qos:{name}", max(1.0, qos.rate), now)
+                bucket = await load_bucket_txn(cursor, f"qos:{name}", max(1.0, qos.rate), now)
                 bucket.refill(qos.rate, max(1.0, qos.rate), now)
                 capped[name] = bucket
         exhausted = [name for name, b in capped.items() if b.available(now) == 0]
@@ -152,7 +231,7 @@ class OutboxStore:
                 "SELECT 1 FROM outbox WHERE state = 'queued' AND next_attempt_at <= to_timestamp(%s)"
                 " LIMIT 1", (now,))
             due = cursor.fetchone() is not None
-            await _save_bucket(cursor, relay)
+            await save_bucket_txn(cursor, relay)
             return ClaimResult([], 0, retry_in if due else None)
 
         await cursor.execute(
@@ -176,11 +255,11 @@ class OutboxStore:
             if row_id in opted_out:
                 suppressed.append((row_id, f"suppressed: {opted_out[row_id]}"))
                 continue
-            bucket = capped.get(qos)
-            if bucket is not None:
-                if bucket.available(now) == 0:
+            class_bucket = capped.get(qos)
+            if class_bucket is not None:
+                if class_bucket.available(now) == 0:
                     continue  # left queued for a later claim
-                bucket.take(1)
+                class_bucket.take(1)
             claimed.append(Claimed(row_id, qos, recipient, envelope_from, bytes(body), attempts))
         relay.take(len(claimed))
 
@@ -198,9 +277,9 @@ class OutboxStore:
                 " FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason) WHERE o.id = v.id",
                 ([i for i, _ in suppressed], [r for _, r in suppressed]),
             )
-        await _save_bucket(cursor, relay)
+        await save_bucket_txn(cursor, relay)
         for bucket in capped.values():
-            await _save_bucket(cursor, bucket)
+            await save_bucket_txn(cursor, bucket)
         if len(claimed) < allowed and len(rows) == allowed:
             retry_in = 0.0  # some rows were skipped by a class cap or suppressed: look again
         elif len(claimed) == allowed and allowed < limit:
@@ -233,15 +312,16 @@ class OutboxStore:
                 for row_id, person_id, course_id, kind, source, day in cursor.fetchall()}
 
     # -- results ---------------------------------------------------------------
-    def record(self, owner: str, decisions: Sequence[Decision], now: float,
-               throttled: bool = False, pause_until: float = 0.0):
+    async def record(self, owner: str, decisions: Sequence[Decision], now: float,
+                     throttled: bool = False, pause_until: float = 0.0):
         """
         Apply the decisions (one transaction), log every attempt, count the
         day's sent recipients, and slow or pause the relay bucket when the
         relay throttled us.  Fires with the seconds from enqueue to now of
         each message recorded as sent (for the latency metric).
         """
-        return self.db.transaction(self._record, owner, decisions, now, throttled, pause_until)
+        return await self.db.transaction(self._record, owner, decisions, now, throttled,
+                                         pause_until)
 
     async def _record(self, cursor, owner, decisions, now, throttled, pause_until):
         latencies: list[float] = []
@@ -286,10 +366,10 @@ class OutboxStore:
                     bucket.throttled(now)
                 if pause_until:
                     bucket.pause(pause_until)
-                await _save_bucket(cursor, bucket)
+                await save_bucket_txn(cursor, bucket)
         return latencies
 
-    def recover_leases(self, now: float):
+    async def recover_leases(self, now: float):
         """
         Put rows whose lease ran out (their sender died or hung) back in the
         queue, logging why; fires with how many.  The attempt does not count:
@@ -317,14 +397,15 @@ class OutboxStore:
                 await notify(cursor, OUTBOX_CHANNEL)
             return len(ids)
 
-        return self.db.transaction(recover)
+        return await self.db.transaction(recover)
 
-    def renew_leases(self, owner: str, ids: Sequence[int], now: float, lease: float):
+    async def renew_leases(self, owner: str, ids: Sequence[int], now: float,
+                           lease: float) -> None:
         """
         Extend the leases of rows this process is still sending, so a slow
         relay never makes a live process's messages look abandoned.
         """
-        return self.db.runOperation(
+        await self.db.runOperation(
             "UPDATE outbox SET lease_until = to_timestamp(%s)"
             " WHERE id = ANY(%s) AND state = 'sending' AND lease_owner = %s",
             (now + lease, list(ids), owner),
@@ -375,57 +456,83 @@ class OutboxStore:
             result[state][qos] = count
         return result
 
+    async def batch_failures(self, batch: str, limit: int = 50) -> list[BatchFailure]:
+        """
+        The failed messages of the batch with their last reply, newest first.
+        """
+        rows = await self.db.runQuery(
+            "SELECT o.id, o.person_id, o.recipient, o.attempts, o.reason, o.finished_at,"
+            "  (SELECT coalesce(a.code::text || ' ', '') || a.reply FROM outbox_attempts a"
+            "   WHERE a.outbox_id = o.id ORDER BY a.id DESC LIMIT 1)"
+            " FROM outbox o WHERE o.batch = %s AND o.state = 'failed'"
+            " ORDER BY o.finished_at DESC NULLS LAST, o.id DESC LIMIT %s", (batch, limit))
+        return [BatchFailure(*row) for row in rows]
+
+    async def failed_people(self, batch: str, retries: Sequence[str] = ()) -> list[int]:
+        """
+        People whose message in C{batch} failed, less those a message in one
+        of the C{retries} batches reached (or is still trying to).
+        """
+        rows = await self.db.runQuery(
+            "SELECT DISTINCT o.person_id FROM outbox o"
+            " WHERE o.batch = %s AND o.state = 'failed' AND o.person_id IS NOT NULL"
+            "   AND NOT EXISTS (SELECT 1 FROM outbox r WHERE r.batch = ANY(%s)"
+            "     AND r.person_id = o.person_id AND r.state <> 'failed')"
+            " ORDER BY 1", (batch, list(retries)))
+        return [row[0] for row in rows]
+
     async def suppression_count(self) -> int:
         rows = await self.db.runQuery("SELECT count(*) FROM suppressions")
         return rows[0][0]
 
-    async def failures(self, limit: int = 100) -> list[tuple]:
+    async def failures(self, limit: int = 100) -> list[Failure]:
         """
-        (id, recipient, template, qos, attempts, reason, finished_at) of the
-        most recent failures.
+        The most recent failures, newest first.
         """
-        return await self.db.runQuery(
+        rows = await self.db.runQuery(
             "SELECT id, recipient, template, qos, attempts, reason, finished_at FROM outbox"
             " WHERE state = 'failed' ORDER BY finished_at DESC, id DESC LIMIT %s", (limit,))
+        return [Failure(*row) for row in rows]
 
-    async def history(self, outbox_id: int) -> tuple[tuple | None, list[tuple]]:
+    async def history(self, outbox_id: int) -> tuple[MessageState | None, list[Attempt]]:
         """
-        The row's (state, reason, attempts, recipient) and its attempts
-        (at, outcome, code, reply), oldest first.
+        Where the message stands (None: no such message) and its attempts,
+        oldest first.
         """
         row = await self.db.runQuery(
             "SELECT state, reason, attempts, recipient FROM outbox WHERE id = %s", (outbox_id,))
         attempts = await self.db.runQuery(
             "SELECT at, outcome, code, reply FROM outbox_attempts WHERE outbox_id = %s ORDER BY id",
             (outbox_id,))
-        return (row[0] if row else None), attempts
+        return (MessageState(*row[0]) if row else None), [Attempt(*a) for a in attempts]
 
-    async def suppressions(self, addresses: Iterable[str] | None = None) -> list[tuple]:
+    async def suppressions(self, addresses: Iterable[str] | None = None) -> list[Suppression]:
         """
-        (address, reason, created_at) of the suppressed addresses (nothing
-        is sent to them), newest first; with C{addresses}, only those among
-        them (compared case-insensitively; the table holds them lower-cased).
+        The suppressed addresses (nothing is sent to them), newest first;
+        with C{addresses}, only those among them (compared
+        case-insensitively; the table holds them lower-cased).
         """
         if addresses is None:
-            return await self.db.runQuery(
+            rows = await self.db.runQuery(
                 "SELECT address, reason, created_at FROM suppressions"
                 " ORDER BY created_at DESC, address")
+            return [Suppression(*row) for row in rows]
         wanted = sorted({a.lower() for a in addresses if a})
         if not wanted:
             return []
-        return await self.db.runQuery(
+        rows = await self.db.runQuery(
             "SELECT address, reason, created_at FROM suppressions WHERE address = ANY(%s)"
             " ORDER BY created_at DESC, address", (wanted,))
+        return [Suppression(*row) for row in rows]
 
-    def by_bounce_address(self, envelope_from: str):
+    async def by_bounce_address(self, envelope_from: str) -> BouncedMessage | None:
         """
-        (outbox id, recipient, person id) of the message sent with this
-        bounce address, or None.
+        The message sent with this bounce address, or None.
         """
-        return self.db.transaction(bounced_message, envelope_from)
+        return await self.db.transaction(bounced_message_txn, envelope_from)
 
-    def suppress(self, address: str, reason: str):
-        return self.db.transaction(suppress_address, address, reason)
+    async def suppress(self, address: str, reason: str) -> None:
+        await self.db.transaction(suppress_address_txn, address, reason)
 
     # -- opt-outs (mail_optouts) ---------------------------------------------------
     async def add_optout(self, person_id: int, scope: Scope, source: str) -> bool:
@@ -454,6 +561,21 @@ class OutboxStore:
         )
         return bool(rows)
 
+    async def opted_out(self, person_ids: Iterable[int], course_id: int | None,
+                        kind: str) -> set[int]:
+        """
+        Those of C{person_ids} who turned C{kind} off for the course (or
+        all mail in it, or all mail).
+        """
+        wanted = sorted(set(person_ids))
+        if not wanted:
+            return set()
+        rows = await self.db.runQuery(
+            "SELECT DISTINCT person_id FROM mail_optouts WHERE person_id = ANY(%s)"
+            " AND (course_id IS NULL OR course_id = %s) AND (kind IS NULL OR kind = %s)",
+            (wanted, course_id, kind))
+        return {row[0] for row in rows}
+
     async def optouts(self, person_id: int) -> list[OptOut]:
         rows = await self.db.runQuery(
             "SELECT person_id, course_id, kind, source, extract(epoch FROM created_at)::float8"
@@ -462,8 +584,8 @@ class OutboxStore:
         )
         return [OptOut(r[0], Scope(r[1], r[2]), r[3], r[4]) for r in rows]
 
-    def set_optouts(self, person_id: int, managed: Iterable[Scope], off: Iterable[Scope],
-                    source: str):
+    async def set_optouts(self, person_id: int, managed: Iterable[Scope], off: Iterable[Scope],
+                          source: str):
         """
         Of the C{managed} scopes (what a preferences form showed), make
         exactly those in C{off} opted out, in one transaction; opt-outs
@@ -492,12 +614,12 @@ class OutboxStore:
                 added = cursor.rowcount
             return added, removed
 
-        return self.db.transaction(apply)
+        return await self.db.transaction(apply)
 
 
 # -- inside a caller's transaction (the relay processor queues its copies in
 # the transaction that finishes the inbound message) ---------------------------
-async def insert_messages(cursor, template: str, qos: QoSClass, messages: Sequence[Rendered],
+async def insert_messages_txn(cursor, template: str, qos: QoSClass, messages: Sequence[Rendered],
                           batch: str | None = None) -> list[int]:
     """
     Queue C{messages} and wake the senders (on commit); returns the ids.
@@ -522,19 +644,18 @@ async def insert_messages(cursor, template: str, qos: QoSClass, messages: Sequen
     return ids
 
 
-async def bounced_message(cursor, envelope_from: str) -> tuple[int, str, int | None] | None:
+async def bounced_message_txn(cursor, envelope_from: str) -> BouncedMessage | None:
     """
-    (outbox id, recipient, person id) of the message sent with this bounce
-    address, or None.
+    The message sent with this bounce address, or None.
     """
     await cursor.execute(
         "SELECT id, recipient, person_id FROM outbox WHERE envelope_from = lower(%s)",
         (envelope_from,))
     row = cursor.fetchone()
-    return tuple(row) if row else None
+    return BouncedMessage(*row) if row else None
 
 
-async def record_bounced(cursor, outbox_id: int, status: str, reply: str) -> None:
+async def record_bounced_txn(cursor, outbox_id: int, status: str, reply: str) -> None:
     """
     Keep a bounce reported after the relay accepted a message with its
     attempts, so the message's history shows it.
@@ -545,8 +666,9 @@ async def record_bounced(cursor, outbox_id: int, status: str, reply: str) -> Non
         (outbox_id, code, f"{status} {reply}".strip()[:2000]))
 
 
-async def suppress_address(cursor, address: str, reason: str) -> None:
+async def suppress_address_txn(cursor, address: str, reason: str) -> None:
     await cursor.execute(
         "INSERT INTO suppressions (address, reason) VALUES (lower(%s), %s)"
         " ON CONFLICT (address) DO UPDATE SET reason = EXCLUDED.reason",
         (address, reason))
+

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import attrs
 
-from emaild.people.store import (Course, Person, PersonError, _course_by_key, _ensure_group,
-                                 _join_course, _join_group, _upsert_person)
+from emaild.people.store import (Course, Person, PersonError, course_by_key_txn, ensure_group_txn,
+                                 join_course_txn, join_group_txn, upsert_person_txn)
 
 
 @attrs.frozen
@@ -44,10 +44,10 @@ class Memberships:
         """
 
         async def add(cursor):
-            course = await _course_by_key(cursor, course_key)
+            course = await course_by_key_txn(cursor, course_key)
             if isinstance(course, PersonError):
                 raise course
-            group_id, created = await _ensure_group(cursor, course.id, name, report=True)
+            group_id, created = await ensure_group_txn(cursor, course.id, name, report=True)
             return course, group_id, created
 
         return await self.db.transaction(add)
@@ -59,8 +59,8 @@ class Memberships:
         """
 
         async def join(cursor):
-            await _join_course(cursor, course_id, person_id, [])
-            return await _join(cursor, group_id, person_id)
+            await join_course_txn(cursor, course_id, person_id, [])
+            return await rejoin_group_txn(cursor, group_id, person_id)
 
         return await self.db.transaction(join)
 
@@ -81,19 +81,19 @@ class Memberships:
             results: list[MembershipImport | PersonError] = []
             for email, display_name, key, group in rows:
                 if key not in courses:
-                    courses[key] = await _course_by_key(cursor, key)
+                    courses[key] = await course_by_key_txn(cursor, key)
                 course = courses[key]
                 if isinstance(course, PersonError):
                     results.append(course)
                     continue
-                person, created = await _upsert_person(cursor, email, display_name)
-                await _join_course(cursor, course.id, person.id, [])
+                person, created = await upsert_person_txn(cursor, email, display_name)
+                await join_course_txn(cursor, course.id, person.id, [])
                 new_group = False
                 if (course.id, group) not in groups:
-                    groups[course.id, group], new_group = await _ensure_group(
+                    groups[course.id, group], new_group = await ensure_group_txn(
                         cursor, course.id, group, report=True)
                 group_id = groups[course.id, group]
-                joined = await _join(cursor, group_id, person.id)
+                joined = await rejoin_group_txn(cursor, group_id, person.id)
                 results.append(MembershipImport(person, created, course, group_id, new_group,
                                                 joined))
             return results
@@ -101,12 +101,12 @@ class Memberships:
         return await self.db.transaction(add_all)
 
 
-async def _join(cursor, group_id: int, person_id: int) -> bool:
+async def rejoin_group_txn(cursor, group_id: int, person_id: int) -> bool:
     await cursor.execute(
         "SELECT left_at IS NULL FROM group_members WHERE group_id = %s AND person_id = %s",
         (group_id, person_id))
     row = cursor.fetchone()
     if row is not None and row[0]:
         return False
-    await _join_group(cursor, group_id, person_id)
+    await join_group_txn(cursor, group_id, person_id)
     return True

@@ -5,10 +5,13 @@ C{course_members}, C{groups}, C{group_members}.
 
 from __future__ import annotations
 
+import builtins
 from typing import Iterable, Sequence
 
 import attrs
 import psycopg2
+
+from emaild.people.roles import is_staff as any_staff_role
 
 
 @attrs.frozen
@@ -71,6 +74,37 @@ class LtiOutcome:
     email_conflict: int | None
 
 
+@attrs.frozen
+class CourseMember:
+    person_id: int
+    email: str | None
+    display_name: str
+    roles: builtins.list[str]
+
+
+@attrs.frozen
+class CourseOfPerson:
+    """
+    A course a person belongs to: its title (the context id when it has
+    none) and the person's roles in it.
+    """
+
+    course_id: int
+    title: str
+    roles: list[str]
+
+
+@attrs.frozen
+class GroupOfPerson:
+    """
+    A group a person is a current member of, with its course's title.
+    """
+
+    group_id: int
+    name: str
+    course_title: str
+
+
 class PersonError(ValueError):
     """
     A person cannot be stored as asked; the message says why.
@@ -114,7 +148,7 @@ class PeopleStore:
         return Person(*rows[0]) if rows else None
 
     async def list(self, limit: int = 100, offset: int = 0,
-                   course: str | None = None) -> list[Person]:
+                   course: str | None = None) -> builtins.list[Person]:
         """
         People by id; with C{course}, only members of a course whose
         C{context_id} is C{course} (for any consumer; a course made by hand
@@ -131,27 +165,56 @@ class PeopleStore:
                 " ORDER BY id LIMIT %s OFFSET %s", (course, limit, offset))
         return [Person(*row) for row in rows]
 
-    async def courses_of(self, person_id: int) -> list[tuple[int, str, list[str]]]:
+    async def courses_of(self, person_id: int) -> builtins.list[CourseOfPerson]:
         """
-        (course id, title, roles) of every course the person belongs to.
+        Every course the person belongs to.
         """
         rows = await self.db.runQuery(
             "SELECT c.id, coalesce(nullif(c.title, ''), c.context_id), m.roles"
             " FROM course_members m JOIN courses c ON c.id = m.course_id"
             " WHERE m.person_id = %s ORDER BY c.id", (person_id,))
-        return [(r[0], r[1], list(r[2])) for r in rows]
+        return [CourseOfPerson(r[0], r[1], list(r[2])) for r in rows]
 
-    async def groups_of(self, person_id: int) -> list[tuple[int, str, str]]:
+    async def groups_of(self, person_id: int) -> builtins.list[GroupOfPerson]:
         """
-        (group id, group name, course title) of every group the person is a
-        current member of.
+        Every group the person is a current member of.
         """
         rows = await self.db.runQuery(
             "SELECT g.id, g.name, coalesce(nullif(c.title, ''), c.context_id)"
             " FROM group_members m JOIN groups g ON g.id = m.group_id"
             " JOIN courses c ON c.id = g.course_id"
             " WHERE m.person_id = %s AND m.left_at IS NULL ORDER BY g.id", (person_id,))
-        return [tuple(r) for r in rows]
+        return [GroupOfPerson(*r) for r in rows]
+
+    async def roles(self, course_id: int, person_id: int) -> builtins.list[str] | None:
+        """
+        The person's roles in the course, or None when not a member.
+        """
+        rows = await self.db.runQuery(
+            "SELECT roles FROM course_members WHERE course_id = %s AND person_id = %s",
+            (course_id, person_id))
+        return list(rows[0][0]) if rows else None
+
+    async def is_staff(self, course_id: int, person_id: int) -> bool:
+        return any_staff_role(await self.roles(course_id, person_id) or ())
+
+    async def course_members(self, course_id: int) -> builtins.list[CourseMember]:
+        rows = await self.db.runQuery(
+            "SELECT p.id, p.email, p.display_name, m.roles FROM course_members m"
+            " JOIN people p ON p.id = m.person_id WHERE m.course_id = %s"
+            " ORDER BY lower(p.display_name), p.id", (course_id,))
+        return [CourseMember(r[0], r[1], r[2], list(r[3])) for r in rows]
+
+    async def ids_by_email(self, addresses: Iterable[str]) -> dict[str, int]:
+        """
+        {lower-cased address: person id} of the known people among C{addresses}.
+        """
+        wanted = sorted({a.strip().lower() for a in addresses if a and a.strip()})
+        if not wanted:
+            return {}
+        rows = await self.db.runQuery(
+            "SELECT lower(email), id FROM people WHERE lower(email) = ANY(%s)", (wanted,))
+        return dict(rows)
 
     # -- LTI launches ----------------------------------------------------------
     async def upsert_from_lti(self, *, consumer_key: str, user_id: str, email: str | None,
@@ -198,7 +261,7 @@ class PeopleStore:
                         " WHERE id = %s AND display_name <> %s",
                         (display_name, person_id, display_name))
                 if email:
-                    conflict = await _set_email(cursor, person_id, email)
+                    conflict = await set_email_txn(cursor, person_id, email)
             else:
                 if email:
                     await cursor.execute(
@@ -220,11 +283,11 @@ class PeopleStore:
                     " VALUES (%s, %s, %s)", (consumer_key, user_id, person_id))
             course_id = group_id = None
             if context_id:
-                course_id = await _ensure_course(cursor, consumer_key, context_id, context_title)
-                await _join_course(cursor, course_id, person_id, roles, launched=True)
+                course_id = await ensure_course_txn(cursor, consumer_key, context_id, context_title)
+                await join_course_txn(cursor, course_id, person_id, roles, launched=True)
                 if group:
-                    group_id = await _ensure_group(cursor, course_id, group)
-                    await _join_group(cursor, group_id, person_id)
+                    group_id = await ensure_group_txn(cursor, course_id, group)
+                    await join_group_txn(cursor, group_id, person_id)
             return LtiOutcome(person_id=person_id, created=created, linked=linked,
                               course_id=course_id, group_id=group_id, email_conflict=conflict)
 
@@ -238,7 +301,7 @@ class PeopleStore:
         by hand has consumer key ''.
         """
         return await self.db.transaction(
-            lambda cursor: _ensure_course(cursor, consumer_key, context_id, title))
+            lambda cursor: ensure_course_txn(cursor, consumer_key, context_id, title))
 
     async def join_course(self, course_id: int, person_id: int, roles: Sequence[str] = ()) -> None:
         """
@@ -246,21 +309,21 @@ class PeopleStore:
         their roles there.
         """
         await self.db.transaction(
-            lambda cursor: _join_course(cursor, course_id, person_id, list(roles)))
+            lambda cursor: join_course_txn(cursor, course_id, person_id, list(roles)))
 
     async def ensure_group(self, course_id: int, name: str) -> int:
         """
         The id of the group called C{name} in the course, created if needed.
         """
-        return await self.db.transaction(lambda cursor: _ensure_group(cursor, course_id, name))
+        return await self.db.transaction(lambda cursor: ensure_group_txn(cursor, course_id, name))
 
     async def join_group(self, group_id: int, person_id: int) -> None:
         """
         Make the person a current member of the group (again, if they left).
         """
-        await self.db.transaction(lambda cursor: _join_group(cursor, group_id, person_id))
+        await self.db.transaction(lambda cursor: join_group_txn(cursor, group_id, person_id))
 
-    async def find_courses(self, key: str) -> list[Course]:
+    async def find_courses(self, key: str) -> builtins.list[Course]:
         """
         The courses whose C{context_id} is C{key}: the one made by hand
         (consumer key '') first, then those of LTI consumers.
@@ -294,7 +357,7 @@ class PeopleStore:
         return result
 
     async def import_people(self, rows: Sequence[tuple[str, str, str | None]]
-                            ) -> list[tuple[Person, bool, Course | None] | PersonError]:
+                            ) -> builtins.list[tuple[Person, bool, Course | None] | PersonError]:
         """
         Add or update each (address, name, course key or None) in one
         transaction; return, per row, (person, new?, course) or the
@@ -315,21 +378,21 @@ class PeopleStore:
                 course = None
                 if key:
                     if key not in courses:
-                        courses[key] = await _course_by_key(cursor, key)
+                        courses[key] = await course_by_key_txn(cursor, key)
                     course = courses[key]
                     if isinstance(course, PersonError):
                         results.append(course)
                         continue
-                person, created = await _upsert_person(cursor, email, display_name)
+                person, created = await upsert_person_txn(cursor, email, display_name)
                 if course is not None:
-                    await _join_course(cursor, course.id, person.id, [])
+                    await join_course_txn(cursor, course.id, person.id, [])
                 results.append((person, created, course))
             return results
 
         return await self.db.transaction(add_all)
 
     # -- listing -----------------------------------------------------------------
-    async def directory(self, course: str | None = None) -> list[PersonDetails]:
+    async def directory(self, course: str | None = None) -> builtins.list[PersonDetails]:
         """
         Everybody (or the members of the courses whose C{context_id} is
         C{course}) with their LTI identities, courses and current groups,
@@ -374,7 +437,7 @@ class PeopleStore:
 # -- in-transaction helpers ------------------------------------------------------
 
 
-async def _set_email(cursor, person_id: int, email: str) -> int | None:
+async def set_email_txn(cursor, person_id: int, email: str) -> int | None:
     """
     Give the person C{email}; when another person has that address, leave
     the address unchanged and return that person's id.
@@ -398,7 +461,7 @@ async def _set_email(cursor, person_id: int, email: str) -> int | None:
     return None
 
 
-async def _upsert_person(cursor, email: str, display_name: str) -> tuple[Person, bool]:
+async def upsert_person_txn(cursor, email: str, display_name: str) -> tuple[Person, bool]:
     """
     Add a person by (checked) address or update the name of the one who has
     it (an empty name keeps the stored one); returns the person and whether
@@ -415,7 +478,7 @@ async def _upsert_person(cursor, email: str, display_name: str) -> tuple[Person,
     return Person(*person), created
 
 
-async def _ensure_course(cursor, consumer_key: str, context_id: str, title: str = "") -> int:
+async def ensure_course_txn(cursor, consumer_key: str, context_id: str, title: str = "") -> int:
     await cursor.execute(
         "INSERT INTO courses (consumer_key, context_id, title) VALUES (%s, %s, %s)"
         " ON CONFLICT (consumer_key, context_id) DO UPDATE SET title = CASE"
@@ -424,13 +487,13 @@ async def _ensure_course(cursor, consumer_key: str, context_id: str, title: str 
     return cursor.fetchone()[0]
 
 
-async def _course_by_key(cursor, key: str) -> Course | PersonError:
+async def course_by_key_txn(cursor, key: str) -> Course | PersonError:
     await cursor.execute(
         f"SELECT {_COURSE} FROM courses WHERE context_id = %s"
         " ORDER BY consumer_key <> '', consumer_key, id", (key,))
     found = [Course(*row) for row in cursor.fetchall()]
     if not found:
-        return Course(await _ensure_course(cursor, "", key), "", key, "")
+        return Course(await ensure_course_txn(cursor, "", key), "", key, "")
     if found[0].consumer_key == "" or len(found) == 1:
         return found[0]
     consumers = ", ".join(repr(c.consumer_key) for c in found)
@@ -438,7 +501,7 @@ async def _course_by_key(cursor, key: str) -> Course | PersonError:
                        "course with that id")
 
 
-async def _join_course(cursor, course_id: int, person_id: int, roles: list[str],
+async def join_course_txn(cursor, course_id: int, person_id: int, roles: list[str],
                        launched: bool = False) -> None:
     await cursor.execute(
         "INSERT INTO course_members (course_id, person_id, roles, last_launch_at)"
@@ -450,7 +513,7 @@ async def _join_course(cursor, course_id: int, person_id: int, roles: list[str],
         (course_id, person_id, list(roles), launched))
 
 
-async def _ensure_group(cursor, course_id: int, name: str, report: bool = False):
+async def ensure_group_txn(cursor, course_id: int, name: str, report: bool = False):
     """
     The group's id (with C{report}: and whether it was made now).
     """
@@ -466,7 +529,7 @@ async def _ensure_group(cursor, course_id: int, name: str, report: bool = False)
     return (row[0], created) if report else row[0]
 
 
-async def _join_group(cursor, group_id: int, person_id: int) -> None:
+async def join_group_txn(cursor, group_id: int, person_id: int) -> None:
     await cursor.execute(
         "INSERT INTO group_members (group_id, person_id) VALUES (%s, %s)"
         " ON CONFLICT (group_id, person_id) DO UPDATE SET left_at = NULL, joined_at = now(),"
@@ -523,10 +586,10 @@ async def upsert_from_lti13(db, *, issuer: str, sub: str, email: str | None,
                     "UPDATE people SET display_name = %s, updated_at = now()"
                     " WHERE id = %s AND display_name <> %s", (display_name, person_id, display_name))
             if email:
-                conflict = await _set_email(cursor, person_id, email)
+                conflict = await set_email_txn(cursor, person_id, email)
         else:
             if email:
-                person, created = await _upsert_person(cursor, email, display_name)
+                person, created = await upsert_person_txn(cursor, email, display_name)
                 person_id, linked = person.id, not created
             else:
                 await cursor.execute(
@@ -538,11 +601,11 @@ async def upsert_from_lti13(db, *, issuer: str, sub: str, email: str | None,
                 (issuer, sub, person_id))
         course_id = group_id = None
         if context_id:
-            course_id = await _ensure_course(cursor, course_key, context_id, context_title)
-            await _join_course(cursor, course_id, person_id, roles, launched=True)
+            course_id = await ensure_course_txn(cursor, course_key, context_id, context_title)
+            await join_course_txn(cursor, course_id, person_id, roles, launched=True)
             if group:
-                group_id = await _ensure_group(cursor, course_id, group)
-                await _join_group(cursor, group_id, person_id)
+                group_id = await ensure_group_txn(cursor, course_id, group)
+                await join_group_txn(cursor, group_id, person_id)
         return LtiOutcome(person_id=person_id, created=created, linked=linked,
                           course_id=course_id, group_id=group_id, email_conflict=conflict)
 
@@ -582,7 +645,7 @@ async def upsert_roster(db, *, issuer: str, course_id: int,
             row = cursor.fetchone()
             if member.status != "Active":
                 if row is not None:
-                    counts["left"] += await _leave_roster_txn(cursor, course_id, [row[0]],
+                    counts["left"] += await leave_roster_txn(cursor, course_id, [row[0]],
                                                               member.status)
                 continue
             if row is not None:
@@ -593,11 +656,11 @@ async def upsert_roster(db, *, issuer: str, course_id: int,
                         " WHERE id = %s AND display_name <> %s",
                         (member.display_name, person_id, member.display_name))
                 if member.email:
-                    await _set_email(cursor, person_id, member.email)
+                    await set_email_txn(cursor, person_id, member.email)
                 counts["updated"] += 1
             else:
                 if member.email:
-                    person, created = await _upsert_person(cursor, member.email,
+                    person, created = await upsert_person_txn(cursor, member.email,
                                                            member.display_name)
                     person_id = person.id
                 else:
@@ -609,7 +672,7 @@ async def upsert_roster(db, *, issuer: str, course_id: int,
                     "INSERT INTO lti13_identities (issuer, sub, person_id) VALUES (%s, %s, %s)"
                     " ON CONFLICT DO NOTHING", (issuer, member.sub, person_id))
                 counts["new" if created else "updated"] += 1
-            await _join_course(cursor, course_id, person_id, list(member.roles))
+            await join_course_txn(cursor, course_id, person_id, list(member.roles))
             await cursor.execute(
                 "INSERT INTO lti13_roster (course_id, person_id, status) VALUES (%s, %s, 'Active')"
                 " ON CONFLICT (course_id, person_id) DO UPDATE SET status = 'Active',"
@@ -619,7 +682,7 @@ async def upsert_roster(db, *, issuer: str, course_id: int,
     return await db.transaction(store)
 
 
-async def _leave_roster_txn(cursor, course_id: int, person_ids: list[int], status: str) -> int:
+async def leave_roster_txn(cursor, course_id: int, person_ids: list[int], status: str) -> int:
     await cursor.execute(
         "INSERT INTO lti13_roster (course_id, person_id, status, left_at)"
         " SELECT %s, p, %s, now() FROM unnest(%s::bigint[]) p"
@@ -644,6 +707,6 @@ async def end_roster(db, course_id: int, started_at) -> int:
             "SELECT person_id FROM lti13_roster WHERE course_id = %s AND left_at IS NULL"
             " AND synced_at < %s", (course_id, started_at))
         gone = [r[0] for r in cursor.fetchall()]
-        return await _leave_roster_txn(cursor, course_id, gone, "absent") if gone else 0
+        return await leave_roster_txn(cursor, course_id, gone, "absent") if gone else 0
 
     return await db.transaction(end)

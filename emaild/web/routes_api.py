@@ -58,8 +58,9 @@ async def _person_json(self: WebApp, person) -> dict:
     courses = await self.people.courses_of(person.id)
     groups = await self.people.groups_of(person.id)
     return {"id": person.id, "email": person.email, "name": person.display_name,
-            "courses": [{"id": c, "title": title, "roles": roles} for c, title, roles in courses],
-            "groups": [{"id": g, "name": name, "course": course} for g, name, course in groups]}
+            "courses": [{"id": c.course_id, "title": c.title, "roles": c.roles} for c in courses],
+            "groups": [{"id": g.group_id, "name": g.name, "course": g.course_title}
+                       for g in groups]}
 
 
 async def upsert_person(self: WebApp, request):
@@ -245,12 +246,11 @@ async def message_history(self: WebApp, request, message_id: int):
     row, attempts = await _outbox(self).history(path_id(message_id, "message"))
     if row is None:
         raise not_found(f"there is no message {message_id}")
-    state, reason, counted, recipient = row
     return answer(request, 200, {
-        "id": message_id, "state": state, "reason": reason, "recipient": recipient,
-        "counted_attempts": counted,
-        "attempts": [{"at": _iso(at), "outcome": outcome, "code": code, "reply": reply}
-                     for at, outcome, code, reply in attempts]})
+        "id": message_id, "state": row.state, "reason": row.reason, "recipient": row.recipient,
+        "counted_attempts": row.attempts,
+        "attempts": [{"at": _iso(a.at), "outcome": a.outcome, "code": a.code, "reply": a.reply}
+                     for a in attempts]})
 
 
 # -- the queue -----------------------------------------------------------------------

@@ -54,11 +54,12 @@ async def home(self: WebApp, request):
     except DatabaseUnavailable:
         return self.pages.unavailable(request)
     name = person.display_name or person.email or "there"
-    courses = [{"id": c[0], "title": c[1], "roles": [_role(r) for r in c[2]]} for c in courses]
+    courses = [{"id": c.course_id, "title": c.title, "roles": [_role(r) for r in c.roles]}
+               for c in courses]
     return self.pages.render(
         request, "home.html", 200, title="Your course mail", state="signed_in",
         name=name, courses=courses,
-        groups=[{"id": g[0], "name": g[1], "course": g[2]} for g in groups],
+        groups=[{"id": g.group_id, "name": g.name, "course": g.course_title} for g in groups],
         csrf_token=session.csrf_token)
 
 

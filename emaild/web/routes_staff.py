@@ -3,7 +3,7 @@ Routes: the course staff's pages.
 
 Only signed-in people whose LTI role in the course is Instructor or
 Administrator (short names, URNs and LTI 1.3 URIs; see
-L{emaild.digest.store.STAFF_ROLE}) get in.  Not signed in: C{401}; no such
+L{emaild.people.roles.STAFF_ROLE}) get in.  Not signed in: C{401}; no such
 course: C{404}; anyone else (learners, other courses' staff): C{403}.
 Every POST checks the session's C{csrf_token} (C{403} without it).
 
@@ -67,7 +67,7 @@ async def _staff(self: WebApp, request, course_id: int, post: bool = False):
     course = (await self.people.courses([course_id])).get(course_id)
     if course is None:
         raise _Refused(self.pages.error(request, 404, "There is no such course."))
-    if not await self.hs.get_digest_store().is_staff(course_id, session.person_id):
+    if not await self.people.is_staff(course_id, session.person_id):
         raise _Refused(self.pages.error(
             request, 403, "Only the course's instructors and administrators can see this page."))
     if post and not self.sessions.check_csrf(request, session):
@@ -92,6 +92,7 @@ def _next_week(self: WebApp) -> str:
 async def _course_page(self: WebApp, request, session, course, code: int = 200,
                        error: str | None = None, form: dict | None = None) -> bytes:
     store = self.hs.get_digest_store()
+    outbox_store = self.hs.get_outbox_store()
     groups = []
     for group, _count in await self.groups.list(course.id):
         members = await self.groups.members(group.id)
@@ -103,16 +104,17 @@ async def _course_page(self: WebApp, request, session, course, code: int = 200,
             "label": a.label, "audience": a.audience, "created": _utc(a.created_at),
             "subject": (a.context or {}).get("subject", ""), "resend_of": a.resend_of,
             "counts": await self.announcements.progress(a.label),
-            "failures": [{"recipient": r[2], "attempts": r[3], "reason": r[4] or "",
-                          "last_reply": r[6] or "", "at": _utc(r[5])}
-                         for r in await store.batch_failures(a.label, 20)],
+            "failures": [{"recipient": f.recipient, "attempts": f.attempts,
+                          "reason": f.reason or "", "last_reply": f.last_reply or "",
+                          "at": _utc(f.finished_at)}
+                         for f in await outbox_store.batch_failures(a.label, 20)],
         })
     week = _next_week(self)
     sent = form_value(request, "sent")
     return self.pages.render(
         request, "staff_course.html", code, title=f"Staff: {course.title or course.context_id}",
         course={"id": course.id, "title": course.title or course.context_id},
-        members=len(await store.course_members(course.id)), groups=groups,
+        members=len(await self.people.course_members(course.id)), groups=groups,
         announcements=announcements, csrf_token=session.csrf_token, error=error,
         form=form or {"target": "course", "subject": "", "body": ""},
         week=week, note=await store.note(course.id, week) or "",

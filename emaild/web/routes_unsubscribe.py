@@ -49,7 +49,7 @@ def _private(request) -> None:
 
 
 async def _course_titles(web, person_id: int) -> dict[int, str]:
-    return {course_id: title for course_id, title, _roles in await web.people.courses_of(person_id)}
+    return {c.course_id: c.title for c in await web.people.courses_of(person_id)}
 
 
 async def _resolve(web, request, token: str):

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import Iterable
 
 import attrs
 
@@ -31,6 +32,16 @@ class Session:
     id: str
     person_id: int
     csrf_token: str
+
+
+@attrs.frozen
+class FoundSession:
+    """
+    A live session and when it was last seen (seconds since the epoch).
+    """
+
+    session: Session
+    last_seen: float
 
 
 @attrs.frozen
@@ -103,7 +114,7 @@ class SessionStore:
             {**params, "person_id": person_id})
         return Session(new.id, person_id, new.csrf_token)
 
-    async def find(self, token: str, now: float, idle: float) -> tuple[Session, float] | None:
+    async def find(self, token: str, now: float, idle: float) -> FoundSession | None:
         rows = await self.db.runQuery(
             "SELECT id, person_id, csrf_token, extract(epoch FROM last_seen_at)::float8"
             " FROM web_sessions WHERE id = %s AND revoked_at IS NULL"
@@ -112,14 +123,28 @@ class SessionStore:
         if not rows:
             return None
         session_id, person_id, csrf, last_seen = rows[0]
-        return Session(session_id, person_id, csrf), last_seen
+        return FoundSession(Session(session_id, person_id, csrf), last_seen)
 
-    def touch(self, session_id: str):
-        return self.db.runOperation(
+    async def seen_since(self, person_ids: Iterable[int], seconds: float) -> set[int]:
+        """
+        Those of C{person_ids} with a live session that made a request in
+        the last C{seconds} (database time).
+        """
+        wanted = sorted(set(person_ids))
+        if not wanted:
+            return set()
+        rows = await self.db.runQuery(
+            "SELECT DISTINCT person_id FROM web_sessions WHERE person_id = ANY(%s)"
+            " AND revoked_at IS NULL AND last_seen_at > now() - make_interval(secs => %s)",
+            (wanted, float(seconds)))
+        return {row[0] for row in rows}
+
+    async def touch(self, session_id: str) -> None:
+        await self.db.runOperation(
             "UPDATE web_sessions SET last_seen_at = now() WHERE id = %s", (session_id,))
 
-    def revoke(self, session_id: str):
-        return self.db.runOperation(
+    async def revoke(self, session_id: str) -> None:
+        await self.db.runOperation(
             "UPDATE web_sessions SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
             (session_id,))
 
@@ -166,17 +191,16 @@ class Sessions:
         The request's valid session, or None (no cookie, unknown, revoked,
         idle too long, or past its absolute expiry).
         """
-        cached = getattr(request, "_emaild_session", False)
-        if cached is not False:
-            return cached
+        if hasattr(request, "_emaild_session"):
+            return request._emaild_session
         token = self._token(request)
         found = None
         if token is not None:
             now = self.clock()
             found = await self.store.find(token, now, self.idle)
-            if found is not None and now - found[1] > TOUCH_INTERVAL:
-                await self.store.touch(found[0].id)
-        request._emaild_session = found[0] if found else None
+            if found is not None and now - found.last_seen > TOUCH_INTERVAL:
+                await self.store.touch(found.session.id)
+        request._emaild_session = found.session if found else None
         return request._emaild_session
 
     async def start(self, request, person_id: int) -> Session:
