@@ -151,7 +151,7 @@ class GroupStore:
 
 
 # -- inside a caller's transaction --------------------------------------------
-async def find_posts(cursor, group_id: int, message_ids: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+async def find_posts_txn(cursor, group_id: int, message_ids: Sequence[str]) -> dict[str, tuple[int, int, str]]:
     """
     Posts of the group that a message cites, by any id it may cite: our
     Message-ID or the author's original one.  Maps each cited id that is
@@ -171,20 +171,20 @@ async def find_posts(cursor, group_id: int, message_ids: Sequence[str]) -> dict[
     return found
 
 
-async def name_and_course(cursor, group_id: int) -> tuple[str, int] | None:
+async def name_and_course_txn(cursor, group_id: int) -> tuple[str, int] | None:
     await cursor.execute("SELECT name, course_id FROM groups WHERE id = %s", (group_id,))
     row = cursor.fetchone()
     return tuple(row) if row else None
 
 
-async def members_for_relay(cursor, group_id: int, include_left: bool = False) -> builtins.list[Member]:
+async def members_for_relay_txn(cursor, group_id: int, include_left: bool = False) -> builtins.list[Member]:
     await cursor.execute(
         f"SELECT {_MEMBER} WHERE m.group_id = %s AND (%s OR m.left_at IS NULL)"
         " ORDER BY m.person_id", (group_id, include_left))
     return [Member(*row) for row in cursor.fetchall()]
 
 
-async def post_of_message(cursor, group_id: int, message_id: int) -> int | None:
+async def post_of_message_txn(cursor, group_id: int, message_id: int) -> int | None:
     """
     The post already made in the group from received message C{message_id}
     (through any of its recipient rows), if any.
@@ -197,7 +197,7 @@ async def post_of_message(cursor, group_id: int, message_id: int) -> int | None:
     return row[0] if row else None
 
 
-async def insert_post_with_copies(cursor, *, group_id: int, author_id: int | None,
+async def insert_post_with_copies_txn(cursor, *, group_id: int, author_id: int | None,
                                   inbound_id: int, message_id: int, thread_id: int | None,
                                   post_message_id: str, original_message_id: str | None,
                                   subject: str, person_ids: Sequence[int]

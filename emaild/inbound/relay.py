@@ -28,8 +28,14 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.groups import store as group_tables
 from emaild.groups.addresses import ReplyAddresses
+from emaild.groups.store import (
+    find_posts_txn,
+    insert_post_with_copies_txn,
+    members_for_relay_txn,
+    name_and_course_txn,
+    post_of_message_txn,
+)
 from emaild.inbound.dsn import parse_bounce
 from emaild.inbound.reading import PostToRead, read_posts
 from emaild.inbound.rewrite import ANONYMOUS_NAME, build_copy
@@ -41,7 +47,7 @@ from emaild.inbound.store import (
     InboundStore,
     Outcome,
     Pending,
-    record_bounce,
+    record_bounce_txn,
 )
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.metrics import Metrics
@@ -213,7 +219,7 @@ class RelayProcessor(service.Service):
             return "ignored", "no delivery status found in this bounce"
         report = next((r for r in reports if r.hard), reports[0])
         await record_bounced_txn(cursor, outbox_id, report.status, report.diagnostic)
-        hard_bounces = await record_bounce(
+        hard_bounces = await record_bounce_txn(
             cursor, address=recipient, outbox_id=outbox_id, person_id=person_id,
             hard=report.hard, status=report.status, diagnostic=report.diagnostic)
         what = "hard" if report.hard else "soft"
@@ -262,7 +268,7 @@ class RelayProcessor(service.Service):
                 post = self._read[pending.id] = _Post(author, read.prepared)
                 cited.setdefault(pending.group_id, set()).update(post.ids)
         for group_id, ids in cited.items():
-            self._found[group_id] = await group_tables.find_posts(cursor, group_id, sorted(ids))
+            self._found[group_id] = await find_posts_txn(cursor, group_id, sorted(ids))
 
     async def _relay(self, cursor, pending: Pending) -> Outcome:
         if pending.id not in self._read:  # not read ahead (called without its batch)
@@ -275,7 +281,7 @@ class RelayProcessor(service.Service):
             return read
         author, prepared = read.author, read.prepared
         group_name, course_id, members = await self._group(cursor, pending.group_id)
-        earlier = await group_tables.post_of_message(
+        earlier = await post_of_message_txn(
             cursor, pending.group_id, pending.message_id) if pending.shared else None
         if earlier is not None:
             return Outcome("ignored", f"a copy of post {earlier} (the message named this "
@@ -299,7 +305,7 @@ class RelayProcessor(service.Service):
                       if m.live and m.email and m.person_id != author.person_id]
         thread_id = found[parent_key][1] if parent_key else None
         # the database's word on who has not had this message yet
-        post_id, claimed = await group_tables.insert_post_with_copies(
+        post_id, claimed = await insert_post_with_copies_txn(
             cursor, group_id=pending.group_id, author_id=author.person_id,
             inbound_id=pending.id, message_id=pending.message_id, thread_id=thread_id,
             post_message_id=message_id, original_message_id=original,
@@ -339,9 +345,9 @@ class RelayProcessor(service.Service):
     async def _group(self, cursor, group_id: int):
         """(name, course id, members also former ones) of the group, or None."""
         if group_id not in self._groups:
-            found = await group_tables.name_and_course(cursor, group_id)
+            found = await name_and_course_txn(cursor, group_id)
             self._groups[group_id] = None if found is None else (
-                *found, await group_tables.members_for_relay(cursor, group_id,
+                *found, await members_for_relay_txn(cursor, group_id,
                                                              include_left=True))
         return self._groups[group_id]
 

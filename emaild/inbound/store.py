@@ -120,7 +120,7 @@ class InboundStore:
                       before: Callable[[Any, list[Pending]], Awaitable[None]] | None = None):
         """
         Take up to C{limit} unprocessed recipient rows that no other process
-        holds (L{claim_pending}), call C{await before(cursor, rows)} once,
+        holds (L{claim_pending_txn}), call C{await before(cursor, rows)} once,
         then C{await handle(cursor, pending)} for each row in the same
         transaction, record each row's L{Outcome}, and commit once.  Fires
         with the [(pending, outcome)] processed.
@@ -261,7 +261,7 @@ class Refusal:
 PENDING_STATE = "received"
 
 
-async def claim_pending(cursor, limit: int, after: int = 0) -> list[Pending]:
+async def claim_pending_txn(cursor, limit: int, after: int = 0) -> list[Pending]:
     """
     Lock and return up to C{limit} of the oldest rows waiting to be
     processed (with an id above C{after}) that no other transaction holds (C{FOR UPDATE SKIP LOCKED},
@@ -299,7 +299,7 @@ class _RowFailed(Exception):
 
 async def _batch(cursor, handle, before, limit: int, max_copies: int, after: int):
     results: list[tuple[Pending, Outcome]] = []
-    batch = await claim_pending(cursor, limit, after)
+    batch = await claim_pending_txn(cursor, limit, after)
     if batch and before is not None:
         await before(cursor, batch)
     copies = 0
@@ -331,7 +331,7 @@ async def _finish(cursor, outcomes: Sequence[tuple[int, Outcome]]) -> None:
 
 
 # -- bounces (inside the processor's transaction) ----------------------------
-async def record_bounce(cursor, *, address: str, outbox_id: int | None, person_id: int | None,
+async def record_bounce_txn(cursor, *, address: str, outbox_id: int | None, person_id: int | None,
                         hard: bool, status: str, diagnostic: str) -> int:
     """
     Record a bounce; returns the address's number of hard bounces so far.
