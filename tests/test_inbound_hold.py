@@ -69,7 +69,7 @@ class HoldTests(DaemonWithDNS):
         self.assertEqual(self.copies(message_id), [])
         self.assertEqual(self.query("SELECT state FROM inbound_holds"), [("discarded",)])
         rows = await self.service.hs.get_inbound_store().recent(("ignored",))
-        self.assertEqual(auth_summary(rows[0][8]), "spf=softfail spf=none dkim=none dmarc=fail")
+        self.assertEqual(auth_summary(rows[0].authentication), "spf=softfail spf=none dkim=none dmarc=fail")
 
     async def test_bad_choice_unknown_and_expired_links(self):
         await self.start()

@@ -62,18 +62,20 @@ async def run(parts, args) -> int:
              "mail_from": f.mail_from, "reply": f.reply, "attempts": f.attempts,
              "first_at": when(f.first_at), "last_at": when(f.last_at)} for f in refusals],
             "rows": [
-            {"message": r[0], "received_at": when(r[1]), "mail_from": r[2], "address": r[3],
-             "purpose": r[4], "state": r[5], "reason": r[6], "size": r[7],
-             "authentication": r[8]} for r in rows]},
+            {"message": r.message_id, "received_at": when(r.received_at),
+             "mail_from": r.mail_from, "address": r.address, "purpose": r.purpose,
+             "state": r.state, "reason": r.reason, "size": r.size,
+             "authentication": r.authentication} for r in rows]},
             indent=2))
         return 0
     print("  ".join(f"{state} {counts[state]}" for state in STATES))
-    if args.message is not None and rows[0][8]:
-        print(f"Authentication-Results: {rows[0][8]}")
+    if args.message is not None and rows[0].authentication:
+        print(f"Authentication-Results: {rows[0].authentication}")
     if rows:
         print(table(["message", "received", "from", "to", "purpose", "state", "auth", "reason"],
-                    [(r[0], when(r[1]), r[2] or "<>", r[3], r[4], r[5], auth_summary(r[8]),
-                      r[6] or "") for r in rows], right=[True] + [False] * 7))
+                    [(r.message_id, when(r.received_at), r.mail_from or "<>", r.address,
+                      r.purpose, r.state, auth_summary(r.authentication), r.reason or "")
+                     for r in rows], right=[True] + [False] * 7))
     if refusals:  # refused before anything was stored (e.g. a member's posting rate)
         print("refused before storing:")
         print(table(["last", "reason", "to", "from", "attempts", "reply"],

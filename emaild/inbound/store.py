@@ -12,6 +12,7 @@ the rows C{received} and their work is redone exactly once.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
@@ -61,6 +62,25 @@ class Outcome:
     copies: int = 0
     #: why it raised, for the log
     failure: Failure | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class ReceivedRow:
+    """
+    One recipient row of a received message, as C{emaild inbound} lists it.
+    """
+
+    message_id: int
+    received_at: datetime.datetime
+    #: the reverse path; "" for the null sender
+    mail_from: str
+    address: str
+    purpose: str
+    state: str
+    reason: str | None
+    size: int
+    #: the Authentication-Results value, or None when it was not checked
+    authentication: str | None
 
 
 @attrs.frozen
@@ -179,11 +199,9 @@ class InboundStore:
         return counts
 
     async def recent(self, states: Sequence[str] = ("received", *TERMINAL), limit: int = 50,
-                     message_id: int | None = None) -> list[tuple]:
+                     message_id: int | None = None) -> list[ReceivedRow]:
         """
-        The newest recipient rows in C{states} (or those of one message):
-        (message id, received at, mail from, address, purpose, state,
-        reason, size, authentication).
+        The newest recipient rows in C{states} (or those of one message).
         """
         rows = await self.db.runQuery(
             "SELECT m.id, m.received_at, m.mail_from, r.address, r.purpose, r.state,"
@@ -191,16 +209,7 @@ class InboundStore:
             " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
             " WHERE r.state = ANY(%s) AND (%s::bigint IS NULL OR m.id = %s)"
             " ORDER BY r.id DESC LIMIT %s", (list(states), message_id, message_id, limit))
-        return [tuple(r) for r in rows]
-
-    async def recipients_of(self, message_id: int) -> list[tuple[str, str, str, str | None]]:
-        """
-        (address, purpose, state, reason) of each recipient of a message.
-        """
-        rows = await self.db.runQuery(
-            "SELECT address, purpose, state, reason FROM inbound_recipients"
-            " WHERE message_id = %s ORDER BY id", (message_id,))
-        return [tuple(r) for r in rows]
+        return [ReceivedRow(*r) for r in rows]
 
     # -- limits checked before anything is stored ----------------------------
     async def recent_posts(self, group_id: int, person_id: int, *, seconds: float,
