@@ -4,7 +4,6 @@ The outbox tables through OutboxStore, against a real PostgreSQL.
 
 from __future__ import annotations
 
-
 from twisted.internet import defer
 
 from emaild.db.migrations import migrate

@@ -15,7 +15,6 @@ from http.cookiejar import Cookie
 
 from twisted.internet import defer, reactor
 
-from emaild.outbound.kinds import Scope
 from emaild.outbound.sender import Sender
 from emaild.people.store import PeopleStore
 from tests.fakes import ScriptedTransport

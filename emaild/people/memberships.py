@@ -11,8 +11,16 @@ from typing import Sequence
 
 import attrs
 
-from emaild.people.store import (Course, Person, PersonError, course_by_key_txn, ensure_group_txn,
-                                 join_course_txn, join_group_txn, upsert_person_txn)
+from emaild.people.store import (
+    Course,
+    Person,
+    PersonError,
+    course_by_key_txn,
+    ensure_group_txn,
+    join_course_txn,
+    join_group_txn,
+    upsert_person_txn,
+)
 
 
 @attrs.frozen

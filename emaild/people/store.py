@@ -373,16 +373,17 @@ class PeopleStore:
 
         async def add_all(cursor):
             courses: dict[str, Course | PersonError] = {}
-            results = []
+            results: builtins.list[tuple[Person, bool, Course | None] | PersonError] = []
             for email, display_name, key in rows:
-                course = None
+                course: Course | None = None
                 if key:
                     if key not in courses:
                         courses[key] = await course_by_key_txn(cursor, key)
-                    course = courses[key]
-                    if isinstance(course, PersonError):
-                        results.append(course)
+                    found = courses[key]
+                    if isinstance(found, PersonError):
+                        results.append(found)
                         continue
+                    course = found
                 person, created = await upsert_person_txn(cursor, email, display_name)
                 if course is not None:
                     await join_course_txn(cursor, course.id, person.id, [])
