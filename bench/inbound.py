@@ -1,45 +1,68 @@
 """
 The inbound SMTP server and the group relay: (a) how fast emaild accepts
-posts, beside an aiosmtpd reference doing the same work, and (b) how long a
-post to a 1,000-member group takes to become 999 outbox rows.
+posts, with sender authentication on and off, beside an aiosmtpd reference
+doing the same work, and how fast its relay processor drains them; (b) how
+long a post to a 1,000-member group takes to become 999 outbox rows.
 
-Both run against the real daemon (`twistd -n emaild`, outbound transport
-maildir with no rate limit, so sending writes files and talks to nobody) on
-an embedded PostgreSQL in a fresh state directory.  Groups are made with
-`emaild group import FILE.csv`, reply addresses read with
-`emaild group members GROUP --json`.
+The full run (on a quiet machine; about 25 minutes), from the repository root:
+
+    pip install 'aiosmtpd>=1.4.6,<2' 'asyncpg>=0.30,<1'     # the [bench] extra
+    PYTHONPATH=$PWD .venv/bin/python bench/inbound.py
+
+    options: [--quick] [--messages 10000] [--sessions 20] [--size 2048]
+             [--rounds 3] [--posts 3] [--members 1000] [--pool 4]
+             [--only accept|fanout] [--no-reference] [--no-auth-off]
+             [--dns-ttl 300] [--quiet-wait 120] [--profile] [--keep]
+
+Everything runs against the real daemon (`twistd -n emaild`, outbound
+transport maildir with no rate limit, so sending writes files and talks to
+nobody) on an embedded PostgreSQL in a fresh state directory.  Groups are
+made with `emaild group import FILE.csv`, reply addresses read with
+`emaild group members GROUP --json`.  The members' domain
+(students.example.edu) is served by bench/dns_zone.py, an authoritative
+twisted.names server on 127.0.0.1 in its own process: SPF `v=spf1
+ip4:127.0.0.1 -all` for it and for the HELO name, DMARC `p=reject`; the
+daemon's `[dns] servers` points at it, so every post passes SPF, aligned,
+hence DMARC, and is relayed.
 
 (a) Accept rate.  Postfix smtp-source, one message per connection (no -d),
-    `-s SESSIONS -m MESSAGES -l SIZE -f <member> -t <member's reply address>`
-    against emaild's [smtp] endpoint, and the same command against
-    bench/aiosmtpd_reference.py (aiosmtpd + asyncpg, same RCPT lookup, same
-    INSERTs in one transaction per message into copies of emaild's tables,
-    same database, pool of the same size).  The sender's group has one other
-    member, so each accepted post is relayed to one address: emaild's relay
-    processor runs DURING emaild's measurement (as in production): its
-    backlog when smtp-source finished is reported, and its drain rate =
-    recipient rows / time from smtp-source's start until the last row is
-    processed (equal to the accept rate when it keeps up).  Rounds are interleaved
-    (the order alternates) and the script waits for the processor to drain
-    and the machine to be quiet before each; after each it checks that the
-    database holds exactly MESSAGES new messages with one recipient each.
-    Rate = stored messages / smtp-source's wall time.
+    `-s SESSIONS -m MESSAGES -l SIZE -f <member> -t <member's reply address>
+    -M client.example.edu`, against three servers in turn:
+      - "auth on":  the daemon as shipped (SPF, DKIM, DMARC on every post;
+        answers cached for their TTL, --dns-ttl);
+      - "auth off": the same service tree and config started by
+        bench/emaild_without_sender_auth.py, whose composition root has no
+        sender authentication (the handler's pre-authentication check:
+        MAIL FROM is the member's address).  The daemon has no setting for
+        this; see bench/RESULTS-inbound.md for why this is the comparison;
+      - "aiosmtpd": bench/aiosmtpd_reference.py (aiosmtpd + asyncpg, same
+        RCPT lookup, same INSERTs in one transaction per message into
+        copies of emaild's tables, same database, pool of the same size;
+        no sender authentication).
+    Each emaild round starts a fresh daemon (only one relay processor runs);
+    the processor runs DURING the measurement, as in production: its backlog
+    when smtp-source finished is reported, and its drain rate = recipient
+    rows / time from smtp-source's start until the last row is done.  Rounds
+    are interleaved (each starts with the next case); before each
+    measurement the script waits for the processor to drain and the machine
+    to be quiet, and says when it did not get a quiet one.  After each it
+    checks that the database holds exactly MESSAGES new messages with one
+    recipient each (and, auth on, dmarc=pass on every one).  Rate = stored
+    messages / smtp-source's wall time; CPU = user + system of the server's
+    process tree, of PostgreSQL's, and of the DNS server's, over the burst,
+    in ms per accepted post.
 
-(b) Fan-out.  One post by smtplib from a member of a 1,000-member group to
-    their reply address; latency = from the 250 reply until the post's
-    group_posts row is visible (polled every 5 ms), which is committed in
-    the same transaction as its 999 outbox rows (checked).  Also shown:
-    group_posts.created_at - inbound_messages.received_at (both transaction
-    start times, so this leaves out the processor's own transaction).
+(b) Fan-out (auth on).  One post by smtplib from a member of a 1,000-member
+    group to their reply address; latency = from the 250 reply until the
+    post's group_posts row is visible (polled every 5 ms), which is
+    committed in the same transaction as its 999 outbox rows (checked).
+    Also shown: group_posts.created_at - inbound_messages.received_at (both
+    transaction start times, so this leaves out the processor's own
+    transaction).
 
-    python bench/inbound.py [--quick] [--messages 10000] [--sessions 20]
-                            [--size 2048] [--rounds 3] [--posts 3]
-                            [--members 1000] [--profile] [--keep]
-                            [--only accept|fanout] [--no-reference]
-
---profile adds one more smtp-source run against a second daemon started
-under `twistd --profile FILE --profiler cprofile` and prints its hottest
-functions (not part of the measured rounds).
+--profile adds one more smtp-source run against a second daemon (auth on)
+started under `twistd --profile FILE --profiler cprofile` and prints its
+hottest functions (not part of the measured rounds).
 """
 
 from __future__ import annotations
