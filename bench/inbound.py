@@ -323,7 +323,8 @@ def main():
     parser.add_argument("--no-auth-off", action="store_true",
                         help="skip the 'authentication off' daemon's rounds")
     parser.add_argument("--dns-ttl", type=int, default=300,
-                        help="TTL of the DNS records (0: the daemon asks the server every time)")
+                        help="TTL of the DNS records (0: the daemon caches none; "
+                             "empty answers are still cached for the zone's 60 s)")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="seconds to wait for a quiet machine before each measurement")
     parser.add_argument("--profile", action="store_true")
