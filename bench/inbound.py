@@ -1,52 +1,73 @@
 """
 The inbound SMTP server and the group relay: (a) how fast emaild accepts
-posts, beside an aiosmtpd reference doing the same work, and (b) how long a
-post to a 1,000-member group takes to become 999 outbox rows.
+posts, with sender authentication on and off, beside an aiosmtpd reference
+doing the same work, and how fast its relay processor drains them; (b) how
+long a post to a 1,000-member group takes to become 999 outbox rows.
 
-Both run against the real daemon (`twistd -n emaild`, outbound transport
-maildir with no rate limit, so sending writes files and talks to nobody) on
-an embedded PostgreSQL in a fresh state directory.  Groups are made with
-`emaild group import FILE.csv`, reply addresses read with
-`emaild group members GROUP --json`.
+The full run (on a quiet machine; about 25 minutes), from the repository root:
+
+    pip install 'aiosmtpd>=1.4.6,<2' 'asyncpg>=0.30,<1'     # the [bench] extra
+    PYTHONPATH=$PWD .venv/bin/python bench/inbound.py
+
+    options: [--quick] [--messages 10000] [--sessions 20] [--size 2048]
+             [--rounds 3] [--posts 3] [--members 1000] [--pool 4]
+             [--only accept|fanout] [--no-reference] [--no-auth-off]
+             [--dns-ttl 300] [--quiet-wait 120] [--profile] [--keep]
+
+Everything runs against the real daemon (`twistd -n emaild`, outbound
+transport maildir with no rate limit, so sending writes files and talks to
+nobody) on an embedded PostgreSQL in a fresh state directory.  Groups are
+made with `emaild group import FILE.csv`, reply addresses read with
+`emaild group members GROUP --json`.  The members' domain
+(students.example.edu) is served by bench/dns_zone.py, an authoritative
+twisted.names server on 127.0.0.1 in its own process: SPF `v=spf1
+ip4:127.0.0.1 -all` for it and for the HELO name, DMARC `p=reject`; the
+daemon's `[dns] servers` points at it, so every post passes SPF, aligned,
+hence DMARC, and is relayed.
 
 (a) Accept rate.  Postfix smtp-source, one message per connection (no -d),
-    `-s SESSIONS -m MESSAGES -l SIZE -f <member> -t <member's reply address>`
-    against emaild's [smtp] endpoint, and the same command against
-    bench/aiosmtpd_reference.py (aiosmtpd + asyncpg, same RCPT lookup, same
-    INSERTs in one transaction per message into copies of emaild's tables,
-    same database, pool of the same size).  The sender's group has one other
-    member, so each accepted post is relayed to one address: emaild's relay
-    processor runs DURING emaild's measurement (as in production): its
-    backlog when smtp-source finished is reported, and its drain rate =
-    recipient rows / time from smtp-source's start until the last row is
-    processed (equal to the accept rate when it keeps up).  Rounds are interleaved
-    (the order alternates) and the script waits for the processor to drain
-    and the machine to be quiet before each; after each it checks that the
-    database holds exactly MESSAGES new messages with one recipient each.
-    Rate = stored messages / smtp-source's wall time.
+    `-s SESSIONS -m MESSAGES -l SIZE -f <member> -t <member's reply address>
+    -M client.example.edu`, against three servers in turn:
+      - "auth on":  the daemon as shipped (SPF, DKIM, DMARC on every post;
+        answers cached for their TTL, --dns-ttl);
+      - "auth off": the same service tree and config started by
+        bench/emaild_without_sender_auth.py, whose composition root has no
+        sender authentication (the handler's pre-authentication check:
+        MAIL FROM is the member's address).  The daemon has no setting for
+        this; see bench/RESULTS-inbound.md for why this is the comparison;
+      - "aiosmtpd": bench/aiosmtpd_reference.py (aiosmtpd + asyncpg, same
+        RCPT lookup, same INSERTs in one transaction per message into
+        copies of emaild's tables, same database, pool of the same size;
+        no sender authentication).
+    Each emaild round starts a fresh daemon (only one relay processor runs);
+    the processor runs DURING the measurement, as in production: its backlog
+    when smtp-source finished is reported, and its drain rate = recipient
+    rows / time from smtp-source's start until the last row is done.  Rounds
+    are interleaved (each starts with the next case); before each
+    measurement the script waits for the processor to drain and the machine
+    to be quiet, and says when it did not get a quiet one.  After each it
+    checks that the database holds exactly MESSAGES new messages with one
+    recipient each (and, auth on, dmarc=pass on every one).  Rate = stored
+    messages / smtp-source's wall time; CPU = user + system of the server's
+    process tree, of PostgreSQL's, and of the DNS server's, over the burst,
+    in ms per accepted post.
 
-(b) Fan-out.  One post by smtplib from a member of a 1,000-member group to
-    their reply address; latency = from the 250 reply until the post's
-    group_posts row is visible (polled every 5 ms), which is committed in
-    the same transaction as its 999 outbox rows (checked).  Also shown:
-    group_posts.created_at - inbound_messages.received_at (both transaction
-    start times, so this leaves out the processor's own transaction).
+(b) Fan-out (auth on).  One post by smtplib from a member of a 1,000-member
+    group to their reply address; latency = from the 250 reply until the
+    post's group_posts row is visible (polled every 5 ms), which is
+    committed in the same transaction as its 999 outbox rows (checked).
+    Also shown: group_posts.created_at - inbound_messages.received_at (both
+    transaction start times, so this leaves out the processor's own
+    transaction).
 
-    python bench/inbound.py [--quick] [--messages 10000] [--sessions 20]
-                            [--size 2048] [--rounds 3] [--posts 3]
-                            [--members 1000] [--profile] [--keep]
-                            [--only accept|fanout] [--no-reference]
-
---profile adds one more smtp-source run against a second daemon started
-under `twistd --profile FILE --profiler cprofile` and prints its hottest
-functions (not part of the measured rounds).
+--profile adds one more smtp-source run against a second daemon (auth on)
+started under `twistd --profile FILE --profiler cprofile` and prints its
+hottest functions (not part of the measured rounds).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import re
 import smtplib
 import subprocess
@@ -58,54 +79,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
-    BENCH,
-    REPO,
     Bench,
     cpu_seconds,
     free_port,
     median,
     postfix_env,
     postfix_tool,
-    python,
     reexec_in_venv,
     table,
     twistd,
     wait_for,
     wait_quiet,
 )
-
-DOMAIN = "bench.example.org"
-COURSE = "BENCH101"
-
-
-# -- set-up ------------------------------------------------------------------
-def import_group(b: Bench, config: Path, group: str, n: int) -> list[dict]:
-    """`emaild group import` n members into `group`; their members --json rows."""
-    path = b.dir / f"{group}.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["email", "group", "course", "name"])
-        for i in range(n):
-            w.writerow([f"{group}{i}@students.example.edu", group, COURSE,
-                        f"Member {i} of {group}"])
-    cli = [python(), "-m", "emaild", "--config", str(config)]
-    subprocess.run(cli + ["group", "import", str(path)], check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL)
-    out = subprocess.run(cli + ["group", "members", f"{COURSE}/{group}", "--json"], check=True,
-                         cwd=REPO, stdout=subprocess.PIPE).stdout
-    members = json.loads(out)
-    assert len(members) == n, (group, len(members))
-    return members
-
-
-def start_reference(b: Bench, port: int, pool: int) -> subprocess.Popen:
-    proc = b.spawn([python(), str(BENCH / "aiosmtpd_reference.py"), "--port", str(port),
-                    "--dsn", b.dsn, "--pool", str(pool), "--domain", DOMAIN],
-                   stdout=subprocess.PIPE, stderr=open(b.dir / "reference.err", "ab"), cwd=REPO)
-    line = proc.stdout.readline().decode()
-    if not line.startswith("listening on "):
-        raise RuntimeError(f"reference did not start: {line!r}; see {b.dir}/reference.err")
-    return proc
+from bench.inbound_setup import (  # noqa: E402
+    AUTH_OFF,
+    AUTH_ON,
+    REFERENCE,
+    cprofile_summary,
+    import_group,
+    lift_limits,
+    start_dns,
+    start_emaild,
+    start_reference,
+    use_dns,
+)
 
 
 def pending(b: Bench) -> int:
@@ -138,7 +135,7 @@ def smtp_source(port: int, n: int, sessions: int, size: int, sender: str, rcpt: 
 
 
 def stored(b: Bench, which: str) -> tuple[int, int]:
-    messages, recipients = (("inbound_messages", "inbound_recipients") if which == "emaild"
+    messages, recipients = (("inbound_messages", "inbound_recipients") if which != REFERENCE
                             else ("bench_ref_messages", "bench_ref_recipients"))
     return (b.sql(f"SELECT count(*) FROM {messages}")[0][0],
             b.sql(f"SELECT count(*) FROM {recipients}")[0][0])
@@ -146,31 +143,45 @@ def stored(b: Bench, which: str) -> tuple[int, int]:
 
 def accept_round(b: Bench, which: str, port: int, args, sender: str, rcpt: str,
                  pids: dict[str, int]) -> dict:
+    """
+    One smtp-source burst against `which` (pids: "server", "pg", "dns").
+    The relay processor runs all along; its drain rate = recipient rows /
+    time from smtp-source's start until the last row is done.
+    """
+    emaild = which != REFERENCE
     wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
-    busy = wait_quiet()
+    busy = wait_quiet(max_wait=args.quiet_wait)
     before = stored(b, which)
+    first_id = b.sql("SELECT coalesce(max(id), 0) FROM inbound_messages")[0][0]
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
     t0 = time.monotonic()
     seconds, output = smtp_source(port, args.messages, args.sessions, args.size, sender, rcpt,
-                                  b.dir / f"smtp-source-{which}.log")
+                                  b.dir / f"smtp-source-{which.replace(' ', '-')}.log")
     cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
     after = stored(b, which)
-    backlog = pending(b) if which == "emaild" else 0
+    backlog = pending(b) if emaild else 0
     messages, recipients = after[0] - before[0], after[1] - before[1]
-    # the relay processor ran all along: until when did it need to catch up?
     drained = seconds
-    if which == "emaild" and backlog:
+    if emaild and backlog:
         wait_for(lambda: pending(b) == 0, 900, 0.02, "the relay processor to drain")
         drained = time.monotonic() - t0
+    # what the stored messages say about their sender (auth on: dmarc=pass on every one)
+    passed = b.sql("SELECT count(*) FROM inbound_messages WHERE id > %s"
+                   " AND authentication LIKE '%%dmarc=pass%%'", (first_id,))[0][0] if emaild else 0
     errors = [line for line in output if re.search(r"error|fatal|warning|exit status", line,
                                                     re.I)]
+    per_post = 1000 / max(messages, 1)
     return {"server": which, "seconds": seconds, "stored": messages,
             "recipients": recipients, "ok": messages == args.messages == recipients,
             "rate": messages / seconds, "backlog": backlog, "busy": busy,
-            "drain rate": recipients / drained if which == "emaild" else 0.0,
-            "drain seconds": drained,
+            "drain rate": recipients / drained if emaild else 0.0,
+            "drain seconds": drained, "dmarc pass": passed,
             "errors": errors,
-            "server cpu": cpu1[which] - cpu0[which], "pg cpu": cpu1["pg"] - cpu0["pg"]}
+            "server cpu": cpu1["server"] - cpu0["server"], "pg cpu": cpu1["pg"] - cpu0["pg"],
+            "dns cpu": cpu1["dns"] - cpu0["dns"],
+            "server ms": (cpu1["server"] - cpu0["server"]) * per_post,
+            "pg ms": (cpu1["pg"] - cpu0["pg"]) * per_post,
+            "dns ms": (cpu1["dns"] - cpu0["dns"]) * per_post}
 
 
 # -- (b) fan-out -----------------------------------------------------------------
@@ -194,9 +205,10 @@ def post(port: int, sender: str, rcpt: str, n: int) -> tuple[float, int]:
     return t250, int(re.search(rb"queued as (\d+)", reply).group(1))
 
 
-def fanout(b: Bench, port: int, member: dict, n: int, expected: int) -> dict:
+def fanout(b: Bench, port: int, member: dict, n: int, expected: int,
+           quiet_wait: float) -> dict:
     wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
-    busy = wait_quiet()
+    busy = wait_quiet(max_wait=quiet_wait)
     t250, message_id = post(port, member["email"], member["reply_address"], n)
     query = ("SELECT p.id, p.copies, extract(epoch FROM p.created_at - m.received_at)"
              " FROM group_posts p JOIN inbound_recipients r ON r.id = p.inbound_id"
@@ -211,22 +223,13 @@ def fanout(b: Bench, port: int, member: dict, n: int, expected: int) -> dict:
             "outbox rows": rows, "ok": copies == rows == expected, "busy": busy}
 
 
-def lift_limits(config: Path) -> None:
-    """
-    One client and one member send everything here: lift the per-client
-    and per-member limits meant for the open Internet.
-    """
-    config.write_text(config.read_text().replace(
-        "[mail]", "max_sessions_per_client = 1000\nmax_connections_per_minute = 1000000\n"
-                  "[mail]") + "\n[groups]\nmax_posts_per_hour = 0\n")
-
-
 # -- profile ---------------------------------------------------------------------
-def profile_run(b: Bench, args, sender: str, rcpt: str) -> str:
+def profile_run(b: Bench, args, sender: str, rcpt: str, dns_port: int) -> str:
     port = free_port()
     config = b.config("profile.toml", smtp_port=port, transport="maildir",
                       rate=100000.0, burst=1000.0)
     lift_limits(config)
+    use_dns(config, dns_port)
     prof = b.dir / "daemon.prof"
     log = b.dir / "daemon-profile.log"
     proc = b.spawn(twistd() + ["-n", "--pidfile=", "--profile", str(prof), "--profiler",
@@ -234,7 +237,7 @@ def profile_run(b: Bench, args, sender: str, rcpt: str) -> str:
                    log=log, cwd=b.dir)
     wait_for(lambda: b"emaild ready" in log.read_bytes(), 60, 0.05, "the profiled daemon")
     wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
-    wait_quiet()
+    wait_quiet(max_wait=args.quiet_wait)
     seconds, _ = smtp_source(port, args.messages, args.sessions, args.size, sender, rcpt,
                              b.dir / "smtp-source-profile.log")
     wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
@@ -245,18 +248,63 @@ def profile_run(b: Bench, args, sender: str, rcpt: str) -> str:
             + cprofile_summary(prof))
 
 
-def cprofile_summary(path: Path, top: int = 25) -> str:
-    """The functions with the most own time, and the most cumulative time."""
-    import io
-    import pstats
-    out = io.StringIO()
-    stats = pstats.Stats(str(path), stream=out).strip_dirs()
-    stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
-    return out.getvalue()
-
-
 # -- main ------------------------------------------------------------------------
+def print_round(r: dict) -> None:
+    emaild = r["server"] != REFERENCE
+    print(f"  round {r['round']} {r['server']:8}: {r['stored']} stored in "
+          f"{r['seconds']:.2f}s = {r['rate']:.0f}/s"
+          f"{'' if r['ok'] else '  (COUNT MISMATCH)'}"
+          + (f"; backlog {r['backlog']} ({r['backlog'] / max(r['stored'], 1):.1%}), drained "
+             f"in {r['drain seconds']:.2f}s = {r['drain rate']:.0f}/s; dmarc=pass "
+             f"{r['dmarc pass']}" if emaild else "")
+          + f"; cpu ms/post server {r['server ms']:.2f} pg {r['pg ms']:.2f} dns "
+          f"{r['dns ms']:.3f}; machine {r['busy']:.0%} busy before"
+          + (f"; {len(r['errors'])} error lines, e.g. {r['errors'][0]}" if r["errors"] else ""),
+          flush=True)
+
+
+def summary(rounds: list[dict], cases: list[str], args) -> None:
+    ref = {r["round"]: r for r in rounds if r["server"] == REFERENCE}
+    print(table(["case", "round", "seconds", "stored", "msgs/s", "x aiosmtpd", "daemon ms/post",
+                 "pg ms/post", "dns ms/post", "backlog", "drain/s", "busy before", "counts"],
+                [[r["server"], r["round"], f"{r['seconds']:.2f}", r["stored"], f"{r['rate']:.0f}",
+                  f"{r['rate'] / ref[r['round']]['rate']:.2f}" if r["round"] in ref else "",
+                  f"{r['server ms']:.2f}", f"{r['pg ms']:.2f}", f"{r['dns ms']:.3f}",
+                  f"{r['backlog']} ({r['backlog'] / max(r['stored'], 1):.1%})"
+                  if r["server"] != REFERENCE else "",
+                  f"{r['drain rate']:.0f}" if r["server"] != REFERENCE else "",
+                  f"{r['busy']:.0%}",
+                  "ok" if r["ok"] else "MISMATCH"]
+                 for c in cases for r in rounds if r["server"] == c]))
+    print()
+    med = {c: median([r["rate"] for r in rounds if r["server"] == c]) for c in cases}
+    for c in cases:
+        mine = [r for r in rounds if r["server"] == c]
+        line = (f"{c:8}: median {med[c]:.0f} msgs/s, daemon "
+                f"{median([r['server ms'] for r in mine]):.2f} ms/post, PostgreSQL "
+                f"{median([r['pg ms'] for r in mine]):.2f} ms/post")
+        if c != REFERENCE:
+            drain = median([r["drain rate"] for r in mine])
+            worst = max(r["backlog"] / max(r["stored"], 1) for r in mine)
+            line += (f"; drain {drain:.0f}/s; largest backlog at the end of a burst "
+                     f"{worst:.1%}; drain >= accept and backlog < 5%: "
+                     f"{'met' if drain >= 0.99 * med[c] and worst < 0.05 else 'MISSED'}")
+        if REFERENCE in med and c != REFERENCE:
+            per_round = [r["rate"] / ref[r["round"]]["rate"] for r in mine if r["round"] in ref]
+            line += (f"; x aiosmtpd: ratio of medians {med[c] / med[REFERENCE]:.2f}, per round "
+                     + ", ".join(f"{x:.2f}" for x in per_round))
+            if c == AUTH_ON:
+                line += (f"; target >= 1.5x "
+                         f"{'met' if med[c] >= 1.5 * med[REFERENCE] else 'MISSED'}")
+        print(line)
+    on = [r for r in rounds if r["server"] == AUTH_ON]
+    if on:
+        print(f"auth on: every stored post has dmarc=pass: "
+              f"{'yes' if all(r['dmarc pass'] == r['stored'] for r in on) else 'NO'}")
+    ok = all(r["ok"] and not r["errors"] for r in rounds)
+    print(f"(a) every message stored, no errors: {'yes' if ok else 'NO'}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -272,6 +320,13 @@ def main():
     parser.add_argument("--only", choices=("accept", "fanout"))
     parser.add_argument("--no-reference", action="store_true",
                         help="emaild's rounds only (accept and drain rates), no aiosmtpd")
+    parser.add_argument("--no-auth-off", action="store_true",
+                        help="skip the 'authentication off' daemon's rounds")
+    parser.add_argument("--dns-ttl", type=int, default=300,
+                        help="TTL of the DNS records (0: the daemon caches none; "
+                             "empty answers are still cached for the zone's 60 s)")
+    parser.add_argument("--quiet-wait", type=float, default=120.0,
+                        help="seconds to wait for a quiet machine before each measurement")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the state dir")
     args = parser.parse_args()
@@ -281,6 +336,7 @@ def main():
     args.posts = args.posts or (1 if args.quick else 3)
 
     with Bench("inbound", keep=args.keep) as b:
+        dns_proc, dns_port = start_dns(b, args.dns_ttl)
         port = free_port()
         config = b.config("inbound.toml", smtp_port=port, transport="maildir",
                           rate=100000.0, burst=1000.0)
@@ -288,97 +344,73 @@ def main():
             config.write_text(config.read_text().replace(
                 "[http]", f"pool_size = {args.pool}\n[http]"))
         lift_limits(config)
+        use_dns(config, dns_port)
         pair = import_group(b, config, "pair", 2)
         big = import_group(b, config, "big", args.members) if args.only != "accept" else []
-        daemon = b.start_daemon(config)
-        pids = {"emaild": daemon.pid, "pg": b.postmaster_pid()}
         sender, rcpt = pair[0]["email"], pair[0]["reply_address"]
-        print(f"state dir {b.dir}; emaild smtp on 127.0.0.1:{port}", flush=True)
+        pg_pid = b.postmaster_pid()
+        print(f"state dir {b.dir}; emaild smtp on 127.0.0.1:{port}; DNS on 127.0.0.1:{dns_port}"
+              f" (TTL {args.dns_ttl}s)", flush=True)
 
         rounds = []
+        cases = [AUTH_ON] + ([] if args.no_auth_off else [AUTH_OFF]) \
+            + ([] if args.no_reference else [REFERENCE])
         if args.only != "fanout":
             ref_port = free_port()
             reference = None if args.no_reference else start_reference(b, ref_port, args.pool)
-            if reference is not None:
-                pids["aiosmtpd"] = reference.pid
             cmd = (f"smtp-source -s {args.sessions} -m {args.messages} -l {args.size} "
                    f"-f {sender} -t {rcpt} -M client.example.edu 127.0.0.1:PORT")
             print(f"(a) {cmd}", flush=True)
             for i in range(args.rounds):
-                order = ("emaild", "aiosmtpd") if i % 2 == 0 else ("aiosmtpd", "emaild")
-                for which in order if reference is not None else ("emaild",):
-                    r = accept_round(b, which, port if which == "emaild" else ref_port,
-                                     args, sender, rcpt, pids)
+                # interleaved: each round starts with the next case
+                for which in cases[i % len(cases):] + cases[:i % len(cases)]:
+                    # a fresh daemon per emaild round, so that only one relay processor runs
+                    server = reference if which == REFERENCE else start_emaild(b, config, which)
+                    pids = {"server": server.pid, "pg": pg_pid, "dns": dns_proc.pid}
+                    r = accept_round(b, which, ref_port if which == REFERENCE else port, args,
+                                     sender, rcpt, pids)
+                    if which != REFERENCE:
+                        # its sender too: nothing may be left queued for a stopped daemon
+                        wait_for(lambda: processor_idle(b), 900, 0.5, "the daemon to go idle")
+                        b.end(server)
                     r["round"] = i + 1
                     rounds.append(r)
-                    print(f"  round {i + 1} {which:8}: {r['stored']} stored in "
-                          f"{r['seconds']:.2f}s = {r['rate']:.0f}/s"
-                          f"{'' if r['ok'] else '  (COUNT MISMATCH)'}; backlog {r['backlog']}"
-                          + (f" ({r['backlog'] / max(r['stored'], 1):.1%}), drained in "
-                             f"{r['drain seconds']:.2f}s = {r['drain rate']:.0f}/s"
-                             if which == "emaild" else "")
-                          + f"; cpu server {r['server cpu']:.1f}s pg {r['pg cpu']:.1f}s"
-                          f"; machine {r['busy']:.0%} busy before"
-                          + (f"; {len(r['errors'])} error lines, e.g. {r['errors'][0]}"
-                             if r["errors"] else ""), flush=True)
+                    print_round(r)
             if reference is not None:
                 b.end(reference)
-            wait_for(lambda: processor_idle(b), 900, 0.5, "the relay processor to drain")
             relay_states = dict(b.sql("SELECT state, count(*) FROM inbound_recipients"
                                       " GROUP BY state"))
             print(f"  emaild's recipients after all rounds: {relay_states}", flush=True)
 
         posts = []
         if args.only != "accept":
-            print(f"(b) fan-out to a group of {args.members}", flush=True)
+            daemon = start_emaild(b, config, AUTH_ON)
+            print(f"(b) fan-out to a group of {args.members} (authentication on)", flush=True)
             for i in range(args.posts):
                 poster = big[(i * 37) % len(big)]
-                r = fanout(b, port, poster, i + 1, args.members - 1)
+                r = fanout(b, port, poster, i + 1, args.members - 1, args.quiet_wait)
                 posts.append(r)
                 print(f"  post {i + 1}: 250 -> {r['outbox rows']} outbox rows committed in "
                       f"{r['latency']:.3f}s (db: received_at -> post created_at "
                       f"{r['db']:.3f}s){'' if r['ok'] else '  (COUNT MISMATCH)'}", flush=True)
+            wait_for(lambda: processor_idle(b), 900, 0.5, "the daemon to go idle")
+            b.end(daemon)
 
-        profile = profile_run(b, args, sender, rcpt) if args.profile else ""
-        b.end(daemon)
+        profile = profile_run(b, args, sender, rcpt, dns_port) if args.profile else ""
+        b.end(dns_proc)
+        dns_queries = dns_proc.stdout.read().decode().strip().splitlines()[-1:]
 
     print()
-    if rounds and args.no_reference:
-        mine = [r for r in rounds if r["server"] == "emaild"]
-        print(f"emaild only: accept {median([r['rate'] for r in mine]):.0f}/s, relay drain "
-              f"{median([r['drain rate'] for r in mine]):.0f}/s, largest backlog at the end of "
-              f"a burst {max(r['backlog'] / max(r['stored'], 1) for r in mine):.1%}")
-    elif rounds:
-        med = {w: median([r["rate"] for r in rounds if r["server"] == w])
-               for w in ("emaild", "aiosmtpd")}
-        per_round = []
-        for i in range(1, args.rounds + 1):
-            e = next(r for r in rounds if r["round"] == i and r["server"] == "emaild")
-            a = next(r for r in rounds if r["round"] == i and r["server"] == "aiosmtpd")
-            per_round.append(e["rate"] / a["rate"])
-        print(table(["server", "round", "seconds", "stored", "msgs/s", "backlog", "drain/s",
-                     "server cpu s", "pg cpu s", "counts"],
-                    [[r["server"], r["round"], f"{r['seconds']:.2f}", r["stored"],
-                      f"{r['rate']:.0f}", r["backlog"],
-                      f"{r['drain rate']:.0f}" if r["server"] == "emaild" else "",
-                      f"{r['server cpu']:.1f}",
-                      f"{r['pg cpu']:.1f}", "ok" if r["ok"] else "MISMATCH"]
-                     for r in sorted(rounds, key=lambda r: (r["server"], r["round"]))]))
-        print()
-        print(f"median msgs/s: emaild {med['emaild']:.0f}, aiosmtpd {med['aiosmtpd']:.0f}; "
-              f"ratio of medians {med['emaild'] / med['aiosmtpd']:.2f}; per-round ratios "
-              + ", ".join(f"{x:.2f}" for x in per_round))
-        mine = [r for r in rounds if r["server"] == "emaild"]
-        drain = median([r["drain rate"] for r in mine])
-        worst = max(r["backlog"] / max(r["stored"], 1) for r in mine)
-        print(f"relay processor: median drain {drain:.0f} recipients/s over each round "
-              f"(first message to last row done) beside emaild's median accept "
-              f"{med['emaild']:.0f}/s; largest backlog at the end of a burst {worst:.1%}; "
-              f"targets (drain >= accept, backlog < 5%) "
-              f"{'met' if drain >= 0.99 * med['emaild'] and worst < 0.05 else 'MISSED'}")
-        ok = all(r["ok"] and not r["errors"] for r in rounds)
-        print(f"(a) every message stored, no errors: {'yes' if ok else 'NO'}; target (emaild >= "
-              f"aiosmtpd) {'met' if med['emaild'] >= med['aiosmtpd'] else 'MISSED'}")
+    busy = [r["busy"] for r in rounds + posts]
+    quiet = all(x < 0.15 for x in busy)
+    print(("quiet machine: every measurement started with the CPUs < 15% busy" if quiet else
+           f"NOT a quiet machine: measurements started with the CPUs up to {max(busy):.0%} "
+           f"busy (other work); read ratios from the same round, not absolute rates")
+          if busy else "")
+    if rounds:
+        summary(rounds, cases, args)
+        print(f"DNS server: {' '.join(dns_queries) or '?'} in all (the daemon caches answers "
+              f"for their TTL, {args.dns_ttl}s)")
     if posts:
         lat = median([p["latency"] for p in posts])
         print(f"(b) fan-out to {args.members - 1}: median {lat:.3f}s (posts: "
