@@ -9,17 +9,13 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import shutil
 import socket
 
 from twisted.internet import defer, reactor, threads
-from twisted.trial import unittest
 
 from emaild.service import Emaild
+from tests.browser import chromium, skip_without_chromium
 from tests.support import DatabaseTestCase, wait_for
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def _free_port() -> int:
@@ -28,34 +24,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _browser(user_data_dir: str):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 f"--user-data-dir={user_data_dir}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    # a click that submits a form returns before the next page has loaded:
-    # let lookups wait for it instead of failing on the old page
-    driver.implicitly_wait(15)
-    return driver
-
-
 class BrowserTests(DatabaseTestCase):
     timeout = 180
 
     def setUp(self):
-        if not (CHROMIUM and CHROMEDRIVER):
-            raise unittest.SkipTest("needs Debian's chromium and chromium-driver (scripts/tools.sh)")
-        try:
-            import selenium  # noqa: F401
-        except ImportError:
-            raise unittest.SkipTest("needs selenium (pip install -e '.[test]')") from None
+        skip_without_chromium()
         return super().setUp()
 
     @defer.inlineCallbacks
@@ -89,7 +62,7 @@ class BrowserTests(DatabaseTestCase):
         def in_the_browser():
             from selenium.webdriver.common.by import By
 
-            driver = _browser(profile)
+            driver = chromium(profile)
             try:
                 driver.get(link)
                 seen = {"landed": driver.current_url,

@@ -8,22 +8,16 @@ gets the post.
 from __future__ import annotations
 
 from twisted.internet import threads
-from twisted.trial import unittest
 
 from tests.authfixture import DaemonWithDNS
-from tests.test_browser import CHROMEDRIVER, CHROMIUM, _browser
+from tests.browser import chromium, skip_without_chromium
 
 
 class HoldInBrowserTests(DaemonWithDNS):
     timeout = 180
 
     def setUp(self):
-        if not (CHROMIUM and CHROMEDRIVER):
-            raise unittest.SkipTest("needs Debian's chromium and chromium-driver (scripts/tools.sh)")
-        try:
-            import selenium  # noqa: F401
-        except ImportError:
-            raise unittest.SkipTest("needs selenium (pip install -e '.[test]')") from None
+        skip_without_chromium()
         return super().setUp()
 
     async def test_confirming_in_the_browser_relays_the_post(self):
@@ -37,7 +31,7 @@ class HoldInBrowserTests(DaemonWithDNS):
             from selenium.webdriver.support import expected_conditions
             from selenium.webdriver.support.ui import WebDriverWait
 
-            driver = _browser(profile)
+            driver = chromium(profile)
             try:
                 driver.get(link)
                 seen = {"heading": driver.find_element(By.TAG_NAME, "h1").text,

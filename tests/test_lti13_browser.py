@@ -14,44 +14,17 @@ import urllib.parse
 from twisted.internet import defer, reactor, ssl, threads
 from twisted.web.server import Site
 
+from tests.browser import chromium, skip_without_chromium
 from tests.lti13_platform import CLIENT_ID, DEPLOYMENT_ID, ISSUER, Platform
 from tests.support import DatabaseTestCase
-from tests.test_browser import CHROMEDRIVER, CHROMIUM
 from tests.tlsfiles import make_tls_files
-
-
-def _browser(user_data_dir: str):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 "--ignore-certificate-errors", "--test-third-party-cookie-phaseout",
-                 f"--user-data-dir={user_data_dir}"):
-        options.add_argument(flag)
-    # the user setting "block third-party cookies" (1 = block them)
-    options.add_experimental_option("prefs", {"profile.cookie_controls_mode": 1,
-                                              "profile.block_third_party_cookies": True})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.implicitly_wait(15)
-    return driver
 
 
 class Lti13BrowserTests(DatabaseTestCase):
     timeout = 180
 
     def setUp(self):
-        from twisted.trial import unittest
-
-        if not (CHROMIUM and CHROMEDRIVER):
-            raise unittest.SkipTest("needs Debian's chromium and chromium-driver (scripts/tools.sh)")
-        try:
-            import selenium  # noqa: F401
-        except ImportError:
-            raise unittest.SkipTest("needs selenium (pip install -e '.[test]')") from None
+        skip_without_chromium()
         return super().setUp()
 
     def test_launch_in_a_cross_site_iframe_through_platform_storage(self):
@@ -100,7 +73,8 @@ class Lti13BrowserTests(DatabaseTestCase):
 
             from selenium.webdriver.common.by import By
 
-            driver = _browser(profile)
+            driver = chromium(profile, block_third_party_cookies=True,
+                              ignore_certificate_errors=True)
             try:
                 driver.get(platform.url("/course"))
                 frame = driver.find_element(By.ID, "tool")

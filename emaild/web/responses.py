@@ -24,3 +24,13 @@ def form_value(request, name: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return ""
+
+
+def client_address(request) -> str:
+    """
+    Who sent the request, for a log line: the peer's address, and what a
+    proxy in front says in X-Forwarded-For (as given: it is not verified).
+    """
+    forwarded = request.getHeader(b"x-forwarded-for")
+    peer = getattr(request.getClientAddress(), "host", "?")
+    return f"{peer} (forwarded for {forwarded.decode('latin-1')})" if forwarded else str(peer)

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti import LaunchRefused
+from emaild.web.responses import client_address
 from emaild.web.routing import Routes
 
 if TYPE_CHECKING:
@@ -35,12 +36,6 @@ routes = Routes()
 register = routes.register
 
 log = Logger()
-
-
-def _client(request) -> str:
-    forwarded = request.getHeader(b"x-forwarded-for")
-    peer = getattr(request.getClientAddress(), "host", "?")
-    return f"{peer} (forwarded for {forwarded.decode('latin-1')})" if forwarded else str(peer)
 
 
 @routes.route("/lti/launch", methods=["POST"])
@@ -71,7 +66,7 @@ async def _launch(self: WebApp, request) -> bytes:
     except LaunchRefused as refused:
         log.warn("LTI launch refused ({status}): {reason} [consumer key {key!r}, from {client}]",
                  status=refused.status, reason=refused.message, key=refused.consumer_key,
-                 client=_client(request))
+                 client=client_address(request))
         return self.pages.error(request, refused.status,
                                 f"This launch from your course was refused: {refused.message}")
 

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti13_claims import Launch13, Lti13Refused
 from emaild.people.store import upsert_from_lti13
-from emaild.web.responses import json_response
+from emaild.web.responses import client_address, json_response
 from emaild.web.routing import Routes, uncancellable
 
 if TYPE_CHECKING:
@@ -46,12 +46,6 @@ log = Logger()
 
 #: the header the storage page's fetch sends (a cross-site form cannot)
 STORAGE_HEADER = b"x-emaild-lti-storage"
-
-
-def _client(request) -> str:
-    forwarded = request.getHeader(b"x-forwarded-for")
-    peer = getattr(request.getClientAddress(), "host", "?")
-    return f"{peer} (forwarded for {forwarded.decode('latin-1')})" if forwarded else str(peer)
 
 
 def _params(request) -> dict[str, str]:
@@ -90,7 +84,7 @@ def _set_state_cookie(self: WebApp, request, state: str, value: str, max_age: in
 def _refused(self: WebApp, request, refused: Lti13Refused, what: str) -> bytes:
     log.warn("LTI 1.3 {what} refused ({status}): {reason} [platform {platform}, from {client}]",
              what=what, status=refused.status, reason=refused.message,
-             platform=refused.platform or "?", client=_client(request))
+             platform=refused.platform or "?", client=client_address(request))
     return self.pages.error(request, refused.status,
                             f"This {what} from your course was refused: {refused.message}")
 
@@ -185,7 +179,7 @@ async def lti_launch_confirm(self: WebApp, request):
         home = await sign_in(self, request, launch)
     except Lti13Refused as refused:
         log.warn("LTI 1.3 launch refused ({status}): {reason} [from {client}]",
-                 status=refused.status, reason=refused.message, client=_client(request))
+                 status=refused.status, reason=refused.message, client=client_address(request))
         return json_response(request, refused.status, {"error": refused.message})
     except DatabaseUnavailable as e:
         log.warn("LTI 1.3 launch failed: the database is unavailable ({error})", error=e)
