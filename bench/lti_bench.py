@@ -98,7 +98,7 @@ def write_config(b: Bench, port: int, jwks_port: int) -> Path:
 
 def launch11(base: str, n: int) -> None:
     from tests import oauth1
-    from tests.test_lti import launch_fields
+    from tests.lti.test_lti import launch_fields
 
     fields = launch_fields(user_id=f"u11-{n}", lis_person_contact_email_primary=f"a{n}@11.test")
     params = oauth1.sign("POST", base + "/lti/launch", fields, KEY, SECRET)

@@ -26,7 +26,7 @@ _MAX_TOKEN = 64
 # click.  The shuffles depend only on the salt, the alphabet and the
 # token's first character, so there are a few hundred of them per salt:
 # remember them.  _reorder is a pure function of its two strings, so the
-# tokens are exactly those of hashids itself (tests/test_tokens.py).
+# tokens are exactly those of hashids itself (tests/web/test_tokens.py).
 if not hasattr(hashids._reorder, "cache_info"):
     hashids._reorder = functools.lru_cache(maxsize=4096)(hashids._reorder)
 

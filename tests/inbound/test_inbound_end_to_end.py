@@ -71,7 +71,7 @@ class EndToEndTests(DatabaseTestCase):
 
     async def _scenario(self):
         # Bob's domain vouches for his mail server (SPF), as it must for the
-        # relay to pass his reply on (tests/test_inbound_auth_smtp.py)
+        # relay to pass his reply on (tests/inbound/test_inbound_auth_smtp.py)
         dns_server = ZoneServer("example.net", {"example.net": [txt("v=spf1 ip4:127.0.0.1 -all")]})
         dns_port = dns_server.start()
         self.addCleanup(dns_server.stop)
@@ -82,7 +82,7 @@ class EndToEndTests(DatabaseTestCase):
             smtp={"endpoint": f"tcp:{smtp_port}:interface=127.0.0.1", "relay_domain": DOMAIN},
             relay={"poll_interval": "0.5s"}, dns={"servers": [f"127.0.0.1:{dns_port}"]},
             # only the group's copies here: Ada opening the group page would
-            # also tell Bob and Carol she is active (tests/test_notify.py)
+            # also tell Bob and Carol she is active (tests/digest/test_notify.py)
             notifications={"daily_limit": 0}), reactor)
         service.startService()
         self.addCleanup(service.stopService)

@@ -17,9 +17,9 @@ from emaild.outbound.sender import Sender
 from emaild.outbound.transport import DeliveryResult, Outcome
 from tests.fakes import SENT, ScriptedTransport
 from tests.support import wait_for
-from tests.test_api import TOKEN
-from tests.test_inbound_relay import RelayTestCase, mail
-from tests.test_inbound_server import MemoryHandler
+from tests.web.test_api import TOKEN
+from tests.inbound.test_inbound_relay import RelayTestCase, mail
+from tests.inbound.test_inbound_server import MemoryHandler
 from tests.test_web_links import async_test
 from tests.webtest import WebTestCase
 

@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from emaild.inbound.server import InboundFactory
-from tests.test_inbound_server import MemoryHandler
+from tests.inbound.test_inbound_server import MemoryHandler
 
 
 class Session:

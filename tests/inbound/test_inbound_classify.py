@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from emaild.inbound.classify import LOOP_HEADER, header_value, not_relayable, parse_message
 
-CORPUS = Path(__file__).resolve().parent / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 LOOP = "emaild-test"
 
 

@@ -23,7 +23,7 @@ from emaild.outbound.kinds import KindError, Scope, get_kind, optout_reason, par
 from emaild.outbound.outbox import make_composer
 from tests.support import make_config
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 NOW = 1_900_000_000.0
 SITE = "https://course.example.org"
 

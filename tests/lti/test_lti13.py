@@ -25,7 +25,7 @@ from tests.lti13_platform import (
     rs256_jwt,
     unsigned_jwt,
 )
-from tests.test_lti import TRACEBACK_MARKERS, async_test, cookie_of
+from tests.lti.test_lti import TRACEBACK_MARKERS, async_test, cookie_of
 from tests.webtest import WebTestCase
 
 FORM = {"Content-Type": ["application/x-www-form-urlencoded"]}
@@ -396,7 +396,7 @@ class RefusalTests(Lti13TestCase):
     @async_test
     async def test_lti11_launches_still_work_beside(self):
         from tests import oauth1
-        from tests.test_lti import launch_fields
+        from tests.lti.test_lti import launch_fields
 
         await self.start(lti={"consumers": {"moodle": "moodle-shared-secret-1"}})
         params = oauth1.sign("POST", self.base + "/lti/launch", launch_fields(), "moodle",

@@ -12,7 +12,7 @@ import smtplib
 from twisted.internet import defer, reactor, threads
 
 from emaild.inbound.server import InboundFactory
-from tests.test_inbound_relay import REAL, RelayTestCase, mail
+from tests.inbound.test_inbound_relay import REAL, RelayTestCase, mail
 
 DOMAIN_NAME = "mx.relay.course.test"
 

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from emaild.inbound.dsn import BounceReport, parse_bounce
 
-CORPUS = Path(__file__).resolve().parent / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
 
 def report(*blocks: str, text: str = "Delivery failed.\n") -> bytes:

@@ -36,10 +36,10 @@ from emaild.inbound.server import DATA_LINE_LIMIT
 from emaild.service import Emaild
 from tests.dnsserver import ZoneServer, txt
 from tests.support import DatabaseTestCase, wait_for
-from tests.test_inbound_end_to_end import _free_port
-from tests.test_inbound_rewrite import EXPECTED, LOOP
+from tests.inbound.test_inbound_end_to_end import _free_port
+from tests.inbound.test_inbound_rewrite import EXPECTED, LOOP
 
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 DOMAIN = "relay.course.test"
 MEMBERS = {"ada@example.org": "Ada Lovelace", "bob@example.net": "Bob Babbage",
            "carol@example.com": "Carol Shaw"}

@@ -3,7 +3,7 @@ The relay processor against a real PostgreSQL: fan-out through the outbox,
 threading, anonymity, exactly-once after a crash, auto-replies and
 duplicates ignored, bounces counted and suppressed, unsubscribe by mail.
 (Mail arrives here through InboundStore.receive, as the SMTP server stores
-it; tests/test_inbound_end_to_end.py goes through the real server.)
+it; tests/inbound/test_inbound_end_to_end.py goes through the real server.)
 """
 
 from __future__ import annotations

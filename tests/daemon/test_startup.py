@@ -27,7 +27,7 @@ from twisted.internet import defer, threads
 
 from emaild.db.embedded import EmbeddedPostgres
 from tests.support import http_get, wait_for
-from tests.test_daemon import DaemonTestCase, free_port
+from tests.daemon.test_daemon import DaemonTestCase, free_port
 
 TOKEN = secrets.token_hex(20)
 

@@ -61,7 +61,7 @@ from emaild.inbound.server import (
     use_self_signed,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SWAKS = REPO / ".tools" / "swaks" / "usr" / "bin" / "swaks"
 POSTFIX = REPO / ".tools" / "postfix"
 SMTP_SOURCE = POSTFIX / "usr" / "sbin" / "smtp-source"

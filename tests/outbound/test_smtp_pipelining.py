@@ -21,7 +21,7 @@ from emaild.outbound.smtp import SMTPTransport
 from emaild.outbound.transport import Outcome, OutgoingMessage
 from tests.relay import Relay
 
-POSTFIX = Path(__file__).resolve().parent.parent / ".tools" / "postfix"
+POSTFIX = Path(__file__).resolve().parents[2] / ".tools" / "postfix"
 SMTP_SINK = POSTFIX / "usr" / "sbin" / "smtp-sink"
 
 

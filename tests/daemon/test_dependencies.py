@@ -17,7 +17,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: top-level names that are this repository's own code
 LOCAL = {"emaild", "tests", "bench", "scripts", "__future__"}
 

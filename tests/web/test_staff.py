@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from emaild.digest.store import DigestStore
-from tests.test_web_groups import GroupPageTestCase
+from tests.web.test_web_groups import GroupPageTestCase
 from tests.test_web_links import async_test
 
 

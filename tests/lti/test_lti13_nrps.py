@@ -11,7 +11,7 @@ from twisted.internet import defer
 
 from emaild.people.lti13_nrps import MEMBERSHIPS, NrpsError
 from tests.lti13_platform import INSTRUCTOR, LEARNER
-from tests.test_lti13 import Lti13TestCase, async_test
+from tests.lti.test_lti13 import Lti13TestCase, async_test
 
 
 def roster(n: int, start: int = 0) -> list[dict]:

@@ -13,8 +13,8 @@ import urllib.parse
 from emaild.people.lti13_claims import migration_sign as tool_sign
 from tests import oauth1
 from tests.lti13_platform import CLIENT_ID, DEPLOYMENT_ID, ISSUER, migration_sign
-from tests.test_lti import launch_fields
-from tests.test_lti13 import FORM, Lti13TestCase, async_test
+from tests.lti.test_lti import launch_fields
+from tests.lti.test_lti13 import FORM, Lti13TestCase, async_test
 
 KEY, SECRET = "moodle", "moodle-shared-secret-1"
 

@@ -22,7 +22,7 @@ from twisted.trial import unittest
 from tests.relay import Relay
 from tests.support import DatabaseTestCase, http_get, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
 

@@ -4,7 +4,7 @@ SMTP client (smtplib) and a real DNS server on loopback: aligned DKIM or
 SPF is relayed; a forged From whose domain publishes p=reject is refused
 550 5.7.1 before 250 and nothing is stored; C{[groups] unauthenticated}
 refuse/relay; a DNS server that never answers gives 451 and nothing is
-relayed.  (Holds: tests/test_inbound_hold.py.)
+relayed.  (Holds: tests/inbound/test_inbound_hold.py.)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from twisted.internet import defer, reactor
 
 from emaild.db.database import Database
-from tests.test_web_groups import GroupPageTestCase
+from tests.web.test_web_groups import GroupPageTestCase
 from tests.test_web_links import async_test, text_of
 
 

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from emaild.config import QOS_SCHEMA, SCHEMA, ConfigError, load_config, parse_duration
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 class ConfigTests(unittest.TestCase):

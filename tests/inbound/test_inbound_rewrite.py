@@ -24,7 +24,7 @@ from emaild.inbound.rewrite import (
     scrub_map,
 )
 
-CORPUS = Path(__file__).resolve().parent / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 MEMBERS = [("ada@example.org", "Ada"), ("Bob@Example.NET", "Bob"), ("carol@example.com", "Carol")]
 ADDRESSES = [a.lower() for a, _ in MEMBERS]
 LOOP = "emaild-test"
