@@ -65,7 +65,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from klein.interfaces import IKleinRequest
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.links.service import LOGIN, LinkError
@@ -198,6 +201,10 @@ def _unusable_address(self: WebApp, request, address: str) -> bytes:
 @routes.route("/email/<token>", methods=["GET", "HEAD"])
 @uncancellable
 async def login_link(self: WebApp, request, token: str):
+    return await _login_link(self, request, token)
+
+
+async def _login_link(self: WebApp, request, token: str) -> bytes:
     _no_referrer(request)
     try:
         if request.method == b"HEAD":
@@ -222,6 +229,48 @@ async def login_link(self: WebApp, request, token: str):
     request.setHeader(b"Location", location)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     return b"Signed in; continue to " + location + b"\n"
+
+
+class LoginLinkFastPath(Resource):
+    """
+    C{GET /email/<token>} without Klein: a click is the hottest request the
+    site serves (a mail to a whole course, everyone clicking at once), and
+    Klein's per-request routing (werkzeug's map binding and matching among
+    every route, its Deferred chain and response handling) cost about as
+    much as the route itself.  Only a plain C{GET} of a token made of
+    letters and digits (every token is) takes this path, and it runs the
+    very same code as the Klein route; anything else (HEAD, other methods,
+    other characters, sub-paths) goes to C{inner}, the Klein resource.
+
+    The work is not cancelled when the client goes away (nothing here
+    cancels it, and database calls are uncancellable anyway): the session
+    and the use count are written; the answer is then dropped.
+    """
+
+    isLeaf = True
+
+    def __init__(self, web: WebApp, inner: Resource):
+        super().__init__()
+        self.web = web
+        self.inner = inner
+
+    def render(self, request):
+        path = request.path
+        if request.method != b"GET" or not path.startswith(b"/email/") or not path[7:].isalnum():
+            return self.inner.render(request)
+        token = path[7:].decode("ascii")  # isalnum() on bytes: ASCII letters and digits only
+        d = defer.ensureDeferred(_login_link(self.web, request, token))
+        d.addErrback(lambda failure: self.web.server_error(request, failure))
+        d.addCallback(self._answer, request)
+        d.addErrback(lambda failure: log.failure("Error answering a login link", failure))
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _answer(body: bytes, request) -> None:
+        if request.channel is None:  # the client went away; the work is done
+            return
+        request.write(body)
+        request.finish()
 
 
 @routes.route("/email/<token>/fresh", methods=["POST"])
