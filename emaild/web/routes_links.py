@@ -210,10 +210,11 @@ async def _login_link(self: WebApp, request, token: str) -> bytes:
         if request.method == b"HEAD":
             resolution = await self.links.resolve(token, LOGIN)
         else:
-            # one statement: check the link, count the use, start the session
+            # one statement (shared with the clicks that arrive meanwhile):
+            # check the link, count the use, start the session
             new = self.sessions.new(request)
-            resolution = await self.links.use(
-                token, LOGIN, also=SessionStore.start_ctes(new, "link_used"))
+            resolution = await self.links.use_batched(token, LOGIN, new,
+                                                      SessionStore.start_many_ctes)
         if resolution.status == "unknown":
             return _unknown(self, request)
         if resolution.status == "expired":
