@@ -183,7 +183,7 @@ class Links:
         click exactly when its answer is C{ok}.
         """
         parts = self.codec.decode(token)
-        if parts is None or parts.link_id > _MAX_BIGINT:
+        if parts is None or max(parts.link_id, parts.secret_hi, parts.secret_lo) > _MAX_BIGINT:
             return Resolution("unknown")
         batcher = self._batchers.get((purpose, also_many))
         if batcher is None:
