@@ -18,7 +18,8 @@ other pooled connections.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
