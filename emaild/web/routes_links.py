@@ -241,8 +241,8 @@ class LoginLinkFastPath(Resource):
     C{GET /email/<token>} without Klein: a click is the hottest request the
     site serves (a mail to a whole course, everyone clicking at once), and
     Klein's per-request routing (werkzeug's map binding and matching among
-    every route, its Deferred chain and response handling) cost about as
-    much as the route itself.  Only a plain C{GET} of a token made of
+    every route, its Deferred chain and response handling) was a large
+    share of a click's CPU (see bench/RESULTS-web.md).  Only a plain C{GET} of a token made of
     letters and digits (every token is) takes this path, and it runs the
     very same code as the Klein route; anything else (HEAD, other methods,
     other characters, sub-paths) goes to C{inner}, the Klein resource.
