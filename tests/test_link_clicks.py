@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import time
 
+from psycopg2.errors import DeadlockDetected
 from twisted.internet import defer
 
 from emaild.db.database import DatabaseUnavailable
+from emaild.links.clicks import DEADLOCK_RETRIES, ClickBatcher
 from emaild.links.service import LOGIN
 from emaild.links.tokens import TokenParts
 from emaild.web.sessions import NewSession, SessionStore
@@ -64,6 +66,7 @@ class ClickBatchTests(WebTestCase):
         huge_secret = codec.encode(TokenParts(ada_link.id, 2 ** 70, 1))
         clicks = [
             ("carol, alone", carol_token, None, "ok"),
+            ("carol again, alone", carol_token, None, "ok"),
             ("ada", ada_token, replaced.id, "ok"),
             ("ada again", ada_token, None, "ok"),
             ("bob, expired", bob_token, kept.id, "expired"),
@@ -75,24 +78,26 @@ class ClickBatchTests(WebTestCase):
         ]
         news = [NewSession.make(now, 3600, replaces) for _, _, replaces, _ in clicks]
         queries = self.count_queries()
-        # the first goes alone; the others arrive while it is in flight
+        # the first two go alone (two statements in flight); the others
+        # arrive while they are in flight, and go together
         answers = [defer.ensureDeferred(
                        links.use_batched(token, LOGIN, new, SessionStore.start_many_ctes))
                    for (_, token, _, _), new in zip(clicks, news)]
         results = [await d for d in answers]
-        self.assertEqual(len(queries), 2, "the first click, then all the others together")
+        self.assertEqual(len(queries), 3, "two clicks alone, then all the others together")
         for (what, _, _, expected), result in zip(clicks, results):
             self.assertEqual(result.status, expected, what)
         self.assertEqual([r.link.person_id for r in results if r.status == "ok"],
-                         [carol.id, ada.id, ada.id])
+                         [carol.id, carol.id, ada.id, ada.id])
         self.assertEqual(self.query("SELECT person_id, uses FROM links WHERE purpose = 'login'"
                                     " ORDER BY person_id"),
-                         [(ada.id, 2), (bob.id, 0), (carol.id, 1)])
+                         [(ada.id, 2), (bob.id, 0), (carol.id, 2)])
         self.assertEqual(self.query("SELECT uses FROM links WHERE purpose = 'unsubscribe'"),
                          [(0,)])
         started = {row[0]: row[1] for row in self.query(
             "SELECT id, person_id FROM web_sessions WHERE id <> ALL(%s)", ([kept.id, replaced.id],))}
-        self.assertEqual(started, {news[0].id: carol.id, news[1].id: ada.id, news[2].id: ada.id})
+        self.assertEqual(started, {news[0].id: carol.id, news[1].id: carol.id,
+                                   news[2].id: ada.id, news[3].id: ada.id})
         self.assertEqual(self.query(
             "SELECT id, revoked_at IS NOT NULL FROM web_sessions WHERE id = ANY(%s) ORDER BY id",
             ([kept.id, replaced.id],)), sorted([(kept.id, False), (replaced.id, True)]))
@@ -157,3 +162,58 @@ class FastPathTests(WebTestCase):
         (cookie,) = headers.getRawHeaders("set-cookie")
         self.assertIn("HttpOnly", cookie)
         self.assertIn("SameSite=Lax", cookie)
+
+
+class DeadlockTests(WebTestCase):
+    @async_test
+    async def test_a_batch_aborted_by_a_deadlock_runs_again(self):
+        # PostgreSQL rolls the aborted statement back: running it again
+        # counts each click once
+        await self.start_web()
+        ada = await self.web.people.add("ada@example.org", "Ada")
+        token = (await self.web.links.login_url(ada.id)).rsplit("/", 1)[-1]
+        use_many, aborted = self.web.links.store.use_many, []
+
+        async def deadlocked_once(*args):
+            if not aborted:
+                aborted.append(True)
+                raise DeadlockDetected("deadlock detected")
+            return await use_many(*args)
+
+        self.web.links.store.use_many = deadlocked_once
+        result = await self.web.links.use_batched(token, LOGIN)
+        self.assertEqual((result.status, aborted), ("ok", [True]))
+        self.assertEqual(self.query("SELECT uses FROM links"), [(1,)])
+
+    @async_test
+    async def test_a_batch_that_keeps_deadlocking_fails(self):
+        await self.start_web()
+        ada = await self.web.people.add("ada@example.org", "Ada")
+        token = (await self.web.links.login_url(ada.id)).rsplit("/", 1)[-1]
+        attempts = []
+
+        async def deadlocked(*args):
+            attempts.append(True)
+            raise DeadlockDetected("deadlock detected")
+
+        self.web.links.store.use_many = deadlocked
+        with self.assertRaises(DeadlockDetected):
+            await self.web.links.use_batched(token, LOGIN)
+        self.assertEqual(len(attempts), 1 + DEADLOCK_RETRIES)
+
+    @async_test
+    async def test_overlapping_batches_in_flight_count_every_click(self):
+        # two statements in flight, each touching the same rows in another
+        # order: every click is answered and counted exactly once
+        await self.start_web()
+        tokens = []
+        for i in range(3):
+            person = await self.web.people.add(f"p{i}@example.org", f"P{i}")
+            tokens.append((await self.web.links.login_url(person.id)).rsplit("/", 1)[-1])
+        batcher = ClickBatcher(self.web.links.store, LOGIN, max_batch=5, in_flight=2)
+        codec = self.web.links.codec
+        order = [tokens[k % 3] if (k // 5) % 2 else tokens[2 - k % 3] for k in range(120)]
+        answers = [batcher.use(codec.decode(token)) for token in order]
+        results = await defer.gatherResults(answers)
+        self.assertEqual([used for _, used in results], [True] * 120)
+        self.assertEqual(self.query("SELECT uses FROM links ORDER BY id"), [(40,)] * 3)

@@ -10,9 +10,11 @@ cost one round trip, one parse and plan, and one wait for the disk.  Every
 click still waits for the commit of its own statement before its answer
 (a session is durable before the redirect that hands out its cookie).
 
-Only C{in_flight} statements run at once (one by default): they never wait
-for each other's row locks in a cycle, and the rest of the daemon keeps the
-other pooled connections.
+Only C{in_flight} statements run at once (two by default: the clicks that
+arrive while one commits need not wait for it; the rest of the daemon keeps
+the other pooled connections).  Each statement locks its rows in id order;
+should two still deadlock (PostgreSQL aborts one of them, which then has
+changed nothing), the aborted batch is run again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from psycopg2.errors import DeadlockDetected
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -29,6 +32,8 @@ from emaild.links.tokens import TokenParts
 
 #: at most this many clicks in one statement
 MAX_BATCH = 64
+#: a batch aborted by a deadlock is run again at most this many times
+DEADLOCK_RETRIES = 3
 
 #: SQL (CTEs reading C{link_used}) and parameters for a batch's values
 AlsoMany = Callable[[list, str], "tuple[str, dict]"]
@@ -43,7 +48,7 @@ class ClickBatcher:
     """
 
     def __init__(self, store: LinkStore, purpose: str, also_many: AlsoMany | None = None,
-                 clock=time.time, max_batch: int = MAX_BATCH, in_flight: int = 1):
+                 clock=time.time, max_batch: int = MAX_BATCH, in_flight: int = 2):
         self.store = store
         self.purpose = purpose
         self.also_many = also_many
@@ -69,15 +74,21 @@ class ClickBatcher:
         batch = self._waiting[:self.max_batch]
         del self._waiting[:self.max_batch]
         self._running += 1
+        self._run(batch, DEADLOCK_RETRIES)
+
+    def _run(self, batch: list, retries: int) -> None:
         also = ("", {})
         if self.also_many is not None:
             also = self.also_many([value for _, value, _ in batch], "link_used")
         d = defer.ensureDeferred(self.store.use_many(
             [parts for parts, _, _ in batch], self.purpose, self.clock(), also))
-        d.addBoth(self._finished, batch)
+        d.addBoth(self._finished, batch, retries)
 
     def _finished(self, result: Sequence[tuple[LinkRow | None, bool]] | Failure,
-                  batch: list) -> None:
+                  batch: list, retries: int) -> None:
+        if isinstance(result, Failure) and result.check(DeadlockDetected) and retries > 0:
+            self._run(batch, retries - 1)  # it was rolled back: nothing was written
+            return
         self._running -= 1
         if self._waiting:
             self._start()  # the next batch goes while we answer this one

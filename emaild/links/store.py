@@ -135,7 +135,9 @@ class LinkStore:
         and whether this click used it.  C{also}'s CTEs may read
         C{link_used} (C{n}, the click's 1-based position in C{clicks}; C{id};
         C{person_id}: one row per usable click).  A link clicked k times
-        counts k uses.
+        counts k uses.  Rows are locked in id order, so that two such
+        statements at once rarely wait for each other in a cycle (the
+        caller retries if PostgreSQL reports a deadlock).
         """
         ctes, params = also
         rows = await self.db.runQuery(
@@ -148,7 +150,7 @@ class LinkStore:
             "   AND secret_hi = given_hi AND secret_lo = given_lo"
             "   AND expires_at > to_timestamp(%(link_now)s)),"
             " link_counted AS (UPDATE links SET uses = uses + u.clicks, last_used_at = now()"
-            "   FROM (SELECT id, count(*) AS clicks FROM link_used GROUP BY id) u"
+            "   FROM (SELECT id, count(*) AS clicks FROM link_used GROUP BY id ORDER BY id) u"
             "   WHERE links.id = u.id)"
             + (", " + ctes if ctes else "") +
             " SELECT n, " + _COLUMNS + ", n IN (SELECT n FROM link_used) FROM link",

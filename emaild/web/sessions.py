@@ -100,8 +100,9 @@ class SessionStore:
                "   %(session_csrfs)s::text[], %(session_expires)s::float8[],"
                "   %(session_replaces)s::text[]) WITH ORDINALITY AS s(id, csrf, expires, replaces, n)),"
                " session_revoked AS (UPDATE web_sessions SET revoked_at = now()"
-               f"   FROM session_new s JOIN {used} u ON u.n = s.n"
-               "   WHERE web_sessions.id = s.replaces AND web_sessions.revoked_at IS NULL),"
+               f"   FROM (SELECT s.replaces FROM session_new s JOIN {used} u ON u.n = s.n"
+               "     ORDER BY s.replaces) r"  # lock in id order, as the links are
+               "   WHERE web_sessions.id = r.replaces AND web_sessions.revoked_at IS NULL),"
                " session_started AS (INSERT INTO web_sessions"
                "   (id, person_id, csrf_token, expires_at)"
                "   SELECT s.id, u.person_id, s.csrf, to_timestamp(s.expires)"
