@@ -325,14 +325,14 @@ class LoginLinkTests(LinkTestCase):
         ada = await self.person()
         url = await self.login_url(ada)
         entered, gate = defer.Deferred(), defer.Deferred(canceller=self.fail_cancel)
-        use = self.web.links.store.use
+        use = self.web.links.store.use_many
 
         async def slow_use(*args):
             entered.callback(None)
             await gate
             return await use(*args)
 
-        self.web.links.store.use = slow_use
+        self.web.links.store.use_many = slow_use
         request = defer.ensureDeferred(self.client().get(self.path(url)))
         request.addErrback(lambda f: f.trap(defer.CancelledError, ResponseNeverReceived))
         await entered

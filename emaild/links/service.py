@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
+from emaild.links.clicks import AlsoMany, ClickBatcher
 from emaild.links.store import LinkRequest, LinkRow, LinkStore
 from emaild.links.tokens import TokenCodec, TokenParts
 
@@ -29,6 +30,10 @@ PURPOSES = (LOGIN, UNSUBSCRIBE, HOLD)
 
 #: URL paths the links are served under, per purpose
 ROUTES = {LOGIN: "email", UNSUBSCRIBE: "unsubscribe", HOLD: "hold"}
+
+#: a token's numbers must fit PostgreSQL's bigint (a crafted canonical token
+#: can carry any number; it names no row, and must not fail a batch's cast)
+_MAX_BIGINT = 2**63 - 1
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?#]*$")
 
@@ -105,6 +110,7 @@ class Links:
                     UNSUBSCRIBE: config["links"]["unsubscribe_ttl"],
                     HOLD: config["links"]["hold_ttl"]}
         self.clock = clock
+        self._batchers: dict[tuple[str, AlsoMany | None], ClickBatcher] = {}
 
     # -- minting -----------------------------------------------------------
     def request(self, person_id: int, purpose: str, target: str) -> LinkRequest:
@@ -162,6 +168,28 @@ class Links:
         if parts is None:
             return Resolution("unknown")
         link, used = await self.store.use(parts, purpose, self.clock(), also)
+        if used:
+            return Resolution("ok", link)
+        if not _is_of(link, parts, purpose):
+            return Resolution("unknown")
+        return Resolution("expired", link)
+
+    async def use_batched(self, token: str, purpose: str, value=None,
+                          also_many: AlsoMany | None = None) -> Resolution:
+        """
+        L{use}, in one statement with the other clicks of this purpose that
+        arrive while one is in flight (L{ClickBatcher}): C{also_many} makes
+        the batch's CTEs from every click's C{value}, and they run for a
+        click exactly when its answer is C{ok}.
+        """
+        parts = self.codec.decode(token)
+        if parts is None or max(parts.link_id, parts.secret_hi, parts.secret_lo) > _MAX_BIGINT:
+            return Resolution("unknown")
+        batcher = self._batchers.get((purpose, also_many))
+        if batcher is None:
+            batcher = self._batchers[purpose, also_many] = ClickBatcher(
+                self.store, purpose, also_many, clock=self.clock)
+        link, used = await batcher.use(parts, value)
         if used:
             return Resolution("ok", link)
         if not _is_of(link, parts, purpose):

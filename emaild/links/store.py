@@ -126,3 +126,39 @@ class LinkStore:
     async def record_use(self, link_id: int) -> None:
         await self.db.runOperation(
             "UPDATE links SET uses = uses + 1, last_used_at = now() WHERE id = %s", (link_id,))
+
+    async def use_many(self, clicks: Sequence[TokenParts], purpose: str, now: float,
+                       also: tuple[str, dict] = ("", {})) -> list[tuple[LinkRow | None, bool]]:
+        """
+        L{use} for several clicks in one statement (one round trip, one
+        commit): for each of C{clicks}, in order, the row as it was before
+        and whether this click used it.  C{also}'s CTEs may read
+        C{link_used} (C{n}, the click's 1-based position in C{clicks}; C{id};
+        C{person_id}: one row per usable click).  A link clicked k times
+        counts k uses.  Rows are locked in id order, so that two such
+        statements at once rarely wait for each other in a cycle (the
+        caller retries if PostgreSQL reports a deadlock).
+        """
+        ctes, params = also
+        rows = await self.db.runQuery(
+            "WITH click AS (SELECT * FROM unnest(%(link_ids)s::bigint[],"
+            "   %(link_secret_his)s::bigint[], %(link_secret_los)s::bigint[])"
+            "   WITH ORDINALITY AS c(link_id, secret_hi, secret_lo, n)),"
+            " link AS (SELECT c.n, c.secret_hi AS given_hi, c.secret_lo AS given_lo, l.*"
+            "   FROM click c JOIN links l ON l.id = c.link_id),"
+            " link_used AS (SELECT n, id, person_id FROM link WHERE purpose = %(link_purpose)s"
+            "   AND secret_hi = given_hi AND secret_lo = given_lo"
+            "   AND expires_at > to_timestamp(%(link_now)s)),"
+            " link_counted AS (UPDATE links SET uses = uses + u.clicks, last_used_at = now()"
+            "   FROM (SELECT id, count(*) AS clicks FROM link_used GROUP BY id ORDER BY id) u"
+            "   WHERE links.id = u.id)"
+            + (", " + ctes if ctes else "") +
+            " SELECT n, " + _COLUMNS + ", n IN (SELECT n FROM link_used) FROM link",
+            {**params, "link_ids": [p.link_id for p in clicks],
+             "link_secret_his": [p.secret_hi for p in clicks],
+             "link_secret_los": [p.secret_lo for p in clicks],
+             "link_purpose": purpose, "link_now": now})
+        found: dict[int, tuple[LinkRow, bool]] = {}
+        for n, *row, used in rows:
+            found[n] = (LinkRow(*row), used)
+        return [found.get(n, (None, False)) for n in range(1, len(clicks) + 1)]

@@ -159,7 +159,9 @@ class WebApp:
             module.register(self)
 
     def resource(self):
-        return SecurityHeaders(StartingGate(self.klein.resource(), self.readiness, self.pages),
+        # a click on a login link skips Klein's routing (the hottest request)
+        routes = routes_links.LoginLinkFastPath(self, self.klein.resource())
+        return SecurityHeaders(StartingGate(routes, self.readiness, self.pages),
                                self.config["web"]["lms_origins"])
 
     def site(self):

@@ -55,7 +55,11 @@ Both routes
     L{uncancellable}): the session, the use count or the mail are completed.
     A click is one SQL statement (one round trip, one commit): it checks
     the link, counts the use, revokes the browser's previous session and
-    inserts the new one, the last three only if the link is valid.
+    inserts the new one, the last three only if the link is valid.  Clicks
+    that arrive while such a statement is in flight share the next one
+    (L{emaild.links.clicks}), and each answer waits for its statement's
+    commit.  C{GET /email/<token>} is served by L{LoginLinkFastPath},
+    in front of Klein.
 """
 
 from __future__ import annotations
@@ -65,7 +69,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from klein.interfaces import IKleinRequest
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.links.service import LOGIN, LinkError
@@ -198,15 +205,20 @@ def _unusable_address(self: WebApp, request, address: str) -> bytes:
 @routes.route("/email/<token>", methods=["GET", "HEAD"])
 @uncancellable
 async def login_link(self: WebApp, request, token: str):
+    return await _login_link(self, request, token)
+
+
+async def _login_link(self: WebApp, request, token: str) -> bytes:
     _no_referrer(request)
     try:
         if request.method == b"HEAD":
             resolution = await self.links.resolve(token, LOGIN)
         else:
-            # one statement: check the link, count the use, start the session
+            # one statement (shared with the clicks that arrive meanwhile):
+            # check the link, count the use, start the session
             new = self.sessions.new(request)
-            resolution = await self.links.use(
-                token, LOGIN, also=SessionStore.start_ctes(new, "link_used"))
+            resolution = await self.links.use_batched(token, LOGIN, new,
+                                                      SessionStore.start_many_ctes)
         if resolution.status == "unknown":
             return _unknown(self, request)
         if resolution.status == "expired":
@@ -222,6 +234,48 @@ async def login_link(self: WebApp, request, token: str):
     request.setHeader(b"Location", location)
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     return b"Signed in; continue to " + location + b"\n"
+
+
+class LoginLinkFastPath(Resource):
+    """
+    C{GET /email/<token>} without Klein: a click is the hottest request the
+    site serves (a mail to a whole course, everyone clicking at once), and
+    Klein's per-request routing (werkzeug's map binding and matching among
+    every route, its Deferred chain and response handling) was a large
+    share of a click's CPU (see bench/RESULTS-web.md).  Only a plain C{GET} of a token made of
+    letters and digits (every token is) takes this path, and it runs the
+    very same code as the Klein route; anything else (HEAD, other methods,
+    other characters, sub-paths) goes to C{inner}, the Klein resource.
+
+    The work is not cancelled when the client goes away (nothing here
+    cancels it, and database calls are uncancellable anyway): the session
+    and the use count are written; the answer is then dropped.
+    """
+
+    isLeaf = True
+
+    def __init__(self, web: WebApp, inner: Resource):
+        super().__init__()
+        self.web = web
+        self.inner = inner
+
+    def render(self, request):
+        path = request.path
+        if request.method != b"GET" or not path.startswith(b"/email/") or not path[7:].isalnum():
+            return self.inner.render(request)
+        token = path[7:].decode("ascii")  # isalnum() on bytes: ASCII letters and digits only
+        d = defer.ensureDeferred(_login_link(self.web, request, token))
+        d.addErrback(lambda failure: self.web.server_error(request, failure))
+        d.addCallback(self._answer, request)
+        d.addErrback(lambda failure: log.failure("Error answering a login link", failure))
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _answer(body: bytes, request) -> None:
+        if request.channel is None:  # the client went away; the work is done
+            return
+        request.write(body)
+        request.finish()
 
 
 @routes.route("/email/<token>/fresh", methods=["POST"])

@@ -99,6 +99,30 @@ class SessionStore:
         return sql, {"session_replaces": new.replaces, "session_id": new.id,
                      "session_csrf": new.csrf_token, "session_expires": new.expires_at}
 
+    @staticmethod
+    def start_many_ctes(news: list[NewSession], used: str) -> tuple[str, dict]:
+        """
+        L{start_ctes} for several sign-ins in one statement: C{news[k]}
+        starts for the person of the row of C{used} (a CTE with columns
+        C{n} and C{person_id}) whose C{n} is C{k + 1}, and only if there is
+        one (see L{emaild.links.store.LinkStore.use_many}).
+        """
+        sql = ("session_new AS (SELECT * FROM unnest(%(session_ids)s::text[],"
+               "   %(session_csrfs)s::text[], %(session_expires)s::float8[],"
+               "   %(session_replaces)s::text[]) WITH ORDINALITY AS s(id, csrf, expires, replaces, n)),"
+               " session_revoked AS (UPDATE web_sessions SET revoked_at = now()"
+               f"   FROM (SELECT s.replaces FROM session_new s JOIN {used} u ON u.n = s.n"
+               "     ORDER BY s.replaces) r"  # lock in id order, as the links are
+               "   WHERE web_sessions.id = r.replaces AND web_sessions.revoked_at IS NULL),"
+               " session_started AS (INSERT INTO web_sessions"
+               "   (id, person_id, csrf_token, expires_at)"
+               "   SELECT s.id, u.person_id, s.csrf, to_timestamp(s.expires)"
+               f"   FROM session_new s JOIN {used} u ON u.n = s.n)")
+        return sql, {"session_ids": [new.id for new in news],
+                     "session_csrfs": [new.csrf_token for new in news],
+                     "session_expires": [new.expires_at for new in news],
+                     "session_replaces": [new.replaces for new in news]}
+
     async def create(self, person_id: int, now: float, max_age: float, replaces: str | None):
         """
         Start a session for C{person_id}: C{(cookie token, Session)}.

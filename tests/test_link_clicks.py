@@ -1,0 +1,219 @@
+"""
+Clicks written together (emaild.links.clicks) against a real database: the
+clicks that arrive while a statement is in flight share the next one, and
+each still gets exactly the answer, the use count and the session it would
+get alone; and the fast path that serves C{GET /email/<token>} without Klein.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from psycopg2.errors import DeadlockDetected
+from twisted.internet import defer
+
+from emaild.db.database import DatabaseUnavailable
+from emaild.links.clicks import DEADLOCK_RETRIES, ClickBatcher
+from emaild.links.service import LOGIN
+from emaild.links.tokens import TokenParts
+from emaild.web.sessions import NewSession, SessionStore
+from tests.webtest import WebTestCase
+
+
+def async_test(f):
+    @functools.wraps(f)
+    def wrapper(self):
+        return defer.ensureDeferred(f(self))
+    return wrapper
+
+
+class ClickBatchTests(WebTestCase):
+    async def link_of(self, person, purpose=LOGIN, target="/home"):
+        url = await self.web.links.mint(person.id, purpose, target)
+        token = url.rsplit("/", 1)[-1]
+        return token, await self.web.links.store.get(self.web.links.codec.decode(token).link_id)
+
+    def count_queries(self) -> list:
+        calls = []
+        original = self.db.runQuery
+
+        def counted(*args, **kwargs):
+            calls.append(args[0])
+            return original(*args, **kwargs)
+
+        self.db.runQuery = counted
+        return calls
+
+    @async_test
+    async def test_clicks_that_arrive_together_share_one_statement(self):
+        await self.start_web()
+        links, codec = self.web.links, self.web.links.codec
+        people = self.web.people
+        ada, bob = await people.add("ada@example.org", "Ada"), await people.add("bob@example.org", "Bob")
+        carol = await people.add("carol@example.org", "Carol")
+        ada_token, ada_link = await self.link_of(ada)
+        bob_token, _ = await self.link_of(bob)
+        carol_token, _ = await self.link_of(carol)
+        unsubscribe_token, _ = await self.link_of(ada, "unsubscribe", "all")
+        self.query("UPDATE links SET expires_at = now() - interval '1 second'"
+                   " WHERE person_id = %s", (bob.id,))
+        store, now = self.web.sessions.store, time.time()
+        _, kept = await store.create(ada.id, now, 3600, None)
+        _, replaced = await store.create(ada.id, now, 3600, None)
+        wrong_secret = codec.encode(
+            TokenParts(ada_link.id, ada_link.secret_hi, ada_link.secret_lo ^ 1))
+        huge_secret = codec.encode(TokenParts(ada_link.id, 2 ** 70, 1))
+        clicks = [
+            ("carol, alone", carol_token, None, "ok"),
+            ("carol again, alone", carol_token, None, "ok"),
+            ("ada", ada_token, replaced.id, "ok"),
+            ("ada again", ada_token, None, "ok"),
+            ("bob, expired", bob_token, kept.id, "expired"),
+            ("ada's row, wrong secret", wrong_secret, kept.id, "unknown"),
+            ("ada's row, a secret beyond bigint", huge_secret, kept.id, "unknown"),
+            ("an unsubscribe link", unsubscribe_token, kept.id, "unknown"),
+            ("no such row", codec.encode(TokenParts(ada_link.id + 1000, 1, 2)), kept.id,
+             "unknown"),
+        ]
+        news = [NewSession.make(now, 3600, replaces) for _, _, replaces, _ in clicks]
+        queries = self.count_queries()
+        # the first two go alone (two statements in flight); the others
+        # arrive while they are in flight, and go together
+        answers = [defer.ensureDeferred(
+                       links.use_batched(token, LOGIN, new, SessionStore.start_many_ctes))
+                   for (_, token, _, _), new in zip(clicks, news)]
+        results = [await d for d in answers]
+        self.assertEqual(len(queries), 3, "two clicks alone, then all the others together")
+        for (what, _, _, expected), result in zip(clicks, results):
+            self.assertEqual(result.status, expected, what)
+        self.assertEqual([r.link.person_id for r in results if r.status == "ok"],
+                         [carol.id, carol.id, ada.id, ada.id])
+        self.assertEqual(self.query("SELECT person_id, uses FROM links WHERE purpose = 'login'"
+                                    " ORDER BY person_id"),
+                         [(ada.id, 2), (bob.id, 0), (carol.id, 2)])
+        self.assertEqual(self.query("SELECT uses FROM links WHERE purpose = 'unsubscribe'"),
+                         [(0,)])
+        started = {row[0]: row[1] for row in self.query(
+            "SELECT id, person_id FROM web_sessions WHERE id <> ALL(%s)", ([kept.id, replaced.id],))}
+        self.assertEqual(started, {news[0].id: carol.id, news[1].id: carol.id,
+                                   news[2].id: ada.id, news[3].id: ada.id})
+        self.assertEqual(self.query(
+            "SELECT id, revoked_at IS NOT NULL FROM web_sessions WHERE id = ANY(%s) ORDER BY id",
+            ([kept.id, replaced.id],)), sorted([(kept.id, False), (replaced.id, True)]))
+
+    @async_test
+    async def test_a_failed_statement_fails_each_of_its_clicks_and_the_next_one_runs(self):
+        await self.start_web()
+        people = self.web.people
+        ada = await people.add("ada@example.org", "Ada")
+        token, _ = await self.link_of(ada)
+        use_many = self.web.links.store.use_many
+
+        async def down(*args):
+            raise DatabaseUnavailable("connection refused")
+
+        self.web.links.store.use_many = down
+        for _ in range(2):  # one at a time
+            with self.assertRaises(DatabaseUnavailable):
+                await self.web.links.use_batched(token, LOGIN)
+        answers = [defer.ensureDeferred(self.web.links.use_batched(token, LOGIN))
+                   for _ in range(3)]
+        for d in answers:
+            with self.assertRaises(DatabaseUnavailable):
+                await d
+        self.web.links.store.use_many = use_many
+        result = await self.web.links.use_batched(token, LOGIN)
+        self.assertEqual(result.status, "ok")
+        self.assertEqual(self.query("SELECT uses FROM links"), [(1,)])
+
+
+class FastPathTests(WebTestCase):
+    @async_test
+    async def test_an_unexpected_error_is_the_500_page(self):
+        await self.start_web()
+        ada = await self.web.people.add("ada@example.org", "Ada")
+        url = await self.web.links.login_url(ada.id)
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        self.web.links.use_batched = broken
+        response, body = await self.client().get("/email/" + url.rsplit("/", 1)[-1])
+        self.assertEqual(response.code, 500)
+        self.assertEqual(response.headers.getRawHeaders("referrer-policy"), ["no-referrer"])
+        self.assertNotIn("Traceback", body)
+        self.assertNotIn("a bug", body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @async_test
+    async def test_a_click_answers_with_the_same_headers_as_before(self):
+        await self.start_web()
+        ada = await self.web.people.add("ada@example.org", "Ada")
+        url = await self.web.links.login_url(ada.id, "/home")
+        response, _ = await self.client().get("/email/" + url.rsplit("/", 1)[-1])
+        self.assertEqual(response.code, 303)
+        headers = response.headers
+        self.assertEqual(headers.getRawHeaders("location"), [self.base + "/home"])
+        self.assertEqual(headers.getRawHeaders("referrer-policy"), ["no-referrer"])
+        self.assertEqual(headers.getRawHeaders("cache-control"), ["no-store"])
+        self.assertEqual(headers.getRawHeaders("x-content-type-options"), ["nosniff"])
+        self.assertTrue(headers.getRawHeaders("content-security-policy"))
+        (cookie,) = headers.getRawHeaders("set-cookie")
+        self.assertIn("HttpOnly", cookie)
+        self.assertIn("SameSite=Lax", cookie)
+
+
+class DeadlockTests(WebTestCase):
+    @async_test
+    async def test_a_batch_aborted_by_a_deadlock_runs_again(self):
+        # PostgreSQL rolls the aborted statement back: running it again
+        # counts each click once
+        await self.start_web()
+        ada = await self.web.people.add("ada@example.org", "Ada")
+        token = (await self.web.links.login_url(ada.id)).rsplit("/", 1)[-1]
+        use_many, aborted = self.web.links.store.use_many, []
+
+        async def deadlocked_once(*args):
+            if not aborted:
+                aborted.append(True)
+                raise DeadlockDetected("deadlock detected")
+            return await use_many(*args)
+
+        self.web.links.store.use_many = deadlocked_once
+        result = await self.web.links.use_batched(token, LOGIN)
+        self.assertEqual((result.status, aborted), ("ok", [True]))
+        self.assertEqual(self.query("SELECT uses FROM links"), [(1,)])
+
+    @async_test
+    async def test_a_batch_that_keeps_deadlocking_fails(self):
+        await self.start_web()
+        ada = await self.web.people.add("ada@example.org", "Ada")
+        token = (await self.web.links.login_url(ada.id)).rsplit("/", 1)[-1]
+        attempts = []
+
+        async def deadlocked(*args):
+            attempts.append(True)
+            raise DeadlockDetected("deadlock detected")
+
+        self.web.links.store.use_many = deadlocked
+        with self.assertRaises(DeadlockDetected):
+            await self.web.links.use_batched(token, LOGIN)
+        self.assertEqual(len(attempts), 1 + DEADLOCK_RETRIES)
+
+    @async_test
+    async def test_overlapping_batches_in_flight_count_every_click(self):
+        # two statements in flight, each touching the same rows in another
+        # order: every click is answered and counted exactly once
+        await self.start_web()
+        tokens = []
+        for i in range(3):
+            person = await self.web.people.add(f"p{i}@example.org", f"P{i}")
+            tokens.append((await self.web.links.login_url(person.id)).rsplit("/", 1)[-1])
+        batcher = ClickBatcher(self.web.links.store, LOGIN, max_batch=5, in_flight=2)
+        codec = self.web.links.codec
+        order = [tokens[k % 3] if (k // 5) % 2 else tokens[2 - k % 3] for k in range(120)]
+        answers = [batcher.use(codec.decode(token)) for token in order]
+        results = await defer.gatherResults(answers)
+        self.assertEqual([used for _, used in results], [True] * 120)
+        self.assertEqual(self.query("SELECT uses FROM links ORDER BY id"), [(40,)] * 3)
