@@ -44,8 +44,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (Bench, cpu_seconds, free_port, python, reexec_in_venv,  # noqa: E402
-                          table, wait_for, wait_quiet)
+from bench.common import (  # noqa: E402
+    Bench,
+    cpu_seconds,
+    free_port,
+    python,
+    reexec_in_venv,
+    table,
+    wait_for,
+    wait_quiet,
+)
 
 #: targets of the issue: links/bare req/s, links p99 / bare p99, daemon CPU ms per click
 TARGET_RATIO, TARGET_P99_FACTOR, TARGET_APP_MS = 0.6, 2.0, 0.5
@@ -195,7 +203,7 @@ def check_link(port: int, path: str) -> None:
         raise SystemExit(f"{path}: expected a 303, got a 2xx")
     except urllib.error.HTTPError as e:
         if e.code != 303 or "emaild_session=" not in (e.headers.get("Set-Cookie") or ""):
-            raise SystemExit(f"{path}: expected 303 with a session cookie, got {e.code}")
+            raise SystemExit(f"{path}: expected 303 with a session cookie, got {e.code}") from None
 
 
 def run_wrk(wrk: str, lua: Path, url: str, duration: float, connections: int,

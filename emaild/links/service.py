@@ -158,27 +158,12 @@ class Links:
             return Resolution("expired", link)
         return Resolution("ok", link)
 
-    async def use(self, token: str, purpose: str, also: tuple[str, dict] = ("", {})) -> Resolution:
-        """
-        L{resolve} and, if the link is C{ok}, count a use and run C{also}
-        (CTEs that may read C{link_used}, see L{LinkStore.use}), all in one
-        statement: C{also} runs exactly when the answer is C{ok}.
-        """
-        parts = self.codec.decode(token)
-        if parts is None:
-            return Resolution("unknown")
-        link, used = await self.store.use(parts, purpose, self.clock(), also)
-        if used:
-            return Resolution("ok", link)
-        if not _is_of(link, parts, purpose):
-            return Resolution("unknown")
-        return Resolution("expired", link)
-
     async def use_batched(self, token: str, purpose: str, value=None,
                           also_many: AlsoMany | None = None) -> Resolution:
         """
-        L{use}, in one statement with the other clicks of this purpose that
-        arrive while one is in flight (L{ClickBatcher}): C{also_many} makes
+        L{resolve} and, if the link is C{ok}, count a use, in one statement
+        with the other clicks of this purpose that arrive while one is in
+        flight (L{ClickBatcher}, L{LinkStore.use_many}): C{also_many} makes
         the batch's CTEs from every click's C{value}, and they run for a
         click exactly when its answer is C{ok}.
         """

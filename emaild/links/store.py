@@ -92,37 +92,6 @@ class LinkStore:
         rows = await self.db.runQuery(f"SELECT {_COLUMNS} FROM links WHERE id = %s", (link_id,))
         return LinkRow(*rows[0]) if rows else None
 
-    async def use(self, parts: TokenParts, purpose: str, now: float,
-                  also: tuple[str, dict] = ("", {})) -> tuple[LinkRow | None, bool]:
-        """
-        Look up the row of C{parts} and, in the same statement, count a use
-        if it is the row of this purpose and secret and still valid at
-        C{now}.  C{also} is C{(ctes, named parameters)} to run in that
-        statement only for such a use: CTEs that may read C{link_used}
-        (C{id}, C{person_id}; one row, or none when the link is not
-        usable).  One round trip and one commit per click.
-
-        Returns the row as it was before this use (None if there is no
-        row with that id) and whether it was used.
-        """
-        ctes, params = also
-        rows = await self.db.runQuery(
-            "WITH link AS (SELECT * FROM links WHERE id = %(link_id)s),"
-            " link_used AS (SELECT id, person_id FROM link WHERE purpose = %(link_purpose)s"
-            "   AND secret_hi = %(link_secret_hi)s AND secret_lo = %(link_secret_lo)s"
-            "   AND expires_at > to_timestamp(%(link_now)s)),"
-            " link_counted AS (UPDATE links SET uses = uses + 1, last_used_at = now()"
-            "   FROM link_used WHERE links.id = link_used.id)"
-            + (", " + ctes if ctes else "") +
-            " SELECT " + _COLUMNS + ", EXISTS (SELECT FROM link_used) FROM link",
-            {**params, "link_id": parts.link_id, "link_purpose": purpose,
-             "link_secret_hi": parts.secret_hi, "link_secret_lo": parts.secret_lo,
-             "link_now": now})
-        if not rows:
-            return None, False
-        *row, used = rows[0]
-        return LinkRow(*row), used
-
     async def record_use(self, link_id: int) -> None:
         await self.db.runOperation(
             "UPDATE links SET uses = uses + 1, last_used_at = now() WHERE id = %s", (link_id,))
@@ -130,9 +99,11 @@ class LinkStore:
     async def use_many(self, clicks: Sequence[TokenParts], purpose: str, now: float,
                        also: tuple[str, dict] = ("", {})) -> list[tuple[LinkRow | None, bool]]:
         """
-        L{use} for several clicks in one statement (one round trip, one
-        commit): for each of C{clicks}, in order, the row as it was before
-        and whether this click used it.  C{also}'s CTEs may read
+        Look up the row of each of C{clicks} and, in the same statement,
+        count a use for each click of this purpose and secret that is still
+        valid at C{now} (one round trip, one commit for them all): for each
+        click, in order, the row as it was before and whether this click
+        used it.  C{also}'s CTEs may read
         C{link_used} (C{n}, the click's 1-based position in C{clicks}; C{id};
         C{person_id}: one row per usable click).  A link clicked k times
         counts k uses.  Rows are locked in id order, so that two such

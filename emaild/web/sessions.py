@@ -86,7 +86,7 @@ class SessionStore:
         CTE with a C{person_id} column and at most one row) and revokes the
         session it replaces, only if C{person} has a row: two CTEs, to
         put in a larger statement's C{WITH} so that signing in costs no
-        round trip of its own (see L{emaild.links.store.LinkStore.use}).
+        round trip of its own (see L{emaild.links.store.LinkStore.use_many}).
         Its named parameters start with C{session_}.
         """
         sql = ("session_revoked AS (UPDATE web_sessions SET revoked_at = now()"

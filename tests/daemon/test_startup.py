@@ -26,8 +26,8 @@ from pathlib import Path
 from twisted.internet import defer, threads
 
 from emaild.db.embedded import EmbeddedPostgres
-from tests.support import http_get, wait_for
 from tests.daemon.test_daemon import DaemonTestCase, free_port
+from tests.support import http_get, wait_for
 
 TOKEN = secrets.token_hex(20)
 

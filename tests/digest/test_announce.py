@@ -13,7 +13,7 @@ from emaild.outbound.store import STATES
 from emaild.people.store import PeopleStore
 from tests.cli.support import CLITestCase
 from tests.support import DatabaseTestCase
-from tests.test_web_links import async_test, text_of
+from tests.web.test_web_links import async_test, text_of
 
 BODY = {"body": "The lab moves to room 4."}
 

@@ -15,7 +15,7 @@ from emaild.digest.scheduler import DigestRunner, DigestScheduler
 from emaild.digest.store import DigestStore, is_staff, is_staff_role
 from emaild.people.store import PeopleStore
 from tests.support import DatabaseTestCase, wait_for
-from tests.test_web_links import async_test, text_of
+from tests.web.test_web_links import async_test, text_of
 
 WEEK = "2026-W48"
 SCHEDULED = weeks.scheduled_at(WEEK, "monday", 8)

@@ -14,7 +14,7 @@ from twisted.logger import Logger, LogPublisher, globalLogPublisher
 from emaild.notify.errors import FLUSH_INTERVAL, OVERFLOW, ErrorReporter, fingerprint
 from emaild.outbound.outbox import Outbox
 from tests.support import DatabaseTestCase
-from tests.test_web_links import async_test, text_of
+from tests.web.test_web_links import async_test, text_of
 
 
 def fail_parsing(logger, i):

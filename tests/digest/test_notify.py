@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor
 
 from emaild.db.database import Database
 from tests.web.test_web_groups import GroupPageTestCase
-from tests.test_web_links import async_test, text_of
+from tests.web.test_web_links import async_test, text_of
 
 
 def later(seconds: float):

@@ -35,9 +35,9 @@ from emaild.inbound.rewrite import build_copy, prepare, scrub_map
 from emaild.inbound.server import DATA_LINE_LIMIT
 from emaild.service import Emaild
 from tests.dnsserver import ZoneServer, txt
-from tests.support import DatabaseTestCase, wait_for
 from tests.inbound.test_inbound_end_to_end import _free_port
 from tests.inbound.test_inbound_rewrite import EXPECTED, LOOP
+from tests.support import DatabaseTestCase, wait_for
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 DOMAIN = "relay.course.test"

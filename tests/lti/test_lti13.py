@@ -13,6 +13,7 @@ import urllib.parse
 from twisted.internet import reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 
+from tests.lti.test_lti import TRACEBACK_MARKERS, async_test, cookie_of
 from tests.lti13_platform import (
     CLAIM,
     CLIENT_ID,
@@ -25,7 +26,6 @@ from tests.lti13_platform import (
     rs256_jwt,
     unsigned_jwt,
 )
-from tests.lti.test_lti import TRACEBACK_MARKERS, async_test, cookie_of
 from tests.webtest import WebTestCase
 
 FORM = {"Content-Type": ["application/x-www-form-urlencoded"]}

@@ -12,9 +12,9 @@ import urllib.parse
 
 from emaild.people.lti13_claims import migration_sign as tool_sign
 from tests import oauth1
-from tests.lti13_platform import CLIENT_ID, DEPLOYMENT_ID, ISSUER, migration_sign
 from tests.lti.test_lti import launch_fields
 from tests.lti.test_lti13 import FORM, Lti13TestCase, async_test
+from tests.lti13_platform import CLIENT_ID, DEPLOYMENT_ID, ISSUER, migration_sign
 
 KEY, SECRET = "moodle", "moodle-shared-secret-1"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from emaild.people.lti13_nrps import MEMBERSHIPS, NrpsError
-from tests.lti13_platform import INSTRUCTOR, LEARNER
 from tests.lti.test_lti13 import Lti13TestCase, async_test
+from tests.lti13_platform import INSTRUCTOR, LEARNER
 
 
 def roster(n: int, start: int = 0) -> list[dict]:

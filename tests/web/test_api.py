@@ -26,7 +26,7 @@ from twisted.trial import unittest
 
 from emaild.config import ConfigError, load_config
 from emaild.web.api_openapi import SCHEMAS, document
-from tests.test_web_links import TRACEBACK_MARKERS, async_test
+from tests.web.test_web_links import TRACEBACK_MARKERS, async_test
 from tests.webtest import WebTestCase
 
 TOKEN = "t0ken-" + "x" * 40

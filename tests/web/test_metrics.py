@@ -16,11 +16,11 @@ from emaild.metrics import Metrics
 from emaild.outbound.sender import Sender
 from emaild.outbound.transport import DeliveryResult, Outcome
 from tests.fakes import SENT, ScriptedTransport
-from tests.support import wait_for
-from tests.web.test_api import TOKEN
 from tests.inbound.test_inbound_relay import RelayTestCase, mail
 from tests.inbound.test_inbound_server import MemoryHandler
-from tests.test_web_links import async_test
+from tests.support import wait_for
+from tests.web.test_api import TOKEN
+from tests.web.test_web_links import async_test
 from tests.webtest import WebTestCase
 
 THROTTLE = DeliveryResult(Outcome.THROTTLED, 454, "Throttling failure: Maximum sending rate")

@@ -9,7 +9,7 @@ import re
 
 from emaild.digest.store import DigestStore
 from tests.web.test_web_groups import GroupPageTestCase
-from tests.test_web_links import async_test
+from tests.web.test_web_links import async_test
 
 
 class StaffTests(GroupPageTestCase):

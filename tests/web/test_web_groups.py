@@ -8,7 +8,7 @@ import re
 from urllib.parse import urlsplit
 
 from tests.support import altered
-from tests.test_web_links import LinkTestCase, async_test
+from tests.web.test_web_links import LinkTestCase, async_test
 
 
 class GroupPageTestCase(LinkTestCase):

@@ -9,7 +9,7 @@ from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
 from tests.support import altered
-from tests.test_web_links import LinkTestCase, async_test
+from tests.web.test_web_links import LinkTestCase, async_test
 
 
 class HomeTests(LinkTestCase):

@@ -13,7 +13,6 @@ from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, reactor, task
-
 from twisted.web._newclient import ResponseNeverReceived
 
 from emaild.links.tokens import TokenParts
