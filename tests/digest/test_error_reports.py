@@ -72,7 +72,7 @@ class StormTests(ReporterTestCase):
         ((recipient, qos, kind, person_id, subject, body, batch),) = self.reports()
         self.assertEqual((recipient, qos, kind, person_id), ("ops@example.org", "transactional",
                                                              None, None))
-        self.assertEqual(subject, "[emaild error] ValueError in tests/digest/test_error_reports.py"
+        self.assertEqual(subject, "[emaild error] ValueError in digest/test_error_reports.py"
                                   ":fail_parsing (1000 times)")
         self.assertTrue(batch.startswith("error-report:"))
         message = email.message_from_bytes(bytes(body))
@@ -129,8 +129,8 @@ class StormTests(ReporterTestCase):
         await self.tick()
         subjects = sorted(row[4] for row in self.reports())
         self.assertEqual(subjects, [
-            "[emaild error] KeyError in tests/digest/test_error_reports.py:fail_lookup (3 times)",
-            "[emaild error] ValueError in tests/digest/test_error_reports.py:fail_parsing (3 times)",
+            "[emaild error] KeyError in digest/test_error_reports.py:fail_lookup (3 times)",
+            "[emaild error] ValueError in digest/test_error_reports.py:fail_parsing (3 times)",
             "[emaild error] emaild.somepart: Cannot reach {host} (3 times)",
             "[emaild error] emaild.somepart: Disk {path} is full (3 times)",
         ])
