@@ -281,13 +281,8 @@ class PeopleStore:
                 await cursor.execute(
                     "INSERT INTO lti_identities (consumer_key, user_id, person_id)"
                     " VALUES (%s, %s, %s)", (consumer_key, user_id, person_id))
-            course_id = group_id = None
-            if context_id:
-                course_id = await ensure_course_txn(cursor, consumer_key, context_id, context_title)
-                await join_course_txn(cursor, course_id, person_id, roles, launched=True)
-                if group:
-                    group_id = await ensure_group_txn(cursor, course_id, group)
-                    await join_group_txn(cursor, group_id, person_id)
+            course_id, group_id = await join_launch_context_txn(
+                cursor, person_id, consumer_key, context_id, context_title, roles, group)
             return LtiOutcome(person_id=person_id, created=created, linked=linked,
                               course_id=course_id, group_id=group_id, email_conflict=conflict)
 
@@ -530,6 +525,26 @@ async def ensure_group_txn(cursor, course_id: int, name: str, report: bool = Fal
     return (row[0], created) if report else row[0]
 
 
+async def join_launch_context_txn(cursor, person_id: int, course_key: str, context_id: str | None,
+                                  context_title: str, roles: list[str], group: str | None
+                                  ) -> tuple[int | None, int | None]:
+    """
+    What an LTI launch (1.1 or 1.3) makes of its context: the course (by
+    C{course_key} and C{context_id}) with the person as a member in
+    C{roles}, and the named group with them in it; (course id, group id),
+    None for what the launch did not name.
+    """
+    if not context_id:
+        return None, None
+    course_id = await ensure_course_txn(cursor, course_key, context_id, context_title)
+    await join_course_txn(cursor, course_id, person_id, roles, launched=True)
+    if not group:
+        return course_id, None
+    group_id = await ensure_group_txn(cursor, course_id, group)
+    await join_group_txn(cursor, group_id, person_id)
+    return course_id, group_id
+
+
 async def join_group_txn(cursor, group_id: int, person_id: int) -> None:
     await cursor.execute(
         "INSERT INTO group_members (group_id, person_id) VALUES (%s, %s)"
@@ -600,13 +615,8 @@ async def upsert_from_lti13(db, *, issuer: str, sub: str, email: str | None,
             await cursor.execute(
                 "INSERT INTO lti13_identities (issuer, sub, person_id) VALUES (%s, %s, %s)",
                 (issuer, sub, person_id))
-        course_id = group_id = None
-        if context_id:
-            course_id = await ensure_course_txn(cursor, course_key, context_id, context_title)
-            await join_course_txn(cursor, course_id, person_id, roles, launched=True)
-            if group:
-                group_id = await ensure_group_txn(cursor, course_id, group)
-                await join_group_txn(cursor, group_id, person_id)
+        course_id, group_id = await join_launch_context_txn(
+            cursor, person_id, course_key, context_id, context_title, roles, group)
         return LtiOutcome(person_id=person_id, created=created, linked=linked,
                           course_id=course_id, group_id=group_id, email_conflict=conflict)
 

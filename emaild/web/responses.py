@@ -34,3 +34,16 @@ def client_address(request) -> str:
     forwarded = request.getHeader(b"x-forwarded-for")
     peer = getattr(request.getClientAddress(), "host", "?")
     return f"{peer} (forwarded for {forwarded.decode('latin-1')})" if forwarded else str(peer)
+
+
+def signed_in_redirect(request, home: str) -> bytes:
+    """
+    The answer to a launch that signed someone in: 303 to C{home}, never
+    cached, with a link for a browser that does not follow it.
+    """
+    request.setResponseCode(303)
+    request.setHeader(b"Location", home.encode("utf-8"))
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+    return b'<!doctype html><title>Signed in</title><a href="%s">Continue</a>\n' % (
+        home.encode("utf-8").replace(b"&", b"&amp;").replace(b'"', b"&quot;"))

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti import LaunchRefused
-from emaild.web.responses import client_address
+from emaild.web.responses import client_address, signed_in_redirect
 from emaild.web.routing import Routes
 
 if TYPE_CHECKING:
@@ -96,9 +96,4 @@ async def _launch(self: WebApp, request) -> bytes:
 
     await self.sessions.start(request, outcome.person_id)
     home = self.config["http"]["public_url"].rstrip("/") + "/home"
-    request.setResponseCode(303)
-    request.setHeader(b"Location", home.encode("utf-8"))
-    request.setHeader(b"Cache-Control", b"no-store")
-    request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-    return b'<!doctype html><title>Signed in</title><a href="%s">Continue</a>\n' % (
-        home.encode("utf-8").replace(b"&", b"&amp;").replace(b'"', b"&quot;"))
+    return signed_in_redirect(request, home)

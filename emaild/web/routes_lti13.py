@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti13_claims import Launch13, Lti13Refused
 from emaild.people.store import upsert_from_lti13
-from emaild.web.responses import client_address, json_response
+from emaild.web.responses import client_address, json_response, signed_in_redirect
 from emaild.web.routing import Routes, uncancellable
 
 if TYPE_CHECKING:
@@ -160,12 +160,7 @@ async def lti13_launch(self: WebApp, request):
         return _refused(self, request, refused, "launch")
     except DatabaseUnavailable as e:
         return _unavailable(self, request, e)
-    request.setResponseCode(303)
-    request.setHeader(b"Location", home.encode("utf-8"))
-    request.setHeader(b"Cache-Control", b"no-store")
-    request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-    return b'<!doctype html><title>Signed in</title><a href="%s">Continue</a>\n' % (
-        home.encode("utf-8").replace(b"&", b"&amp;").replace(b'"', b"&quot;"))
+    return signed_in_redirect(request, home)
 
 
 @routes.route("/lti/launch/confirm", methods=["POST"])
