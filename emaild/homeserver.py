@@ -338,8 +338,28 @@ class HomeServer:
     def get_lti13(self):
         """LTI 1.3: the tool's keys, the platforms' JWKS, logins and launches."""
         from emaild.people.lti13 import Lti13
+        from emaild.people.lti13_jwks import JwksCache
+        from emaild.people.lti13_states import LoginStates
 
-        return Lti13(self.reactor, self.config, self.get_database())
+        lti13 = self.config["lti13"]
+        return Lti13(self.config,
+                     states=LoginStates(self.get_database(), lti13["state_ttl"]),
+                     jwks=JwksCache(self.reactor, timeout=lti13["jwks_timeout"]),
+                     keys=self.get_tool_keys(), rosters=self.get_rosters())
+
+    @built_once
+    def get_tool_keys(self):
+        """The tool's LTI 1.3 signing keys, under C{state_dir/lti/keys}."""
+        from emaild.people.lti13_keys import ToolKeys
+
+        return ToolKeys(self.config.state_dir / "lti" / "keys")
+
+    @built_once
+    def get_rosters(self):
+        """Course rosters from LTI 1.3 platforms (NRPS)."""
+        from emaild.people.lti13_nrps import Rosters
+
+        return Rosters(self.reactor, self.config, self.get_database(), self.get_tool_keys())
 
     @built_once
     def get_sessions(self):

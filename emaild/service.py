@@ -166,7 +166,7 @@ class Emaild(service.MultiService):
             # privileges were dropped, so the files belong to the service user
             self.config.state_dir.mkdir(parents=True, exist_ok=True)
             use_self_signed(self.config, self.smtp)
-            self.hs.get_lti13().keys.ensure()  # the LTI 1.3 signing key, made on first start
+            self.hs.get_tool_keys().ensure()  # the LTI 1.3 signing key, made on first start
         except Exception as e:
             service.Service.startService(self)
             start_failed(self.hs, e)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from emaild.cli.lookup import find_course
 from emaild.cli.output import CliError
 from emaild.cli.runtime import open_database
-from emaild.people.lti13_keys import ToolKeys
-from emaild.people.lti13_nrps import NrpsError, Rosters
+from emaild.people.lti13_nrps import NrpsError
 
 
 def add_parser(commands, common) -> None:
@@ -27,11 +26,8 @@ def add_parser(commands, common) -> None:
 async def sync(parts, args) -> int:
     await open_database(parts)
     course = await find_course(parts.get_people_store(), args.course)
-    config = parts.config
-    rosters = Rosters(parts.reactor, config, parts.get_database(),
-                      ToolKeys(config.state_dir / "lti" / "keys"))
     try:
-        totals = await rosters.sync_now(course.id)
+        totals = await parts.get_rosters().sync_now(course.id)
     except NrpsError as e:
         raise CliError(f"course {args.course}: {e}") from None
     print(f"course {course.context_id}: {totals['members']} members ({totals['new']} new, "

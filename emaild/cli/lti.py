@@ -14,7 +14,7 @@ know, which cache for at most a few hours).
 from __future__ import annotations
 
 from emaild.cli.output import CliError
-from emaild.people.lti13_keys import ToolKeyError, ToolKeys
+from emaild.people.lti13_keys import ToolKeyError
 
 
 def add_parser(commands, common) -> None:
@@ -30,23 +30,19 @@ def add_parser(commands, common) -> None:
     retire_parser.set_defaults(func=retire)
 
 
-def tool_keys(config) -> ToolKeys:
-    return ToolKeys(config.state_dir / "lti" / "keys")
-
-
 async def keys(parts, args) -> int:
-    store = tool_keys(parts.config)
-    store.ensure()
-    kids = store.kids()
+    tool_keys = parts.get_tool_keys()
+    tool_keys.ensure()
+    kids = tool_keys.kids()
     for kid in kids:
         print(f"{kid}{'  (signing)' if kid == kids[-1] else ''}")
     return 0
 
 
 async def rotate(parts, args) -> int:
-    store = tool_keys(parts.config)
-    old = store.kids()
-    kid = store.rotate()
+    tool_keys = parts.get_tool_keys()
+    old = tool_keys.kids()
+    kid = tool_keys.rotate()
     print(kid)
     if old:
         print(f"still published until retired: {', '.join(old)} "
@@ -56,7 +52,7 @@ async def rotate(parts, args) -> int:
 
 async def retire(parts, args) -> int:
     try:
-        tool_keys(parts.config).retire(args.kid)
+        parts.get_tool_keys().retire(args.kid)
     except ToolKeyError as e:
         raise CliError(str(e)) from None
     print(f"retired {args.kid}")

@@ -93,7 +93,8 @@ def _b64url_json(part: str, what: str) -> dict:
 
 
 class Lti13:
-    def __init__(self, reactor, config, db, jwks: JwksCache | None = None):
+    def __init__(self, config, *, states: LoginStates, jwks: JwksCache, keys: ToolKeys,
+                 rosters: Rosters):
         self.config = config
         self.platforms = dict(config.lti13_platforms)
         lti13 = config["lti13"]
@@ -102,12 +103,12 @@ class Lti13:
         self.group_parameter = config["lti"]["group_parameter"]
         self.public_url = config["http"]["public_url"].rstrip("/")
         self.launch_url = self.public_url + LAUNCH_PATH
-        self.states = LoginStates(db, lti13["state_ttl"])
-        self.jwks = jwks or JwksCache(reactor, timeout=lti13["jwks_timeout"])
+        self.states = states
+        self.jwks = jwks
         #: our signing keys (made on first start; see L{ToolKeys})
-        self.keys = ToolKeys(config.state_dir / "lti" / "keys")
+        self.keys = keys
         #: course rosters (NRPS), synced when launches offer them
-        self.rosters = Rosters(reactor, config, db, self.keys)
+        self.rosters = rosters
 
     # -- login ---------------------------------------------------------------
     def _platform_for(self, issuer: str, client_id: str):
