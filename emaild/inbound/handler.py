@@ -11,15 +11,12 @@ otherwise).
 
 from __future__ import annotations
 
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
-from email.utils import getaddresses
-
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from emaild.groups.addresses import ReplyAddresses
 from emaild.groups.store import GroupStore
+from emaild.inbound.auth.policy import from_addresses
 from emaild.inbound.server import Envelope, IInboundHandler, Refused
 from emaild.inbound.store import BOUNCE, RELAY, UNSUBSCRIBE, InboundStore, Recipient
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
@@ -30,15 +27,6 @@ UNSUBSCRIBE_PREFIX = "unsubscribe+"
 #: [groups] max_posts_per_hour's default
 DEFAULT_MAX_POSTS_PER_HOUR = 30
 BOUNCE_PREFIX = "bounces+"
-
-
-def _from_addresses(raw: bytes) -> list[str]:
-    headers = BytesHeaderParser(policy=default_policy).parsebytes(raw)
-    try:
-        values = headers.get_all("From") or []
-        return [addr.lower() for _, addr in getaddresses([str(v) for v in values]) if addr]
-    except Exception:  # a From header too broken to parse proves nothing
-        return []
 
 
 @implementer(IInboundHandler)
@@ -132,9 +120,9 @@ class InboundHandler:
                 return str(await self.sender_auth.hold(envelope, raw, checked))
             authentication = checked.header
         elif unverified:
-            from_addresses = _from_addresses(raw)
+            senders = from_addresses(raw)
             for r in unverified:
-                if not (r.member_email and r.member_email.lower() in from_addresses):
+                if not (r.member_email and r.member_email.lower() in senders):
                     raise Refused(550, "5.7.1", "you can only post to a group through your own "
                                                 "group address, from the address the group "
                                                 "knows you by")
