@@ -17,8 +17,16 @@ from zope.interface import implementer
 from emaild.groups.addresses import ReplyAddresses
 from emaild.groups.store import GroupStore
 from emaild.inbound.auth.policy import from_addresses
+from emaild.inbound.groupcommit import GroupCommit
 from emaild.inbound.server import Envelope, IInboundHandler, Refused
-from emaild.inbound.store import BOUNCE, RELAY, UNSUBSCRIBE, InboundStore, Recipient
+from emaild.inbound.store import (
+    BOUNCE,
+    RELAY,
+    UNSUBSCRIBE,
+    InboundStore,
+    Received,
+    Recipient,
+)
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.links.service import Links
 from emaild.outbound.store import OutboxStore
@@ -41,6 +49,8 @@ class InboundHandler:
             member, which anyone can write (tests of other concerns).
         """
         self.store = store
+        #: stores messages, several per transaction under load
+        self.posts = GroupCommit(store)
         self.sender_auth = sender_auth
         #: a member's posts to one group per hour; the next RCPT gets 450 4.7.1
         self.max_posts_per_hour = max_posts_per_hour
@@ -126,10 +136,10 @@ class InboundHandler:
                     raise Refused(550, "5.7.1", "you can only post to a group through your own "
                                                 "group address, from the address the group "
                                                 "knows you by")
-        message_id = await self.store.receive(
+        message_id = await self.posts.receive(Received(
             peer=envelope.peer, helo=envelope.helo, tls=envelope.tls,
-            mail_from=envelope.mail_from, recipients=recipients, raw=raw,
-            authentication=authentication)
+            mail_from=envelope.mail_from, recipients=tuple(recipients), raw=raw,
+            authentication=authentication))
         return str(message_id)
 
     def deliver(self, envelope: Envelope, raw: bytes):
