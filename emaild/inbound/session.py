@@ -100,7 +100,15 @@ class InboundSMTP(LineSession):
         self._deadline = None
 
     def _start_deadline(self, seconds: float, what: str) -> None:
-        self._stop_deadline()
+        deadline = self._deadline
+        if deadline is not None and deadline.active():
+            if seconds and not self._closing:
+                # move the pending call (cheaper than a new one per command)
+                deadline.args = (what,)
+                deadline.reset(seconds)
+                return
+            deadline.cancel()
+        self._deadline = None
         if seconds and not self._closing:
             self._deadline = self.factory.reactor.callLater(seconds, self._deadline_passed,
                                                             what)

@@ -404,3 +404,12 @@ class LineLayerTests(UnitTestCase):
         self.assertEqual(s.take(), [b"250 2.1.5 Ok"])
         answers[1].callback(2)
         self.assertEqual(s.take(), [b"250 2.1.5 Ok", b"250 2.0.0 Ok"])
+
+
+class PrintableTests(TestCase):
+    def test_only_printable_ascii_survives_in_both_paths(self):
+        from emaild.inbound.syntax import printable
+        self.assertEqual(printable("mx.example.org [192.0.2.1]", 10), "mx.example")
+        for text, shown in (("caf\u00e9", "caf?"), ("a\u00a0b", "a?b"), ("a\tb\x00", "a?b?"),
+                            ("\u2028x\x7f", "?x?"), ("", "")):
+            self.assertEqual(printable(text), shown)
