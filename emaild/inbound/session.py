@@ -134,12 +134,9 @@ class InboundSMTP(LineSession):
         self.wait(d, done)
 
     def line(self, line: bytes) -> None:
-        if self.in_data:
-            self._data_line(line)
-        else:
-            self._command(line)
-            if not (self.in_data or self.waiting):
-                self._expect_command()
+        self._command(line)
+        if not (self.in_data or self.waiting):
+            self._expect_command()
 
     def _reply_failure(self, failure: Failure, what: str) -> int:
         """Answer a handler failure; return the code sent."""
@@ -270,22 +267,19 @@ class InboundSMTP(LineSession):
             self.reply(354, "End data with <CR><LF>.<CR><LF>")
             self._start_deadline(self.factory.data_timeout, "DATA")
 
-    def _data_line(self, line: bytes) -> None:
-        if line == b".":
-            self.in_data = False
-            self._stop_deadline()
-            self._end_of_data()
-            return
-        if line[:1] == b".":
-            line = line[1:]
-        self._data_size += len(line) + 2
+    def message_data(self, data: bytes) -> None:
+        self._data_size += len(data)
         if self._too_big:
             return
         if self._data_size > self.factory.max_message_size:
             self._too_big = True
             self._data_parts = []  # keep reading to the dot, keep nothing
             return
-        self._data_parts.append(line + b"\r\n")
+        self._data_parts.append(data)
+
+    def message_end(self) -> None:
+        self._stop_deadline()
+        self._end_of_data()
 
     def _received_header(self) -> bytes:
         protocol = ("ESMTPS" if self._tls else "ESMTP") if self._esmtp else "SMTP"
