@@ -175,3 +175,47 @@ class PiecesTests(unittest.TestCase):
                   for _ in range(3000)]
         for raw in cases:
             self.assertEqual(from_addresses(raw), full(raw), raw)
+
+
+class VerdictLogTests(unittest.TestCase):
+    """A relayed post's verdict is stored, not logged; every other decision is logged."""
+
+    def check(self, dmarc_result: str, aligned: bool):
+        from twisted.logger import globalLogPublisher
+
+        from emaild.inbound.auth.dmarc import DMARCResult
+        from emaild.inbound.auth.policy import SenderAuthentication
+        from emaild.inbound.auth.spf import SPFResult
+        from emaild.inbound.auth.verdict import Verdict
+        from emaild.inbound.interfaces import Envelope
+        from emaild.inbound.store import RELAY, Recipient
+
+        verdict = Verdict("x.test", SPFResult("pass" if aligned else "fail", "x.test", "mailfrom"),
+                          None, (), DMARCResult(dmarc_result, "x.test", "reject", aligned),
+                          "ada@x.test")
+
+        class Fixed:
+            async def authenticate(self, **kw):
+                return verdict
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        auth = SenderAuthentication(Fixed(), None, "hold", "relay.test")
+        envelope = Envelope(peer="192.0.2.1", helo="h.test", mail_from="ada@x.test",
+                            recipients=(Recipient("r@relay.test", RELAY,
+                                                  member_email="ada@x.test"),), tls=False, size=1)
+        d = defer.Deferred.fromCoroutine(auth.check(envelope, message("ada@x.test")))
+        lines = [e for e in events if "sender authentication" in e.get("log_format", "")]
+        return d, lines
+
+    def test_relayed_is_not_logged(self):
+        d, lines = self.check("pass", True)
+        self.assertFalse(self.successResultOf(d).hold)
+        self.assertEqual(lines, [])
+
+    def test_refused_is_logged(self):
+        from emaild.inbound.interfaces import Refused
+        d, lines = self.check("fail", False)
+        self.failureResultOf(d, Refused)
+        self.assertEqual([e["decision"] for e in lines], ["refuse"])

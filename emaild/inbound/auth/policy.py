@@ -25,6 +25,7 @@ import attrs
 from twisted.logger import Logger
 
 from emaild.inbound.auth.verdict import HOLD, Authenticator, decide
+from emaild.inbound.auth.verdict import RELAY as RELAY_DECISION
 from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.holds import Holds
 from emaild.inbound.holds_store import HeldMessage
@@ -108,8 +109,11 @@ class SenderAuthentication:
             from_domain=from_domain)
         decision = decide(verdict, self.unauthenticated)
         header = verdict.header(self.authserv_id)
-        log.info("inbound: sender authentication peer={peer} {decision}: {header}",
-                 peer=envelope.peer, decision=decision.action, header=header)
+        if decision.action != RELAY_DECISION:
+            # a relayed post's verdict is stored with it (emaild inbound shows
+            # it); what is held, refused or retried is said here
+            log.info("inbound: sender authentication peer={peer} {decision}: {header}",
+                     peer=envelope.peer, decision=decision.action, header=header)
         if decision.reply is not None:
             raise Refused(*decision.reply)
         reason = (f"{from_domain} does not vouch for it (no aligned SPF or DKIM pass, "
