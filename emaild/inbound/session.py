@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import functools
 import re
 
 from twisted.internet import defer
@@ -54,6 +55,13 @@ from emaild.inbound.syntax import (
 )
 
 log = Logger()
+
+
+@functools.lru_cache(maxsize=2)
+def _date(second: int) -> str:
+    """The RFC 5322 date of a second (many messages arrive within one)."""
+    return email.utils.format_datetime(
+        datetime.datetime.fromtimestamp(second, datetime.timezone.utc))
 
 
 class InboundSMTP(LineSession):
@@ -283,11 +291,9 @@ class InboundSMTP(LineSession):
 
     def _received_header(self) -> bytes:
         protocol = ("ESMTPS" if self._tls else "ESMTP") if self._esmtp else "SMTP"
-        when = datetime.datetime.fromtimestamp(self.factory.reactor.seconds(),
-                                               datetime.timezone.utc)
         header = (f"Received: from {printable(self._helo or '', 100)} ([{printable(self.peer)}])\r\n"
                   f"\tby {printable(self.name)} (emaild) with {protocol};\r\n"
-                  f"\t{email.utils.format_datetime(when)}\r\n")
+                  f"\t{_date(int(self.factory.reactor.seconds()))}\r\n")
         return header.encode("ascii")
 
     def _end_of_data(self) -> None:

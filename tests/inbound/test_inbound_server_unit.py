@@ -488,3 +488,16 @@ class RawDataTests(UnitTestCase):
         self.assertEqual(s.send(b"q" * 99 + b"\r\n.\r\nNOOP\r\n"),
                          [b"552 5.3.4 Message size exceeds fixed limit", b"250 2.0.0 Ok"])
         self.assertEqual(len(self.handler.messages), 1)
+
+
+class ReceivedHeaderTests(UnitTestCase):
+    def test_the_date_is_the_reactors_second_also_across_seconds(self):
+        factory = self.factory()
+        self.clock.advance(1_800_000_000.7)
+        s = Session(factory)
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\nDATA\r\nx\r\n.\r\n")
+        self.clock.advance(1)
+        s.send(b"MAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\nDATA\r\ny\r\n.\r\n")
+        dates = [raw.split(b"\r\n")[2] for _, raw in self.handler.messages]
+        self.assertEqual(dates, [b"\tFri, 15 Jan 2027 08:00:00 +0000",
+                                 b"\tFri, 15 Jan 2027 08:00:01 +0000"])
