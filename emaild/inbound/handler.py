@@ -18,6 +18,7 @@ from emaild.groups.addresses import ReplyAddresses
 from emaild.groups.store import GroupStore
 from emaild.inbound.auth.policy import from_addresses
 from emaild.inbound.groupcommit import GroupCommit
+from emaild.inbound.memberlookup import MemberLookups
 from emaild.inbound.server import Envelope, IInboundHandler, Refused
 from emaild.inbound.store import (
     BOUNCE,
@@ -55,6 +56,8 @@ class InboundHandler:
         #: a member's posts to one group per hour; the next RCPT gets 450 4.7.1
         self.max_posts_per_hour = max_posts_per_hour
         self.groups = groups
+        #: reply addresses looked up, several per query under load
+        self.members = MemberLookups(groups)
         self.addresses = addresses
         self.links = links
         #: for looking up our own bounce addresses
@@ -79,7 +82,7 @@ class InboundHandler:
                                  person_id=sent.person_id)
         else:
             token = self.addresses.parse(address)
-            member = await self.groups.by_token(token) if token is not None else None
+            member = await self.members.by_token(token) if token is not None else None
             if member is not None and not member.live:
                 raise Refused(550, "5.1.1", "this group address no longer works: its owner "
                                             "left the group")

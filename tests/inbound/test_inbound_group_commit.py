@@ -166,3 +166,4 @@ class StoreTests(RelayTestCase):
         self.assertEqual(sorted(stored), sorted((i, 1) for i in ids))
         self.assertEqual(self.handler.posts.messages, n)
         self.assertLessEqual(self.handler.posts.transactions, n)
+        self.assertEqual(self.handler.members.tokens, n)
