@@ -8,10 +8,14 @@ the commits, and the statements per message, go down with the load.
 Each message's Deferred fires only after the commit that holds it, so the
 SMTP server still answers 250 only for what is committed; when a commit
 fails, exactly the messages of that transaction get the failure (451).
+When the database refuses a transaction of several messages (a constraint,
+bad data: nothing was committed), each is stored again alone, so that one
+refused message does not take the others with it.
 """
 
 from __future__ import annotations
 
+import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,6 +38,8 @@ class GroupCommit:
         self.max_octets = max_octets
         self._waiting: list[tuple[Received, defer.Deferred]] = []
         self._in_flight = False
+        #: posts of a refused transaction, to be stored one per transaction
+        self._alone: list[tuple[Received, defer.Deferred]] = []
         #: transactions committed (or failed), and the messages in them
         self.transactions = 0
         self.messages = 0
@@ -47,6 +53,8 @@ class GroupCommit:
         return d
 
     def _take(self) -> list[tuple[Received, defer.Deferred]]:
+        if self._alone:
+            return [self._alone.pop(0)]
         size, n = 0, 0
         for post, _ in self._waiting:
             if n and (n >= self.max_messages or size + len(post.raw) > self.max_octets):
@@ -70,6 +78,13 @@ class GroupCommit:
             if not isinstance(result, Failure) and len(result) != len(batch):
                 result = Failure(RuntimeError(f"stored {len(batch)} messages, got "
                                               f"{len(result)} ids back"))
+            if isinstance(result, Failure) and len(batch) > 1 and _refused(result):
+                # nothing was committed, and one post may be what the
+                # database refuses (its group deleted meanwhile...): store
+                # each alone, so only that one is answered 451
+                self._alone[:0] = batch
+                self._flush()
+                return
             try:
                 for i, (_, waiter) in enumerate(batch):
                     if isinstance(result, Failure):
@@ -80,3 +95,13 @@ class GroupCommit:
                 self._flush()
 
         d.addBoth(done).addErrback(lambda f: log.failure("inbound: group commit", f))
+
+
+def _refused(failure: Failure) -> bool:
+    """
+    The database refused the statement (a constraint, bad data): it ran on
+    a live connection and nothing of it was committed.  Not so for a lost
+    connection, whose commit may or may not have happened.
+    """
+    return bool(failure.check(psycopg2.Error)) and not failure.check(
+        psycopg2.OperationalError, psycopg2.InterfaceError)

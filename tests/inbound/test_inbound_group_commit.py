@@ -79,6 +79,32 @@ class GroupCommitTests(unittest.TestCase):
         self.store.calls[1][1].callback([7, 8])
         self.assertEqual((self.results[2], self.results[3]), (7, 8))
 
+    def test_a_refused_transaction_of_several_is_stored_again_one_by_one(self):
+        import psycopg2
+        self.receive(1)
+        self.receive(2)
+        self.receive(3)
+        self.store.calls[0][1].callback([1])
+        self.store.calls[1][1].errback(psycopg2.IntegrityError("post 3's group is gone"))
+        self.assertEqual([[p.mail_from for p in posts] for posts, _ in self.store.calls[2:]],
+                         [["m2@x.test"]])
+        self.store.calls[2][1].callback([2])
+        self.store.calls[3][1].errback(psycopg2.IntegrityError("post 3's group is gone"))
+        self.assertEqual(self.results[2], 2)
+        self.assertTrue(self.results[3].check(psycopg2.IntegrityError))
+        self.assertEqual(len(self.store.calls), 4)
+
+    def test_a_lost_connection_fails_the_whole_transaction(self):
+        from emaild.db.database import DatabaseUnavailable
+        self.receive(1)
+        self.receive(2)
+        self.receive(3)
+        self.store.calls[0][1].callback([1])
+        self.store.calls[1][1].errback(DatabaseUnavailable("gone"))
+        self.assertTrue(self.results[2].check(DatabaseUnavailable))
+        self.assertTrue(self.results[3].check(DatabaseUnavailable))
+        self.assertEqual(len(self.store.calls), 2)
+
     def test_a_wrong_number_of_ids_fails_the_batch_rather_than_misnaming(self):
         self.receive(1)
         self.store.calls[0][1].callback([])
@@ -150,6 +176,23 @@ class StoreTests(RelayTestCase):
             rcpts = self.query("SELECT address, purpose, person_id FROM inbound_recipients"
                                " WHERE message_id = %s ORDER BY id", (message_id,))
             self.assertEqual(rcpts, [(r.address, RELAY, self.ids["ada"]) for r in p.recipients])
+
+    async def test_one_refused_post_does_not_take_its_transaction_with_it(self):
+        commit = GroupCommit(self.inbound)
+
+        def one(n, group_id=None):
+            return commit.receive(Received(
+                peer="192.0.2.1", helo="h.test", tls=False, mail_from=f"m{n}@x.test",
+                raw=b"Subject: x\r\n\r\nbody\r\n", recipients=(Recipient(
+                    f"r{n}@relay.test", RELAY, group_id=group_id, person_id=self.ids["ada"]),)))
+
+        first = one(1)  # in flight: the next three share a transaction
+        waiting = [one(2), one(3, group_id=10**9), one(4)]  # 3: no such group
+        results = await defer.DeferredList([first, *waiting], consumeErrors=True)
+        self.assertEqual([ok for ok, _ in results], [True, True, False, True])
+        self.assertEqual(self.query("SELECT mail_from FROM inbound_messages ORDER BY id"),
+                         [("m1@x.test",), ("m2@x.test",), ("m4@x.test",)])
+        self.flushLoggedErrors()
 
     @defer.inlineCallbacks
     def test_concurrent_sessions_share_commits_and_every_250_is_committed(self):
