@@ -119,6 +119,21 @@ class GroupStore:
             return None
         return member
 
+    async def by_tokens(self, tokens: Sequence[ReplyToken]) -> builtins.list[Member | None]:
+        """L{by_token} for several tokens, in one query (in their order)."""
+        rows = await self.db.runQuery(
+            f"SELECT {_MEMBER} WHERE (m.group_id, m.person_id) IN"
+            " (SELECT * FROM unnest(%s::bigint[], %s::bigint[]))",
+            ([t.group_id for t in tokens], [t.person_id for t in tokens]))
+        found = {(m.group_id, m.person_id): m for m in (Member(*row) for row in rows)}
+        members: builtins.list[Member | None] = []
+        for token in tokens:
+            member = found.get((token.group_id, token.person_id))
+            secret_matches = member is not None and (member.secret_hi, member.secret_lo) == (
+                token.secret_hi, token.secret_lo)
+            members.append(member if secret_matches else None)
+        return members
+
     async def leave(self, group_id: int, person_id: int) -> bool:
         """
         End a membership; its reply address stops working.  False if they

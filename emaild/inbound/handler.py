@@ -11,17 +11,23 @@ otherwise).
 
 from __future__ import annotations
 
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
-from email.utils import getaddresses
-
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from emaild.groups.addresses import ReplyAddresses
 from emaild.groups.store import GroupStore
+from emaild.inbound.auth.policy import from_addresses
+from emaild.inbound.groupcommit import GroupCommit
+from emaild.inbound.memberlookup import MemberLookups
 from emaild.inbound.server import Envelope, IInboundHandler, Refused
-from emaild.inbound.store import BOUNCE, RELAY, UNSUBSCRIBE, InboundStore, Recipient
+from emaild.inbound.store import (
+    BOUNCE,
+    RELAY,
+    UNSUBSCRIBE,
+    InboundStore,
+    Received,
+    Recipient,
+)
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.links.service import Links
 from emaild.outbound.store import OutboxStore
@@ -30,15 +36,6 @@ UNSUBSCRIBE_PREFIX = "unsubscribe+"
 #: [groups] max_posts_per_hour's default
 DEFAULT_MAX_POSTS_PER_HOUR = 30
 BOUNCE_PREFIX = "bounces+"
-
-
-def _from_addresses(raw: bytes) -> list[str]:
-    headers = BytesHeaderParser(policy=default_policy).parsebytes(raw)
-    try:
-        values = headers.get_all("From") or []
-        return [addr.lower() for _, addr in getaddresses([str(v) for v in values]) if addr]
-    except Exception:  # a From header too broken to parse proves nothing
-        return []
 
 
 @implementer(IInboundHandler)
@@ -53,10 +50,14 @@ class InboundHandler:
             member, which anyone can write (tests of other concerns).
         """
         self.store = store
+        #: stores messages, several per transaction under load
+        self.posts = GroupCommit(store)
         self.sender_auth = sender_auth
         #: a member's posts to one group per hour; the next RCPT gets 450 4.7.1
         self.max_posts_per_hour = max_posts_per_hour
         self.groups = groups
+        #: reply addresses looked up, several per query under load
+        self.members = MemberLookups(groups)
         self.addresses = addresses
         self.links = links
         #: for looking up our own bounce addresses
@@ -81,7 +82,7 @@ class InboundHandler:
                                  person_id=sent.person_id)
         else:
             token = self.addresses.parse(address)
-            member = await self.groups.by_token(token) if token is not None else None
+            member = await self.members.by_token(token) if token is not None else None
             if member is not None and not member.live:
                 raise Refused(550, "5.1.1", "this group address no longer works: its owner "
                                             "left the group")
@@ -132,16 +133,16 @@ class InboundHandler:
                 return str(await self.sender_auth.hold(envelope, raw, checked))
             authentication = checked.header
         elif unverified:
-            from_addresses = _from_addresses(raw)
+            senders = from_addresses(raw)
             for r in unverified:
-                if not (r.member_email and r.member_email.lower() in from_addresses):
+                if not (r.member_email and r.member_email.lower() in senders):
                     raise Refused(550, "5.7.1", "you can only post to a group through your own "
                                                 "group address, from the address the group "
                                                 "knows you by")
-        message_id = await self.store.receive(
+        message_id = await self.posts.receive(Received(
             peer=envelope.peer, helo=envelope.helo, tls=envelope.tls,
-            mail_from=envelope.mail_from, recipients=recipients, raw=raw,
-            authentication=authentication)
+            mail_from=envelope.mail_from, recipients=tuple(recipients), raw=raw,
+            authentication=authentication))
         return str(message_id)
 
     def deliver(self, envelope: Envelope, raw: bytes):

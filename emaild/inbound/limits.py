@@ -7,6 +7,7 @@ while others are refused.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import deque
 
@@ -21,6 +22,7 @@ def client_address(address) -> str:
     return str(getattr(address, "host", None) or getattr(address, "name", None) or "local")
 
 
+@functools.lru_cache(maxsize=4096)
 def client_key(peer: str) -> str:
     """
     What one client is, for counting: its IPv4 address, or the /64 network

@@ -12,16 +12,21 @@ How each guarantee maps onto L{LineReceiver}:
   - command lines end at LF (a CR before it is dropped) and may be
     L{COMMAND_LINE_LIMIT} long; message lines end at CRLF only (so a bare LF
     can never end the message) and may be L{DATA_LINE_LIMIT} long: setting
-    C{in_data} switches C{delimiter} and C{MAX_LENGTH}, which LineReceiver
-    reads afresh for every line;
+    C{in_data} switches to raw mode, read as below;
   - a longer line, in either mode, is C{500 5.5.6} and close
     (C{lineLengthExceeded}): falling back to command mode inside a message
     would run its lines as commands;
   - STARTTLS drops what was buffered after it: C{clearLineBuffer()}.
 
-DATA stays in line mode rather than C{setRawMode()}: its lines must be
-dot-unstuffed, counted and length-limited, and the end of the message found
-only at CRLF.CRLF, which is what line mode with a CRLF delimiter gives.
+DATA is read in raw mode (C{setRawMode()}): a message arrives in a few
+large chunks, and calling back once per line cost more than all the rest
+of a message's reading.  Each chunk is cut at its last CRLF; the complete
+lines are checked for length (the same L{DATA_LINE_LIMIT}), dot-unstuffed
+and handed on at once (L{message_data}); the partial line waits for the
+next chunk, so a line, and the final CRLF.CRLF, may span chunks.  The end
+of the message is a line holding only ".", found only at CRLF (a bare LF
+never ends it).  What follows the final dot goes back to line mode, read
+as commands in order.
 """
 
 from __future__ import annotations
@@ -59,12 +64,22 @@ class LineSession(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     MAX_LENGTH = COMMAND_LINE_LIMIT - 1
     _in_data = False
+    #: the message's last line so far, until its CRLF arrives
+    _partial = b""
     _waiting = False
     _closing = False
     _errors = 0
 
     def line(self, line: bytes) -> None:
-        """One line: a command (CR LF or LF removed) or a message line."""
+        """One command line (CR LF or LF removed)."""
+        raise NotImplementedError
+
+    def message_data(self, data: bytes) -> None:
+        """Complete lines of the message being read (dot-unstuffed, with their CRLFs)."""
+        raise NotImplementedError
+
+    def message_end(self) -> None:
+        """The message's final dot arrived (C{in_data} is False again)."""
         raise NotImplementedError
 
     @property
@@ -75,10 +90,11 @@ class LineSession(LineReceiver, TimeoutMixin):
     @in_data.setter
     def in_data(self, value: bool) -> None:
         self._in_data = value
+        self._partial = b""
         if value:
-            self.delimiter, self.MAX_LENGTH = b"\r\n", DATA_LINE_LIMIT - 2
+            self.setRawMode()
         else:
-            self.delimiter, self.MAX_LENGTH = b"\n", COMMAND_LINE_LIMIT - 1
+            self.setLineMode()
 
     @property
     def waiting(self) -> bool:
@@ -98,6 +114,46 @@ class LineSession(LineReceiver, TimeoutMixin):
         if not self._in_data and line.endswith(b"\r"):
             line = line[:-1]
         self.line(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        # only while in_data (see the module docstring)
+        if self._closing:
+            return
+        chunk = self._partial + data if self._partial else data
+        if chunk.startswith(b".\r\n"):
+            end = 0
+        else:
+            end = chunk.find(b"\r\n.\r\n")
+            if end >= 0:
+                end += 2
+        if end < 0:  # no end yet: the complete lines, and keep the partial one
+            last = chunk.rfind(b"\r\n")
+            if last < 0:
+                self._partial = chunk
+            else:
+                self._partial = chunk[last + 2:]
+                if not self._message_lines(chunk[:last + 2]):
+                    return
+            if len(self._partial) >= DATA_LINE_LIMIT:
+                self.lineLengthExceeded(self._partial)
+            return
+        if end and not self._message_lines(chunk[:end]):
+            return
+        self.in_data = False
+        # what followed the dot: commands, read once this message is answered
+        self.setLineMode(chunk[end + 3:])
+        self.message_end()
+
+    def _message_lines(self, lines: bytes) -> bool:
+        """Check and unstuff complete lines; False if one was too long (closed)."""
+        if len(lines) > DATA_LINE_LIMIT and max(map(len, lines.split(b"\r\n"))) \
+                > DATA_LINE_LIMIT - 2:
+            self.lineLengthExceeded(lines)
+            return False
+        if lines[:1] == b".":
+            lines = lines[1:]
+        self.message_data(lines.replace(b"\r\n.", b"\r\n"))
+        return True
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.close(500, "5.5.6 Line too long")
@@ -134,6 +190,7 @@ class LineSession(LineReceiver, TimeoutMixin):
     def discard_input(self) -> None:
         """Forget every byte received and not yet read."""
         self.clearLineBuffer()
+        self._partial = b""
 
     # -- output -----------------------------------------------------------
     def _send(self, code: int, lines: list[str]) -> None:

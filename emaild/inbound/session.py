@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import functools
 import re
 
 from twisted.internet import defer
@@ -54,6 +55,13 @@ from emaild.inbound.syntax import (
 )
 
 log = Logger()
+
+
+@functools.lru_cache(maxsize=2)
+def _date(second: int) -> str:
+    """The RFC 5322 date of a second (many messages arrive within one)."""
+    return email.utils.format_datetime(
+        datetime.datetime.fromtimestamp(second, datetime.timezone.utc))
 
 
 class InboundSMTP(LineSession):
@@ -100,7 +108,15 @@ class InboundSMTP(LineSession):
         self._deadline = None
 
     def _start_deadline(self, seconds: float, what: str) -> None:
-        self._stop_deadline()
+        deadline = self._deadline
+        if deadline is not None and deadline.active():
+            if seconds and not self._closing:
+                # move the pending call (cheaper than a new one per command)
+                deadline.args = (what,)
+                deadline.reset(seconds)
+                return
+            deadline.cancel()
+        self._deadline = None
         if seconds and not self._closing:
             self._deadline = self.factory.reactor.callLater(seconds, self._deadline_passed,
                                                             what)
@@ -126,12 +142,9 @@ class InboundSMTP(LineSession):
         self.wait(d, done)
 
     def line(self, line: bytes) -> None:
-        if self.in_data:
-            self._data_line(line)
-        else:
-            self._command(line)
-            if not (self.in_data or self.waiting):
-                self._expect_command()
+        self._command(line)
+        if not (self.in_data or self.waiting):
+            self._expect_command()
 
     def _reply_failure(self, failure: Failure, what: str) -> int:
         """Answer a handler failure; return the code sent."""
@@ -262,30 +275,25 @@ class InboundSMTP(LineSession):
             self.reply(354, "End data with <CR><LF>.<CR><LF>")
             self._start_deadline(self.factory.data_timeout, "DATA")
 
-    def _data_line(self, line: bytes) -> None:
-        if line == b".":
-            self.in_data = False
-            self._stop_deadline()
-            self._end_of_data()
-            return
-        if line[:1] == b".":
-            line = line[1:]
-        self._data_size += len(line) + 2
+    def message_data(self, data: bytes) -> None:
+        self._data_size += len(data)
         if self._too_big:
             return
         if self._data_size > self.factory.max_message_size:
             self._too_big = True
             self._data_parts = []  # keep reading to the dot, keep nothing
             return
-        self._data_parts.append(line + b"\r\n")
+        self._data_parts.append(data)
+
+    def message_end(self) -> None:
+        self._stop_deadline()
+        self._end_of_data()
 
     def _received_header(self) -> bytes:
         protocol = ("ESMTPS" if self._tls else "ESMTP") if self._esmtp else "SMTP"
-        when = datetime.datetime.fromtimestamp(self.factory.reactor.seconds(),
-                                               datetime.timezone.utc)
         header = (f"Received: from {printable(self._helo or '', 100)} ([{printable(self.peer)}])\r\n"
                   f"\tby {printable(self.name)} (emaild) with {protocol};\r\n"
-                  f"\t{email.utils.format_datetime(when)}\r\n")
+                  f"\t{_date(int(self.factory.reactor.seconds()))}\r\n")
         return header.encode("ascii")
 
     def _end_of_data(self) -> None:

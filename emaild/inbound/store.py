@@ -50,6 +50,20 @@ class Recipient:
 
 
 @attrs.frozen
+class Received:
+    """One message to store (L{InboundStore.receive_many})."""
+
+    peer: str
+    helo: str
+    tls: bool
+    mail_from: str
+    recipients: tuple[Recipient, ...]
+    raw: bytes = attrs.field(repr=False)
+    #: the Authentication-Results value of a checked post
+    authentication: str = ""
+
+
+@attrs.frozen
 class Outcome:
     """
     What processing one recipient row came to: a terminal C{state} with its
@@ -134,6 +148,37 @@ class InboundStore:
              [r.link_id for r in recipients], [r.outbox_id for r in recipients],
              INBOUND_CHANNEL))
         return d.addCallback(lambda rows: rows[0][0])
+
+    def receive_many(self, posts: Sequence[Received]):
+        """
+        Store several messages (each with its recipients) in one statement,
+        hence one transaction, and wake the processor once.  Fires with
+        their message ids, in order; on failure none of them is stored.
+        """
+        recipients = [(n, r) for n, post in enumerate(posts, 1) for r in post.recipients]
+        d = self.db.runQuery(
+            "WITH v AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence("
+            "   'inbound_messages', 'id')) AS id, v.*"
+            "   FROM unnest(%s::text[], %s::text[], %s::boolean[], %s::text[], %s::integer[],"
+            "     %s::bytea[], %s::text[]) WITH ORDINALITY"
+            "     AS v(peer, helo, tls, mail_from, size, raw, authentication, n)),"
+            " m AS (INSERT INTO inbound_messages (id, peer, helo, tls, mail_from, size, raw,"
+            "   authentication) SELECT id, peer, helo, tls, mail_from, size, raw, authentication"
+            "   FROM v),"
+            " r AS (INSERT INTO inbound_recipients (message_id, address, purpose, group_id,"
+            "   person_id, link_id, outbox_id)"
+            "   SELECT v.id, a, p, g, pe, l, o FROM unnest(%s::bigint[], %s::text[], %s::text[],"
+            "     %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) WITH ORDINALITY"
+            "     AS x(n, a, p, g, pe, l, o, k) JOIN v ON v.n = x.n ORDER BY x.k)"
+            " SELECT array_agg(id ORDER BY n), pg_notify(%s, '') FROM v",
+            ([p.peer for p in posts], [p.helo for p in posts], [p.tls for p in posts],
+             [p.mail_from for p in posts], [len(p.raw) for p in posts],
+             [Binary(p.raw) for p in posts], [p.authentication for p in posts],
+             [n for n, _ in recipients], [r.address for _, r in recipients],
+             [r.purpose for _, r in recipients], [r.group_id for _, r in recipients],
+             [r.person_id for _, r in recipients], [r.link_id for _, r in recipients],
+             [r.outbox_id for _, r in recipients], INBOUND_CHANNEL))
+        return d.addCallback(lambda rows: list(rows[0][0]))
 
     def process_batch(self, handle: Callable[[Any, Pending], Awaitable[Outcome]], *,
                       limit: int, max_copies: int, max_attempts: int,

@@ -42,7 +42,10 @@ class FieldError(ValueError):
 
 def printable(text: str, limit: int = 200) -> str:
     """Printable ASCII only, for replies and headers."""
-    return "".join(c if " " <= c <= "~" else "?" for c in str(text))[:limit]
+    text = str(text)
+    if text.isascii() and text.isprintable():  # the usual case, at C speed
+        return text[:limit]
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:limit]
 
 
 def check_line(line: bytes, what: str) -> str:

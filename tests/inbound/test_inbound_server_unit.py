@@ -404,3 +404,100 @@ class LineLayerTests(UnitTestCase):
         self.assertEqual(s.take(), [b"250 2.1.5 Ok"])
         answers[1].callback(2)
         self.assertEqual(s.take(), [b"250 2.1.5 Ok", b"250 2.0.0 Ok"])
+
+
+class PrintableTests(TestCase):
+    def test_only_printable_ascii_survives_in_both_paths(self):
+        from emaild.inbound.syntax import printable
+        self.assertEqual(printable("mx.example.org [192.0.2.1]", 10), "mx.example")
+        for text, shown in (("caf\u00e9", "caf?"), ("a\u00a0b", "a?b"), ("a\tb\x00", "a?b?"),
+                            ("\u2028x\x7f", "?x?"), ("", "")):
+            self.assertEqual(printable(text), shown)
+
+
+class RawDataTests(UnitTestCase):
+    """DATA is read in chunks: any cut through the message gives the same result."""
+
+    BODY = (b"Subject: cuts\r\n\r\n..stuffed line\r\n. \r\nnot the end: .\r\n"
+            b"bare\nLF.\n.\r\r\n. x\r\n" + b"y" * 300 + b"\r\n.end\r\n")
+    STORED = (b"Subject: cuts\r\n\r\n.stuffed line\r\n \r\nnot the end: .\r\n"
+              b"bare\nLF.\n.\r\r\n x\r\n" + b"y" * 300 + b"\r\nend\r\n")
+
+    def start(self, **kw) -> Session:
+        s = Session(self.factory(**kw))
+        s.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@relay.test>\r\nDATA\r\n")
+        return s
+
+    def stored_body(self, index: int = -1) -> bytes:
+        raw = self.handler.messages[index][1]
+        return raw[raw.index(b"Subject:"):]
+
+    def test_every_cut_in_two_gives_the_same_message(self):
+        data = b".x\r\n" + self.BODY + b".\r\nNOOP\r\n"
+        for cut in range(len(data) + 1):
+            s = self.start()
+            replies = s.send(data[:cut]) + s.send(data[cut:])
+            self.assertEqual(replies, [b"250 2.0.0 Ok: queued as M1",
+                                       b"250 2.0.0 Ok"], cut)
+            raw = self.handler.messages[-1][1]
+            self.assertTrue(raw.endswith(b"\r\nx\r\n" + self.STORED), cut)
+            self.assertEqual(self.handler.messages[-1][0].size, len(b"x\r\n" + self.STORED))
+
+    def test_byte_by_byte(self):
+        s = self.start()
+        s.take()
+        for byte in self.BODY + b".\r\n":
+            s.send(bytes([byte]))
+        self.assertEqual(self.stored_body(), self.STORED)
+
+    def test_an_empty_message_and_pipelined_commands_after_the_dot(self):
+        s = self.start()
+        s.take()
+        replies = s.send(b".\r\nRSET\r\nMAIL FROM:<>\r\n")
+        self.assertEqual(replies[1:], [b"250 2.0.0 Ok", b"250 2.1.0 Ok"])
+        self.assertTrue(self.handler.messages[-1][1].endswith(b"\r\n"))
+        self.assertEqual(self.handler.messages[-1][0].size, 0)
+
+    def test_a_long_line_split_across_chunks_is_500_and_closed(self):
+        from emaild.inbound.lines import DATA_LINE_LIMIT
+        s = self.start()
+        s.take()
+        s.send(b"ok\r\n" + b"z" * (DATA_LINE_LIMIT // 2))
+        self.assertFalse(s.transport.disconnecting)
+        self.assertEqual(s.send(b"z" * (DATA_LINE_LIMIT // 2)), [b"500 5.5.6 Line too long"])
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(self.handler.messages, [])
+
+    def test_a_long_line_among_complete_lines_is_500_and_closed(self):
+        from emaild.inbound.lines import DATA_LINE_LIMIT
+        s = self.start()
+        s.take()
+        longest = b"a" * (DATA_LINE_LIMIT - 2) + b"\r\n"
+        s.send(longest * 2)  # at the limit: fine
+        self.assertFalse(s.transport.disconnecting)
+        self.assertEqual(s.send(b"b\r\n" + b"c" * (DATA_LINE_LIMIT - 1) + b"\r\n.\r\n"),
+                         [b"500 5.5.6 Line too long"])
+        self.assertEqual(self.handler.messages, [])
+
+    def test_size_limit_counts_unstuffed_octets_and_reads_to_the_dot(self):
+        s = self.start(max_message_size=100)
+        s.take()
+        s.send((b"." + b"q" * 48 + b"\r\n") * 2)  # 2 x 50 octets after unstuffing: at the limit
+        self.assertEqual(s.send(b".\r\n"), [b"250 2.0.0 Ok: queued as M1"])
+        s.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<r@relay.test>\r\nDATA\r\n")
+        self.assertEqual(s.send(b"q" * 99 + b"\r\n.\r\nNOOP\r\n"),
+                         [b"552 5.3.4 Message size exceeds fixed limit", b"250 2.0.0 Ok"])
+        self.assertEqual(len(self.handler.messages), 1)
+
+
+class ReceivedHeaderTests(UnitTestCase):
+    def test_the_date_is_the_reactors_second_also_across_seconds(self):
+        factory = self.factory()
+        self.clock.advance(1_800_000_000.7)
+        s = Session(factory)
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\nDATA\r\nx\r\n.\r\n")
+        self.clock.advance(1)
+        s.send(b"MAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\nDATA\r\ny\r\n.\r\n")
+        dates = [raw.split(b"\r\n")[2] for _, raw in self.handler.messages]
+        self.assertEqual(dates, [b"\tFri, 15 Jan 2027 08:00:00 +0000",
+                                 b"\tFri, 15 Jan 2027 08:00:01 +0000"])

@@ -11,6 +11,7 @@ fetched: nothing blocks the reactor and no thread is involved.
 from __future__ import annotations
 
 import logging
+import re
 
 import attrs
 import dkim as dkimpy
@@ -20,6 +21,11 @@ from emaild.inbound.auth.dns import Resolver, TemporaryDNSError
 
 #: signatures beyond this many are not checked (each costs a lookup)
 MAX_SIGNATURES = 5
+
+#: a line that may start a DKIM-Signature header field (any line, so that
+#: whatever dkimpy would read as one is found; a match in the body only
+#: costs the full parse)
+_MAYBE_SIGNED = re.compile(rb"^dkim-signature", re.I | re.M)
 
 #: dkimpy logs every verification failure at error level; we report them
 #: in the verdict instead
@@ -46,11 +52,18 @@ def _signature_count(message: dkimpy.DKIM) -> int:
     return sum(1 for name, _ in message.headers if name.lower() == b"dkim-signature")
 
 
+def may_be_signed(raw: bytes) -> bool:
+    """False when C{raw} has no DKIM-Signature header field for certain."""
+    return _MAYBE_SIGNED.search(raw) is not None
+
+
 async def verify_all(resolver: Resolver, raw: bytes) -> list[DKIMResult]:
     """
     One result per DKIM-Signature header (top first, at most
     L{MAX_SIGNATURES}); an empty list for an unsigned message.
     """
+    if not may_be_signed(raw):
+        return []  # unsigned: nothing to verify, no need to parse it
     try:
         message = dkimpy.DKIM(raw, logger=_quiet)
     except Exception as e:  # dkimpy raises more than DKIMException on odd input

@@ -14,11 +14,13 @@ Only the policy part is used; reporting (C{rua}, C{ruf}) is not.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 from publicsuffixlist import PublicSuffixList
 
 from emaild.inbound.auth.dkim import DKIMResult
-from emaild.inbound.auth.dns import Resolver, TemporaryDNSError
+from emaild.inbound.auth.dns import DNSLookup, TemporaryDNSError
 from emaild.inbound.auth.spf import SPFResult
 
 POLICIES = ("none", "quarantine", "reject")
@@ -26,10 +28,12 @@ POLICIES = ("none", "quarantine", "reject")
 _psl: PublicSuffixList | None = None
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """
     The registrable domain (RFC 7489 section 3.2): C{mail.example.co.uk}
     gives C{example.co.uk}; a public suffix itself is returned as it is.
+    (Remembered: the list is the package's copy, fixed while we run.)
     """
     global _psl
     if _psl is None:
@@ -99,7 +103,7 @@ class Policy:
         return self.record.policy
 
 
-async def _records(resolver: Resolver, domain: str) -> list[Record]:
+async def _records(resolver: DNSLookup, domain: str) -> list[Record]:
     found = []
     for strings in await resolver.lookup(f"_dmarc.{domain}", "TXT"):
         text = b"".join(strings).decode("utf-8", "replace")
@@ -109,7 +113,7 @@ async def _records(resolver: Resolver, domain: str) -> list[Record]:
     return found
 
 
-async def fetch_policy(resolver: Resolver, from_domain: str) -> Policy:
+async def fetch_policy(resolver: DNSLookup, from_domain: str) -> Policy:
     """
     @raise TemporaryDNSError: the record cannot be known now.
     """

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Sequence
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.names import client, dns, error
@@ -35,6 +36,8 @@ MAX_TTL = 3600
 #: the longest (and, without an SOA, the) time we remember "no such records"
 MAX_NEGATIVE_TTL = 300
 CACHE_SIZE = 10_000
+#: the expiry of an answer that cannot change (a name that cannot exist)
+NEVER_EXPIRES = float("inf")
 RESOLV_CONF = "/etc/resolv.conf"
 
 #: a label we can ask about (letters, digits, hyphen; underscore for
@@ -42,6 +45,12 @@ RESOLV_CONF = "/etc/resolv.conf"
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 _TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "PTR": dns.PTR, "TXT": dns.TXT}
+
+
+class DNSLookup(Protocol):
+    """What SPF and DMARC ask: a L{Resolver}, or a L{Recording} of one."""
+
+    async def lookup(self, name: str, qtype: str) -> tuple: ...
 
 
 class TemporaryDNSError(Exception):
@@ -86,15 +95,26 @@ class Resolver:
 
         @raise TemporaryDNSError: no usable answer now.
         """
+        return (await self.lookup_until(name, qtype))[1]
+
+    async def lookup_until(self, name: str, qtype: str) -> tuple[float, tuple]:
+        """
+        L{lookup}, with the time (the reactor's clock) until which the
+        answer may be used: what a result computed from it may be
+        remembered for.  An answer that is not cached (TTL 0) is good only
+        now.
+
+        @raise TemporaryDNSError: no usable answer now.
+        """
         name = _ascii_name(name)
         if name is None:
-            return ()
+            return NEVER_EXPIRES, ()
         key = (name, qtype)
         now = self.reactor.seconds()
         cached = self._cache.get(key)
         if cached is not None:
             if cached[0] > now:
-                return cached[1]
+                return cached
             del self._cache[key]
         self.queries += 1
         try:
@@ -121,7 +141,7 @@ class Resolver:
             if len(self._cache) >= self.cache_size:
                 self._cache.pop(next(iter(self._cache)))  # the oldest entry
             self._cache[key] = (now + ttl, values)
-        return values
+        return now + max(ttl, 0), values
 
     def _query(self, name: str, qtype: int) -> defer.Deferred:
         d = self.client.query(dns.Query(name, qtype, dns.IN), timeout=(self.timeout,))
@@ -166,3 +186,56 @@ def system_servers(path: str = RESOLV_CONF) -> list[tuple[str, int]]:
     except OSError:
         pass
     return servers or [("127.0.0.1", 53)]
+
+
+class Recording:
+    """
+    A view of a L{Resolver} for one computation (an SPF evaluation, a DMARC
+    policy lookup) that notes until when every answer it gave may be used:
+    a result made only from those answers may be remembered until
+    C{expires}, and no longer.  After a temporary failure, C{expires} is
+    minus infinity (such a result is never remembered).
+    """
+
+    def __init__(self, resolver: Resolver):
+        self.resolver = resolver
+        self.reactor = resolver.reactor
+        self.expires = NEVER_EXPIRES
+
+    async def lookup(self, name: str, qtype: str) -> tuple:
+        try:
+            expires, values = await self.resolver.lookup_until(name, qtype)
+        except TemporaryDNSError:
+            self.expires = -NEVER_EXPIRES
+            raise
+        self.expires = min(self.expires, expires)
+        return values
+
+
+class ResultCache:
+    """
+    Results computed from DNS answers, each kept until the earliest of
+    those answers expires (L{Recording.expires}), at most C{size} of them.
+    """
+
+    def __init__(self, reactor, size: int = CACHE_SIZE):
+        self.reactor = reactor
+        self.size = size
+        self._entries: dict = {}
+
+    def get(self, key):
+        """The result remembered for C{key}, or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self.reactor.seconds():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key, expires: float, result) -> None:
+        if expires <= self.reactor.seconds():
+            return
+        if key not in self._entries and len(self._entries) >= self.size:
+            self._entries.pop(next(iter(self._entries)))  # the oldest entry
+        self._entries[key] = (expires, result)

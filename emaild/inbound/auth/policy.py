@@ -15,7 +15,9 @@ the group knows them by), and that address's domain must vouch for it.
 
 from __future__ import annotations
 
+import functools
 from email.parser import BytesHeaderParser
+from email.policy import compat32
 from email.policy import default as default_policy
 from email.utils import getaddresses
 
@@ -23,6 +25,7 @@ import attrs
 from twisted.logger import Logger
 
 from emaild.inbound.auth.verdict import HOLD, Authenticator, decide
+from emaild.inbound.auth.verdict import RELAY as RELAY_DECISION
 from emaild.inbound.classify import not_relayable, parse_message
 from emaild.inbound.holds import Holds
 from emaild.inbound.holds_store import HeldMessage
@@ -36,13 +39,39 @@ NOT_THE_MEMBER = ("you can only post to a group through your own group address, 
 
 
 def from_addresses(raw: bytes) -> list[str]:
-    """Every address in the From header fields, lower-cased."""
+    """
+    Every address in the From header fields, lower-cased, as the relay
+    reads them (L{emaild.inbound.reading}: the modern policy's From header,
+    then C{getaddresses}).
+
+    Only the header section is parsed, without the modern policy (both
+    policies split a message into header fields alike: RFC 5322 name and
+    value, continuation lines kept); the From values alone then go through
+    the modern policy's header parser, and what that gives is remembered
+    per From value (posts from one member carry the same From line).
+    """
     try:
-        headers = BytesHeaderParser(policy=default_policy).parsebytes(raw)
-        values = headers.get_all("From") or []
-        return [a.lower() for _, a in getaddresses([str(v) for v in values]) if a]
-    except Exception:  # a From too broken to parse proves nothing
+        headers = BytesHeaderParser(policy=compat32).parsebytes(_header_section(raw))
+        values = tuple(v for k, v in headers.raw_items() if k.lower() == "from")
+    except Exception:  # a message too broken to parse proves nothing
         return []
+    return list(_addresses_in(values))
+
+
+def _header_section(raw: bytes) -> bytes:
+    # up to and including the first empty line in any of the line ends the
+    # parser knows (CRLF, LF, CR): the header fields it finds are the same
+    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\r\r"), raw.find(b"\n\r")) if i >= 0]
+    return raw[:min(ends) + 2] if ends else raw
+
+
+@functools.lru_cache(maxsize=1024)
+def _addresses_in(values: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        parsed = [str(default_policy.header_fetch_parse("From", v)) for v in values]
+        return tuple(a.lower() for _, a in getaddresses(parsed) if a)
+    except Exception:  # a From too broken to parse proves nothing
+        return ()
 
 
 @attrs.frozen
@@ -80,8 +109,11 @@ class SenderAuthentication:
             from_domain=from_domain)
         decision = decide(verdict, self.unauthenticated)
         header = verdict.header(self.authserv_id)
-        log.info("inbound: sender authentication peer={peer} {decision}: {header}",
-                 peer=envelope.peer, decision=decision.action, header=header)
+        if decision.action != RELAY_DECISION:
+            # a relayed post's verdict is stored with it (emaild inbound shows
+            # it); what is held, refused or retried is said here
+            log.info("inbound: sender authentication peer={peer} {decision}: {header}",
+                     peer=envelope.peer, decision=decision.action, header=header)
         if decision.reply is not None:
             raise Refused(*decision.reply)
         reason = (f"{from_domain} does not vouch for it (no aligned SPF or DKIM pass, "

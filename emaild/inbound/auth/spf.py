@@ -22,7 +22,7 @@ import ipaddress
 import attrs
 import spf as pyspf
 
-from emaild.inbound.auth.dns import Resolver, TemporaryDNSError
+from emaild.inbound.auth.dns import DNSLookup, TemporaryDNSError
 
 #: more rounds than RFC 7208's limits allow lookups; a safety net
 MAX_ROUNDS = 60
@@ -78,7 +78,7 @@ def _is_domain(name: str) -> bool:
         return "." in name
 
 
-async def check_host(resolver: Resolver, ip: str, sender: str, helo: str) -> SPFResult:
+async def check_host(resolver: DNSLookup, ip: str, sender: str, helo: str) -> SPFResult:
     """
     The SPF result for mail from C{sender} (the MAIL FROM address; "" for
     the null sender, when the HELO name is checked instead) sent by C{ip}.
@@ -109,7 +109,7 @@ async def check_host(resolver: Resolver, ip: str, sender: str, helo: str) -> SPF
     return SPFResult("permerror", domain, identity, "too many DNS lookups")
 
 
-async def check_helo(resolver: Resolver, ip: str, helo: str) -> SPFResult:
+async def check_helo(resolver: DNSLookup, ip: str, helo: str) -> SPFResult:
     """
     The SPF result for the HELO identity (RFC 7208 section 2.3).
     """

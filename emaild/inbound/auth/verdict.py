@@ -27,7 +27,7 @@ import attrs
 from twisted.internet import defer
 
 from emaild.inbound.auth import dkim, dmarc, spf
-from emaild.inbound.auth.dns import Resolver, TemporaryDNSError
+from emaild.inbound.auth.dns import CACHE_SIZE, Recording, Resolver, ResultCache, TemporaryDNSError
 
 RELAY, HOLD, REFUSE, RETRY = "relay", "hold", "refuse", "retry"
 
@@ -85,29 +85,61 @@ class Verdict:
 
 
 class Authenticator:
-    def __init__(self, resolver: Resolver):
+    """
+    @param cache_size: SPF results and DMARC policies remembered (each
+        until the earliest DNS answer it was made from expires, so a
+        remembered result is the one the cached answers would give again).
+    """
+
+    def __init__(self, resolver: Resolver, cache_size: int = CACHE_SIZE):
         self.resolver = resolver
+        self.results = ResultCache(resolver.reactor, cache_size)
 
     async def authenticate(self, *, peer: str, helo: str, mail_from: str, raw: bytes,
                            from_domain: str) -> Verdict:
         """
-        Every check at once (their lookups run concurrently).
+        Every check at once (their lookups run concurrently).  SPF results
+        (per client address, HELO name and sender) and DMARC policies (per
+        From domain) are remembered for as long as the DNS answers they
+        were made from; DKIM is verified for every message.
         """
-        helo_result, mail_result, dkim_results, published = await defer.gatherResults([
-            _start(spf.check_helo(self.resolver, peer, helo)),
-            # the null sender: SPF's (and DMARC's) identity is the HELO name
-            _start(spf.check_host(self.resolver, peer, mail_from, helo)),
-            _start(dkim.verify_all(self.resolver, raw)),
-            _start(self._policy(from_domain))], consumeErrors=True)
+        helo_key, mail_key = ("helo", peer, helo), ("mailfrom", peer, mail_from, helo)
+        policy_key = ("dmarc", from_domain.lower())
+        helo_result = self.results.get(helo_key)
+        mail_result = self.results.get(mail_key)
+        published = self.results.get(policy_key)
+        signed = dkim.may_be_signed(raw)
+        if helo_result is None or mail_result is None or published is None or signed:
+            helo_result, mail_result, dkim_results, published = await defer.gatherResults([
+                _start(self._spf(helo_key, helo_result, peer, "", helo)),
+                # the null sender: SPF's (and DMARC's) identity is the HELO name
+                _start(self._spf(mail_key, mail_result, peer, mail_from, helo)),
+                _start(dkim.verify_all(self.resolver, raw)),
+                _start(self._policy(policy_key, published, from_domain))], consumeErrors=True)
+        else:
+            dkim_results = []
         result = dmarc.evaluate(from_domain, published, mail_result, dkim_results)
         return Verdict(from_domain, mail_result, helo_result if mail_from else None,
                        tuple(dkim_results), result, mail_from)
 
-    async def _policy(self, from_domain: str):
+    async def _spf(self, key, known, peer: str, mail_from: str, helo: str) -> spf.SPFResult:
+        if known is not None:
+            return known
+        recording = Recording(self.resolver)
+        result = await spf.check_host(recording, peer, mail_from, helo)
+        self.results.put(key, recording.expires, result)
+        return result
+
+    async def _policy(self, key, known, from_domain: str):
+        if known is not None:
+            return known
+        recording = Recording(self.resolver)
         try:
-            return await dmarc.fetch_policy(self.resolver, from_domain)
+            policy = await dmarc.fetch_policy(recording, from_domain)
         except TemporaryDNSError as e:
             return e
+        self.results.put(key, recording.expires, policy)
+        return policy
 
 
 def _start(coroutine) -> defer.Deferred:
