@@ -103,6 +103,8 @@ class SMTPClientProtocol(LineReceiver):
         self._closed_waiters: list[Deferred] = []
         self._drain_waiters: list[Deferred] = []
         self._greeting: Deferred | None = None
+        #: writes held back while a chunk of replies is handled (see dataReceived)
+        self._corked: list[bytes] | None = None
         #: messages handed to L{send} whose outcome is not known yet
         self.unfinished = 0
 
@@ -163,6 +165,21 @@ class SMTPClientProtocol(LineReceiver):
         return d
 
     # -- replies -------------------------------------------------------
+    def dataReceived(self, data: bytes):
+        # What the replies in this chunk make us send (with PIPELINING: one
+        # message's data and the next one's MAIL, RCPT, DATA) leaves in one
+        # write: one transport write and socket send per message.
+        self._corked = []
+        try:
+            super().dataReceived(data)
+        finally:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and self.connected_:
+            self.transport.write(b"".join(corked))
+
     def lineReceived(self, line: bytes):
         if self._lost_text is not None:
             return  # we are dropping the connection; what follows is moot
@@ -185,6 +202,7 @@ class SMTPClientProtocol(LineReceiver):
         if not waiters:
             self.log.warn("unexpected reply from {host}: {reply}", host=self.host, reply=str(reply))
             if reply.code == 421:
+                self._uncork()
                 self.transport.loseConnection()
             return
         _, _, handler, argument = waiters.popleft()
@@ -236,7 +254,9 @@ class SMTPClientProtocol(LineReceiver):
         self.abort(f"timed out after {timeout:g}s waiting for the reply to {step}")
 
     def _write(self, data: bytes) -> None:
-        if self.connected_:
+        if self._corked is not None:
+            self._corked.append(data)
+        elif self.connected_:
             self.transport.write(data)
 
     async def _command(self, command: bytes, step: str) -> Reply:
@@ -262,6 +282,7 @@ class SMTPClientProtocol(LineReceiver):
                 self.abort("relay sent data in clear after its STARTTLS reply")
                 raise SessionFailed(retry("relay sent data in clear after its STARTTLS reply"))
             self._tls_started = True
+            self._uncork()  # nothing is pending; but never let clear text follow TLS
             self.transport.startTLS(tls_options)
             await self._ehlo(helo_name)  # RFC 3207: forget what we knew before TLS
         if username is not None:
@@ -464,6 +485,7 @@ class SMTPClientProtocol(LineReceiver):
         if self.connected_:
             await self._command(b"QUIT", "QUIT")
         if self.connected_:
+            self._uncork()
             self.transport.loseConnection()
             closed = self.when_closed()
             # A TLS close can wait for the peer; do not let it hang close().
