@@ -326,34 +326,19 @@ class OutboxStore:
     async def _record(self, cursor, owner, decisions, now, throttled, pause_until):
         latencies: list[float] = []
         if decisions:
-            await cursor.execute(
-                "UPDATE outbox o SET state = v.state, attempts = v.attempts,"
-                " next_attempt_at = coalesce(to_timestamp(v.next_at), o.next_attempt_at),"
-                " reason = v.reason, lease_owner = NULL, lease_until = NULL, updated_at = now(),"
-                " finished_at = CASE WHEN v.state IN ('sent', 'failed') THEN now() END"
-                " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::float8[], %s::text[])"
-                "   AS v(id, state, attempts, next_at, reason)"
-                " WHERE o.id = v.id AND o.state = 'sending' AND o.lease_owner = %s"
-                " RETURNING extract(epoch FROM now() - o.created_at)::float8, v.state",
-                ([d.outbox_id for d in decisions], [d.state for d in decisions],
-                 [d.attempts for d in decisions], [d.next_attempt_at for d in decisions],
-                 [d.reason for d in decisions], owner),
-            )
-            latencies = [seconds for seconds, state in cursor.fetchall() if state == "sent"]
-            await cursor.execute(
-                "INSERT INTO outbox_attempts (outbox_id, outcome, code, reply, sender)"
-                " SELECT *, %s FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[])",
-                (owner, [d.outbox_id for d in decisions], [d.outcome for d in decisions],
-                 [d.code for d in decisions], [d.reply for d in decisions]),
-            )
-            sent = sum(1 for d in decisions if d.state == "sent")
+            sent = [d for d in decisions if d.state == "sent"]
+            others = [d for d in decisions if d.state != "sent"] if len(sent) < len(decisions) else []
+            if sent:
+                latencies = await record_sent_txn(cursor, owner, sent)
+            if others:
+                await record_outcomes_txn(cursor, owner, others)
             if sent:
                 await cursor.execute(
                     "INSERT INTO send_daily_usage (day, sent) VALUES (%s, %s)"
                     " ON CONFLICT (day) DO UPDATE SET sent = send_daily_usage.sent + EXCLUDED.sent",
-                    (_utc_day(now), sent),
+                    (_utc_day(now), len(sent)),
                 )
-            if any(d.state == "queued" for d in decisions):
+            if any(d.state == "queued" for d in others):
                 await notify(cursor, OUTBOX_CHANNEL)
         if throttled or pause_until:
             await cursor.execute(
@@ -615,6 +600,64 @@ class OutboxStore:
             return added, removed
 
         return await self.db.transaction(apply)
+
+
+def int_array(values: Iterable[int | None]) -> str:
+    """
+    A PostgreSQL array literal of integers, for a C{%s::bigint[]} (or
+    C{int[]}) parameter: one string for psycopg2 to quote instead of one
+    adapted value per element (the record statements carry hundreds).
+    """
+    return "{" + ",".join("NULL" if v is None else str(int(v)) for v in values) + "}"
+
+
+async def record_sent_txn(cursor, owner: str, decisions: Sequence[Decision]) -> list[float]:
+    """
+    Mark the rows of C{decisions} (all C{sent}) sent and log their
+    attempts, in one statement; a row whose lease C{owner} no longer holds
+    is left alone (its attempt is still logged).  Returns the seconds from
+    enqueue to now of each row marked sent.
+    """
+    await cursor.execute(
+        "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::int[],"
+        "   %s::text[]) AS v(id, attempts, reason, code, reply)),"
+        " done AS (UPDATE outbox o SET state = 'sent', attempts = v.attempts, reason = v.reason,"
+        "   lease_owner = NULL, lease_until = NULL, updated_at = now(), finished_at = now()"
+        "   FROM v WHERE o.id = v.id AND o.state = 'sending' AND o.lease_owner = %s"
+        "   RETURNING extract(epoch FROM now() - o.created_at)::float8),"
+        " logged AS (INSERT INTO outbox_attempts (outbox_id, outcome, code, reply, sender)"
+        "   SELECT id, 'sent', code, reply, %s FROM v)"
+        " SELECT * FROM done",
+        (int_array(d.outbox_id for d in decisions), int_array(d.attempts for d in decisions),
+         [d.reason for d in decisions], int_array(d.code for d in decisions),
+         [d.reply for d in decisions], owner, owner),
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+async def record_outcomes_txn(cursor, owner: str, decisions: Sequence[Decision]) -> None:
+    """
+    Apply decisions of any state (requeued, failed, sent) to rows whose
+    lease C{owner} holds, and log every attempt.
+    """
+    await cursor.execute(
+        "UPDATE outbox o SET state = v.state, attempts = v.attempts,"
+        " next_attempt_at = coalesce(to_timestamp(v.next_at), o.next_attempt_at),"
+        " reason = v.reason, lease_owner = NULL, lease_until = NULL, updated_at = now(),"
+        " finished_at = CASE WHEN v.state IN ('sent', 'failed') THEN now() END"
+        " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::float8[], %s::text[])"
+        "   AS v(id, state, attempts, next_at, reason)"
+        " WHERE o.id = v.id AND o.state = 'sending' AND o.lease_owner = %s",
+        ([d.outbox_id for d in decisions], [d.state for d in decisions],
+         [d.attempts for d in decisions], [d.next_attempt_at for d in decisions],
+         [d.reason for d in decisions], owner),
+    )
+    await cursor.execute(
+        "INSERT INTO outbox_attempts (outbox_id, outcome, code, reply, sender)"
+        " SELECT *, %s FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[])",
+        (owner, [d.outbox_id for d in decisions], [d.outcome for d in decisions],
+         [d.code for d in decisions], [d.reply for d in decisions]),
+    )
 
 
 # -- inside a caller's transaction (the relay processor queues its copies in
