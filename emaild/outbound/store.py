@@ -172,6 +172,156 @@ async def save_bucket_txn(cursor, bucket: Bucket) -> None:
     )
 
 
+async def claim_txn(cursor, owner: str, now: float, limit: int, limits: RateLimits,
+                    classes: Mapping[str, QoSClass]) -> ClaimResult:
+    """L{OutboxStore.claim} inside the caller's transaction."""
+    relay = await load_bucket_txn(cursor, RELAY_BUCKET, limits.burst, now)
+    relay.refill(limits.rate, limits.burst, now)
+    allowed = min(limit, relay.available(now))
+    retry_in = relay.wait(limits.rate, now) if allowed == 0 else None
+    if limits.daily_quota and allowed:
+        await cursor.execute(
+            "SELECT coalesce((SELECT sent FROM send_daily_usage WHERE day = %s), 0)"
+            " + (SELECT count(*) FROM outbox WHERE state = 'sending')",
+            (_utc_day(now),),
+        )
+        remaining = limits.daily_quota - cursor.fetchone()[0]
+        if remaining <= 0:
+            tomorrow = datetime.datetime.combine(
+                _utc_day(now) + datetime.timedelta(days=1), datetime.time(),
+                datetime.timezone.utc)
+            retry_in = tomorrow.timestamp() - now
+        allowed = max(0, min(allowed, remaining))
+
+    # classes with their own rate: their bucket caps their share
+    capped = {}
+    for name, qos in classes.items():
+        if qos.rate > 0:
+            bucket = await load_bucket_txn(cursor, f"qos:{name}", max(1.0, qos.rate), now)
+            bucket.refill(qos.rate, max(1.0, qos.rate), now)
+            capped[name] = bucket
+    exhausted = [name for name, b in capped.items() if b.available(now) == 0]
+
+    if allowed == 0:
+        await cursor.execute(
+            "SELECT 1 FROM outbox WHERE state = 'queued' AND next_attempt_at <= to_timestamp(%s)"
+            " LIMIT 1", (now,))
+        due = cursor.fetchone() is not None
+        await save_bucket_txn(cursor, relay)
+        return ClaimResult([], 0, retry_in if due else None)
+
+    await cursor.execute(
+        "SELECT o.id, o.qos, o.recipient, o.envelope_from, o.body, o.attempts, s.reason,"
+        "   CASE WHEN o.unsubscribable THEN o.person_id END, o.course_id, o.kind"
+        " FROM outbox o LEFT JOIN suppressions s ON s.address = lower(o.recipient)"
+        " WHERE o.state = 'queued' AND o.next_attempt_at <= to_timestamp(%s)"
+        "   AND o.qos <> ALL(%s::text[])"
+        " ORDER BY o.priority DESC, o.next_attempt_at, o.id"
+        " LIMIT %s FOR UPDATE OF o SKIP LOCKED",
+        (now, exhausted, allowed),
+    )
+    rows = cursor.fetchall()
+    opted_out = await opted_out_txn(cursor, rows)
+    claimed, suppressed = [], []
+    for (row_id, qos, recipient, envelope_from, body, attempts, suppression,
+         _person, _course, _kind) in rows:
+        if suppression is not None:
+            suppressed.append((row_id, f"suppressed: {suppression}"))
+            continue
+        if row_id in opted_out:
+            suppressed.append((row_id, f"suppressed: {opted_out[row_id]}"))
+            continue
+        class_bucket = capped.get(qos)
+        if class_bucket is not None:
+            if class_bucket.available(now) == 0:
+                continue  # left queued for a later claim
+            class_bucket.take(1)
+        claimed.append(Claimed(row_id, qos, recipient, envelope_from, bytes(body), attempts))
+    relay.take(len(claimed))
+
+    if claimed:
+        await cursor.execute(
+            "UPDATE outbox SET state = 'sending', lease_owner = %s,"
+            " lease_until = to_timestamp(%s), updated_at = now()"
+            " WHERE id = ANY(%s)",
+            (owner, now + limits.lease, [m.id for m in claimed]),
+        )
+    if suppressed:
+        await cursor.execute(
+            "UPDATE outbox o SET state = 'suppressed', reason = v.reason,"
+            " updated_at = now(), finished_at = now()"
+            " FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason) WHERE o.id = v.id",
+            ([i for i, _ in suppressed], [r for _, r in suppressed]),
+        )
+    await save_bucket_txn(cursor, relay)
+    for bucket in capped.values():
+        await save_bucket_txn(cursor, bucket)
+    if len(claimed) < allowed and len(rows) == allowed:
+        retry_in = 0.0  # some rows were skipped by a class cap or suppressed: look again
+    elif len(claimed) == allowed and allowed < limit:
+        retry_in = relay.wait(limits.rate, now)
+    return ClaimResult(claimed, len(suppressed), retry_in)
+
+
+async def opted_out_txn(cursor, rows) -> dict[int, str]:
+    """
+    {outbox id: reason} for the claimed rows whose person opted out of
+    them; one indexed query, and none when no row is unsubscribable.
+    """
+    wanted = [(r[0], r[7], r[8], r[9]) for r in rows if r[7] is not None and r[6] is None]
+    if not wanted:
+        return {}
+    await cursor.execute(
+        "SELECT DISTINCT ON (v.id) v.id, m.person_id, m.course_id, m.kind, m.source,"
+        "   to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[])"
+        "   AS v(id, person_id, course_id, kind)"
+        " JOIN mail_optouts m ON m.person_id = v.person_id"
+        "   AND (m.course_id IS NULL OR m.course_id = v.course_id)"
+        "   AND (m.kind IS NULL OR m.kind = v.kind)"
+        # the narrowest matching opt-out names the reason
+        " ORDER BY v.id, m.kind IS NULL, m.course_id IS NULL, m.id",
+        ([w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted],
+         [w[3] for w in wanted]),
+    )
+    return {row_id: optout_reason(person_id, Scope(course_id, kind), source, day)
+            for row_id, person_id, course_id, kind, source, day in cursor.fetchall()}
+
+
+async def record_txn(cursor, owner: str, decisions: Sequence[Decision], now: float,
+                     throttled: bool, pause_until: float) -> list[float]:
+    """L{OutboxStore.record} inside the caller's transaction."""
+    latencies: list[float] = []
+    if decisions:
+        sent = [d for d in decisions if d.state == "sent"]
+        others = [d for d in decisions if d.state != "sent"] if len(sent) < len(decisions) else []
+        if sent:
+            latencies = await record_sent_txn(cursor, owner, sent)
+        if others:
+            await record_outcomes_txn(cursor, owner, others)
+        if sent:
+            await cursor.execute(
+                "INSERT INTO send_daily_usage (day, sent) VALUES (%s, %s)"
+                " ON CONFLICT (day) DO UPDATE SET sent = send_daily_usage.sent + EXCLUDED.sent",
+                (_utc_day(now), len(sent)),
+            )
+        if any(d.state == "queued" for d in others):
+            await notify(cursor, OUTBOX_CHANNEL)
+    if throttled or pause_until:
+        await cursor.execute(
+            "SELECT tokens, refilled_at, slowdown, slowed_at, paused_until"
+            " FROM send_buckets WHERE name = %s FOR UPDATE", (RELAY_BUCKET,))
+        row = cursor.fetchone()
+        if row is not None:
+            bucket = Bucket(RELAY_BUCKET, *row)
+            if throttled:
+                bucket.throttled(now)
+            if pause_until:
+                bucket.pause(pause_until)
+            await save_bucket_txn(cursor, bucket)
+    return latencies
+
+
 class OutboxStore:
     def __init__(self, db: Database):
         self.db = db
@@ -196,120 +346,7 @@ class OutboxStore:
         of all mail (in their course or in every course), are marked
         C{suppressed} instead, with the reason.  Fires with a L{ClaimResult}.
         """
-        return await self.db.transaction(self._claim, owner, now, limit, limits, classes)
-
-    async def _claim(self, cursor, owner, now, limit, limits: RateLimits, classes):
-        relay = await load_bucket_txn(cursor, RELAY_BUCKET, limits.burst, now)
-        relay.refill(limits.rate, limits.burst, now)
-        allowed = min(limit, relay.available(now))
-        retry_in = relay.wait(limits.rate, now) if allowed == 0 else None
-        if limits.daily_quota and allowed:
-            await cursor.execute(
-                "SELECT coalesce((SELECT sent FROM send_daily_usage WHERE day = %s), 0)"
-                " + (SELECT count(*) FROM outbox WHERE state = 'sending')",
-                (_utc_day(now),),
-            )
-            remaining = limits.daily_quota - cursor.fetchone()[0]
-            if remaining <= 0:
-                tomorrow = datetime.datetime.combine(
-                    _utc_day(now) + datetime.timedelta(days=1), datetime.time(),
-                    datetime.timezone.utc)
-                retry_in = tomorrow.timestamp() - now
-            allowed = max(0, min(allowed, remaining))
-
-        # classes with their own rate: their bucket caps their share
-        capped = {}
-        for name, qos in classes.items():
-            if qos.rate > 0:
-                bucket = await load_bucket_txn(cursor, f"qos:{name}", max(1.0, qos.rate), now)
-                bucket.refill(qos.rate, max(1.0, qos.rate), now)
-                capped[name] = bucket
-        exhausted = [name for name, b in capped.items() if b.available(now) == 0]
-
-        if allowed == 0:
-            await cursor.execute(
-                "SELECT 1 FROM outbox WHERE state = 'queued' AND next_attempt_at <= to_timestamp(%s)"
-                " LIMIT 1", (now,))
-            due = cursor.fetchone() is not None
-            await save_bucket_txn(cursor, relay)
-            return ClaimResult([], 0, retry_in if due else None)
-
-        await cursor.execute(
-            "SELECT o.id, o.qos, o.recipient, o.envelope_from, o.body, o.attempts, s.reason,"
-            "   CASE WHEN o.unsubscribable THEN o.person_id END, o.course_id, o.kind"
-            " FROM outbox o LEFT JOIN suppressions s ON s.address = lower(o.recipient)"
-            " WHERE o.state = 'queued' AND o.next_attempt_at <= to_timestamp(%s)"
-            "   AND o.qos <> ALL(%s::text[])"
-            " ORDER BY o.priority DESC, o.next_attempt_at, o.id"
-            " LIMIT %s FOR UPDATE OF o SKIP LOCKED",
-            (now, exhausted, allowed),
-        )
-        rows = cursor.fetchall()
-        opted_out = await self._opted_out(cursor, rows)
-        claimed, suppressed = [], []
-        for (row_id, qos, recipient, envelope_from, body, attempts, suppression,
-             _person, _course, _kind) in rows:
-            if suppression is not None:
-                suppressed.append((row_id, f"suppressed: {suppression}"))
-                continue
-            if row_id in opted_out:
-                suppressed.append((row_id, f"suppressed: {opted_out[row_id]}"))
-                continue
-            class_bucket = capped.get(qos)
-            if class_bucket is not None:
-                if class_bucket.available(now) == 0:
-                    continue  # left queued for a later claim
-                class_bucket.take(1)
-            claimed.append(Claimed(row_id, qos, recipient, envelope_from, bytes(body), attempts))
-        relay.take(len(claimed))
-
-        if claimed:
-            await cursor.execute(
-                "UPDATE outbox SET state = 'sending', lease_owner = %s,"
-                " lease_until = to_timestamp(%s), updated_at = now()"
-                " WHERE id = ANY(%s)",
-                (owner, now + limits.lease, [m.id for m in claimed]),
-            )
-        if suppressed:
-            await cursor.execute(
-                "UPDATE outbox o SET state = 'suppressed', reason = v.reason,"
-                " updated_at = now(), finished_at = now()"
-                " FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason) WHERE o.id = v.id",
-                ([i for i, _ in suppressed], [r for _, r in suppressed]),
-            )
-        await save_bucket_txn(cursor, relay)
-        for bucket in capped.values():
-            await save_bucket_txn(cursor, bucket)
-        if len(claimed) < allowed and len(rows) == allowed:
-            retry_in = 0.0  # some rows were skipped by a class cap or suppressed: look again
-        elif len(claimed) == allowed and allowed < limit:
-            retry_in = relay.wait(limits.rate, now)
-        return ClaimResult(claimed, len(suppressed), retry_in)
-
-    @staticmethod
-    async def _opted_out(cursor, rows) -> dict[int, str]:
-        """
-        {outbox id: reason} for the claimed rows whose person opted out of
-        them; one indexed query, and none when no row is unsubscribable.
-        """
-        wanted = [(r[0], r[7], r[8], r[9]) for r in rows if r[7] is not None and r[6] is None]
-        if not wanted:
-            return {}
-        await cursor.execute(
-            "SELECT DISTINCT ON (v.id) v.id, m.person_id, m.course_id, m.kind, m.source,"
-            "   to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-            " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[])"
-            "   AS v(id, person_id, course_id, kind)"
-            " JOIN mail_optouts m ON m.person_id = v.person_id"
-            "   AND (m.course_id IS NULL OR m.course_id = v.course_id)"
-            "   AND (m.kind IS NULL OR m.kind = v.kind)"
-            # the narrowest matching opt-out names the reason
-            " ORDER BY v.id, m.kind IS NULL, m.course_id IS NULL, m.id",
-            ([w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted],
-             [w[3] for w in wanted]),
-        )
-        return {row_id: optout_reason(person_id, Scope(course_id, kind), source, day)
-                for row_id, person_id, course_id, kind, source, day in cursor.fetchall()}
+        return await self.db.transaction(claim_txn, owner, now, limit, limits, classes)
 
     # -- results ---------------------------------------------------------------
     async def record(self, owner: str, decisions: Sequence[Decision], now: float,
@@ -320,39 +357,8 @@ class OutboxStore:
         relay throttled us.  Fires with the seconds from enqueue to now of
         each message recorded as sent (for the latency metric).
         """
-        return await self.db.transaction(self._record, owner, decisions, now, throttled,
+        return await self.db.transaction(record_txn, owner, decisions, now, throttled,
                                          pause_until)
-
-    async def _record(self, cursor, owner, decisions, now, throttled, pause_until):
-        latencies: list[float] = []
-        if decisions:
-            sent = [d for d in decisions if d.state == "sent"]
-            others = [d for d in decisions if d.state != "sent"] if len(sent) < len(decisions) else []
-            if sent:
-                latencies = await record_sent_txn(cursor, owner, sent)
-            if others:
-                await record_outcomes_txn(cursor, owner, others)
-            if sent:
-                await cursor.execute(
-                    "INSERT INTO send_daily_usage (day, sent) VALUES (%s, %s)"
-                    " ON CONFLICT (day) DO UPDATE SET sent = send_daily_usage.sent + EXCLUDED.sent",
-                    (_utc_day(now), len(sent)),
-                )
-            if any(d.state == "queued" for d in others):
-                await notify(cursor, OUTBOX_CHANNEL)
-        if throttled or pause_until:
-            await cursor.execute(
-                "SELECT tokens, refilled_at, slowdown, slowed_at, paused_until"
-                " FROM send_buckets WHERE name = %s FOR UPDATE", (RELAY_BUCKET,))
-            row = cursor.fetchone()
-            if row is not None:
-                bucket = Bucket(RELAY_BUCKET, *row)
-                if throttled:
-                    bucket.throttled(now)
-                if pause_until:
-                    bucket.pause(pause_until)
-                await save_bucket_txn(cursor, bucket)
-        return latencies
 
     async def recover_leases(self, now: float):
         """
