@@ -158,6 +158,11 @@ class SMTPClientProtocol(LineReceiver):
         if line[-1:] == b"\r":
             line = line[:-1]
         separator = line[3:4]
+        if separator == b" " and not self._pending and line[:3].isdigit():
+            # the common case: a one-line reply
+            reply = Reply(int(line[:3]), (line[4:].decode("utf-8", "replace"),))
+            self._replied(reply)
+            return
         if len(line) < 3 or not line[:3].isdigit() or separator not in (b" ", b"-", b""):
             text = line.decode("utf-8", "replace")
             self.log.warn("garbled reply from {host}: {line!r}", host=self.host, line=text)
@@ -168,6 +173,9 @@ class SMTPClientProtocol(LineReceiver):
             return
         reply = Reply(int(line[:3]), tuple(self._pending))
         self._pending = []
+        self._replied(reply)
+
+    def _replied(self, reply: Reply) -> None:
         if reply.code == 421:
             self.broken = True  # the relay is closing the session (RFC 5321 3.8)
         if not self._replies.answer(reply):

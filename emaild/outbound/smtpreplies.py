@@ -39,6 +39,8 @@ class ReplyQueue:
         #: (step, timeout, handler, argument) per reply awaited
         self.entries: collections.deque = collections.deque()
         self.timer = None
+        #: a handler is running: what it expects is timed once it returns
+        self._answering = False
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -46,7 +48,7 @@ class ReplyQueue:
     def expect(self, step: str, timeout: float, handler: Handler, argument) -> None:
         """Wait for one more reply; C{handler(argument, reply)} gets it."""
         self.entries.append((step, timeout, handler, argument))
-        if len(self.entries) == 1:
+        if len(self.entries) == 1 and not self._answering:
             self._arm()
 
     def answer(self, reply: Reply) -> bool:
@@ -55,11 +57,18 @@ class ReplyQueue:
         if not entries:
             return False
         _, _, handler, argument = entries.popleft()
-        if entries:
-            self._arm()
-        else:
-            self.cancel_timer()
-        handler(argument, reply)
+        # The timer is re-armed (reset) for the new head after the handler,
+        # which often expects the next reply: one timer for the session
+        # rather than a new one per message.
+        self._answering = True
+        try:
+            handler(argument, reply)
+        finally:
+            self._answering = False
+            if entries:
+                self._arm()
+            else:
+                self.cancel_timer()
         return True
 
     def fail_all(self, template: str) -> None:
