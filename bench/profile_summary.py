@@ -29,10 +29,13 @@ def _profile_category(frames: list[str]) -> str:
     ours = [f.replace("/emaild/", "(emaild/") for f in frames if "emaild/" in f]
     if ours:
         leaf = ours[-1]
-        if "(emaild/outbound/store.py" in leaf:
+        if "(emaild/outbound/store.py" in leaf or "(emaild/outbound/claim_store.py" in leaf:
             name = leaf.split(" ")[0].rsplit(".", 1)[-1]
-            return {"_claim": "claim transaction (store._claim)",
-                    "_record": "record transaction (store._record)"}.get(
+            return {"claim_txn": "claim transaction (claim_txn)",
+                    "opted_out_txn": "claim transaction (claim_txn)",
+                    "record_txn": "record transaction (record_txn)",
+                    "record_sent_txn": "record transaction (record_txn)",
+                    "record_outcomes_txn": "record transaction (record_txn)"}.get(
                 name, "other queries (lease recovery, next_due)")
         if "(emaild/outbound/smtp" in leaf:
             return "SMTP client (smtp.py, smtpclient.py)"

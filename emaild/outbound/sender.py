@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from typing import Callable
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -45,6 +46,8 @@ FLUSH_DELAY = 0.05
 WINDOW_PER_CONNECTION = 128
 #: after a database error, try again after this long
 DB_RETRY_DELAY = 1.0
+#: the stats counter of each next state of a delivered row
+_STATS_KEY = {"sent": "sent", "failed": "failed"}
 
 
 def make_owner() -> str:
@@ -83,9 +86,12 @@ class Sender(service.Service):
         self._pause_until = 0.0
         self._flush_timer = None
         self._flushing: defer.Deferred | None = None
+        self._recovering = False    # a lease renewal and recovery is under way
         #: counters for /healthz and tests
         self.stats = {"claimed": 0, "sent": 0, "failed": 0, "retried": 0,
                       "throttled": 0, "suppressed": 0, "recovered": 0}
+        #: (qos, state) -> the inc() of its labelled counter
+        self._counters: dict[tuple[str, str], Callable[[], None]] = {}
 
     # -- life cycle ----------------------------------------------------------
     starting: defer.Deferred | None = None
@@ -196,10 +202,18 @@ class Sender(service.Service):
         self._timer = None
 
     def _beat(self):
-        d = defer.ensureDeferred(self._recover())
-        d.addErrback(lambda f: log.failure("lease recovery failed", f)
-                     if not f.check(DatabaseUnavailable) else None)
+        # One recovery at a time: a beat while the last one still waits for
+        # the database would renew the same leases again.
+        if not self._recovering:
+            self._recovering = True
+            d = defer.ensureDeferred(self._recover())
+            d.addErrback(lambda f: log.failure("lease recovery failed", f)
+                         if not f.check(DatabaseUnavailable) else None)
+            d.addBoth(self._recovered)
         self.wake()
+
+    def _recovered(self, _):
+        self._recovering = False
 
     async def _recover(self):
         now = self.reactor.seconds()
@@ -279,11 +293,31 @@ class Sender(service.Service):
     # -- delivering ------------------------------------------------------------
     def _dispatch(self, claimed, lease_until: float) -> None:
         message = OutgoingMessage(claimed.id, claimed.envelope_from, claimed.recipient, claimed.data)
-        d = defer.maybeDeferred(self.transport.deliver, message)
-        d.addErrback(lambda f: DeliveryResult(Outcome.RETRY, None, f"transport error: {f.value}"))
+        # Called directly rather than through maybeDeferred, and one
+        # callback pair rather than an errback and a callback: this runs
+        # once per message.
+        try:
+            d = self.transport.deliver(message)
+        except Exception:
+            d = defer.fail()
         self._in_flight[claimed.id] = d
         self._leases[claimed.id] = lease_until
-        d.addCallback(self._delivered, claimed)
+        d.addCallbacks(self._delivered, self._transport_failed,
+                       callbackArgs=(claimed,), errbackArgs=(claimed,))
+
+    def _transport_failed(self, failure, claimed) -> None:
+        self._delivered(DeliveryResult(Outcome.RETRY, None, f"transport error: {failure.value}"),
+                        claimed)
+
+    def _count(self, qos: str, state: str) -> None:
+        """One outcome in the stats and the metrics (labelled counters cached)."""
+        self.stats[_STATS_KEY.get(state, "retried")] += 1
+        inc = self._counters.get((qos, state))
+        if inc is None:
+            metric = {"sent": self.metrics.sent,
+                      "failed": self.metrics.failed}.get(state, self.metrics.retried)
+            inc = self._counters[qos, state] = metric.labels(qos).inc
+        inc()
 
     def _delivered(self, result: DeliveryResult, claimed) -> None:
         del self._in_flight[claimed.id]
@@ -292,11 +326,9 @@ class Sender(service.Service):
         qos = self.config.qos_class(claimed.qos)
         decision = decide(claimed.id, claimed.attempts, qos, result, now,
                           releasing=self._stopping)
-        key = {"sent": "sent", "failed": "failed"}.get(decision.state, "retried")
-        self.stats[key] += 1
-        self.metrics.delivered(claimed.qos, decision.state,
-                               throttled=result.outcome is Outcome.THROTTLED)
+        self._count(claimed.qos, decision.state)
         if result.outcome is Outcome.THROTTLED:
+            self.metrics.throttled.inc()
             self.stats["throttled"] += 1
             self._throttled = True
         elif result.outcome is Outcome.QUOTA:

@@ -10,16 +10,15 @@ resend a message, it mangles CRLF input and dot-stuffs per 16 KiB chunk,
 and it can leave Deferreds pending for ever (see docs/smtp-protocols.md and
 the known traps in docs/design.md).
 
-Every reply we wait for is an entry in a FIFO (replies come back in the
-order the commands went out) guarded by one timer; an entry never goes
-unanswered: when the connection is lost or the timer fires it gets a
-L{Reply} whose C{code} is None and whose text says what happened.
+Every reply we wait for is an entry in a L{ReplyQueue}
+(L{emaild.outbound.smtpreplies}), which answers every entry: with the
+relay's reply, or with a L{Reply} whose C{code} is None saying what
+happened instead.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
@@ -27,30 +26,18 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
-from emaild.outbound.smtpwire import Reply, SessionFailed, classify, prepare_data, retry
-from emaild.outbound.transport import DeliveryResult, Outcome
-
-
-def _esc(text: str) -> str:
-    """Protect text that goes into a str.format template."""
-    return text.replace("{", "{{").replace("}", "}}")
-
-
-class _Transaction:
-    """One message on its way through MAIL, RCPT, DATA and the data."""
-
-    __slots__ = ("message", "finish", "data", "rcpt", "result", "done")
-
-    def __init__(self, message, finish, data: bytes, rcpt: bytes):
-        self.message = message
-        #: called once with the message's L{DeliveryResult}
-        self.finish = finish
-        #: what goes on the wire after the 354 (None once written)
-        self.data: bytes | None = data
-        self.rcpt = rcpt
-        #: the outcome decided by a refusal before the data, if any
-        self.result: DeliveryResult | None = None
-        self.done = False
+from emaild.outbound.smtpreplies import ReplyQueue, describe_loss, escape_format
+from emaild.outbound.smtpwire import (
+    Reply,
+    SessionFailed,
+    Transaction,
+    end_of_data_result,
+    parse_ehlo,
+    prepare_data,
+    refusal_result,
+    retry,
+)
+from emaild.outbound.transport import DeliveryResult
 
 
 @implementer(IHandshakeListener)
@@ -93,9 +80,7 @@ class SMTPClientProtocol(LineReceiver):
         self.on_lost = None
         #: called (no arguments) whenever L{accepting} becomes true
         self.on_ready = None
-        #: (step, timeout, handler, argument) per reply awaited, in order
-        self._waiters: collections.deque = collections.deque()
-        self._timer = None
+        self._replies = ReplyQueue(reactor, self._timed_out)
         self._pending: list[str] = []
         self._lost_text: str | None = None
         self._tls_started = implicit_tls
@@ -103,6 +88,8 @@ class SMTPClientProtocol(LineReceiver):
         self._closed_waiters: list[Deferred] = []
         self._drain_waiters: list[Deferred] = []
         self._greeting: Deferred | None = None
+        #: writes held back while a chunk of replies is handled (see dataReceived)
+        self._corked: list[bytes] | None = None
         #: messages handed to L{send} whose outcome is not known yet
         self.unfinished = 0
 
@@ -122,30 +109,17 @@ class SMTPClientProtocol(LineReceiver):
     def connectionLost(self, reason):
         self.connected_ = False
         self.accepting = False
-        self._cancel_timer()
+        self._replies.cancel_timer()
         if self._lost_text is None:
-            self._lost_text = self._describe_loss(reason)
+            self._lost_text = describe_loss(reason, self.host, self._tls_started, self._tls_done)
         if self.on_lost is not None:
             # first, so that whoever hears of the outcomes below does not
             # hand this connection another message
             self.on_lost()
-        waiters, self._waiters = self._waiters, collections.deque()
-        for step, _, handler, argument in waiters:
-            handler(argument, Reply(None, (self._lost_text.format(step=step),)))
+        self._replies.fail_all(self._lost_text)
         closed, self._closed_waiters = self._closed_waiters, []
         for d in closed:
             d.callback(None)
-
-    def _describe_loss(self, reason) -> str:
-        detail = _esc(reason.getErrorMessage())
-        if self._tls_started and not self._tls_done:
-            if "VerificationError" in repr(reason.value):
-                return (f"certificate check failed for relay {self.host}: the certificate"
-                        f" is not valid for this host name ({detail})")
-            if "certificate" in detail.lower():
-                return f"certificate check failed for relay {self.host}: {detail}"
-            return f"TLS handshake with relay {self.host} failed: {detail}"
-        return "connection lost during {step}: " + detail
 
     def abort(self, text: str):
         """Drop the connection now; waiters get C{text} (may use {step})."""
@@ -163,36 +137,52 @@ class SMTPClientProtocol(LineReceiver):
         return d
 
     # -- replies -------------------------------------------------------
+    def dataReceived(self, data: bytes):
+        # What the replies in this chunk make us send (with PIPELINING: one
+        # message's data and the next one's MAIL, RCPT, DATA) leaves in one
+        # write: one transport write and socket send per message.
+        self._corked = []
+        try:
+            super().dataReceived(data)
+        finally:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and self.connected_:
+            self.transport.write(b"".join(corked))
+
     def lineReceived(self, line: bytes):
         if self._lost_text is not None:
             return  # we are dropping the connection; what follows is moot
         if line[-1:] == b"\r":
             line = line[:-1]
         separator = line[3:4]
+        if separator == b" " and not self._pending and line[:3].isdigit():
+            # the common case: a one-line reply
+            reply = Reply(int(line[:3]), (line[4:].decode("utf-8", "replace"),))
+            self._replied(reply)
+            return
         if len(line) < 3 or not line[:3].isdigit() or separator not in (b" ", b"-", b""):
             text = line.decode("utf-8", "replace")
             self.log.warn("garbled reply from {host}: {line!r}", host=self.host, line=text)
-            self.abort("relay sent a garbled reply during {step}: " + _esc(repr(text)))
+            self.abort("relay sent a garbled reply during {step}: " + escape_format(repr(text)))
             return
         self._pending.append(line[4:].decode("utf-8", "replace"))
         if separator == b"-":
             return
         reply = Reply(int(line[:3]), tuple(self._pending))
         self._pending = []
+        self._replied(reply)
+
+    def _replied(self, reply: Reply) -> None:
         if reply.code == 421:
             self.broken = True  # the relay is closing the session (RFC 5321 3.8)
-        waiters = self._waiters
-        if not waiters:
+        if not self._replies.answer(reply):
             self.log.warn("unexpected reply from {host}: {reply}", host=self.host, reply=str(reply))
             if reply.code == 421:
+                self._uncork()
                 self.transport.loseConnection()
-            return
-        _, _, handler, argument = waiters.popleft()
-        if waiters:
-            self._arm()
-        else:
-            self._cancel_timer()
-        handler(argument, reply)
 
     def lineLengthExceeded(self, line):
         self.abort("relay sent an over-long reply line during {step}")
@@ -203,40 +193,22 @@ class SMTPClientProtocol(LineReceiver):
             text = (self._lost_text or "connection lost during {step}").format(step=step)
             handler(argument, Reply(None, (text,)))
             return
-        self._waiters.append((step, timeout, handler, argument))
-        if len(self._waiters) == 1:
-            self._arm()
+        self._replies.expect(step, timeout, handler, argument)
 
     def _expect(self, step: str, timeout: float | None = None) -> Deferred:
         d = Deferred()
         self._await(step, timeout or self.reply_timeout, Deferred.callback, d)
         return d
 
-    def _arm(self):
-        # One timer, for the reply at the head of the queue: with pipelining
-        # each reply gets its full timeout counted from the previous one.
-        timeout = self._waiters[0][1]
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(timeout)
-        else:
-            self._timer = self.reactor.callLater(timeout, self._timed_out)
-
-    def _cancel_timer(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _timed_out(self):
-        self._timer = None
-        if not self._waiters:
-            return
-        step, timeout, _, _ = self._waiters[0]
+    def _timed_out(self, step: str, timeout: float):
         self.log.warn("{host}: no reply to {step} within {timeout}s", host=self.host,
                       step=step, timeout=timeout)
         self.abort(f"timed out after {timeout:g}s waiting for the reply to {step}")
 
     def _write(self, data: bytes) -> None:
-        if self.connected_:
+        if self._corked is not None:
+            self._corked.append(data)
+        elif self.connected_:
             self.transport.write(data)
 
     async def _command(self, command: bytes, step: str) -> Reply:
@@ -262,6 +234,7 @@ class SMTPClientProtocol(LineReceiver):
                 self.abort("relay sent data in clear after its STARTTLS reply")
                 raise SessionFailed(retry("relay sent data in clear after its STARTTLS reply"))
             self._tls_started = True
+            self._uncork()  # nothing is pending; but never let clear text follow TLS
             self.transport.startTLS(tls_options)
             await self._ehlo(helo_name)  # RFC 3207: forget what we knew before TLS
         if username is not None:
@@ -286,11 +259,7 @@ class SMTPClientProtocol(LineReceiver):
             self.extensions = {}
             return
         self._require(reply, (250,), "EHLO")
-        self.extensions = {}
-        for line in reply.lines[1:]:
-            keyword, _, params = line.strip().partition(" ")
-            keyword, eq, legacy = keyword.partition("=")  # old "AUTH=LOGIN" form
-            self.extensions[keyword.upper()] = (legacy + " " + params).strip() if eq else params
+        self.extensions = parse_ehlo(reply)
 
     async def _auth(self, username: bytes, password: bytes):
         mechanisms = self.extensions.get("AUTH", "").upper().split()
@@ -330,7 +299,7 @@ class SMTPClientProtocol(LineReceiver):
         if "8BITMIME" in extensions and not message.data.isascii():
             params += b" BODY=8BITMIME"
         mail = b"MAIL FROM:<%s>%s\r\n" % (message.sender.encode(), params)
-        txn = _Transaction(message, finish, data, b"RCPT TO:<%s>\r\n" % message.recipient.encode())
+        txn = Transaction(message, finish, data, b"RCPT TO:<%s>\r\n" % message.recipient.encode())
         timeout = self.reply_timeout
         if self.pipelining:
             self._write(mail + txn.rcpt + b"DATA\r\n")
@@ -341,21 +310,21 @@ class SMTPClientProtocol(LineReceiver):
             self._write(mail)
             self._await("MAIL FROM", timeout, self._on_mail, txn)
 
-    def _on_mail(self, txn: _Transaction, reply: Reply) -> None:
+    def _on_mail(self, txn: Transaction, reply: Reply) -> None:
         if reply.code != 250:
             self._refused(txn, "MAIL FROM", reply)
         elif not self.pipelining:
             self._write(txn.rcpt)
             self._await("RCPT TO", self.reply_timeout, self._on_rcpt, txn)
 
-    def _on_rcpt(self, txn: _Transaction, reply: Reply) -> None:
+    def _on_rcpt(self, txn: Transaction, reply: Reply) -> None:
         if reply.code != 250 and reply.code != 251:
             self._refused(txn, "RCPT TO", reply)
         elif not self.pipelining:
             self._write(b"DATA\r\n")
             self._await("DATA", self.reply_timeout, self._on_data, txn)
 
-    def _on_data(self, txn: _Transaction, reply: Reply) -> None:
+    def _on_data(self, txn: Transaction, reply: Reply) -> None:
         if reply.code == 354:
             if txn.result is None:
                 data, txn.data = txn.data, None
@@ -378,12 +347,12 @@ class SMTPClientProtocol(LineReceiver):
             txn.result = self._failed("DATA", reply)
         self._reset(txn, reply)
 
-    def _on_end(self, txn: _Transaction, reply: Reply) -> None:
+    def _on_end(self, txn: Transaction, reply: Reply) -> None:
         self._finish(txn, self._final(reply))
         if not self.pipelining and reply.code is not None:
             self._ready()
 
-    def _refused(self, txn: _Transaction, step: str, reply: Reply) -> None:
+    def _refused(self, txn: Transaction, step: str, reply: Reply) -> None:
         if reply.code is None:
             self.broken = True
             self._finish(txn, txn.result or retry(reply.text))
@@ -395,7 +364,7 @@ class SMTPClientProtocol(LineReceiver):
         # pipelined: the rest of the group's replies are still to come, and
         # _on_data sees the last one
 
-    def _reset(self, txn: _Transaction, reply: Reply) -> None:
+    def _reset(self, txn: Transaction, reply: Reply) -> None:
         """The transaction stopped before its data: report it, then RSET."""
         self._finish(txn, txn.result or retry(reply.text))
         if self.broken or not self.connected_:
@@ -415,7 +384,7 @@ class SMTPClientProtocol(LineReceiver):
         if self.on_ready is not None:
             self.on_ready()
 
-    def _finish(self, txn: _Transaction, result: DeliveryResult) -> None:
+    def _finish(self, txn: Transaction, result: DeliveryResult) -> None:
         if txn.done:
             return
         txn.done = True
@@ -429,7 +398,7 @@ class SMTPClientProtocol(LineReceiver):
     @property
     def awaiting(self) -> int:
         """How many replies we are waiting for (commands in flight)."""
-        return len(self._waiters)
+        return len(self._replies)
 
     def drained(self) -> Deferred:
         """Fires once every message handed to L{send} has its outcome."""
@@ -441,29 +410,21 @@ class SMTPClientProtocol(LineReceiver):
         return d
 
     def _final(self, reply: Reply) -> DeliveryResult:
-        if reply.code is None:
-            self.broken = True
-            return retry(reply.text)
-        if reply.code == 421:
-            self.broken = True
-        return DeliveryResult(classify(reply.code, reply.text), reply.code, reply.text)
+        result, broken = end_of_data_result(reply)
+        self.broken = self.broken or broken
+        return result
 
     def _failed(self, step: str, reply: Reply) -> DeliveryResult:
-        if reply.code is None:
-            self.broken = True
-            return retry(reply.text)
-        outcome = classify(reply.code, reply.text)
-        if reply.code == 421 or outcome is Outcome.SENT or not 400 <= reply.code < 600:
-            # 421 closes the session; a 2xx/3xx here means we lost track.
-            self.broken = True
-            outcome = Outcome.RETRY
-        return DeliveryResult(outcome, reply.code, f"{step}: {reply}")
+        result, broken = refusal_result(step, reply)
+        self.broken = self.broken or broken
+        return result
 
     async def quit(self):
         """Say QUIT, then close; bounded by the reply timeout."""
         if self.connected_:
             await self._command(b"QUIT", "QUIT")
         if self.connected_:
+            self._uncork()
             self.transport.loseConnection()
             closed = self.when_closed()
             # A TLS close can wait for the peer; do not let it hang close().

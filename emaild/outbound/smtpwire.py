@@ -1,8 +1,9 @@
 """
 The SMTP client's pure parts, kept apart from the protocol so they can be
-used and tested without a connection: replies, what a reply means for a
-message, the message data as it goes on the wire, and the envelope address
-check that keeps commands from being smuggled in.
+used and tested without a connection: replies, one message's transaction,
+what a reply means for a message, the EHLO keywords, the message data as it
+goes on the wire, and the envelope address check that keeps commands from
+being smuggled in.
 """
 
 from __future__ import annotations
@@ -53,6 +54,58 @@ def prepare_data(data: bytes) -> bytes:
     if data.startswith(b"."):
         data = b"." + data
     return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+class Transaction:
+    """One message on its way through MAIL, RCPT, DATA and the data."""
+
+    __slots__ = ("message", "finish", "data", "rcpt", "result", "done")
+
+    def __init__(self, message, finish, data: bytes, rcpt: bytes):
+        self.message = message
+        #: called once with the message's L{DeliveryResult}
+        self.finish = finish
+        #: what goes on the wire after the 354 (None once written)
+        self.data: bytes | None = data
+        self.rcpt = rcpt
+        #: the outcome decided by a refusal before the data, if any
+        self.result: DeliveryResult | None = None
+        self.done = False
+
+
+def end_of_data_result(reply: Reply) -> tuple[DeliveryResult, bool]:
+    """
+    The message's outcome from the reply to its data, and whether the
+    session must end (no reply, or 421).
+    """
+    if reply.code is None:
+        return retry(reply.text), True
+    return (DeliveryResult(classify(reply.code, reply.text), reply.code, reply.text),
+            reply.code == 421)
+
+
+def refusal_result(step: str, reply: Reply) -> tuple[DeliveryResult, bool]:
+    """
+    The message's outcome from a refusal of MAIL, RCPT or DATA, and whether
+    the session must end: 421 closes it, and a 2xx/3xx here (or no reply)
+    means we lost track of it.
+    """
+    if reply.code is None:
+        return retry(reply.text), True
+    outcome = classify(reply.code, reply.text)
+    if reply.code == 421 or outcome is Outcome.SENT or not 400 <= reply.code < 600:
+        return DeliveryResult(Outcome.RETRY, reply.code, f"{step}: {reply}"), True
+    return DeliveryResult(outcome, reply.code, f"{step}: {reply}"), False
+
+
+def parse_ehlo(reply: Reply) -> dict[str, str]:
+    """The extensions a 250 reply to EHLO offers: {KEYWORD: parameters}."""
+    extensions = {}
+    for line in reply.lines[1:]:
+        keyword, _, params = line.strip().partition(" ")
+        keyword, eq, legacy = keyword.partition("=")  # old "AUTH=LOGIN" form
+        extensions[keyword.upper()] = (legacy + " " + params).strip() if eq else params
+    return extensions
 
 
 def classify(code: int, text: str) -> Outcome:

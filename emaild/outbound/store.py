@@ -15,39 +15,21 @@ import datetime
 from typing import Iterable, Mapping, Sequence
 
 import attrs
-from psycopg2 import Binary
 
 from emaild.config import QoSClass
 from emaild.db.database import Database, notify
-from emaild.outbound.bucket import Bucket
+from emaild.outbound.claim_store import (
+    OUTBOX_CHANNEL,
+    RateLimits,
+    claim_txn,
+    record_txn,
+)
 from emaild.outbound.compose import Rendered
-from emaild.outbound.kinds import Scope, optout_reason
+from emaild.outbound.enqueue_store import insert_messages_txn
+from emaild.outbound.kinds import Scope
 from emaild.outbound.policy import Decision
 
-#: NOTIFY channel that wakes idle senders when mail is queued
-OUTBOX_CHANNEL = "emaild_outbox"
-RELAY_BUCKET = "relay"
 STATES = ("queued", "sending", "sent", "failed", "suppressed")
-
-
-@attrs.frozen
-class Claimed:
-    id: int
-    qos: str
-    recipient: str
-    envelope_from: str
-    data: bytes
-    #: attempts that counted before this claim
-    attempts: int
-
-
-@attrs.frozen
-class ClaimResult:
-    messages: list[Claimed]
-    suppressed: int
-    #: seconds until claiming again is worth it (tokens, quota or a pause);
-    #: None when nothing is due
-    retry_in: float | None
 
 
 @attrs.frozen
@@ -58,14 +40,6 @@ class OptOut:
     source: str
     #: seconds since the epoch
     created_at: float
-
-
-@attrs.frozen
-class RateLimits:
-    rate: float
-    burst: float
-    daily_quota: int  # 0 = none
-    lease: float
 
 
 @attrs.frozen
@@ -145,33 +119,6 @@ class BatchFailure:
     last_reply: str | None
 
 
-def _utc_day(now: float) -> datetime.date:
-    return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
-
-
-async def load_bucket_txn(cursor, name: str, burst: float, now: float) -> Bucket:
-    await cursor.execute(
-        "INSERT INTO send_buckets (name, tokens, refilled_at) VALUES (%s, %s, %s)"
-        " ON CONFLICT (name) DO NOTHING",
-        (name, burst, now),
-    )
-    await cursor.execute(
-        "SELECT tokens, refilled_at, slowdown, slowed_at, paused_until"
-        " FROM send_buckets WHERE name = %s FOR UPDATE",
-        (name,),
-    )
-    return Bucket(name, *cursor.fetchone())
-
-
-async def save_bucket_txn(cursor, bucket: Bucket) -> None:
-    await cursor.execute(
-        "UPDATE send_buckets SET tokens = %s, refilled_at = %s, slowdown = %s,"
-        " slowed_at = %s, paused_until = %s WHERE name = %s",
-        (bucket.tokens, bucket.refilled_at, bucket.slowdown, bucket.slowed_at,
-         bucket.paused_until, bucket.name),
-    )
-
-
 class OutboxStore:
     def __init__(self, db: Database):
         self.db = db
@@ -196,120 +143,7 @@ class OutboxStore:
         of all mail (in their course or in every course), are marked
         C{suppressed} instead, with the reason.  Fires with a L{ClaimResult}.
         """
-        return await self.db.transaction(self._claim, owner, now, limit, limits, classes)
-
-    async def _claim(self, cursor, owner, now, limit, limits: RateLimits, classes):
-        relay = await load_bucket_txn(cursor, RELAY_BUCKET, limits.burst, now)
-        relay.refill(limits.rate, limits.burst, now)
-        allowed = min(limit, relay.available(now))
-        retry_in = relay.wait(limits.rate, now) if allowed == 0 else None
-        if limits.daily_quota and allowed:
-            await cursor.execute(
-                "SELECT coalesce((SELECT sent FROM send_daily_usage WHERE day = %s), 0)"
-                " + (SELECT count(*) FROM outbox WHERE state = 'sending')",
-                (_utc_day(now),),
-            )
-            remaining = limits.daily_quota - cursor.fetchone()[0]
-            if remaining <= 0:
-                tomorrow = datetime.datetime.combine(
-                    _utc_day(now) + datetime.timedelta(days=1), datetime.time(),
-                    datetime.timezone.utc)
-                retry_in = tomorrow.timestamp() - now
-            allowed = max(0, min(allowed, remaining))
-
-        # classes with their own rate: their bucket caps their share
-        capped = {}
-        for name, qos in classes.items():
-            if qos.rate > 0:
-                bucket = await load_bucket_txn(cursor, f"qos:{name}", max(1.0, qos.rate), now)
-                bucket.refill(qos.rate, max(1.0, qos.rate), now)
-                capped[name] = bucket
-        exhausted = [name for name, b in capped.items() if b.available(now) == 0]
-
-        if allowed == 0:
-            await cursor.execute(
-                "SELECT 1 FROM outbox WHERE state = 'queued' AND next_attempt_at <= to_timestamp(%s)"
-                " LIMIT 1", (now,))
-            due = cursor.fetchone() is not None
-            await save_bucket_txn(cursor, relay)
-            return ClaimResult([], 0, retry_in if due else None)
-
-        await cursor.execute(
-            "SELECT o.id, o.qos, o.recipient, o.envelope_from, o.body, o.attempts, s.reason,"
-            "   CASE WHEN o.unsubscribable THEN o.person_id END, o.course_id, o.kind"
-            " FROM outbox o LEFT JOIN suppressions s ON s.address = lower(o.recipient)"
-            " WHERE o.state = 'queued' AND o.next_attempt_at <= to_timestamp(%s)"
-            "   AND o.qos <> ALL(%s::text[])"
-            " ORDER BY o.priority DESC, o.next_attempt_at, o.id"
-            " LIMIT %s FOR UPDATE OF o SKIP LOCKED",
-            (now, exhausted, allowed),
-        )
-        rows = cursor.fetchall()
-        opted_out = await self._opted_out(cursor, rows)
-        claimed, suppressed = [], []
-        for (row_id, qos, recipient, envelope_from, body, attempts, suppression,
-             _person, _course, _kind) in rows:
-            if suppression is not None:
-                suppressed.append((row_id, f"suppressed: {suppression}"))
-                continue
-            if row_id in opted_out:
-                suppressed.append((row_id, f"suppressed: {opted_out[row_id]}"))
-                continue
-            class_bucket = capped.get(qos)
-            if class_bucket is not None:
-                if class_bucket.available(now) == 0:
-                    continue  # left queued for a later claim
-                class_bucket.take(1)
-            claimed.append(Claimed(row_id, qos, recipient, envelope_from, bytes(body), attempts))
-        relay.take(len(claimed))
-
-        if claimed:
-            await cursor.execute(
-                "UPDATE outbox SET state = 'sending', lease_owner = %s,"
-                " lease_until = to_timestamp(%s), updated_at = now()"
-                " WHERE id = ANY(%s)",
-                (owner, now + limits.lease, [m.id for m in claimed]),
-            )
-        if suppressed:
-            await cursor.execute(
-                "UPDATE outbox o SET state = 'suppressed', reason = v.reason,"
-                " updated_at = now(), finished_at = now()"
-                " FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason) WHERE o.id = v.id",
-                ([i for i, _ in suppressed], [r for _, r in suppressed]),
-            )
-        await save_bucket_txn(cursor, relay)
-        for bucket in capped.values():
-            await save_bucket_txn(cursor, bucket)
-        if len(claimed) < allowed and len(rows) == allowed:
-            retry_in = 0.0  # some rows were skipped by a class cap or suppressed: look again
-        elif len(claimed) == allowed and allowed < limit:
-            retry_in = relay.wait(limits.rate, now)
-        return ClaimResult(claimed, len(suppressed), retry_in)
-
-    @staticmethod
-    async def _opted_out(cursor, rows) -> dict[int, str]:
-        """
-        {outbox id: reason} for the claimed rows whose person opted out of
-        them; one indexed query, and none when no row is unsubscribable.
-        """
-        wanted = [(r[0], r[7], r[8], r[9]) for r in rows if r[7] is not None and r[6] is None]
-        if not wanted:
-            return {}
-        await cursor.execute(
-            "SELECT DISTINCT ON (v.id) v.id, m.person_id, m.course_id, m.kind, m.source,"
-            "   to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-            " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[])"
-            "   AS v(id, person_id, course_id, kind)"
-            " JOIN mail_optouts m ON m.person_id = v.person_id"
-            "   AND (m.course_id IS NULL OR m.course_id = v.course_id)"
-            "   AND (m.kind IS NULL OR m.kind = v.kind)"
-            # the narrowest matching opt-out names the reason
-            " ORDER BY v.id, m.kind IS NULL, m.course_id IS NULL, m.id",
-            ([w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted],
-             [w[3] for w in wanted]),
-        )
-        return {row_id: optout_reason(person_id, Scope(course_id, kind), source, day)
-                for row_id, person_id, course_id, kind, source, day in cursor.fetchall()}
+        return await self.db.transaction(claim_txn, owner, now, limit, limits, classes)
 
     # -- results ---------------------------------------------------------------
     async def record(self, owner: str, decisions: Sequence[Decision], now: float,
@@ -320,54 +154,8 @@ class OutboxStore:
         relay throttled us.  Fires with the seconds from enqueue to now of
         each message recorded as sent (for the latency metric).
         """
-        return await self.db.transaction(self._record, owner, decisions, now, throttled,
+        return await self.db.transaction(record_txn, owner, decisions, now, throttled,
                                          pause_until)
-
-    async def _record(self, cursor, owner, decisions, now, throttled, pause_until):
-        latencies: list[float] = []
-        if decisions:
-            await cursor.execute(
-                "UPDATE outbox o SET state = v.state, attempts = v.attempts,"
-                " next_attempt_at = coalesce(to_timestamp(v.next_at), o.next_attempt_at),"
-                " reason = v.reason, lease_owner = NULL, lease_until = NULL, updated_at = now(),"
-                " finished_at = CASE WHEN v.state IN ('sent', 'failed') THEN now() END"
-                " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::float8[], %s::text[])"
-                "   AS v(id, state, attempts, next_at, reason)"
-                " WHERE o.id = v.id AND o.state = 'sending' AND o.lease_owner = %s"
-                " RETURNING extract(epoch FROM now() - o.created_at)::float8, v.state",
-                ([d.outbox_id for d in decisions], [d.state for d in decisions],
-                 [d.attempts for d in decisions], [d.next_attempt_at for d in decisions],
-                 [d.reason for d in decisions], owner),
-            )
-            latencies = [seconds for seconds, state in cursor.fetchall() if state == "sent"]
-            await cursor.execute(
-                "INSERT INTO outbox_attempts (outbox_id, outcome, code, reply, sender)"
-                " SELECT *, %s FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[])",
-                (owner, [d.outbox_id for d in decisions], [d.outcome for d in decisions],
-                 [d.code for d in decisions], [d.reply for d in decisions]),
-            )
-            sent = sum(1 for d in decisions if d.state == "sent")
-            if sent:
-                await cursor.execute(
-                    "INSERT INTO send_daily_usage (day, sent) VALUES (%s, %s)"
-                    " ON CONFLICT (day) DO UPDATE SET sent = send_daily_usage.sent + EXCLUDED.sent",
-                    (_utc_day(now), sent),
-                )
-            if any(d.state == "queued" for d in decisions):
-                await notify(cursor, OUTBOX_CHANNEL)
-        if throttled or pause_until:
-            await cursor.execute(
-                "SELECT tokens, refilled_at, slowdown, slowed_at, paused_until"
-                " FROM send_buckets WHERE name = %s FOR UPDATE", (RELAY_BUCKET,))
-            row = cursor.fetchone()
-            if row is not None:
-                bucket = Bucket(RELAY_BUCKET, *row)
-                if throttled:
-                    bucket.throttled(now)
-                if pause_until:
-                    bucket.pause(pause_until)
-                await save_bucket_txn(cursor, bucket)
-        return latencies
 
     async def recover_leases(self, now: float):
         """
@@ -619,31 +407,6 @@ class OutboxStore:
 
 # -- inside a caller's transaction (the relay processor queues its copies in
 # the transaction that finishes the inbound message) ---------------------------
-async def insert_messages_txn(cursor, template: str, qos: QoSClass, messages: Sequence[Rendered],
-                          batch: str | None = None) -> list[int]:
-    """
-    Queue C{messages} and wake the senders (on commit); returns the ids.
-    """
-    await cursor.execute(
-        "INSERT INTO outbox (template, qos, priority, recipient, envelope_from,"
-        " message_id, subject, body, batch, person_id, course_id, kind, unsubscribable)"
-        " SELECT %s, %s, %s, r, e, m, s, b, %s, p, c, k, u"
-        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[],"
-        "   %s::bigint[], %s::bigint[], %s::text[], %s::boolean[])"
-        "   WITH ORDINALITY AS v(r, e, m, s, b, p, c, k, u, n)"
-        " ORDER BY n RETURNING id",
-        (template, qos.name, qos.priority, batch,
-         [m.recipient for m in messages], [m.envelope_from for m in messages],
-         [m.message_id for m in messages], [m.subject for m in messages],
-         [Binary(m.data) for m in messages], [m.person_id for m in messages],
-         [m.course_id for m in messages], [m.kind for m in messages],
-         [m.unsubscribable for m in messages]),
-    )
-    ids = [row[0] for row in cursor.fetchall()]
-    await notify(cursor, OUTBOX_CHANNEL)
-    return ids
-
-
 async def bounced_message_txn(cursor, envelope_from: str) -> BouncedMessage | None:
     """
     The message sent with this bounce address, or None.

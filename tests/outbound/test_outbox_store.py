@@ -201,6 +201,38 @@ class RecordTests(StoreTestCase):
         self.assertEqual(outcomes, ["expired", "sent"])
 
     @defer.inlineCallbacks
+    def test_a_mixed_batch_is_recorded_row_by_row(self):
+        # sent rows take their own statement, the others the general one:
+        # every row gets its own outcome, and every attempt is logged once
+        yield defer.ensureDeferred(self.enqueue([f"{c}@example.org" for c in "abcd"]))
+        qos = self.cfg.qos["default"]
+        claimed = (yield self.store.claim("me", NOW, 4, limits(), self.cfg.qos)).messages
+        a, b, c, d = sorted(claimed, key=lambda m: m.recipient)
+        results = {a: DeliveryResult(Outcome.SENT, 250, "2.0.0 queued as A"),
+                   b: DeliveryResult(Outcome.FAILED, 550, "5.1.1 no such user"),
+                   c: DeliveryResult(Outcome.RETRY, 451, "4.3.0 \"busy\" {x}"),
+                   d: DeliveryResult(Outcome.SENT, 250, "2.0.0 queued as D")}
+        decisions = [decide(m.id, m.attempts, qos, r, NOW) for m, r in results.items()]
+        latencies = yield self.store.record("me", decisions, NOW + 1)
+        self.assertEqual(len(latencies), 2)
+        rows = self.query("SELECT recipient, state, attempts, reason, finished_at IS NOT NULL,"
+                          " lease_owner FROM outbox ORDER BY recipient")
+        self.assertEqual(rows, [
+            ("a@example.org", "sent", 1, "250 2.0.0 queued as A", True, None),
+            ("b@example.org", "failed", 1, "550 5.1.1 no such user", True, None),
+            ("c@example.org", "queued", 1, 'attempt 1 failed: 451 4.3.0 "busy" {x}', False, None),
+            ("d@example.org", "sent", 1, "250 2.0.0 queued as D", True, None)])
+        logged = self.query("SELECT o.recipient, a.outcome, a.code, a.reply, a.sender"
+                            " FROM outbox_attempts a JOIN outbox o ON o.id = a.outbox_id"
+                            " ORDER BY o.recipient")
+        self.assertEqual(logged, [
+            ("a@example.org", "sent", 250, "2.0.0 queued as A", "me"),
+            ("b@example.org", "failed", 550, "5.1.1 no such user", "me"),
+            ("c@example.org", "retry", 451, '4.3.0 "busy" {x}', "me"),
+            ("d@example.org", "sent", 250, "2.0.0 queued as D", "me")])
+        self.assertEqual(self.query("SELECT sent FROM send_daily_usage"), [(2,)])
+
+    @defer.inlineCallbacks
     def test_counts_have_every_state(self):
         yield defer.ensureDeferred(self.enqueue(["a@example.org", "b@example.org"], qos="bulk"))
         counts = yield defer.ensureDeferred(self.store.counts())

@@ -229,6 +229,30 @@ class ClockedSenderTests(DatabaseTestCase):
         self.assertEqual(self.query("SELECT state FROM outbox"), [("sent",)])
 
     @defer.inlineCallbacks
+    def test_a_slow_renewal_is_not_repeated_by_the_next_heartbeats(self):
+        # heartbeats while a renewal still waits for the database must not
+        # renew the same leases again
+        hanging = defer.Deferred()
+        self.make_sender(lambda m, n: hanging, lease="40s", poll_interval="1s")
+        renewed, slow = [], defer.Deferred()
+        renew = self.store.renew_leases
+
+        async def slow_renew(owner, ids, now, lease):
+            renewed.append(list(ids))
+            await slow
+            await renew(owner, ids, now, lease)
+
+        self.store.renew_leases = slow_renew
+        yield defer.ensureDeferred(self.start())
+        (row_id,) = yield defer.ensureDeferred(self.enqueue("a@example.org"))
+        yield defer.ensureDeferred(self.drive(25, step=1.0))
+        self.assertEqual(renewed, [[row_id]])
+        slow.callback(None)
+        hanging.callback(SENT)
+        yield defer.ensureDeferred(self.drive(0.5, step=0.1))
+        self.assertEqual(self.query("SELECT state FROM outbox"), [("sent",)])
+
+    @defer.inlineCallbacks
     def test_new_mail_wakes_an_idle_sender_without_polling(self):
         self.make_sender(lambda m, n: SENT, poll_interval="1h")
         yield defer.ensureDeferred(self.start())

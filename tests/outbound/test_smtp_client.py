@@ -95,6 +95,34 @@ class PipeliningTests(TestCase):
         self.assertEqual(s.proto.awaiting, 0)
         self.assertTrue(s.proto.drained().called)
 
+    def test_data_and_next_envelope_leave_in_one_write(self):
+        # one transport write (one socket send) per message, not one for the
+        # data and another for the next envelope
+        s = Session()
+        writes = []
+        write = s.wire.write
+        s.wire.write = lambda data: (writes.append(data), write(data))
+        s.queue = [message(2)]
+        s.send(message(1))
+        s.reply(b"250 ok", b"250 ok", b"354 go")
+        self.assertEqual(writes[1:], [data_of(1) + envelope(2)])
+        self.assertEqual(s.take(), envelope(1) + data_of(1) + envelope(2))
+
+    def test_one_reply_timer_for_the_whole_session(self):
+        # the timer is reset from reply to reply, not dropped and scheduled
+        # again for every message
+        s = Session()
+        s.queue = [message(i) for i in range(2, 6)]
+        s.send(message(1))
+        (timer,) = s.clock.getDelayedCalls()
+        for n in range(1, 5):
+            s.reply(b"250 queued %d" % n, b"250 ok", b"250 ok", b"354 go")
+            self.assertEqual(s.clock.getDelayedCalls(), [timer])
+        s.clock.advance(9)
+        s.reply(b"250 queued 5")
+        self.assertEqual(len(s.results), 5)
+        self.assertEqual(s.clock.getDelayedCalls(), [])
+
     def test_never_more_than_one_group_in_flight(self):
         s = Session()
         s.queue = [message(i) for i in range(2, 30)]
