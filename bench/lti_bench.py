@@ -14,14 +14,22 @@ Target (from the issue): a 1.3 launch costs at most 1.5x the daemon CPU of a
 1.1 launch.  "daemon ms" is CPU time of the twistd process only (PostgreSQL's
 share is reported apart), the figure least disturbed by other work.
 
-    python bench/lti_bench.py [--launches 200] [--rounds 3]
+    python bench/lti_bench.py [--launches 200] [--rounds 3] [--profile DIR]
+
+With C{--profile DIR}, py-spy samples the daemon during an extra round of
+each kind (after the measured ones, so it does not disturb them) and writes
+C{DIR/lti-1.1.txt} and C{DIR/lti-1.3.txt} (raw collapsed stacks, busy
+samples only) and a per-function summary of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import http.server
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -32,7 +40,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Bench, cpu_seconds, free_port, reexec_in_venv, table  # noqa: E402
+from bench.common import (  # noqa: E402
+    Bench,
+    cpu_seconds,
+    free_port,
+    python,
+    reexec_in_venv,
+    table,
+)
 
 KEY, SECRET = "bench-consumer", "bench-consumer-secret-1"
 FORM = "application/x-www-form-urlencoded"
@@ -128,11 +143,38 @@ def launch13(base: str, platform, n: int) -> None:
         raise RuntimeError(f"1.3 launch answered {status}: {body[:300]!r}")
 
 
+def own_frames(path: Path, top: int = 25) -> str:
+    """
+    The emaild functions (and, apart, the rest) that py-spy's busy samples
+    were in, inclusive: what share of the daemon's CPU each one's calls cost.
+    """
+    inclusive: collections.Counter = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        seen = set()
+        for frame in stack.split(";"):
+            name = frame.split(" (")[0]
+            where = frame.split(" (", 1)[-1]
+            label = name + (" [emaild]" if "emaild/" in where else "")
+            if label not in seen:
+                seen.add(label)
+                inclusive[label] += int(count)
+    rows = [(label, n, f"{100 * n / total:.1f}%") for label, n in inclusive.most_common(top)]
+    return f"{path} ({total} samples):\n" + table(["function (inclusive)", "samples", "share"],
+                                                    rows)
+
+
 def main() -> None:
     reexec_in_venv()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--launches", type=int, default=200, help="launches per kind per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="then profile one more round of each kind with py-spy into DIR")
     args = parser.parse_args()
 
     from tests.lti13_platform import Platform
@@ -172,6 +214,23 @@ def main() -> None:
         print(table(["launch", "launches", "daemon ms", "pg ms", "wall ms"], rows))
         ratio = float(rows[1][2]) / float(rows[0][2]) if float(rows[0][2]) else float("inf")
         print(f"1.3 / 1.1 daemon CPU per launch: {ratio:.2f} (target: at most 1.5)")
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for kind in ("1.1", "1.3"):
+                out = args.profile / f"lti-{kind}.txt"
+                spy = b.spawn([str(Path(python()).parent / "py-spy"), "record", "--pid",
+                               str(daemon.pid), "--rate", "500", "--format", "raw",
+                               "-o", str(out)], log=b.dir / "py-spy.log")
+                time.sleep(1.0)  # py-spy attaches
+                for _ in range(args.launches):
+                    counter += 1
+                    if kind == "1.1":
+                        launch11(base, counter)
+                    else:
+                        launch13(base, platform, counter)
+                os.kill(spy.pid, signal.SIGINT)
+                spy.wait(30)
+                print(own_frames(out))
 
 
 if __name__ == "__main__":
