@@ -154,9 +154,12 @@ def own_frames(path: Path, top: int = 25) -> str:
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
+        frames = stack.split(";")
+        if frames[-1].startswith(("Condition.wait", "EPollReactor.doPoll")):
+            continue  # idle: the thread pool waiting, the reactor in epoll
         total += int(count)
         seen = set()
-        for frame in stack.split(";"):
+        for frame in frames:
             name = frame.split(" (")[0]
             where = frame.split(" (", 1)[-1]
             label = name + (" [emaild]" if "emaild/" in where else "")
