@@ -91,3 +91,18 @@ async def upsert_from_lti13_txn(cursor, *, issuer: str, sub: str, email: str | N
         cursor, person_id, course_key, context_id, context_title, roles, group)
     return LtiOutcome(person_id=person_id, created=created, linked=linked,
                       course_id=course_id, group_id=group_id, email_conflict=conflict)
+
+
+async def lti13_identities_of(db, person_ids) -> dict[int, list[tuple[str, str]]]:
+    """
+    person id -> their LTI 1.3 identities, (issuer, sub), oldest first.
+    """
+    wanted = sorted(set(person_ids))
+    found: dict[int, list[tuple[str, str]]] = {}
+    if not wanted:
+        return found
+    for person_id, issuer, sub in await db.runQuery(
+            "SELECT person_id, issuer, sub FROM lti13_identities WHERE person_id = ANY(%s)"
+            " ORDER BY person_id, created_at, issuer, sub", (wanted,)):
+        found.setdefault(person_id, []).append((issuer, sub))
+    return found
