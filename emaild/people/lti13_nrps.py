@@ -20,6 +20,12 @@ background when the last one began more than C{[lti13] nrps_interval} ago
 (the claim on the sync row is one statement, so several processes start it
 once; a sync that failed or was cut short by a restart is retried after
 L{RETRY_AFTER}); C{emaild course sync COURSE} runs one now.
+
+L{Rosters} is a service of the daemon's tree, stopped before the database
+closes: from then on a launch starts no sync, and a sync under way stops at
+once (its request to the platform is cancelled; the pages stored so far
+stay, nobody is marked as having left) and records why, to be retried after
+the next start.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import time
 import urllib.parse
 
 import jwt
+from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.client import Agent, FileBodyProducer
@@ -99,7 +106,13 @@ def _member(raw) -> RosterMember | None:
                         status=status if status in ("Active", "Inactive", "Deleted") else "Active")
 
 
-class Rosters:
+#: what a sync cut short by the daemon's shutdown records
+STOPPED = "the daemon stopped during the sync; it is retried after the next start"
+
+
+class Rosters(service.Service):
+    name = "rosters"
+
     def __init__(self, reactor, config, db, keys, agent=None, timeout: float = 30.0):
         self.reactor = reactor
         self.db = db
@@ -109,7 +122,21 @@ class Rosters:
         self.agent = agent or Agent(reactor)
         self.timeout = timeout
         #: the background syncs under way (tests and shutdown wait for them)
-        self.running: set[defer.Deferred] = set()
+        self.syncs: set[defer.Deferred] = set()
+        #: set by L{stopService}: no new sync, and those under way stop
+        self.stopping = False
+        self._requests: set[defer.Deferred] = set()
+
+    def stopService(self):  # noqa: N802
+        """
+        Start no more syncs, cut short those under way (their requests to
+        the platform are cancelled), and fire once they have recorded that.
+        """
+        service.Service.stopService(self)
+        self.stopping = True
+        for request in list(self._requests):
+            request.cancel()
+        return defer.gatherResults(list(self.syncs)).addCallback(lambda _: None)
 
     # -- from a launch -------------------------------------------------------
     def offered(self, platform: str, course_id: int, url: str) -> defer.Deferred:
@@ -118,9 +145,11 @@ class Rosters:
         and, if a sync is due, sync; all in the background (the launch does
         not wait).  The Deferred (also in L{running}) never fails.
         """
+        if self.stopping:
+            return defer.succeed(False)
         d = defer.ensureDeferred(self._offered(platform, course_id, url))
-        self.running.add(d)
-        d.addBoth(lambda result: (self.running.discard(d), result)[1])
+        self.syncs.add(d)
+        d.addBoth(lambda result: (self.syncs.discard(d), result)[1])
         return d
 
     async def _offered(self, platform: str, course_id: int, url: str) -> bool:
@@ -193,6 +222,8 @@ class Rosters:
             token = await self.access_token(platform)
             next_url: str | None = url
             while next_url is not None:
+                if self.stopping:
+                    raise NrpsError(STOPPED)
                 if totals["pages"] >= MAX_PAGES:
                     raise NrpsError(f"the roster has more than {MAX_PAGES} pages")
                 members, next_url = await self._page(next_url, token)
@@ -217,21 +248,31 @@ class Rosters:
 
     async def _request(self, method: bytes, url: str, headers: dict, body: bytes | None = None):
         producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
+        if self.stopping:
+            raise NrpsError(STOPPED)
         try:
-            d = self.agent.request(method, url.encode("ascii"), Headers(headers), producer)
-            d.addTimeout(self.timeout, self.reactor)
-            response = await d
-            d = read_body(response, MAX_PAGE)
-            d.addTimeout(self.timeout, self.reactor)
-            data = await d
+            response = await self._cancellable(
+                self.agent.request(method, url.encode("ascii"), Headers(headers), producer))
+            data = await self._cancellable(read_body(response, MAX_PAGE))
         except defer.TimeoutError:
             raise NrpsError(f"{url} did not answer within {self.timeout:.0f} s") from None
         except Exception as e:  # noqa: BLE001 (any failure to fetch is the same answer)
+            if self.stopping:  # cancelled by stopService (the Agent wraps the CancelledError)
+                raise NrpsError(STOPPED) from None
             raise NrpsError(f"{url} could not be reached: {type(e).__name__}: "
                             f"{str(e)[:200]}") from None
         if data is None:
             raise NrpsError(f"{url} answered more than {MAX_PAGE} bytes")
         return response, data
+
+    def _cancellable(self, d: defer.Deferred) -> defer.Deferred:
+        """
+        C{d} with our timeout, cancelled by L{stopService} while it waits.
+        """
+        d.addTimeout(self.timeout, self.reactor)
+        self._requests.add(d)
+        d.addBoth(lambda result: (self._requests.discard(d), result)[1])
+        return d
 
     async def access_token(self, platform) -> str:
         kid, key = self.keys.signing_key()
