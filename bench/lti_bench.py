@@ -101,6 +101,8 @@ def write_config(b: Bench, port: int, jwks_port: int) -> Path:
         f'public_url = "http://127.0.0.1:{port}"',
         "[smtp]", f'endpoint = "tcp:{free_port()}:interface=127.0.0.1"',
         "[digest]", "enabled = false",
+        # one client makes every launch: no per-client limit (emaild.web.lti_limits)
+        "[lti]", "client_rate = 0",
         "[lti.consumers]", f'{KEY} = "{SECRET}"',
         "[lti13.platforms.bench]", f'issuer = "{ISSUER}"', f'client_id = "{CLIENT_ID}"',
         f'auth_login_url = "http://127.0.0.1:{jwks_port}/auth"',

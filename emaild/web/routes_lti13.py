@@ -41,6 +41,7 @@ from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti13_claims import Launch13, Lti13Refused
 from emaild.people.lti13_states import LoginProof
 from emaild.people.lti13_store import lock_identity_txn, upsert_from_lti13_txn
+from emaild.web.lti_limits import too_many
 from emaild.web.responses import client_address, json_response, signed_in_redirect
 from emaild.web.routing import Routes, uncancellable
 from emaild.web.sessions import start_session_txn
@@ -114,6 +115,9 @@ def lti_jwks(self: WebApp, request):
 
 @routes.route("/lti/login", methods=["GET", "POST"])
 async def lti_login(self: WebApp, request):
+    refused = too_many(self, request, "login")
+    if refused is not None:
+        return refused
     try:
         redirect = await self.lti13.login(_params(request))
     except Lti13Refused as refused:
