@@ -367,7 +367,8 @@ class HomeServer:
         """Course rosters from LTI 1.3 platforms (NRPS)."""
         from emaild.people.lti13_nrps import Rosters
 
-        return Rosters(self.reactor, self.config, self.get_database(), self.get_tool_keys())
+        return Rosters(self.reactor, self.config, self.get_database(), self.get_tool_keys(),
+                       self.get_group_store())
 
     @built_once
     def get_sessions(self):

@@ -13,7 +13,10 @@ weekly update and announcements reach the members who never launched.
     3. Each page stored as it arrives (L{emaild.people.store.upsert_roster});
        after the last, members earlier rosters listed and this one does not
        have left (L{emaild.people.store.end_roster}); so do those listed as
-       Inactive or Deleted.
+       Inactive or Deleted.  Those who left the course also leave its
+       groups (their reply addresses stop working, they get no more group
+       mail), through the groups part's store; checked on every sync, so a
+       sync cut short between the two catches up on the next.
 
 A launch with the NRPS claim remembers the URL and starts a sync in the
 background when the last one began more than C{[lti13] nrps_interval} ago
@@ -46,6 +49,7 @@ from twisted.web.http_headers import Headers
 
 from emaild.outbound.compose import ComposeError, check_address
 from emaild.people.lti13_jwks import read_body
+from emaild.people.lti13_store import roster_leavers
 from emaild.people.store import RosterMember, end_roster, upsert_roster
 
 log = Logger()
@@ -113,10 +117,12 @@ STOPPED = "the daemon stopped during the sync; it is retried after the next star
 class Rosters(service.Service):
     name = "rosters"
 
-    def __init__(self, reactor, config, db, keys, agent=None, timeout: float = 30.0):
+    def __init__(self, reactor, config, db, keys, groups, agent=None, timeout: float = 30.0):
         self.reactor = reactor
         self.db = db
         self.keys = keys
+        #: the groups part's L{emaild.groups.store.GroupStore}
+        self.groups = groups
         self.platforms = dict(config.lti13_platforms)
         self.interval = config["lti13"]["nrps_interval"]
         self.agent = agent or Agent(reactor)
@@ -214,7 +220,7 @@ class Rosters(service.Service):
 
     # -- the sync --------------------------------------------------------------
     async def _sync(self, platform_name: str, course_id: int, url: str, started) -> dict:
-        totals = {"members": 0, "new": 0, "updated": 0, "left": 0, "pages": 0}
+        totals = {"members": 0, "new": 0, "updated": 0, "left": 0, "pages": 0, "left_groups": 0}
         try:
             platform = self.platforms.get(platform_name)
             if platform is None:
@@ -234,6 +240,7 @@ class Rosters(service.Service):
                 for key in ("new", "updated", "left"):
                     totals[key] += counts[key]
             totals["left"] += await end_roster(self.db, course_id, started)
+            totals["left_groups"] = await self._leave_groups(course_id)
         except NrpsError as e:
             await self.db.runOperation(
                 "UPDATE lti13_roster_syncs SET error = %s WHERE course_id = %s",
@@ -243,8 +250,25 @@ class Rosters(service.Service):
             "UPDATE lti13_roster_syncs SET finished_at = now(), members = %s, error = NULL"
             " WHERE course_id = %s", (totals["members"], course_id))
         log.info("NRPS: course {course}: {members} members ({new} new, {left} left) in "
-                 "{pages} pages", course=course_id, **totals)
+                 "{pages} pages; {left_groups} group memberships ended", course=course_id,
+                 **totals)
         return totals
+
+    async def _leave_groups(self, course_id: int) -> int:
+        """
+        End the group memberships, in the course's groups, of those who left
+        the course by its roster; how many were ended.
+        """
+        leavers = await roster_leavers(self.db, course_id)
+        ended = 0
+        if not leavers:
+            return ended
+        for group, _ in await self.groups.list(course_id):
+            for member in await self.groups.members(group.id):
+                if member.person_id in leavers and await self.groups.leave(group.id,
+                                                                           member.person_id):
+                    ended += 1
+        return ended
 
     async def _request(self, method: bytes, url: str, headers: dict, body: bytes | None = None):
         producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None

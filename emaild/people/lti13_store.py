@@ -106,3 +106,14 @@ async def lti13_identities_of(db, person_ids) -> dict[int, list[tuple[str, str]]
             " ORDER BY person_id, created_at, issuer, sub", (wanted,)):
         found.setdefault(person_id, []).append((issuer, sub))
     return found
+
+
+async def roster_leavers(db, course_id: int) -> set[int]:
+    """
+    The people the course's roster (NRPS) says have left it (listed as
+    Inactive or Deleted, or no longer listed) and who have not come back.
+    """
+    rows = await db.runQuery(
+        "SELECT person_id FROM lti13_roster WHERE course_id = %s AND left_at IS NOT NULL",
+        (course_id,))
+    return {row[0] for row in rows}

@@ -226,3 +226,46 @@ class ShutdownTests(NrpsTestCase):
         self.assertIn(daemon.hs.get_rosters(), children)
         # children stop in reverse order: the rosters after the sender, with the database open
         self.assertLess(children.index(daemon.hs.get_rosters()), children.index(daemon.sender))
+
+
+class LeaversLeaveTheirGroupsTests(NrpsTestCase):
+    @async_test
+    async def test_members_who_leave_the_course_leave_its_groups(self):
+        await self.start_nrps(roster(10))
+        self.platform.custom = {"group": "Team 1"}
+        self.assert_launched(*await self.launch())
+        await self.settle()
+        (course_id,) = self.query("SELECT id FROM courses")[0]
+        groups = self.hs.get_group_store()
+        team = await groups.find(course_id, "Team 1")
+
+        def person(email):
+            return self.query("SELECT id FROM people WHERE email = %s", (email,))[0][0]
+
+        stays, goes, drops = (person(f"member{i}@example.org") for i in (5, 1, 2))
+        memberships = self.hs.get_memberships()
+        for who in (stays, goes, drops):
+            await memberships.join(team.id, course_id, who)
+        # another course's group is not touched
+        (other,) = self.query("INSERT INTO courses (consumer_key, context_id) VALUES"
+                              " ('', 'elsewhere') RETURNING id")[0]
+        await memberships.add_group("elsewhere", "Team 9")
+        (other_group,) = self.query("SELECT id FROM groups WHERE course_id = %s", (other,))[0]
+        await memberships.join(other_group, other, goes)
+
+        members = roster(10)
+        self.assertEqual((members[2]["user_id"], members[3]["user_id"]), ("member-1", "member-2"))
+        members[2]["status"] = "Deleted"  # goes
+        del members[3]  # drops: no longer listed
+        self.platform.members["ctx-physics"] = members
+        totals = await self.web.lti13.rosters.sync_now(course_id)
+        self.assertEqual((totals["left"], totals["left_groups"]), (2, 2))
+        current = {m.person_id for m in await groups.members(team.id)}
+        self.assertEqual(current, {person("grace@example.org"), stays})
+        left = await groups.member(team.id, goes)
+        self.assertIsNotNone(left.left_at)  # their reply address no longer works
+        self.assertEqual({m.person_id for m in await groups.members(other_group)}, {goes})
+        # a sync with nothing new ends nothing more
+        totals = await self.web.lti13.rosters.sync_now(course_id)
+        self.assertEqual((totals["left"], totals["left_groups"]), (0, 0))
+        self.assertIn("2 group memberships ended", self.logged())
