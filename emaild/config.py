@@ -423,6 +423,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "consumers": (_consumers, {}),
         "group_parameter": (_string, "custom_group"),
         "timestamp_window": (parse_duration, 300.0),
+        # LTI requests (login and launch, 1.1 and 1.3) per client address
+        # (emaild.web.lti_limits): per second, 0 for no limit; and the burst
+        "client_rate": (_number(), 5.0),
+        "client_burst": (_number(positive=True), 300.0),
     },
     "api": {
         "tokens": (_api_tokens, ()),

@@ -348,6 +348,14 @@ class HomeServer:
                      keys=self.get_tool_keys(), rosters=self.get_rosters())
 
     @built_once
+    def get_lti_limits(self):
+        """The per-client limit on LTI logins and launches ([lti] client_rate)."""
+        from emaild.web.lti_limits import ClientLimits
+
+        lti = self.config["lti"]
+        return ClientLimits(lti["client_rate"], lti["client_burst"], clock=self.reactor.seconds)
+
+    @built_once
     def get_tool_keys(self):
         """The tool's LTI 1.3 signing keys, under C{state_dir/lti/keys}."""
         from emaild.people.lti13_keys import ToolKeys
@@ -359,7 +367,8 @@ class HomeServer:
         """Course rosters from LTI 1.3 platforms (NRPS)."""
         from emaild.people.lti13_nrps import Rosters
 
-        return Rosters(self.reactor, self.config, self.get_database(), self.get_tool_keys())
+        return Rosters(self.reactor, self.config, self.get_database(), self.get_tool_keys(),
+                       self.get_group_store())
 
     @built_once
     def get_sessions(self):

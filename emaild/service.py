@@ -7,6 +7,7 @@ The service tree of one emaild process, built from one L{HomeServer}.
       │   ├── relay processor   (inbound posts -> copies in the outbox)
       │   ├── hold expiry       (unanswered "Did you send this?" -> ignored)
       │   ├── error reporter    (logged errors -> mail to [admin] addresses)
+      │   ├── rosters           (LTI 1.3 roster syncs; cut short when stopping)
       │   ├── digest            (weekly updates, when [digest] enabled)
       │   └── sender            (outbox -> relay)
       ├── http       (Klein site on the [http] endpoint)
@@ -130,7 +131,8 @@ class Emaild(service.MultiService):
 
         self.database = DatabaseService(hs)
         self.database.setServiceParent(self)
-        children = [self.relay, hs.get_hold_expiry(), self.errors]
+        # (rosters: LTI 1.3 NRPS syncs, cut short before the database closes)
+        children = [self.relay, hs.get_hold_expiry(), self.errors, hs.get_rosters()]
         if config["digest"]["enabled"]:
             children.append(self.digest)
         children.append(self.sender)  # last to start, first to stop: it drains

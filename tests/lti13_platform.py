@@ -259,9 +259,13 @@ class _Token(Resource):
 
     def render_POST(self, request):
         if self.platform.token_delay:
+            gone = []
+            request.notifyFinish().addErrback(gone.append)  # the client went away
+
             def answer():
-                request.write(self.answer(request))
-                request.finish()
+                if not gone:
+                    request.write(self.answer(request))
+                    request.finish()
 
             reactor.callLater(self.platform.token_delay, answer)
             return NOT_DONE_YET

@@ -38,6 +38,7 @@ from emaild.cli.lookup import clean_name
 from emaild.cli.output import CliError, Interrupted, one_line, rejected_lines, table
 from emaild.cli.runtime import open_database
 from emaild.mailformat.addresses import AddressError, check_address
+from emaild.people.lti13_store import lti13_identities_of
 
 #: CSV rows per transaction
 IMPORT_CHUNK = 500
@@ -119,12 +120,27 @@ def _role(role: str) -> str:
     return role.rsplit("/", 1)[-1].rsplit(":", 1)[-1] or role
 
 
-def people_json(entries, suppressed=None) -> list[dict]:
+def platform_names(config) -> dict[str, str]:
+    """
+    issuer -> the names of the C{[lti13.platforms.<name>]} with that issuer.
+    """
+    names: dict[str, list[str]] = {}
+    for name, platform in sorted(config.lti13_platforms.items()):
+        names.setdefault(platform.issuer, []).append(name)
+    return {issuer: "/".join(found) for issuer, found in names.items()}
+
+
+def people_json(entries, suppressed=None, lti13=None, platforms=None) -> list[dict]:
     """
     @param suppressed: {lower-cased address: (reason, since)} of the
         suppressed addresses among them.
+    @param lti13: {person id: [(issuer, sub)]}: their LTI 1.3 identities,
+        listed after the LTI 1.1 ones, with the platform's name (from
+        L{platform_names}) or null when no platform has that issuer now.
     """
     suppressed = suppressed or {}
+    lti13 = lti13 or {}
+    platforms = platforms or {}
 
     def suppression(email):
         found = suppressed.get((email or "").lower())
@@ -135,7 +151,9 @@ def people_json(entries, suppressed=None) -> list[dict]:
         "id": e.person.id,
         "email": e.person.email,
         "name": e.person.display_name,
-        "identities": [{"consumer_key": k, "user_id": u} for k, u in e.identities],
+        "identities": [{"consumer_key": k, "user_id": u} for k, u in e.identities]
+        + [{"issuer": i, "sub": sub, "platform": platforms.get(i)}
+           for i, sub in lti13.get(e.person.id, ())],
         "courses": [{"consumer_key": m.course.consumer_key, "context_id": m.course.context_id,
                      "title": m.course.title, "roles": list(m.roles)} for m in e.courses],
         "groups": [{"course": c, "name": n} for c, n in e.groups],
@@ -143,12 +161,17 @@ def people_json(entries, suppressed=None) -> list[dict]:
     } for e in entries]
 
 
-def people_table(entries, suppressed=None) -> str:
+def people_table(entries, suppressed=None, lti13=None, platforms=None) -> str:
     """
     A suppressed address (nothing is sent to it) is marked in the email
-    column, and a note under the table says how many there are.
+    column, and a note under the table says how many there are.  The lti
+    column names the LTI 1.1 consumer keys, then C{lti13:<platform>} for
+    each LTI 1.3 identity (L{people_json} says what C{lti13} and
+    C{platforms} are).
     """
     suppressed = suppressed or {}
+    lti13 = lti13 or {}
+    platforms = platforms or {}
     rows = []
     for e in entries:
         email = e.person.email or "-"
@@ -158,7 +181,10 @@ def people_table(entries, suppressed=None) -> str:
             m.course.context_id + (f" ({', '.join(_role(r) for r in m.roles)})" if m.roles else "")
             for m in e.courses)
         rows.append([e.person.id, email, e.person.display_name or "-",
-                     ", ".join(dict.fromkeys(k for k, _ in e.identities)) or "-",
+                     ", ".join(dict.fromkeys(
+                         [k for k, _ in e.identities]
+                         + [f"lti13:{platforms.get(i, i)}" for i, _ in lti13.get(e.person.id, ())]))
+                     or "-",
                      ", ".join(n for _, n in e.groups) or "-", courses or "-"])
     text = table(["id", "email", "name", "lti", "groups", "courses"], rows,
                  right=[True, False, False, False, False, False])
@@ -178,8 +204,11 @@ async def _list(parts, args) -> int:
     suppressed = {s.address: (s.reason, s.created_at)
                   for s in await parts.get_outbox_store().suppressions(e.person.email
                                                                        for e in entries)}
-    print(json.dumps(people_json(entries, suppressed), indent=2, ensure_ascii=False) if args.json
-          else people_table(entries, suppressed))
+    lti13 = await lti13_identities_of(parts.db, (e.person.id for e in entries))
+    platforms = platform_names(parts.get_config())
+    print(json.dumps(people_json(entries, suppressed, lti13, platforms), indent=2,
+                     ensure_ascii=False) if args.json
+          else people_table(entries, suppressed, lti13, platforms))
     return 0
 
 

@@ -6,9 +6,12 @@ OIDC third-party login and the id_token the platform posts back.
                  C{client_id}), make a state and a nonce (kept in
                  PostgreSQL, used once, C{[lti13] state_ttl}), and send the
                  browser to the platform's C{auth_login_url}.
-    /lti/launch  L{Lti13.verify}: use the state up, check the id_token
-                 (RS256 only, against the platform's JWKS) and its claims
-                 (L{emaild.people.lti13_claims}), and return the L{Launch13}.
+    /lti/launch  L{Lti13.verify}: check the id_token (RS256 only, against
+                 the platform's JWKS) and its claims
+                 (L{emaild.people.lti13_claims}), and return the L{Launch13}
+                 with the L{LoginProof} that the sign-in transaction uses the
+                 state up with (L{Lti13.use_login_txn}: state, nonce, person
+                 and session in one commit).
 
 The JWT header's C{alg} is checked to be C{RS256} before anything else, the
 key is built from the JWK as an RSA public key object, and PyJWT is called
@@ -26,12 +29,18 @@ the login), the login page stores a secret in the platform's frame and the
 launch page reads it back (L{Lti13.confirm}); otherwise the secret is a
 cookie (C{SameSite=None; Secure; Partitioned} over https).  Either way the
 state in PostgreSQL is what decides; the secret only binds it to a browser.
+
+With the cookie, the platform whose keys check the id_token is the one its
+C{iss} (and, for one issuer registered twice, C{azp} or C{aud}) names; the
+state is then used up only for that platform, that browser and the
+token's nonce, so a token of one platform cannot use another's login.
+Without it (postMessage storage), the state is used up first and names the
+platform.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import re
@@ -45,7 +54,8 @@ from emaild.people.lti13_claims import Launch13, Lti13Refused, read_launch, shor
 from emaild.people.lti13_jwks import JwksCache, JwksError
 from emaild.people.lti13_keys import ToolKeys
 from emaild.people.lti13_nrps import Rosters
-from emaild.people.lti13_states import LoginStates, NewLogin, StateProblem
+from emaild.people.lti13_states import LoginProof, LoginStates, NewLogin, StateProblem
+from emaild.people.lti13_store import identity_lock
 
 log = Logger()
 
@@ -74,6 +84,28 @@ class Verified:
     #: the launch waits for the browser's storage check (L{Lti13.confirm})
     storage_target: str | None
     platform_origin: str
+    #: for the sign-in transaction (L{Lti13.use_login_txn}); None when the
+    #: state was used up already (the storage check)
+    proof: LoginProof | None = None
+
+
+#: why a login state cannot be used (L{StateProblem.reason}) -> the refusal
+STATE_REFUSALS = {
+    "unknown": "The launch's state is unknown here: it was not made by our login page. "
+               "Launch again from your course.",
+    "used": "The launch's state was already used: a replayed launch. Launch again from your "
+            "course.",
+    "expired": "The launch's state has expired: the login took too long. Launch again from "
+               "your course.",
+    "browser": "This browser did not begin this login (its state cookie is missing or "
+               "wrong). If your browser blocks cookies for this site, open the tool in a new "
+               "window.",
+    "platform": "The launch's state was made for a login with another platform than the "
+                "one that signed its id_token.",
+    "nonce": "The id_token's nonce is not the one sent with this login's state: a token "
+             "from another login.",
+    "replayed": "The id_token's nonce was used before: a replayed token.",
+}
 
 
 def origin_of(url: str) -> str:
@@ -182,36 +214,81 @@ class Lti13:
             raise Lti13Refused(400, "The launch has a state but no id_token.")
         if len(id_token) > MAX_TOKEN:
             raise Lti13Refused(400, f"The id_token is longer than {MAX_TOKEN} characters.")
+        if not browser_value:
+            return await self._verify_for_storage(id_token, state)
+        platform = self._platform_of_token(id_token)
+        claims = await self._check_token(id_token, platform)
+        nonce = claims["nonce"]
+        if not isinstance(nonce, str) or not nonce:
+            raise Lti13Refused(400, "The id_token's nonce is not a string.", platform.name)
+        launch = read_launch(claims, platform, self.group_parameter, self.consumers)
+        proof = LoginProof(state, browser_value, platform.name, platform.issuer, nonce,
+                           identity_lock(launch.issuer, launch.sub))
+        return Verified(launch, None, origin_of(platform.auth_login_url), proof)
+
+    async def use_login_txn(self, cursor, proof: LoginProof) -> None:
+        """
+        In the sign-in transaction: use up the login state, record the
+        nonce and take the identity's lock (L{LoginStates.use_txn}).
+
+        @raise Lti13Refused: the state cannot be used (the transaction
+            rolls back).
+        """
+        try:
+            await self.states.use_txn(cursor, proof)
+        except StateProblem as problem:
+            raise Lti13Refused(401, STATE_REFUSALS[problem.reason], proof.platform) from None
+
+    async def _verify_for_storage(self, id_token: str, state: str) -> Verified:
+        """
+        A launch without the state cookie: its state must be one that the
+        platform's storage will check (L{confirm}).  The state is used up
+        and the nonce recorded now; the launch is then held (L{hold}).
+        """
         try:
             login = await self.states.consume(state)
         except StateProblem as problem:
-            raise Lti13Refused(401, {
-                "unknown": "The launch's state is unknown here: it was not made by our login "
-                           "page. Launch again from your course.",
-                "used": "The launch's state was already used: a replayed launch. Launch again "
-                        "from your course.",
-                "expired": "The launch's state has expired: the login took too long. Launch "
-                           "again from your course.",
-            }[problem.reason]) from None
+            raise Lti13Refused(401, STATE_REFUSALS[problem.reason]) from None
         platform = self.platforms.get(login.platform)
         if platform is None:
             raise Lti13Refused(401, f"The platform {login.platform!r} of this login is no longer "
                                     "configured here.")
-        if login.storage_target is None and not (browser_value and hmac.compare_digest(
-                hashlib.sha256(browser_value.encode("utf-8")).hexdigest(), login.browser_hash)):
-            raise Lti13Refused(401, "This browser did not begin this login (its state cookie "
-                                    "is missing or wrong). If your browser blocks cookies "
-                                    "for this site, open the tool in a new window.",
-                               platform.name)
+        if login.storage_target is None:
+            raise Lti13Refused(401, STATE_REFUSALS["browser"], platform.name)
         claims = await self._check_token(id_token, platform)
         if not hmac.compare_digest(str(claims.get("nonce", "")), login.nonce):
-            raise Lti13Refused(401, "The id_token's nonce is not the one sent with this login's "
-                                    "state: a token from another login.", platform.name)
+            raise Lti13Refused(401, STATE_REFUSALS["nonce"], platform.name)
         if not await self.states.use_nonce(platform.issuer, login.nonce):
-            raise Lti13Refused(401, "The id_token's nonce was used before: a replayed token.",
-                               platform.name)
+            raise Lti13Refused(401, STATE_REFUSALS["replayed"], platform.name)
         launch = read_launch(claims, platform, self.group_parameter, self.consumers)
         return Verified(launch, login.storage_target, origin_of(platform.auth_login_url))
+
+    def _platform_of_token(self, token: str):
+        """
+        The configured platform that an id_token says it is from (before
+        its signature is checked: this only picks the keys, issuer and
+        client_id it is then checked against).
+        """
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise Lti13Refused(400, "The id_token is not a signed JWT (three dot-separated "
+                                    "parts).")
+        claims = _b64url_json(parts[1], "payload")
+        issuer = claims.get("iss")
+        found = [p for p in self.platforms.values() if p.issuer == issuer]
+        if not found:
+            raise Lti13Refused(401, f"Wrong issuer: the id_token's iss {short(issuer)} is not "
+                                    "one of the LTI 1.3 platforms configured here.")
+        if len(found) == 1:
+            return found[0]
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        chosen = ([p for p in found if p.client_id == claims.get("azp")]
+                  or [p for p in found if p.client_id in audiences])
+        if not chosen:
+            raise Lti13Refused(401, f"Wrong audience: the id_token's aud names none of the "
+                                    f"client_ids registered for the platform {short(issuer)}.")
+        return chosen[0]
 
     async def hold(self, state: str, launch: Launch13) -> None:
         await self.states.hold(state, launch.to_json())

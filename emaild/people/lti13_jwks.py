@@ -121,6 +121,7 @@ def cache_lifetime(headers: Headers, now: float) -> float:
 class _Body(Protocol):
     def __init__(self, done: defer.Deferred, limit: int):
         self.done, self.limit, self.parts, self.size = done, limit, [], 0
+        self.transport = None
 
     def dataReceived(self, data):
         self.size += len(data)
@@ -143,9 +144,16 @@ class _Body(Protocol):
 def read_body(response, limit: int) -> defer.Deferred:
     """
     The response body, or None when it is longer than C{limit} bytes.
+    Cancelling (a timeout, a shutdown) stops reading it.
     """
-    done: defer.Deferred = defer.Deferred()
-    response.deliverBody(_Body(done, limit))
+
+    def stop_reading(_):
+        if body.transport is not None:
+            body.transport.stopProducing()
+
+    done: defer.Deferred = defer.Deferred(stop_reading)
+    body = _Body(done, limit)
+    response.deliverBody(body)
     return done
 
 

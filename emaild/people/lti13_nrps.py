@@ -13,13 +13,22 @@ weekly update and announcements reach the members who never launched.
     3. Each page stored as it arrives (L{emaild.people.store.upsert_roster});
        after the last, members earlier rosters listed and this one does not
        have left (L{emaild.people.store.end_roster}); so do those listed as
-       Inactive or Deleted.
+       Inactive or Deleted.  Those who left the course also leave its
+       groups (their reply addresses stop working, they get no more group
+       mail), through the groups part's store; checked on every sync, so a
+       sync cut short between the two catches up on the next.
 
 A launch with the NRPS claim remembers the URL and starts a sync in the
 background when the last one began more than C{[lti13] nrps_interval} ago
 (the claim on the sync row is one statement, so several processes start it
 once; a sync that failed or was cut short by a restart is retried after
 L{RETRY_AFTER}); C{emaild course sync COURSE} runs one now.
+
+L{Rosters} is a service of the daemon's tree, stopped before the database
+closes: from then on a launch starts no sync, and a sync under way stops at
+once (its request to the platform is cancelled; the pages stored so far
+stay, nobody is marked as having left) and records why, to be retried after
+the next start.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import time
 import urllib.parse
 
 import jwt
+from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.client import Agent, FileBodyProducer
@@ -39,6 +49,7 @@ from twisted.web.http_headers import Headers
 
 from emaild.outbound.compose import ComposeError, check_address
 from emaild.people.lti13_jwks import read_body
+from emaild.people.lti13_store import roster_leavers
 from emaild.people.store import RosterMember, end_roster, upsert_roster
 
 log = Logger()
@@ -99,17 +110,39 @@ def _member(raw) -> RosterMember | None:
                         status=status if status in ("Active", "Inactive", "Deleted") else "Active")
 
 
-class Rosters:
-    def __init__(self, reactor, config, db, keys, agent=None, timeout: float = 30.0):
+#: what a sync cut short by the daemon's shutdown records
+STOPPED = "the daemon stopped during the sync; it is retried after the next start"
+
+
+class Rosters(service.Service):
+    name = "rosters"
+
+    def __init__(self, reactor, config, db, keys, groups, agent=None, timeout: float = 30.0):
         self.reactor = reactor
         self.db = db
         self.keys = keys
+        #: the groups part's L{emaild.groups.store.GroupStore}
+        self.groups = groups
         self.platforms = dict(config.lti13_platforms)
         self.interval = config["lti13"]["nrps_interval"]
         self.agent = agent or Agent(reactor)
         self.timeout = timeout
         #: the background syncs under way (tests and shutdown wait for them)
-        self.running: set[defer.Deferred] = set()
+        self.syncs: set[defer.Deferred] = set()
+        #: set by L{stopService}: no new sync, and those under way stop
+        self.stopping = False
+        self._requests: set[defer.Deferred] = set()
+
+    def stopService(self):  # noqa: N802
+        """
+        Start no more syncs, cut short those under way (their requests to
+        the platform are cancelled), and fire once they have recorded that.
+        """
+        service.Service.stopService(self)
+        self.stopping = True
+        for request in list(self._requests):
+            request.cancel()
+        return defer.gatherResults(list(self.syncs)).addCallback(lambda _: None)
 
     # -- from a launch -------------------------------------------------------
     def offered(self, platform: str, course_id: int, url: str) -> defer.Deferred:
@@ -118,9 +151,11 @@ class Rosters:
         and, if a sync is due, sync; all in the background (the launch does
         not wait).  The Deferred (also in L{running}) never fails.
         """
+        if self.stopping:
+            return defer.succeed(False)
         d = defer.ensureDeferred(self._offered(platform, course_id, url))
-        self.running.add(d)
-        d.addBoth(lambda result: (self.running.discard(d), result)[1])
+        self.syncs.add(d)
+        d.addBoth(lambda result: (self.syncs.discard(d), result)[1])
         return d
 
     async def _offered(self, platform: str, course_id: int, url: str) -> bool:
@@ -185,7 +220,7 @@ class Rosters:
 
     # -- the sync --------------------------------------------------------------
     async def _sync(self, platform_name: str, course_id: int, url: str, started) -> dict:
-        totals = {"members": 0, "new": 0, "updated": 0, "left": 0, "pages": 0}
+        totals = {"members": 0, "new": 0, "updated": 0, "left": 0, "pages": 0, "left_groups": 0}
         try:
             platform = self.platforms.get(platform_name)
             if platform is None:
@@ -193,6 +228,8 @@ class Rosters:
             token = await self.access_token(platform)
             next_url: str | None = url
             while next_url is not None:
+                if self.stopping:
+                    raise NrpsError(STOPPED)
                 if totals["pages"] >= MAX_PAGES:
                     raise NrpsError(f"the roster has more than {MAX_PAGES} pages")
                 members, next_url = await self._page(next_url, token)
@@ -203,6 +240,7 @@ class Rosters:
                 for key in ("new", "updated", "left"):
                     totals[key] += counts[key]
             totals["left"] += await end_roster(self.db, course_id, started)
+            totals["left_groups"] = await self._leave_groups(course_id)
         except NrpsError as e:
             await self.db.runOperation(
                 "UPDATE lti13_roster_syncs SET error = %s WHERE course_id = %s",
@@ -212,26 +250,53 @@ class Rosters:
             "UPDATE lti13_roster_syncs SET finished_at = now(), members = %s, error = NULL"
             " WHERE course_id = %s", (totals["members"], course_id))
         log.info("NRPS: course {course}: {members} members ({new} new, {left} left) in "
-                 "{pages} pages", course=course_id, **totals)
+                 "{pages} pages; {left_groups} group memberships ended", course=course_id,
+                 **totals)
         return totals
+
+    async def _leave_groups(self, course_id: int) -> int:
+        """
+        End the group memberships, in the course's groups, of those who left
+        the course by its roster; how many were ended.
+        """
+        leavers = await roster_leavers(self.db, course_id)
+        ended = 0
+        if not leavers:
+            return ended
+        for group, _ in await self.groups.list(course_id):
+            for member in await self.groups.members(group.id):
+                if member.person_id in leavers and await self.groups.leave(group.id,
+                                                                           member.person_id):
+                    ended += 1
+        return ended
 
     async def _request(self, method: bytes, url: str, headers: dict, body: bytes | None = None):
         producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
+        if self.stopping:
+            raise NrpsError(STOPPED)
         try:
-            d = self.agent.request(method, url.encode("ascii"), Headers(headers), producer)
-            d.addTimeout(self.timeout, self.reactor)
-            response = await d
-            d = read_body(response, MAX_PAGE)
-            d.addTimeout(self.timeout, self.reactor)
-            data = await d
+            response = await self._cancellable(
+                self.agent.request(method, url.encode("ascii"), Headers(headers), producer))
+            data = await self._cancellable(read_body(response, MAX_PAGE))
         except defer.TimeoutError:
             raise NrpsError(f"{url} did not answer within {self.timeout:.0f} s") from None
         except Exception as e:  # noqa: BLE001 (any failure to fetch is the same answer)
+            if self.stopping:  # cancelled by stopService (the Agent wraps the CancelledError)
+                raise NrpsError(STOPPED) from None
             raise NrpsError(f"{url} could not be reached: {type(e).__name__}: "
                             f"{str(e)[:200]}") from None
         if data is None:
             raise NrpsError(f"{url} answered more than {MAX_PAGE} bytes")
         return response, data
+
+    def _cancellable(self, d: defer.Deferred) -> defer.Deferred:
+        """
+        C{d} with our timeout, cancelled by L{stopService} while it waits.
+        """
+        d.addTimeout(self.timeout, self.reactor)
+        self._requests.add(d)
+        d.addBoth(lambda result: (self._requests.discard(d), result)[1])
+        return d
 
     async def access_token(self, platform) -> str:
         kid, key = self.keys.signing_key()

@@ -160,7 +160,8 @@ class WebApp:
 
     def resource(self):
         # a click on a login link skips Klein's routing (the hottest request)
-        routes = routes_links.LoginLinkFastPath(self, self.klein.resource())
+        routes: Resource = routes_links.LoginLinkFastPath(self, self.klein.resource())
+        routes = routes_lti13.LoginFastPath(self, routes)  # half of every LTI 1.3 launch
         return SecurityHeaders(StartingGate(routes, self.readiness, self.pages),
                                self.config["web"]["lms_origins"])
 

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti import LaunchRefused
+from emaild.web.lti_limits import too_many
 from emaild.web.responses import client_address, signed_in_redirect
 from emaild.web.routing import Routes
 
@@ -40,6 +41,9 @@ log = Logger()
 
 @routes.route("/lti/launch", methods=["POST"])
 async def lti_launch(self, request):
+    refused = too_many(self, request, "launch")
+    if refused is not None:
+        return refused
     if b"id_token" in request.args or (b"state" in request.args and b"error" in request.args):
         # LTI 1.3 (an id_token, or the platform's error response): emaild.web.routes_lti13
         from emaild.web.routes_lti13 import lti13_launch

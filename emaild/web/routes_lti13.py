@@ -19,6 +19,10 @@ C{POST /lti/launch} with C{id_token} and C{state}
 
 Refusals are pages (400/401) naming what was wrong, and a log line with the
 reason and the platform (never the token).
+
+C{GET|POST /lti/login} is served by L{LoginFastPath}, without Klein's
+routing: every LTI 1.3 launch is two requests, and Klein's per-request
+work was a good part of what the login cost (see bench/RESULTS-lti.md).
 """
 
 from __future__ import annotations
@@ -28,13 +32,19 @@ import json
 import urllib.parse
 from typing import TYPE_CHECKING
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti13_claims import Launch13, Lti13Refused
-from emaild.people.store import upsert_from_lti13
+from emaild.people.lti13_states import LoginProof
+from emaild.people.lti13_store import lock_identity_txn, upsert_from_lti13_txn
+from emaild.web.lti_limits import too_many
 from emaild.web.responses import client_address, json_response, signed_in_redirect
 from emaild.web.routing import Routes, uncancellable
+from emaild.web.sessions import start_session_txn
 
 if TYPE_CHECKING:
     from emaild.web.app import WebApp
@@ -105,6 +115,9 @@ def lti_jwks(self: WebApp, request):
 
 @routes.route("/lti/login", methods=["GET", "POST"])
 async def lti_login(self: WebApp, request):
+    refused = too_many(self, request, "login")
+    if refused is not None:
+        return refused
     try:
         redirect = await self.lti13.login(_params(request))
     except Lti13Refused as refused:
@@ -126,6 +139,37 @@ async def lti_login(self: WebApp, request):
         next_url=redirect.url)
 
 
+class LoginFastPath(Resource):
+    """
+    C{GET|POST /lti/login} without Klein: the same route code (L{lti_login}),
+    the same pages and headers, a 500 page (never a traceback) for an
+    unexpected error.  Every other request goes to C{inner}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, web: WebApp, inner: Resource):
+        super().__init__()
+        self.web = web
+        self.inner = inner
+
+    def render(self, request):
+        if request.path != b"/lti/login" or request.method not in (b"GET", b"POST"):
+            return self.inner.render(request)
+        d = defer.ensureDeferred(lti_login(self.web, request))
+        d.addErrback(lambda failure: self.web.server_error(request, failure))
+        d.addCallback(self._answer, request)
+        d.addErrback(lambda failure: log.failure("Error answering an LTI 1.3 login", failure))
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _answer(body: bytes, request) -> None:
+        if request.channel is None:  # the client went away
+            return
+        request.write(body)
+        request.finish()
+
+
 async def lti13_launch(self: WebApp, request):
     """
     A POST to /lti/launch that carries an id_token.
@@ -143,8 +187,6 @@ async def lti13_launch(self: WebApp, request):
         cookie = request.getCookie(_state_cookie_name(state).encode("ascii")) if state else None
         verified = await self.lti13.verify(params.get("id_token", ""), state,
                                            cookie.decode("ascii", "replace") if cookie else None)
-        if cookie:
-            _set_state_cookie(self, request, state, "", 0)
         if verified.storage_target is not None:
             await self.lti13.hold(state, verified.launch)
             log.info("LTI 1.3 launch: waiting for the platform storage check [platform "
@@ -155,7 +197,9 @@ async def lti13_launch(self: WebApp, request):
                 target=verified.storage_target, origin=verified.platform_origin,
                 key=f"emaild_state_{state}", state=state,
                 confirm_url=self.config["http"]["public_url"].rstrip("/") + "/lti/launch/confirm")
-        home = await sign_in(self, request, verified.launch)
+        home = await sign_in(self, request, verified.launch, verified.proof)
+        if cookie:  # the state is used up (a refused launch may still use it)
+            _set_state_cookie(self, request, state, "", 0)
     except Lti13Refused as refused:
         return _refused(self, request, refused, "launch")
     except DatabaseUnavailable as e:
@@ -183,21 +227,38 @@ async def lti_launch_confirm(self: WebApp, request):
     return json_response(request, 200, {"location": home})
 
 
-async def sign_in(self: WebApp, request, launch: Launch13) -> str:
+async def sign_in(self: WebApp, request, launch: Launch13, proof: LoginProof | None = None
+                  ) -> str:
     """
-    The person, course, group and session of a verified launch; returns
-    the URL of their home page.
+    The person, course, group and session of a verified launch, in one
+    transaction that first uses up its login state (C{proof}; None when the
+    storage check did already); returns the URL of their home page.
+
+    @raise Lti13Refused: the login state cannot be used (nothing written).
     """
     platform = self.lti13.platforms[launch.platform]
     if launch.rejected_email is not None:
         log.warn("LTI 1.3 launch: ignoring the address {address!r}, which is not usable "
                  "[platform {platform}, sub {sub!r}]", address=launch.rejected_email,
                  platform=launch.platform, sub=launch.sub)
-    outcome = await upsert_from_lti13(
-        self.db, issuer=launch.issuer, sub=launch.sub, email=launch.email,
-        display_name=launch.display_name, roles=launch.roles, course_key=platform.course_key,
-        context_id=launch.context_id, context_title=launch.context_title, group=launch.group,
-        lti11_identity=launch.lti11_identity)
+    new = self.sessions.new(request)
+
+    async def launch_txn(cursor):
+        if proof is not None:
+            await self.lti13.use_login_txn(cursor, proof)
+        else:
+            await lock_identity_txn(cursor, launch.issuer, launch.sub)
+        outcome = await upsert_from_lti13_txn(
+            cursor, issuer=launch.issuer, sub=launch.sub, email=launch.email,
+            display_name=launch.display_name, roles=launch.roles,
+            course_key=platform.course_key, context_id=launch.context_id,
+            context_title=launch.context_title, group=launch.group,
+            lti11_identity=launch.lti11_identity)
+        await start_session_txn(cursor, outcome.person_id, new)
+        return outcome
+
+    outcome = await self.db.transaction(launch_txn)
+    self.sessions.started(request, new, outcome.person_id)
     if outcome.email_conflict is not None:
         log.warn("LTI 1.3 launch: person {person_id} keeps their address: {address!r} belongs "
                  "to person {other} [platform {platform}, sub {sub!r}]",
@@ -212,5 +273,4 @@ async def sign_in(self: WebApp, request, launch: Launch13) -> str:
              group=launch.group)
     if launch.memberships_url and outcome.course_id is not None:
         self.lti13.rosters.offered(launch.platform, outcome.course_id, launch.memberships_url)
-    await self.sessions.start(request, outcome.person_id)
     return self.config["http"]["public_url"].rstrip("/") + "/home"

@@ -268,3 +268,15 @@ class Sessions:
             return False
         sent = (request.args.get(b"csrf_token") or [b""])[0]
         return hmac.compare_digest(sent, session.csrf_token.encode("ascii"))
+
+
+async def start_session_txn(cursor, person_id: int, new: NewSession) -> None:
+    """
+    L{SessionStore.insert} inside the caller's transaction (an LTI 1.3
+    launch starts its session in its sign-in transaction: one commit for
+    the login state, the person and the session); then L{Sessions.started}.
+    """
+    ctes, params = SessionStore.start_ctes(new, "person")
+    await cursor.execute(
+        f"WITH person AS (SELECT %(person_id)s::bigint AS person_id), {ctes} SELECT",
+        {**params, "person_id": person_id})

@@ -161,7 +161,7 @@ class DaemonTreeTests(DatabaseTestCase):
     def test_the_tree(self):
         daemon = yield defer.ensureDeferred(self.start())
         self.assertEqual([s.name for s in daemon], ["database", "http", "smtp"])
-        self.assertEqual([s.name for s in daemon.database], ["relay", "hold-expiry", "error-reports", "digest", "sender"])
+        self.assertEqual([s.name for s in daemon.database], ["relay", "hold-expiry", "error-reports", "rosters", "digest", "sender"])
         self.assertTrue(all(s.running for s in daemon.database))
         yield daemon.stopService()
 

@@ -453,3 +453,183 @@ class StateCookieTests(Lti13TestCase):
         for attribute in ("Secure", "HttpOnly", "SameSite=None", "Partitioned", "Path=/lti/",
                           "Max-Age=600"):
             self.assertIn(attribute, raw)
+
+
+class DatabaseCalls:
+    """
+    Counts what goes to the database through C{db} while it is installed:
+    transactions, the statements run inside them, and statements outside.
+    """
+
+    def __init__(self, test, db):
+        self.transactions = self.in_transactions = self.outside = 0
+        for name in ("transaction", "runQuery", "runOperation"):
+            original = getattr(db, name)
+            setattr(db, name, getattr(self, "_" + name)(original))
+            test.addCleanup(delattr, db, name)
+
+    def _transaction(self, original):
+        def transaction(fn, *args, **kwargs):
+            self.transactions += 1
+
+            async def counted(cursor, *a, **kw):
+                execute = cursor.execute
+
+                def counting_execute(*e, **ekw):
+                    self.in_transactions += 1
+                    return execute(*e, **ekw)
+
+                cursor.execute = counting_execute
+                try:
+                    return await fn(cursor, *a, **kw)
+                finally:
+                    cursor.execute = execute
+
+            return original(counted, *args, **kwargs)
+        return transaction
+
+    def _runQuery(self, original):  # noqa: N802
+        def run(*args, **kwargs):
+            self.outside += 1
+            return original(*args, **kwargs)
+        return run
+
+    _runOperation = _runQuery  # noqa: N815
+
+
+class OneTransactionTests(Lti13TestCase):
+    """
+    A launch whose browser has the state cookie is one transaction: the
+    state used up, the nonce recorded, the person, course and session, all
+    committed together (or, refused, nothing written).
+    """
+
+    @async_test
+    async def test_a_launch_is_one_transaction_and_no_other_statement(self):
+        await self.start()
+        browser = self.client()
+        redirect = await self.login(browser)
+        token = self.platform.id_token(redirect["nonce"])
+        calls = DatabaseCalls(self, self.web.db)
+        self.assert_launched(*await self.post_launch(browser, token, redirect["state"]))
+        self.assertEqual((calls.transactions, calls.outside), (1, 0))
+        # state + nonce + lock, identity, person, identity row, course, membership, session
+        self.assertLessEqual(calls.in_transactions, 7)
+        self.assertEqual(self.query("SELECT used_at IS NOT NULL FROM lti13_login_states"),
+                         [(True,)])
+        self.assertEqual(self.query("SELECT nonce FROM lti13_nonces"), [(redirect["nonce"],)])
+        self.assertEqual(self.query("SELECT count(*) FROM web_sessions"), [(1,)])
+        response, _ = await browser.get("/home")
+        self.assertEqual(response.code, 200)
+
+    @async_test
+    async def test_a_refused_launch_writes_nothing(self):
+        await self.start()
+        browser = self.client()
+        redirect = await self.login(browser)
+        # a token from another login (its nonce): refused inside the transaction
+        response, body = await self.post_launch(
+            browser, self.platform.id_token("another-nonce"), redirect["state"])
+        self.assert_refused(response, body, 401, "nonce is not the one")
+        self.assertEqual(self.query("SELECT used_at FROM lti13_login_states"), [(None,)])
+        self.assertEqual(self.query("SELECT count(*) FROM lti13_nonces"), [(0,)])
+        self.assertEqual(self.people(), [])
+        self.assertEqual(self.query("SELECT count(*) FROM web_sessions"), [(0,)])
+
+    @async_test
+    async def test_two_posts_of_one_launch_at_once_sign_in_once(self):
+        await self.start()
+        browser = self.client()
+        redirect = await self.login(browser)
+        token = self.platform.id_token(redirect["nonce"])
+        # the second post comes from the same browser (its state cookie) at the same moment
+        cookie = [c for c in browser.cookies if c.name.startswith("emaild_lti_state_")][0]
+        value = f"{cookie.name}={cookie.value}"
+        other = self.client()
+        posts = [browser.post("/lti/launch", data=urllib.parse.urlencode(
+                     {"id_token": token, "state": redirect["state"]}).encode(), headers=FORM),
+                 other.post("/lti/launch", data=urllib.parse.urlencode(
+                     {"id_token": token, "state": redirect["state"]}).encode(),
+                     headers={**FORM, "Cookie": [value]})]
+        from twisted.internet import defer
+
+        results = await defer.gatherResults([defer.ensureDeferred(p) for p in posts])
+        codes = sorted(response.code for response, _ in results)
+        self.assertEqual(codes, [303, 401], [body[:300] for _, body in results])
+        refused = [body for response, body in results if response.code == 401][0]
+        self.assertIn("already used", refused)
+        self.assertEqual(len(self.people()), 1)
+        self.assertEqual(self.query("SELECT count(*) FROM web_sessions"), [(1,)])
+
+    @async_test
+    async def test_a_token_of_another_registration_cannot_use_the_login(self):
+        self.platform = Platform()
+        await self.platform.start()
+        self.addCleanup(self.platform.stop)
+        await self.start_web(lti13={"platforms": {
+            "first": self.platform.platform_config(),
+            "second": self.platform.platform_config(client_id="second-client")}})
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        browser = self.client()
+        redirect = await self.login(browser, client_id="second-client")
+        # signed by the platform for the first registration, carrying this login's nonce
+        token = self.platform.id_token(redirect["nonce"])
+        response, body = await self.post_launch(browser, token, redirect["state"])
+        self.assert_refused(response, body, 401, "made for a login with another platform")
+        self.assertEqual(self.query("SELECT used_at FROM lti13_login_states"), [(None,)])
+        # the same token with the second registration's audience is accepted
+        token = self.platform.id_token(redirect["nonce"], aud="second-client")
+        self.assert_launched(*await self.post_launch(browser, token, redirect["state"]))
+
+
+class LoginFastPathTests(Lti13TestCase):
+    @async_test
+    async def test_the_login_is_served_without_klein_and_answers_the_same(self):
+        await self.start()
+        klein = self.web.klein
+        executed = []
+        original = klein.execute_endpoint
+
+        def counting(endpoint, *args, **kwargs):
+            executed.append(endpoint)
+            return original(endpoint, *args, **kwargs)
+
+        klein.execute_endpoint = counting
+        self.addCleanup(delattr, klein, "execute_endpoint")
+        browser = self.client()
+        redirect = await self.login(browser)  # GET: a 302 and the state cookie
+        self.assertTrue([c for c in browser.cookies if c.name.startswith("emaild_lti_state_")])
+        response, body = await browser.post("/lti/login", data=self.login_query().encode(),
+                                            headers=FORM)
+        self.assertEqual(response.code, 302, body)
+        response, body = await browser.get("/lti/login?" + self.login_query(iss=None))
+        self.assertEqual(response.code, 400)
+        self.assertIn("missing the required parameter iss", body)
+        for header in ("content-security-policy", "x-content-type-options"):
+            self.assertTrue(response.headers.getRawHeaders(header), header)
+        self.assertEqual(executed, [])
+        # the launch goes to Klein, and so does what is not a GET or POST of the login
+        token = self.platform.id_token(redirect["nonce"])
+        self.assert_launched(*await self.post_launch(browser, token, redirect["state"]))
+        self.assertEqual(len(executed), 1)
+        response, _ = await browser.request("PUT", "/lti/login")
+        self.assertEqual(response.code, 405)  # Klein's method check
+        response, _ = await browser.get("/lti/login/x")
+        self.assertEqual(response.code, 404)
+
+    @async_test
+    async def test_an_unexpected_error_in_the_login_is_a_500_page(self):
+        await self.start()
+
+        async def broken(params):
+            raise RuntimeError("boom")
+
+        self.web.lti13.login = broken
+        response, body = await self.client().get("/lti/login?" + self.login_query())
+        self.assertEqual(response.code, 500)
+        self.assertIn("Something went wrong on our side", body)
+        for marker in TRACEBACK_MARKERS:
+            self.assertNotIn(marker, body)
+        self.flushLoggedErrors(RuntimeError)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from emaild.people.lti13_nrps import MEMBERSHIPS, NrpsError
+from emaild.people.lti13_nrps import MEMBERSHIPS, STOPPED, NrpsError
 from tests.lti.test_lti13 import Lti13TestCase, async_test
 from tests.lti13_platform import INSTRUCTOR, LEARNER
 
@@ -25,18 +25,20 @@ def roster(n: int, start: int = 0) -> list[dict]:
     return members
 
 
-class NrpsTests(Lti13TestCase):
+class NrpsTestCase(Lti13TestCase):
     async def start_nrps(self, members: list[dict], **sections):
         await self.start(**sections)
         self.platform.nrps_claim = True
         self.platform.members["ctx-physics"] = members
 
     async def settle(self):
-        await defer.gatherResults(list(self.web.lti13.rosters.running))
+        await defer.gatherResults(list(self.web.lti13.rosters.syncs))
 
     def course_members(self):
         return self.query("SELECT count(*) FROM course_members")[0][0]
 
+
+class NrpsTests(NrpsTestCase):
     @async_test
     async def test_a_launch_syncs_a_1000_member_roster_in_pages(self):
         await self.start_nrps(roster(1000))
@@ -182,10 +184,88 @@ class CourseSyncCommandTests(Lti13TestCase):
         self.assertIn("no course 'ctx-physics'", result.stderr)
         self.platform.members["ctx-physics"] = roster(1)
         self.assert_launched(*await self.launch())
-        await defer.gatherResults(list(self.web.lti13.rosters.running))
+        await defer.gatherResults(list(self.web.lti13.rosters.syncs))
         self.platform.members["ctx-physics"] = roster(30)
         result = await cli("course", "sync", "ctx-physics")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("course ctx-physics: 30 members (29 new, 1 updated, 0 left) in 1 pages",
                       result.stdout)
         self.assertEqual(self.query("SELECT count(*) FROM course_members"), [(30,)])
+
+
+class ShutdownTests(NrpsTestCase):
+    @async_test
+    async def test_stopping_cuts_a_sync_short_and_starts_no_more(self):
+        from twisted.internet import reactor, task
+
+        await self.start_nrps(roster(50))
+        self.platform.token_delay = 2.0  # the sync waits for its access token
+        self.assert_launched(*await self.launch())
+        rosters = self.web.lti13.rosters
+        (sync,) = rosters.syncs
+        await task.deferLater(reactor, 0.3, lambda: None)
+        self.assertFalse(sync.called)
+        started = reactor.seconds()
+        await rosters.stopService()
+        self.assertLess(reactor.seconds() - started, 1.0)  # not the token's 2 s
+        self.assertEqual(rosters.syncs, set())
+        self.assertEqual(self.query("SELECT finished_at, error FROM lti13_roster_syncs"),
+                         [(None, STOPPED)])
+        self.assertEqual(self.course_members(), 1)  # nobody marked as having left, either
+        self.assertIn(STOPPED, self.logged())
+        # a launch after the stop starts no sync
+        self.assertFalse(await rosters.offered("emulator", 1, self.platform.url("/nrps/x")))
+        self.assertEqual(rosters.syncs, set())
+        await task.deferLater(reactor, 2.0, lambda: None)  # the emulator's late answer
+
+    def test_the_daemon_stops_the_rosters_before_the_database(self):
+        from emaild.service import Emaild
+
+        daemon = Emaild(self.config())
+        children = list(daemon.database)
+        self.assertIn(daemon.hs.get_rosters(), children)
+        # children stop in reverse order: the rosters after the sender, with the database open
+        self.assertLess(children.index(daemon.hs.get_rosters()), children.index(daemon.sender))
+
+
+class LeaversLeaveTheirGroupsTests(NrpsTestCase):
+    @async_test
+    async def test_members_who_leave_the_course_leave_its_groups(self):
+        await self.start_nrps(roster(10))
+        self.platform.custom = {"group": "Team 1"}
+        self.assert_launched(*await self.launch())
+        await self.settle()
+        (course_id,) = self.query("SELECT id FROM courses")[0]
+        groups = self.hs.get_group_store()
+        team = await groups.find(course_id, "Team 1")
+
+        def person(email):
+            return self.query("SELECT id FROM people WHERE email = %s", (email,))[0][0]
+
+        stays, goes, drops = (person(f"member{i}@example.org") for i in (5, 1, 2))
+        memberships = self.hs.get_memberships()
+        for who in (stays, goes, drops):
+            await memberships.join(team.id, course_id, who)
+        # another course's group is not touched
+        (other,) = self.query("INSERT INTO courses (consumer_key, context_id) VALUES"
+                              " ('', 'elsewhere') RETURNING id")[0]
+        await memberships.add_group("elsewhere", "Team 9")
+        (other_group,) = self.query("SELECT id FROM groups WHERE course_id = %s", (other,))[0]
+        await memberships.join(other_group, other, goes)
+
+        members = roster(10)
+        self.assertEqual((members[2]["user_id"], members[3]["user_id"]), ("member-1", "member-2"))
+        members[2]["status"] = "Deleted"  # goes
+        del members[3]  # drops: no longer listed
+        self.platform.members["ctx-physics"] = members
+        totals = await self.web.lti13.rosters.sync_now(course_id)
+        self.assertEqual((totals["left"], totals["left_groups"]), (2, 2))
+        current = {m.person_id for m in await groups.members(team.id)}
+        self.assertEqual(current, {person("grace@example.org"), stays})
+        left = await groups.member(team.id, goes)
+        self.assertIsNotNone(left.left_at)  # their reply address no longer works
+        self.assertEqual({m.person_id for m in await groups.members(other_group)}, {goes})
+        # a sync with nothing new ends nothing more
+        totals = await self.web.lti13.rosters.sync_now(course_id)
+        self.assertEqual((totals["left"], totals["left_groups"]), (0, 0))
+        self.assertIn("2 group memberships ended", self.logged())
