@@ -41,6 +41,7 @@ from emaild.groups.store import (
     post_of_message_txn,
 )
 from emaild.inbound.dsn import parse_bounce
+from emaild.inbound.inflow import InFlow
 from emaild.inbound.reading import PostToRead, read_posts
 from emaild.inbound.rewrite import ANONYMOUS_NAME, Prepared, build_copy
 from emaild.inbound.store import (
@@ -123,7 +124,7 @@ def _unique(items):
 
 class RelayProcessor(service.Service):
     def __init__(self, reactor, config, store: InboundStore, addresses: ReplyAddresses,
-                 links, outbox, metrics: Metrics | None = None):
+                 links, outbox, metrics: Metrics | None = None, inflow: InFlow | None = None):
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
         self.config = config
@@ -131,6 +132,8 @@ class RelayProcessor(service.Service):
         self.addresses = addresses
         self.links = links
         self.outbox = outbox
+        #: told how many rows wait after each batch (it slows the server)
+        self.inflow = inflow
         self.domain = config["smtp"]["relay_domain"]
         self.bounce_limit = config["groups"]["hard_bounce_limit"]
         self.poll_interval = config["relay"]["poll_interval"]
@@ -196,7 +199,7 @@ class RelayProcessor(service.Service):
         # server accepting at full rate in the same reactor
         while self.running:
             try:
-                results, _waiting = await process_rows(
+                results, waiting = await process_rows(
                     self.store, self._work, limit=self.batch_rows, max_attempts=MAX_ATTEMPTS)
             except (DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as e:
                 log.warn("Relay processor paused, database unavailable: {e}", e=e)
@@ -204,6 +207,8 @@ class RelayProcessor(service.Service):
             except Exception:
                 log.failure("Relay processor could not process a batch")
                 return
+            if self.inflow is not None:
+                self.inflow.update(waiting - len(results))
             if not results:
                 return
             for pending, outcome in results:
