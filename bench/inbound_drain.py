@@ -4,6 +4,7 @@ PostgreSQL, with nothing else running.
 
     PYTHONPATH=$PWD .venv/bin/python bench/inbound_drain.py [--posts 3000] [--members 2]
                                                             [--rounds 3] [--size 2048]
+                                                            [--profile]
 
 Each round stores POSTS posts from one member to their group's reply
 address (InboundStore.receive, what the SMTP server does before 250; the
@@ -19,6 +20,8 @@ measures the whole daemon).
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -50,10 +53,16 @@ async def drain_round(hs, pg_pid: int, member: dict, args) -> dict:
                             raw=message(n, member["email"], member["reply_address"], args.size))
     outbox0 = (await hs.get_database().runQuery("SELECT count(*) FROM outbox"))[0][0]
     processor = hs.get_relay_processor()
+    profile = cProfile.Profile() if args.profile else None
     cpu0, pg0, t0 = time.process_time(), cpu_seconds(pg_pid), time.monotonic()
+    if profile:
+        profile.enable()
     processor.startService()
     while (await store.counts())["received"]:
         await task.deferLater(reactor, 0.05, lambda: None)
+    if profile:
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     seconds = time.monotonic() - t0
     cpu, pg = time.process_time() - cpu0, cpu_seconds(pg_pid) - pg0
     await processor.stopService()
@@ -68,6 +77,8 @@ def main():
     parser.add_argument("--members", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=2048, help="body bytes")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the drain's hottest functions (cProfile; slower)")
     args = parser.parse_args()
 
     from twisted.internet import defer, task

@@ -209,15 +209,28 @@ class Scrubber:
         name = clean(name)[:100]
         return name if usable_name(name) and not self.found(name) else ANONYMOUS_NAME
 
+    def found_literal(self, data: bytes) -> bool:
+        """Whether a member's address is in C{data} as written (any case)."""
+        return self.address is not None and self.raw.search(data) is not None
+
     def text(self, text: str, html_: bool = False, ident: bool = False) -> str:
+        return self.scrub(text, html_, ident)[0]
+
+    def scrub(self, text: str, html_: bool = False, ident: bool = False) -> tuple[str, bool]:
+        """
+        C{text} with every member address replaced (see L{text}), and
+        whether there was any to replace.
+        """
+        found = False
         # "ADA@EXAMPLE.ORG" with "ada@example.org" pasted into it: replacing
         # one can join the rest into another, so repeat until none is left
         # (names hold no @, so each round removes at least one)
         for _ in range(20):
             if not self.found(text):
                 break
+            found = True
             text = self._once(text, html_, ident)
-        return text
+        return text, found
 
     def _once(self, text: str, html_: bool, ident: bool) -> str:
         # ids (Content-ID and the cid: links to it) must stay one token and match
