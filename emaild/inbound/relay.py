@@ -265,16 +265,21 @@ class RelayProcessor(service.Service):
         return "done", f"{what} bounce of message {outbox_id} ({report.status})"
 
     # -- the group relay ---------------------------------------------------------
-    async def _before_batch(self, cursor, batch: list[Pending]) -> None:
+    async def _before_batch(self, cursor, batch: list[Pending]) -> int:
         """
-        Read every post of the batch first (parse, check, scrub: see
+        Read the posts of the batch first (parse, check, scrub: see
         L{read_posts}), then look up the posts they cite in one query per
-        group rather than one per post.
+        group rather than one per post.  Only rows up to the one whose
+        copies reach C{max_copies} are read; returns how many that is.
         """
         self._groups, self._links, self._read, self._found = {}, {}, {}, {}
         waiting: list[tuple[Pending, object]] = []
         items, members = [], {}
-        for pending in batch:
+        copies = 0
+        for taken, pending in enumerate(batch):
+            if copies >= self.max_copies:
+                batch = batch[:taken]
+                break
             if pending.purpose != RELAY:
                 continue
             group = await self._group(cursor, pending.group_id)
@@ -291,6 +296,9 @@ class RelayProcessor(service.Service):
                 items.append(PostToRead(pending.raw, pending.mail_from, self.domain,
                                         author.display_name or ANONYMOUS, pending.group_id))
                 waiting.append((pending, author))
+                # at most this many: its reading may find it is not to be relayed
+                copies += sum(1 for m in group[2] if m.live and m.email
+                              and m.person_id != author.person_id)
         cited: dict[int, set[str]] = {}
         for (pending, author), read in zip(waiting, read_posts(items, members)):
             if read.error is not None:
@@ -302,6 +310,7 @@ class RelayProcessor(service.Service):
                 cited.setdefault(pending.group_id, set()).update(post.ids)
         for group_id, ids in cited.items():
             self._found[group_id] = await find_posts_txn(cursor, group_id, sorted(ids))
+        return len(batch)
 
     async def _work(self, cursor, batch: list[Pending]) -> list[tuple[Pending, Outcome]]:
         """
@@ -310,29 +319,16 @@ class RelayProcessor(service.Service):
         copies each queued in one statement for the whole batch.  Rows are
         taken in order until their copies reach C{max_copies}.
         """
-        await self._before_batch(cursor, batch)
         taken: list[tuple[Pending, Outcome | None]] = []
         posts: list[Pending] = []
-        copies = 0
-        for pending in batch:
-            if copies >= self.max_copies:
-                break
+        for pending in batch[:await self._before_batch(cursor, batch)]:
             if pending.purpose == RELAY:
                 posts.append(pending)
                 taken.append((pending, None))
-                copies += self._expected_copies(pending)
             else:
                 taken.append((pending, await self._handle(cursor, pending)))
         relayed = iter(await self._relay(cursor, posts) if posts else ())
         return [(p, o if o is not None else next(relayed)) for p, o in taken]
-
-    def _expected_copies(self, pending: Pending) -> int:
-        read = self._read.get(pending.id)
-        if not isinstance(read, _Post):
-            return 0
-        group = self._groups[pending.group_id]
-        return sum(1 for m in group[2] if m.live and m.email
-                   and m.person_id != read.author.person_id)
 
     async def _relay(self, cursor, rows: list[Pending]) -> list[Outcome]:
         """

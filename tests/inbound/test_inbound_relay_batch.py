@@ -167,3 +167,22 @@ class BatchTests(RelayTestCase):
         results, waiting = await process_rows(self.inbound, processor._work, limit=64,
                                               max_attempts=3)
         self.assertEqual((len(results), waiting), (3, 3))
+
+    async def test_a_batch_reads_only_the_posts_within_its_copy_budget(self):
+        ids = await self.posts(6)
+        real_read_post = reading.read_post
+        read = []
+
+        def read_post(item, members):
+            read.append(item.raw)
+            return real_read_post(item, members)
+
+        self.patch(reading, "read_post", read_post)
+        processor = self.bare_processor()
+        processor.max_copies = 3  # each post is two copies
+        results, _ = await process_rows(self.inbound, processor._work, limit=64,
+                                        max_attempts=3)
+        self.assertEqual([p.message_id for p, _ in results], ids[:2])
+        self.assertEqual(len(read), 2)  # not all six, to take two
+        self.assertEqual([s for i in ids for s, _ in self.states(i)],
+                         ["done"] * 2 + ["received"] * 4)
