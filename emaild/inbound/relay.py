@@ -57,6 +57,7 @@ from emaild.inbound.store import (
     record_bounce_txn,
 )
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
+from emaild.links.store import LinkRow
 from emaild.metrics import Metrics
 from emaild.outbound.compose import Rendered
 from emaild.outbound.kinds import Scope
@@ -76,6 +77,8 @@ MAX_ATTEMPTS = 3
 #: rows (a post to a big group queues hundreds in one go)
 BATCH_ROWS = 128
 BATCH_COPIES = 2000
+#: unsubscribe links kept between batches, at most
+LINKS_KEPT = 50_000
 ANONYMOUS = ANONYMOUS_NAME
 
 
@@ -143,7 +146,8 @@ class RelayProcessor(service.Service):
         self._again = False
         #: what the rows of one batch share (see _before_batch)
         self._groups: dict[int, tuple] = {}
-        self._links: dict[tuple[int, str], object] = {}
+        #: (person, target) -> their unsubscribe link, kept across batches
+        self._links: dict[tuple[int, str], LinkRow] = {}
         self._read: dict[int, object] = {}
         self._found: dict[int, dict] = {}
         #: rows per transaction, and the copies after which a batch takes
@@ -272,7 +276,7 @@ class RelayProcessor(service.Service):
         group rather than one per post.  Only rows up to the one whose
         copies reach C{max_copies} are read; returns how many that is.
         """
-        self._groups, self._links, self._read, self._found = {}, {}, {}, {}
+        self._groups, self._read, self._found = {}, {}, {}
         waiting: list[tuple[Pending, object]] = []
         items, members = [], {}
         copies = 0
@@ -460,8 +464,14 @@ class RelayProcessor(service.Service):
         Unsubscribe links for each (person, target), minted (or reused, see
         L{LinksService.mint_many}) in one transaction of their own for the
         whole batch: a link that outlives a rolled-back batch is harmless.
+        Kept from batch to batch while they stay valid for half their
+        lifetime (the store's own rule for reusing one).
         """
-        missing = _unique(k for k in keys if k not in self._links)
+        fresh_until = self.links.clock() + self.links.ttl[UNSUBSCRIBE_LINK] / 2
+        if len(self._links) > LINKS_KEPT:
+            self._links.clear()
+        missing = _unique(k for k in keys if k not in self._links
+                          or self._links[k].expires_at <= fresh_until)
         if missing:
             rows = await self.links.mint_many(
                 [self.links.request(p, UNSUBSCRIBE_LINK, target) for p, target in missing])

@@ -8,6 +8,8 @@ work exactly once.
 
 from __future__ import annotations
 
+import time
+
 import psycopg2
 
 from emaild.db.database import DatabaseUnavailable
@@ -186,3 +188,28 @@ class BatchTests(RelayTestCase):
         self.assertEqual(len(read), 2)  # not all six, to take two
         self.assertEqual([s for i in ids for s, _ in self.states(i)],
                          ["done"] * 2 + ["received"] * 4)
+
+    async def test_unsubscribe_links_are_minted_once_while_they_stay_fresh(self):
+        processor = self.bare_processor()
+        links = processor.links
+        minted = []
+        real_mint_many = links.mint_many
+
+        async def mint_many(requests):
+            minted.append(len(requests))
+            return await real_mint_many(requests)
+
+        self.patch(links, "mint_many", mint_many)
+        for _ in range(2):
+            await self.posts(2)
+            await process_rows(self.inbound, processor._work, limit=64, max_attempts=3)
+        self.assertEqual(minted, [2])  # bob's and carol's, for both batches
+        # a link past half its lifetime is not handed out again
+        ttl = links.ttl["unsubscribe"]
+        self.patch(links, "clock", lambda: time.time() + ttl * 0.6)
+        await self.posts(1)
+        await process_rows(self.inbound, processor._work, limit=64, max_attempts=3)
+        self.assertEqual(minted, [2, 2])
+        tokens = {parse(body)["List-Unsubscribe"] for _, body in
+                  self.query("SELECT recipient, body FROM outbox ORDER BY id")}
+        self.assertEqual(len(tokens), 4)  # two per member: before and after
