@@ -46,3 +46,11 @@ class ReadOnceTests(unittest.TestCase):
         self.assertIn("Content-Transfer-Encoding: base64", data.decode())
         self.assertTrue(scrub.Scrubber(scrub.scrub_map(members)).found_literal(
             b"Write to X=40Y@EXAMPLE.ORG."))
+
+    def test_the_replacing_patterns_are_compiled_only_when_something_is_found(self):
+        members = [(f"member{i}@example.org", f"Member {i}") for i in range(50)]
+        clean = scrub.Scrubber(scrub.scrub_map(members))
+        self.assertEqual(clean.text("Nobody named here."), "Nobody named here.")
+        self.assertFalse({"angle", "mailto", "cid"} & set(clean._patterns.__dict__))
+        self.assertEqual(clean.text("write to <member7@example.org>."), "write to Member 7.")
+        self.assertTrue({"angle", "mailto", "cid"} <= set(clean._patterns.__dict__))
