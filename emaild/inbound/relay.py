@@ -40,7 +40,7 @@ from emaild.groups.store import (
     next_post_ids_txn,
     post_of_message_txn,
 )
-from emaild.inbound.dsn import parse_bounce
+from emaild.inbound.bounces import record_bounce, unsubscribe_by_mail
 from emaild.inbound.inflow import InFlow
 from emaild.inbound.reading import PostToRead, read_posts
 from emaild.inbound.rewrite import ANONYMOUS_NAME, Prepared, build_copy
@@ -54,19 +54,13 @@ from emaild.inbound.store import (
     Outcome,
     Pending,
     process_rows,
-    record_bounce_txn,
 )
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.links.store import LinkRow
 from emaild.metrics import Metrics
 from emaild.outbound.compose import Rendered
 from emaild.outbound.kinds import Scope
-from emaild.outbound.store import (
-    bounced_message_txn,
-    insert_message_batches_txn,
-    record_bounced_txn,
-    suppress_address_txn,
-)
+from emaild.outbound.store import insert_message_batches_txn
 
 log = Logger()
 
@@ -229,44 +223,10 @@ class RelayProcessor(service.Service):
                 raise PostUnreadable(outcome.reason)
             return outcome
         if pending.purpose == UNSUBSCRIBE:
-            return Outcome(*await self._unsubscribe(pending))
+            return Outcome(*await unsubscribe_by_mail(self.links, self.outbox, pending))
         if pending.purpose == BOUNCE:
-            return Outcome(*await self._bounce(cursor, pending))
+            return Outcome(*await record_bounce(cursor, pending, self.bounce_limit))
         return Outcome("failed", f"unknown purpose {pending.purpose!r}")
-
-    # -- unsubscribe by mail ---------------------------------------------------
-    async def _unsubscribe(self, pending: Pending) -> tuple[str, str]:
-        link = await self.links.store.get(pending.link_id) if pending.link_id else None
-        if link is None or link.purpose != UNSUBSCRIBE_LINK:
-            return "ignored", "the unsubscribe link no longer exists"
-        scope = await self.outbox.unsubscribe(link, "kind", source="mailto")
-        return "done", f"person {link.person_id} unsubscribed from {scope.target}"
-
-    # -- bounces ---------------------------------------------------------------
-    async def _bounce(self, cursor, pending: Pending) -> tuple[str, str]:
-        if pending.mail_from != "":
-            return "ignored", ("not a bounce: mail to a bounce address must come from the "
-                               "null sender <>")
-        sent = await bounced_message_txn(cursor, pending.address)
-        if sent is None:
-            return "ignored", "no message of ours has this bounce address"
-        outbox_id, recipient, person_id = sent.outbox_id, sent.recipient, sent.person_id
-        reports = parse_bounce(pending.raw)
-        if not reports:
-            return "ignored", "no delivery status found in this bounce"
-        report = next((r for r in reports if r.hard), reports[0])
-        await record_bounced_txn(cursor, outbox_id, report.status, report.diagnostic)
-        hard_bounces = await record_bounce_txn(
-            cursor, address=recipient, outbox_id=outbox_id, person_id=person_id,
-            hard=report.hard, status=report.status, diagnostic=report.diagnostic)
-        what = "hard" if report.hard else "soft"
-        if report.hard and hard_bounces >= self.bounce_limit:
-            await suppress_address_txn(
-                cursor, recipient, f"bounced: {hard_bounces} hard bounces, the last "
-                                   f"{report.status} {report.diagnostic}".strip()[:500])
-            return "done", (f"{what} bounce of message {outbox_id} ({report.status}); address "
-                            f"suppressed after {hard_bounces} hard bounces")
-        return "done", f"{what} bounce of message {outbox_id} ({report.status})"
 
     # -- the group relay ---------------------------------------------------------
     async def _before_batch(self, cursor, batch: list[Pending]) -> int:
