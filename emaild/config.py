@@ -363,6 +363,12 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "data_timeout": (parse_duration, 600.0),
         "tls_certificate": (_string, ""),
         "tls_key": (_string, ""),
+        # in-flow control (emaild/inbound/inflow.py): rows waiting for the
+        # relay processor above which new mail is delayed, the longest
+        # delay, and the rows above which it gets 451 (0: never)
+        "in_flow_backlog": (_integer(0), 2000),
+        "in_flow_delay": (parse_duration, 1.0),
+        "in_flow_refuse": (_integer(0), 20000),
     },
     "mail": {
         "from_address": (_address, ""),

@@ -406,7 +406,19 @@ class HomeServer:
 
         return RelayProcessor(self.reactor, self.config, self.get_inbound_store(),
                               self.get_reply_addresses(), self.get_links(), self.get_outbox(),
-                              metrics=self.get_metrics())
+                              metrics=self.get_metrics(), inflow=self.get_inflow())
+
+    @built_once
+    def get_inflow(self):
+        """The inbound server's in-flow control, fed by the relay processor."""
+        from emaild.config import ConfigError
+        from emaild.inbound.inflow import InFlow
+
+        smtp = self.config["smtp"]
+        if smtp["in_flow_refuse"] and smtp["in_flow_refuse"] <= smtp["in_flow_backlog"]:
+            raise ConfigError("smtp.in_flow_refuse", "must be above smtp.in_flow_backlog (or 0)")
+        return InFlow(self.reactor, backlog=smtp["in_flow_backlog"],
+                      max_delay=smtp["in_flow_delay"], refuse=smtp["in_flow_refuse"])
 
     @built_once
     def get_error_reporter(self):

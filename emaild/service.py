@@ -149,6 +149,7 @@ class Emaild(service.MultiService):
 
         self.smtp = inbound_listener(config, hs.get_inbound_handler(), self.reactor,
                                      metrics=self.metrics, is_ready=self.readiness.is_ready)
+        self.smtp.factory.inflow = hs.get_inflow()
         self.smtp.setName("smtp")
         self.smtp.setServiceParent(self)
 

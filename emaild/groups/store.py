@@ -238,3 +238,62 @@ async def insert_post_with_copies_txn(cursor, *, group_id: int, author_id: int |
          post_message_id, original_message_id, subject, list(person_ids)))
     post_id, claimed = cursor.fetchone()
     return post_id, set(claimed)
+
+
+@attrs.frozen
+class NewPost:
+    """A post for L{insert_posts_with_copies_txn}, its id taken beforehand."""
+
+    post_id: int
+    group_id: int
+    author_id: int | None
+    #: the received row it is made from, and that row's message
+    inbound_id: int
+    message_id: int
+    thread_id: int | None
+    post_message_id: str
+    original_message_id: str | None
+    subject: str
+    person_ids: Sequence[int]
+
+
+async def next_post_ids_txn(cursor, n: int) -> list[int]:
+    """C{n} unused post ids (for L{NewPost}; those not used are gaps)."""
+    await cursor.execute("SELECT nextval(pg_get_serial_sequence('group_posts', 'id'))"
+                         " FROM generate_series(1, %s)", (n,))
+    return [row[0] for row in cursor.fetchall()]
+
+
+async def insert_posts_with_copies_txn(cursor, posts: Sequence[NewPost]) -> dict[int, set[int]]:
+    """
+    L{insert_post_with_copies_txn} for many posts in one statement (a post
+    may name another of them as its thread).  Returns {post id: the members
+    not recorded before} for the posts made; a post is not made when every
+    one of its members had a copy already.  At most one post per (message,
+    group).
+    """
+    if len({(p.message_id, p.group_id) for p in posts}) < len(posts):
+        raise ValueError("two posts of one message to one group")
+    copies = [(p.message_id, p.group_id, person) for p in posts for person in p.person_ids]
+    await cursor.execute(
+        "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+        "   %s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[])"
+        "   AS v(id, g, a, i, m, t, pm, om, s, n)),"
+        " c AS (INSERT INTO group_relayed_copies (message_id, group_id, person_id)"
+        "   SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])"
+        "   ON CONFLICT DO NOTHING RETURNING message_id, group_id, person_id),"
+        " p AS (INSERT INTO group_posts (id, group_id, author_id, inbound_id, thread_id,"
+        "   message_id, original_message_id, subject, copies)"
+        "   SELECT v.id, v.g, v.a, v.i, v.t, v.pm, v.om, v.s,"
+        "     (SELECT count(*) FROM c WHERE c.message_id = v.m AND c.group_id = v.g) FROM v"
+        "   WHERE v.n = 0 OR EXISTS (SELECT 1 FROM c WHERE c.message_id = v.m AND c.group_id = v.g)"
+        "   RETURNING id)"
+        " SELECT p.id, ARRAY(SELECT c.person_id FROM c WHERE c.message_id = v.m"
+        "   AND c.group_id = v.g) FROM p JOIN v ON v.id = p.id",
+        ([p.post_id for p in posts], [p.group_id for p in posts], [p.author_id for p in posts],
+         [p.inbound_id for p in posts], [p.message_id for p in posts],
+         [p.thread_id for p in posts], [p.post_message_id for p in posts],
+         [p.original_message_id for p in posts], [p.subject for p in posts],
+         [len(p.person_ids) for p in posts],
+         [c[0] for c in copies], [c[1] for c in copies], [c[2] for c in copies]))
+    return {post_id: set(claimed) for post_id, claimed in cursor.fetchall()}

@@ -1,7 +1,8 @@
 """
-The relay processor: works through stored inbound recipients, many per
-transaction (L{InboundStore.process_batch}), and finishes each in the
-transaction that does its work.
+The relay processor: works through stored inbound recipients, a batch per
+transaction (L{process_rows}), and finishes each in the transaction that
+does its work: every post of a batch is read first, then the batch's
+posts and their copies are queued in a few statements, whatever its size.
 
 - a member's reply address: the post is re-sent to every other current
   member through the outbox (rate limit, retries and records apply), each
@@ -26,39 +27,40 @@ import psycopg2
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.groups.addresses import ReplyAddresses
 from emaild.groups.store import (
+    NewPost,
     find_posts_txn,
-    insert_post_with_copies_txn,
+    insert_posts_with_copies_txn,
     members_for_relay_txn,
     name_and_course_txn,
+    next_post_ids_txn,
     post_of_message_txn,
 )
-from emaild.inbound.dsn import parse_bounce
+from emaild.inbound.bounces import record_bounce, unsubscribe_by_mail
+from emaild.inbound.inflow import InFlow
 from emaild.inbound.reading import PostToRead, read_posts
-from emaild.inbound.rewrite import ANONYMOUS_NAME, build_copy
+from emaild.inbound.rewrite import ANONYMOUS_NAME, Prepared, build_copy
 from emaild.inbound.store import (
     BOUNCE,
     INBOUND_CHANNEL,
     RELAY,
+    RETRY,
     UNSUBSCRIBE,
     InboundStore,
     Outcome,
     Pending,
-    record_bounce_txn,
+    process_rows,
 )
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
+from emaild.links.store import LinkRow
 from emaild.metrics import Metrics
 from emaild.outbound.compose import Rendered
 from emaild.outbound.kinds import Scope
-from emaild.outbound.store import (
-    bounced_message_txn,
-    insert_messages_txn,
-    record_bounced_txn,
-    suppress_address_txn,
-)
+from emaild.outbound.store import insert_message_batches_txn
 
 log = Logger()
 
@@ -67,13 +69,22 @@ GROUP_KIND = "group"
 MAX_ATTEMPTS = 3
 #: rows per transaction, and the copies after which a batch takes no more
 #: rows (a post to a big group queues hundreds in one go)
-BATCH_ROWS = 64
+BATCH_ROWS = 128
 BATCH_COPIES = 2000
+#: unsubscribe links kept between batches, at most
+LINKS_KEPT = 50_000
 ANONYMOUS = ANONYMOUS_NAME
 
 
 class PostUnreadable(Exception):
     """Reading a post raised; the message has the traceback."""
+
+
+class PlannedPostNotMade(Exception):
+    """
+    A post planned in a batch was not made, and a later row of the batch
+    relied on it: the batch is done again one row at a time.
+    """
 
 
 @attrs.frozen
@@ -90,13 +101,27 @@ class _Post:
                                                if p.original_message_id else [])
 
 
+@attrs.frozen
+class _Plan:
+    """A post of the batch to make, and what its copies need."""
+
+    pending: Pending
+    prepared: Prepared
+    group_name: str
+    course_id: int
+    candidates: list
+    in_reply_to: list[str]
+    references: list[str]
+    post: NewPost
+
+
 def _unique(items):
     return list(dict.fromkeys(items))
 
 
 class RelayProcessor(service.Service):
     def __init__(self, reactor, config, store: InboundStore, addresses: ReplyAddresses,
-                 links, outbox, metrics: Metrics | None = None):
+                 links, outbox, metrics: Metrics | None = None, inflow: InFlow | None = None):
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
         self.config = config
@@ -104,6 +129,8 @@ class RelayProcessor(service.Service):
         self.addresses = addresses
         self.links = links
         self.outbox = outbox
+        #: told how many rows wait after each batch (it slows the server)
+        self.inflow = inflow
         self.domain = config["smtp"]["relay_domain"]
         self.bounce_limit = config["groups"]["hard_bounce_limit"]
         self.poll_interval = config["relay"]["poll_interval"]
@@ -113,10 +140,14 @@ class RelayProcessor(service.Service):
         self._again = False
         #: what the rows of one batch share (see _before_batch)
         self._groups: dict[int, tuple] = {}
-        self._links: dict[tuple[int, str], object] = {}
+        #: (person, target) -> their unsubscribe link, kept across batches
+        self._links: dict[tuple[int, str], LinkRow] = {}
         self._read: dict[int, object] = {}
         self._found: dict[int, dict] = {}
-        self._batch_posts: dict[int, dict] = {}
+        #: rows per transaction, and the copies after which a batch takes
+        #: no more rows
+        self.batch_rows = BATCH_ROWS
+        self.max_copies = BATCH_COPIES
 
     # -- service ---------------------------------------------------------------
     name = "relay"
@@ -161,19 +192,21 @@ class RelayProcessor(service.Service):
         return None
 
     async def _drain(self) -> None:
+        # batch after batch while rows wait: each batch costs a few
+        # statements whatever its size, so the processor keeps up with a
+        # server accepting at full rate in the same reactor
         while self.running:
-            # group names, members and unsubscribe links, looked up once per
-            # batch: posts in a burst mostly go to the same groups
             try:
-                results = await self.store.process_batch(
-                    self._handle, limit=BATCH_ROWS, max_copies=BATCH_COPIES,
-                    max_attempts=MAX_ATTEMPTS, before=self._before_rows)
+                results, waiting = await process_rows(
+                    self.store, self._work, limit=self.batch_rows, max_attempts=MAX_ATTEMPTS)
             except (DatabaseUnavailable, psycopg2.OperationalError, psycopg2.InterfaceError) as e:
                 log.warn("Relay processor paused, database unavailable: {e}", e=e)
                 return  # the next poll (or the recovery NOTIFY) tries again
             except Exception:
                 log.failure("Relay processor could not process a batch")
                 return
+            if self.inflow is not None:
+                self.inflow.update(waiting - len(results))
             if not results:
                 return
             for pending, outcome in results:
@@ -182,66 +215,35 @@ class RelayProcessor(service.Service):
                                 outcome.failure, id=pending.id, state=outcome.state)
             self.metrics.relay_copies.inc(sum(o.copies for _, o in results))
 
-    async def _before_rows(self, cursor, batch: list[Pending]) -> None:
-        # group names, members and unsubscribe links are looked up once per
-        # batch (posts in a burst mostly go to the same groups)
-        self._batch_posts: dict[int, dict[str, tuple[int, int, str]]] = {}
-        await self._before_batch(cursor, batch)
-
     async def _handle(self, cursor, pending: Pending) -> Outcome:
+        """One row (L{InboundStore.process_batch}'s way: a failure raises)."""
         if pending.purpose == RELAY:
-            return await self._relay(cursor, pending)
+            ((_, outcome),) = await self._work(cursor, [pending])
+            if outcome.state == RETRY:
+                raise PostUnreadable(outcome.reason)
+            return outcome
         if pending.purpose == UNSUBSCRIBE:
-            return Outcome(*await self._unsubscribe(pending))
+            return Outcome(*await unsubscribe_by_mail(self.links, self.outbox, pending))
         if pending.purpose == BOUNCE:
-            return Outcome(*await self._bounce(cursor, pending))
+            return Outcome(*await record_bounce(cursor, pending, self.bounce_limit))
         return Outcome("failed", f"unknown purpose {pending.purpose!r}")
 
-    # -- unsubscribe by mail ---------------------------------------------------
-    async def _unsubscribe(self, pending: Pending) -> tuple[str, str]:
-        link = await self.links.store.get(pending.link_id) if pending.link_id else None
-        if link is None or link.purpose != UNSUBSCRIBE_LINK:
-            return "ignored", "the unsubscribe link no longer exists"
-        scope = await self.outbox.unsubscribe(link, "kind", source="mailto")
-        return "done", f"person {link.person_id} unsubscribed from {scope.target}"
-
-    # -- bounces ---------------------------------------------------------------
-    async def _bounce(self, cursor, pending: Pending) -> tuple[str, str]:
-        if pending.mail_from != "":
-            return "ignored", ("not a bounce: mail to a bounce address must come from the "
-                               "null sender <>")
-        sent = await bounced_message_txn(cursor, pending.address)
-        if sent is None:
-            return "ignored", "no message of ours has this bounce address"
-        outbox_id, recipient, person_id = sent.outbox_id, sent.recipient, sent.person_id
-        reports = parse_bounce(pending.raw)
-        if not reports:
-            return "ignored", "no delivery status found in this bounce"
-        report = next((r for r in reports if r.hard), reports[0])
-        await record_bounced_txn(cursor, outbox_id, report.status, report.diagnostic)
-        hard_bounces = await record_bounce_txn(
-            cursor, address=recipient, outbox_id=outbox_id, person_id=person_id,
-            hard=report.hard, status=report.status, diagnostic=report.diagnostic)
-        what = "hard" if report.hard else "soft"
-        if report.hard and hard_bounces >= self.bounce_limit:
-            await suppress_address_txn(
-                cursor, recipient, f"bounced: {hard_bounces} hard bounces, the last "
-                                   f"{report.status} {report.diagnostic}".strip()[:500])
-            return "done", (f"{what} bounce of message {outbox_id} ({report.status}); address "
-                            f"suppressed after {hard_bounces} hard bounces")
-        return "done", f"{what} bounce of message {outbox_id} ({report.status})"
-
     # -- the group relay ---------------------------------------------------------
-    async def _before_batch(self, cursor, batch: list[Pending]) -> None:
+    async def _before_batch(self, cursor, batch: list[Pending]) -> int:
         """
-        Read every post of the batch first (parse, check, scrub: see
+        Read the posts of the batch first (parse, check, scrub: see
         L{read_posts}), then look up the posts they cite in one query per
-        group rather than one per post.
+        group rather than one per post.  Only rows up to the one whose
+        copies reach C{max_copies} are read; returns how many that is.
         """
-        self._groups, self._links, self._read, self._found = {}, {}, {}, {}
+        self._groups, self._read, self._found = {}, {}, {}
         waiting: list[tuple[Pending, object]] = []
         items, members = [], {}
-        for pending in batch:
+        copies = 0
+        for taken, pending in enumerate(batch):
+            if copies >= self.max_copies:
+                batch = batch[:taken]
+                break
             if pending.purpose != RELAY:
                 continue
             group = await self._group(cursor, pending.group_id)
@@ -258,6 +260,9 @@ class RelayProcessor(service.Service):
                 items.append(PostToRead(pending.raw, pending.mail_from, self.domain,
                                         author.display_name or ANONYMOUS, pending.group_id))
                 waiting.append((pending, author))
+                # at most this many: its reading may find it is not to be relayed
+                copies += sum(1 for m in group[2] if m.live and m.email
+                              and m.person_id != author.person_id)
         cited: dict[int, set[str]] = {}
         for (pending, author), read in zip(waiting, read_posts(items, members)):
             if read.error is not None:
@@ -269,78 +274,141 @@ class RelayProcessor(service.Service):
                 cited.setdefault(pending.group_id, set()).update(post.ids)
         for group_id, ids in cited.items():
             self._found[group_id] = await find_posts_txn(cursor, group_id, sorted(ids))
+        return len(batch)
 
-    async def _relay(self, cursor, pending: Pending) -> Outcome:
-        if pending.id not in self._read:  # not read ahead (called without its batch)
-            self._batch_posts = {}
-            await self._before_batch(cursor, [pending])
-        read = self._read.pop(pending.id)
-        if isinstance(read, PostUnreadable):
-            raise read
-        if isinstance(read, Outcome):
-            return read
-        author, prepared = read.author, read.prepared
-        group_name, course_id, members = await self._group(cursor, pending.group_id)
-        earlier = await post_of_message_txn(
-            cursor, pending.group_id, pending.message_id) if pending.shared else None
-        if earlier is not None:
-            return Outcome("ignored", f"a copy of post {earlier} (the message named this "
-                                      "reply address more than once)")
-        # posts made earlier in this batch count as found too
-        found = {**self._found.get(pending.group_id, {}),
-                 **self._batch_posts.get(pending.group_id, {})}
-        original = prepared.original_message_id
-        if original and original in found:
-            return Outcome("ignored", f"a copy of post {found[original][0]} (delivered twice)")
-        # replies cite our ids (or the author's own, for their earlier posts);
-        # ids we never issued say nothing to the other members: dropped
-        parent_key = next((i for i in prepared.in_reply_to if i in found), None) or next(
-            (i for i in reversed(prepared.references) if i in found), None)
-        in_reply_to = _unique(found[i][2] for i in prepared.in_reply_to if i in found)
-        references = _unique([found[i][2] for i in prepared.references if i in found]
-                             + in_reply_to)
+    async def _work(self, cursor, batch: list[Pending]) -> list[tuple[Pending, Outcome]]:
+        """
+        The work of a batch of rows in its transaction (see
+        L{process_rows}): every post read first, then the posts and their
+        copies each queued in one statement for the whole batch.  Rows are
+        taken in order until their copies reach C{max_copies}.
+        """
+        taken: list[tuple[Pending, Outcome | None]] = []
+        posts: list[Pending] = []
+        for pending in batch[:await self._before_batch(cursor, batch)]:
+            if pending.purpose == RELAY:
+                posts.append(pending)
+                taken.append((pending, None))
+            else:
+                taken.append((pending, await self._handle(cursor, pending)))
+        relayed = iter(await self._relay(cursor, posts) if posts else ())
+        return [(p, o if o is not None else next(relayed)) for p, o in taken]
 
-        message_id = f"<{secrets.token_hex(12)}@{self.domain}>"
-        candidates = [m for m in members
-                      if m.live and m.email and m.person_id != author.person_id]
-        thread_id = found[parent_key][1] if parent_key else None
-        # the database's word on who has not had this message yet
-        post_id, claimed = await insert_post_with_copies_txn(
-            cursor, group_id=pending.group_id, author_id=author.person_id,
-            inbound_id=pending.id, message_id=pending.message_id, thread_id=thread_id,
-            post_message_id=message_id, original_message_id=original,
-            subject=prepared.subject, person_ids=[m.person_id for m in candidates])
-        if post_id is None:
-            return Outcome("ignored", "every member already had a copy of this message")
-        posts = self._batch_posts.setdefault(pending.group_id, {})
-        for key in filter(None, (message_id, original)):
-            posts[key] = (post_id, thread_id or post_id, message_id)
-        recipients = [m for m in candidates if m.person_id in claimed]
-        links = await self._unsubscribe_links([m.person_id for m in recipients],
-                                              Scope(course_id, GROUP_KIND).target)
-        copies = []
-        for member, link in zip(recipients, links):
-            reply_address = self.addresses.address(member.token)
-            token = self.links.token(link)
-            data = build_copy(
-                prepared, author=prepared.author, group_name=group_name,
-                reply_address=reply_address, message_id=message_id,
-                in_reply_to=in_reply_to, references=references,
-                list_id=f"group-{pending.group_id}.{self.domain}",
-                unsubscribe_url=self.links.url(link),
-                unsubscribe_mailto=f"mailto:unsubscribe+{token}@{self.domain}",
-                loop_value=self.domain)
-            copies.append(Rendered(
-                member.email, f"bounces+{secrets.token_hex(10)}@{self.domain}", message_id,
-                prepared.subject, data, member.person_id, course_id, GROUP_KIND,
-                unsubscribable=True))
+    async def _relay(self, cursor, rows: list[Pending]) -> list[Outcome]:
+        """
+        Relay the posts of C{rows} (read by L{_before_batch}), in order: a
+        post counts as found for the posts after it (threading, duplicates).
+        """
+        ids = iter(await next_post_ids_txn(cursor, len(rows)))
+        outcomes: dict[int, Outcome] = {}
+        plans: list[_Plan] = []
+        #: posts planned in this batch: (group, received message) -> post
+        #: id, and group -> cited id -> (post id, thread id, our Message-ID)
+        made: dict[tuple[int, int], int] = {}
+        in_batch: dict[int, dict[str, tuple[int, int, str]]] = {}
+        #: planned posts that an outcome relies on being made
+        relies: set[int] = set()
+        for pending in rows:
+            read = self._read.pop(pending.id)
+            if isinstance(read, PostUnreadable):
+                outcomes[pending.id] = Outcome(RETRY, f"internal error: {read!r}"[:500],
+                                               failure=Failure(read))
+                continue
+            if isinstance(read, Outcome):
+                outcomes[pending.id] = read
+                continue
+            prepared, group_id = read.prepared, pending.group_id
+            earlier = made.get((group_id, pending.message_id))
+            relies.update([earlier] if earlier else [])
+            if earlier is None and pending.shared:
+                earlier = await post_of_message_txn(cursor, group_id, pending.message_id)
+            if earlier is not None:
+                outcomes[pending.id] = Outcome(
+                    "ignored", f"a copy of post {earlier} (the message named this "
+                               "reply address more than once)")
+                continue
+            planned = in_batch.get(group_id, {})
+            found = {**self._found.get(group_id, {}), **planned}
+            cited = [i for i in read.ids if i in planned]
+            relies.update(x for i in cited for x in planned[i][:2] if x in made.values())
+            original = prepared.original_message_id
+            if original and original in found:
+                outcomes[pending.id] = Outcome(
+                    "ignored", f"a copy of post {found[original][0]} (delivered twice)")
+                continue
+            # replies cite our ids (or the author's own, for their earlier
+            # posts); ids we never issued say nothing to the others: dropped
+            parent_key = next((i for i in prepared.in_reply_to if i in found), None) or next(
+                (i for i in reversed(prepared.references) if i in found), None)
+            in_reply_to = _unique(found[i][2] for i in prepared.in_reply_to if i in found)
+            references = _unique([found[i][2] for i in prepared.references if i in found]
+                                 + in_reply_to)
+            thread_id = found[parent_key][1] if parent_key else None
+            message_id = f"<{secrets.token_hex(12)}@{self.domain}>"
+            group_name, course_id, members = self._groups[group_id]
+            candidates = [m for m in members
+                          if m.live and m.email and m.person_id != read.author.person_id]
+            post_id = next(ids)
+            plans.append(_Plan(pending, prepared, group_name, course_id, candidates,
+                               in_reply_to, references, NewPost(
+                post_id, group_id, read.author.person_id, pending.id, pending.message_id,
+                thread_id, message_id, original, prepared.subject,
+                [m.person_id for m in candidates])))
+            made[(group_id, pending.message_id)] = post_id
+            for key in filter(None, (message_id, original)):
+                in_batch.setdefault(group_id, {})[key] = (post_id, thread_id or post_id,
+                                                          message_id)
+        # the database's word on who has not had each message yet
+        claimed = await insert_posts_with_copies_txn(cursor, [p.post for p in plans]) \
+            if plans else {}
+        if not relies <= claimed.keys():
+            # a post another row relied on was not made (its copies were
+            # all made already, by another process): rows one at a time
+            raise PlannedPostNotMade(sorted(relies - claimed.keys()))
+        await self._queue_copies(cursor, plans, claimed, outcomes)
+        return [outcomes[pending.id] for pending in rows]
+
+    async def _queue_copies(self, cursor, plans: list[_Plan], claimed: dict[int, set[int]],
+                            outcomes: dict[int, Outcome]) -> None:
+        """One copy per member each post was claimed for, queued in one statement."""
+        recipients = {p.post.post_id: [m for m in p.candidates
+                                       if m.person_id in claimed.get(p.post.post_id, ())]
+                      for p in plans}
+        await self._unsubscribe_links(
+            [(m.person_id, Scope(p.course_id, GROUP_KIND).target)
+             for p in plans for m in recipients[p.post.post_id]])
+        batches = []
+        for plan in plans:
+            post, pending = plan.post, plan.pending
+            if post.post_id not in claimed:
+                outcomes[pending.id] = Outcome(
+                    "ignored", "every member already had a copy of this message")
+                continue
+            target = Scope(plan.course_id, GROUP_KIND).target
+            copies = [self._copy(plan, member, self._links[(member.person_id, target)])
+                      for member in recipients[post.post_id]]
+            batches.append((f"group {post.group_id} post {post.post_id}", copies))
+            outcomes[pending.id] = Outcome(
+                "done", f"relayed as post {post.post_id} to {len(copies)} members",
+                copies=len(copies))
         kind = self.config.kinds.get(GROUP_KIND)
         qos = self.config.qos_class(kind.qos if kind else None)
-        if copies:
-            await insert_messages_txn(cursor, "group-relay", qos, copies,
-                                      batch=f"group {pending.group_id} post {post_id}")
-        return Outcome("done", f"relayed as post {post_id} to {len(copies)} members",
-                       copies=len(copies))
+        await insert_message_batches_txn(cursor, "group-relay", qos, batches)
+
+    def _copy(self, plan: _Plan, member, link) -> Rendered:
+        """The copy of a post for one member: our headers in front of its one entity."""
+        post, prepared = plan.post, plan.prepared
+        data = build_copy(
+            prepared, author=prepared.author, group_name=plan.group_name,
+            reply_address=self.addresses.address(member.token),
+            message_id=post.post_message_id, in_reply_to=plan.in_reply_to,
+            references=plan.references, list_id=f"group-{post.group_id}.{self.domain}",
+            unsubscribe_url=self.links.url(link),
+            unsubscribe_mailto=f"mailto:unsubscribe+{self.links.token(link)}@{self.domain}",
+            loop_value=self.domain)
+        return Rendered(member.email, f"bounces+{secrets.token_hex(10)}@{self.domain}",
+                        post.post_message_id, prepared.subject, data, member.person_id,
+                        plan.course_id, GROUP_KIND, unsubscribable=True)
 
     async def _group(self, cursor, group_id: int):
         """(name, course id, members also former ones) of the group, or None."""
@@ -351,12 +419,20 @@ class RelayProcessor(service.Service):
                                                              include_left=True))
         return self._groups[group_id]
 
-    async def _unsubscribe_links(self, person_ids: list[int], target: str) -> list:
-        # minted (or reused, see LinksService.mint_many) in their own
-        # transaction: a link that outlives a rolled-back batch is harmless
-        missing = _unique(p for p in person_ids if (p, target) not in self._links)
+    async def _unsubscribe_links(self, keys: list[tuple[int, str]]) -> None:
+        """
+        Unsubscribe links for each (person, target), minted (or reused, see
+        L{LinksService.mint_many}) in one transaction of their own for the
+        whole batch: a link that outlives a rolled-back batch is harmless.
+        Kept from batch to batch while they stay valid for half their
+        lifetime (the store's own rule for reusing one).
+        """
+        fresh_until = self.links.clock() + self.links.ttl[UNSUBSCRIBE_LINK] / 2
+        if len(self._links) > LINKS_KEPT:
+            self._links.clear()
+        missing = _unique(k for k in keys if k not in self._links
+                          or self._links[k].expires_at <= fresh_until)
         if missing:
             rows = await self.links.mint_many(
-                [self.links.request(p, UNSUBSCRIBE_LINK, target) for p in missing])
-            self._links.update(zip(((p, target) for p in missing), rows))
-        return [self._links[(p, target)] for p in person_ids]
+                [self.links.request(p, UNSUBSCRIBE_LINK, target) for p, target in missing])
+            self._links.update(zip(missing, rows))

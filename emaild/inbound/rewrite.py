@@ -229,8 +229,12 @@ class _Writer:
         declared = part.get_content_charset()
         text = decode_text(self.decoded(part), declared)
         html_ = kind in ("text/html", "application/xhtml+xml")
-        scrubbed = self.scrubber.text(text, html_)
-        if scrubbed == text and lines_ok(raw) and not self.scrubber.found_bytes(raw):
+        scrubbed, found = self.scrubber.scrub(text, html_)
+        # the bytes as they came, when nothing in them reads as an address:
+        # 7-bit text that is the part's text read above only needs the
+        # search for addresses as written (its reading was just searched)
+        if not found and lines_ok(raw) and not self.scrubber.found_literal(raw) and (
+                raw.decode("ascii") == text or not self.scrubber.found_bytes(raw)):
             return crlf_bytes(raw)
         charset, cte, body = encode_text(scrubbed, declared)
         if self.scrubber.found_bytes(body):

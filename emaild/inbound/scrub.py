@@ -23,8 +23,6 @@ import secrets
 import urllib.parse
 from typing import Iterable, Mapping
 
-import attrs
-
 from emaild.inbound.readable import ReadableText, readable, readable_bytes
 from emaild.mailformat.headers import header_text
 
@@ -110,14 +108,40 @@ def _tokens(local: str, domain: str) -> tuple[str, ...]:
             + tuple(_DOT if c == "." else re.escape(c) for c in domain))
 
 
-@attrs.frozen
 class _Patterns:
-    keys: dict[str, str]
-    address: re.Pattern
-    angle: re.Pattern
-    mailto: re.Pattern
-    cid: re.Pattern
-    raw: re.Pattern
+    """
+    The patterns for one set of addresses.  Only C{address} (is any of
+    them there?) is compiled at once; the others when a match must be
+    replaced: for a group of a thousand members each is a large regex,
+    and most posts name nobody.
+    """
+
+    def __init__(self, keys: dict[str, str], address: str):
+        #: every spelling of each address (IDNA forms) -> its key
+        self.keys = keys
+        self.source = address
+        self.address = re.compile(address, re.IGNORECASE)
+
+    @functools.cached_property
+    def angle(self) -> re.Pattern:
+        # Gmail and Outlook write &lt;<a href="mailto:ada@x">ada@x</a>&gt;
+        # (read as <<a href="mailto:ada@x">ada@x</a>>)
+        return re.compile(r"<\s*(?:<a\b[^<>]*>\s*)?(?:mailto:\s*)?(" + self.source
+                          + r")\s*(?:</a>\s*)?>", re.IGNORECASE)
+
+    @functools.cached_property
+    def mailto(self) -> re.Pattern:
+        return re.compile(r"mailto:\s*(" + self.source + r")(?:\?[^\s\"'<>]*)?", re.IGNORECASE)
+
+    @functools.cached_property
+    def cid(self) -> re.Pattern:
+        return re.compile(r"(cid:[^\s\"'<>()]*?)(" + self.source + r")", re.IGNORECASE)
+
+    @functools.cached_property
+    def raw(self) -> re.Pattern:
+        # 8-bit bytes as they came: UTF-8 domains show here
+        return re.compile(b"|".join(re.escape(k.encode("utf-8", "replace")) for k in self.keys),
+                          re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=64)
@@ -140,20 +164,7 @@ def _patterns(keys: tuple[str, ...]) -> _Patterns:
     # the member's address is still there to read, so it goes too (the
     # price: jimbob@example.net becomes "jimBob" when bob@example.net is a member)
     # A quoted local part: "ada"@example.org reads as ada@example.org.
-    address = '"?(?:' + _trie(words) + ")"
-    flags = re.IGNORECASE
-    return _Patterns(
-        keys=spellings,
-        address=re.compile(address, flags),
-        # Gmail and Outlook write &lt;<a href="mailto:ada@x">ada@x</a>&gt;
-        # (read as <<a href="mailto:ada@x">ada@x</a>>)
-        angle=re.compile(r"<\s*(?:<a\b[^<>]*>\s*)?(?:mailto:\s*)?(" + address
-                         + r")\s*(?:</a>\s*)?>", flags),
-        mailto=re.compile(r"mailto:\s*(" + address + r")(?:\?[^\s\"'<>]*)?", flags),
-        cid=re.compile(r"(cid:[^\s\"'<>()]*?)(" + address + r")", flags),
-        # 8-bit bytes as they came: UTF-8 domains show here
-        raw=re.compile(b"|".join(re.escape(k.encode("utf-8", "replace")) for k in spellings),
-                       re.IGNORECASE))
+    return _Patterns(spellings, '"?(?:' + _trie(words) + ")")
 
 
 class Scrubber:
@@ -175,8 +186,14 @@ class Scrubber:
         patterns = _patterns(tuple(sorted(self.names)))
         #: every spelling of each address (IDNA forms) -> its key
         self._keys = patterns.keys
-        self.address, self.angle, self.mailto, self.cid, self.raw = (
-            patterns.address, patterns.angle, patterns.mailto, patterns.cid, patterns.raw)
+        self.address = patterns.address
+        self._patterns = patterns
+
+    # the patterns compiled when first needed (see _Patterns)
+    angle = property(lambda self: self._patterns.angle)
+    mailto = property(lambda self: self._patterns.mailto)
+    cid = property(lambda self: self._patterns.cid)
+    raw = property(lambda self: self._patterns.raw)
 
     def _key(self, found: str) -> str:
         text = re.sub(_AT, "@", found.replace('"', ""), flags=re.IGNORECASE)
@@ -209,15 +226,28 @@ class Scrubber:
         name = clean(name)[:100]
         return name if usable_name(name) and not self.found(name) else ANONYMOUS_NAME
 
+    def found_literal(self, data: bytes) -> bool:
+        """Whether a member's address is in C{data} as written (any case)."""
+        return self.address is not None and self.raw.search(data) is not None
+
     def text(self, text: str, html_: bool = False, ident: bool = False) -> str:
+        return self.scrub(text, html_, ident)[0]
+
+    def scrub(self, text: str, html_: bool = False, ident: bool = False) -> tuple[str, bool]:
+        """
+        C{text} with every member address replaced (see L{text}), and
+        whether there was any to replace.
+        """
+        found = False
         # "ADA@EXAMPLE.ORG" with "ada@example.org" pasted into it: replacing
         # one can join the rest into another, so repeat until none is left
         # (names hold no @, so each round removes at least one)
         for _ in range(20):
             if not self.found(text):
                 break
+            found = True
             text = self._once(text, html_, ident)
-        return text
+        return text, found
 
     def _once(self, text: str, html_: bool, ident: bool) -> str:
         # ids (Content-ID and the cid: links to it) must stay one token and match

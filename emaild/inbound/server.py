@@ -59,6 +59,10 @@ class InboundFactory(ServerFactory):
     any while C{is_ready()} is False, is answered 421 and closed.
     """
 
+    #: slows new transactions while the relay processor is behind
+    #: (L{emaild.inbound.inflow.InFlow}); None: never
+    inflow = None
+
     def __init__(self, handler, *, hostname: str, max_sessions: int = 40,
                  max_message_size: int = 10 * 2**20, idle_timeout: float = 300,
                  max_recipients: int = 100, max_commands: int = 1000,

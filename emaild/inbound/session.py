@@ -39,6 +39,7 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from emaild.inbound.inflow import admission
 from emaild.inbound.interfaces import Envelope, Refused
 from emaild.inbound.limits import client_address
 from emaild.inbound.lines import LineSession
@@ -217,8 +218,21 @@ class InboundSMTP(LineSession):
             return
         address = check_address(address, "5.1.7", empty_ok=True)
         check_mail_parameters(parse_parameters(params), self.factory.max_message_size)
-        self._mail_from = address
-        self.reply(250, "2.1.0 Ok")
+        # in-flow control: slower (or 451) while the relay processor is behind
+        waiting = admission(self.factory.inflow)
+        if waiting is None:
+            self._mail_from = address
+            self.reply(250, "2.1.0 Ok")
+            return
+
+        def admitted(result):
+            if isinstance(result, Failure):
+                self._reply_failure(result, "admission")
+                return
+            self._mail_from = address
+            self.reply(250, "2.1.0 Ok")
+
+        self._wait(waiting, admitted)
 
     def do_RCPT(self, arg: bytes) -> None:
         if self._mail_from is None:

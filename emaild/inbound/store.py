@@ -384,6 +384,101 @@ async def _finish(cursor, outcomes: Sequence[tuple[int, Outcome]]) -> None:
          [o.reason for _, o in outcomes], PENDING_STATE))
 
 
+
+# -- whole batches: one call does the work of every row ------------------------
+#: what L{InboundStore.process_rows} calls: the work of a batch of rows (in
+#: one transaction), an L{Outcome} for each row of a prefix of them, in order
+BatchWork = Callable[[Any, list[Pending]], Awaitable[list[tuple[Pending, Outcome]]]]
+#: an outcome to count as a failed attempt, in the batch's own transaction
+RETRY = "retry"
+
+
+class _BatchFailed(Exception):
+    def __init__(self, first: Pending, failure: Failure, last: int):
+        super().__init__(first.id)
+        self.first, self.failure, self.last = first, failure, last
+
+
+async def process_rows(store: InboundStore, work: BatchWork, *, limit: int, max_attempts: int
+                       ) -> tuple[list[tuple[Pending, Outcome]], int]:
+    """
+    Take up to C{limit} unprocessed rows (L{claim_pending_txn}), call
+    C{await work(cursor, rows)} once, record every L{Outcome} it returns
+    and commit once: a batch costs a few statements, not a few per row.
+    Rows C{work} returned no outcome for stay C{received} for the next
+    batch.  An outcome in state L{RETRY} (the row could not be processed:
+    C{work} said why) counts an attempt in the same transaction (C{failed}
+    after C{max_attempts}).
+
+    When C{work} raises, the batch is undone and its rows are done again
+    one per transaction, so only a row that raises alone is held back (its
+    attempt counted; see L{InboundStore.process_batch}).  A lost
+    connection undoes the whole batch: every row is redone, exactly once,
+    later.
+
+    Fires with ([(pending, outcome)], the number of rows still waiting
+    when the batch was taken, its own included: 0 unless the batch was full).
+    """
+    db = store.db
+    try:
+        return await db.transaction(_rows_txn, work, limit, 0, max_attempts)
+    except _BatchFailed as failed:
+        last = failed.last
+    results: list[tuple[Pending, Outcome]] = []
+    after = 0
+    while True:
+        try:
+            one, _ = await db.transaction(_rows_txn, work, 1, after, max_attempts)
+        except _BatchFailed as f:
+            state, reason = await store._count_failure(f.first.id, f.failure, max_attempts)
+            results.append((f.first, Outcome(state, reason, failure=f.failure)))
+            pending = f.first
+        else:
+            if not one:
+                break
+            results += one
+            pending = one[-1][0]
+        if pending.id >= last:
+            break
+        after = pending.id
+    return results, 0
+
+
+async def _rows_txn(cursor, work: BatchWork, limit: int, after: int, max_attempts: int):
+    batch = await claim_pending_txn(cursor, limit, after)
+    if not batch:
+        return [], 0
+    waiting = await pending_count_txn(cursor) if len(batch) >= limit > 1 else len(batch)
+    try:
+        results = await work(cursor, batch)
+    except Exception as e:
+        if _transaction_lost(e):
+            raise
+        raise _BatchFailed(batch[0], Failure(), batch[-1].id) from None
+    await _finish(cursor, [(p.id, o) for p, o in results if o.state in TERMINAL])
+    retry = [(p, o) for p, o in results if o.state == RETRY]
+    if retry:
+        await cursor.execute(
+            "UPDATE inbound_recipients r SET attempts = r.attempts + 1, reason = v.reason,"
+            "  state = CASE WHEN r.attempts + 1 >= %s THEN 'failed' ELSE r.state END,"
+            "  processed_at = CASE WHEN r.attempts + 1 >= %s THEN now() END"
+            " FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason)"
+            " WHERE r.id = v.id AND r.state = %s RETURNING r.id, r.state",
+            (max_attempts, max_attempts, [p.id for p, _ in retry],
+             [o.reason[:500] for _, o in retry], PENDING_STATE))
+        failed = {row_id for row_id, state in cursor.fetchall() if state == "failed"}
+        results = [(p, attrs.evolve(o, state="failed") if o.state == RETRY and p.id in failed
+                    else o) for p, o in results]
+    return results, waiting
+
+
+async def pending_count_txn(cursor) -> int:
+    """How many rows wait to be processed (locked ones included)."""
+    await cursor.execute("SELECT count(*) FROM inbound_recipients WHERE state = %s",
+                         (PENDING_STATE,))
+    return cursor.fetchone()[0]
+
+
 # -- bounces (inside the processor's transaction) ----------------------------
 async def record_bounce_txn(cursor, *, address: str, outbox_id: int | None, person_id: int | None,
                         hard: bool, status: str, diagnostic: str) -> int:
