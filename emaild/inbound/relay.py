@@ -59,8 +59,8 @@ from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.links.store import LinkRow
 from emaild.metrics import Metrics
 from emaild.outbound.compose import Rendered
+from emaild.outbound.enqueue_store import insert_message_batches_txn
 from emaild.outbound.kinds import Scope
-from emaild.outbound.store import insert_message_batches_txn
 
 log = Logger()
 

@@ -434,35 +434,3 @@ async def suppress_address_txn(cursor, address: str, reason: str) -> None:
         "INSERT INTO suppressions (address, reason) VALUES (lower(%s), %s)"
         " ON CONFLICT (address) DO UPDATE SET reason = EXCLUDED.reason",
         (address, reason))
-
-
-
-async def insert_message_batches_txn(cursor, template: str, qos: QoSClass,
-                                     batches: Sequence[tuple[str | None, Sequence[Rendered]]]
-                                     ) -> int:
-    """
-    L{insert_messages_txn} for several batches (each with its C{batch}
-    label) in one statement, the senders' wake-up included; returns how
-    many messages were queued.
-    """
-    labels = [label for label, messages in batches for _ in messages]
-    messages = [m for _, batch in batches for m in batch]
-    if not messages:
-        return 0
-    await cursor.execute(
-        "WITH i AS (INSERT INTO outbox (template, qos, priority, recipient, envelope_from,"
-        "   message_id, subject, body, batch, person_id, course_id, kind, unsubscribable)"
-        "   SELECT %s, %s, %s, r, e, m, s, b, a, p, c, k, u"
-        "   FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[],"
-        "     %s::bigint[], %s::bigint[], %s::text[], %s::boolean[])"
-        "     WITH ORDINALITY AS v(r, e, m, s, b, a, p, c, k, u, n)"
-        "   ORDER BY n RETURNING 1)"
-        " SELECT count(*), pg_notify(%s, '') FROM i",
-        (template, qos.name, qos.priority,
-         [m.recipient for m in messages], [m.envelope_from for m in messages],
-         [m.message_id for m in messages], [m.subject for m in messages],
-         [Binary(m.data) for m in messages], labels, [m.person_id for m in messages],
-         [m.course_id for m in messages], [m.kind for m in messages],
-         [m.unsubscribable for m in messages], OUTBOX_CHANNEL),
-    )
-    return cursor.fetchone()[0]
