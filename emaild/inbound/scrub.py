@@ -152,14 +152,18 @@ def _patterns(keys: tuple[str, ...]) -> _Patterns:
     """
     words, spellings = [], {}
     for key in keys:
-        local, at, domain = key.rpartition("@")
-        if not at:
-            words.append(tuple(re.escape(c) for c in key))
-            spellings[key] = key
-            continue
-        for form in _domain_forms(domain):
-            words.append(_tokens(local, form))
-            spellings[f"{local}@{form}"] = key
+        # matching runs on text as it reads, so an address that itself
+        # holds what the reader decodes (x=40y@..., a%41b@..., tom&amp@...)
+        # is looked for as it reads too
+        for spelling in dict.fromkeys((key, readable(key).lower())):
+            local, at, domain = spelling.rpartition("@")
+            if not at:
+                words.append(tuple(re.escape(c) for c in spelling))
+                spellings[spelling] = key
+                continue
+            for form in _domain_forms(domain):
+                words.append(_tokens(local, form))
+                spellings[f"{local}@{form}"] = key
     # no word boundaries: in "ada@example.org.txt" or "img1.ada@example.org"
     # the member's address is still there to read, so it goes too (the
     # price: jimbob@example.net becomes "jimBob" when bob@example.net is a member)
