@@ -35,6 +35,7 @@ from emaild.outbound.smtpwire import (
     parse_ehlo,
     prepare_data,
     refusal_result,
+    reply_text,
     retry,
 )
 from emaild.outbound.transport import DeliveryResult
@@ -160,15 +161,15 @@ class SMTPClientProtocol(LineReceiver):
         separator = line[3:4]
         if separator == b" " and not self._pending and line[:3].isdigit():
             # the common case: a one-line reply
-            reply = Reply(int(line[:3]), (line[4:].decode("utf-8", "replace"),))
+            reply = Reply(int(line[:3]), (reply_text(line[4:]),))
             self._replied(reply)
             return
         if len(line) < 3 or not line[:3].isdigit() or separator not in (b" ", b"-", b""):
-            text = line.decode("utf-8", "replace")
+            text = reply_text(line)
             self.log.warn("garbled reply from {host}: {line!r}", host=self.host, line=text)
             self.abort("relay sent a garbled reply during {step}: " + escape_format(repr(text)))
             return
-        self._pending.append(line[4:].decode("utf-8", "replace"))
+        self._pending.append(reply_text(line[4:]))
         if separator == b"-":
             return
         reply = Reply(int(line[:3]), tuple(self._pending))

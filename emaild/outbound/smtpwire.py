@@ -13,6 +13,16 @@ from typing import NamedTuple
 
 from emaild.outbound.transport import DeliveryResult, Outcome
 
+#: bytes a relay's reply may not hand on: PostgreSQL cannot store NUL, and
+#: the others would forge lines in logs and in `emaild queue show`
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def reply_text(raw: bytes) -> str:
+    """A reply line's text as it may be stored and logged."""
+    text = raw.decode("utf-8", "replace")
+    return _CONTROL.sub("?", text) if _CONTROL.search(text) else text
+
 
 class Reply(NamedTuple):
     #: None when no reply came (connection lost, timeout); text says why

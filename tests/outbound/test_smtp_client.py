@@ -287,6 +287,23 @@ class LockStepTests(TestCase):
         s.reply(b"250 ok")
         self.assertEqual(s.ready, 1)
 
+    def test_control_bytes_in_a_reply_never_reach_the_store(self):
+        # PostgreSQL refuses NUL in text: the result could never be recorded
+        # and the message would be retried for ever; other control bytes
+        # would forge log lines
+        s = Session(pipelining=False)
+        s.send(message(1))
+        s.take()
+        s.reply(b"250 ok")
+        s.take()
+        s.reply(b"250 ok")
+        s.take()
+        s.reply(b"354 go")
+        s.take()
+        s.reply(b"250-queued\x00 as\x1b[2J", b"250 id\rfake: line\x7f")
+        self.assertEqual(s.results[1].outcome, Outcome.SENT)
+        self.assertEqual(s.results[1].reply, "queued? as?[2J\nid?fake: line?")
+
     def test_garbled_reply_drops_the_session(self):
         s = Session(pipelining=False)
         s.send(message(1))
