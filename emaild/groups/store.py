@@ -1,7 +1,9 @@
 """
-The groups part's tables: C{groups}, C{group_members} (shared with the
-people part, which creates them on LTI launches), C{group_posts} and
-C{group_visits}.
+The groups part's tables: C{groups}, C{group_members}, C{group_posts},
+C{group_relayed_copies} and C{group_visits}.  Other parts write them only
+through this module (an LTI launch joins its group with L{ensure_group_txn}
+and L{join_group_txn}) and read them in their own statements only through
+L{emaild.groups.relations}.
 
 Functions taking a C{cursor} run inside a caller's transaction (the relay
 processor records a post in the same transaction that queues its copies).
@@ -223,3 +225,43 @@ async def insert_post_with_copies_txn(cursor, *, group_id: int, author_id: int |
          post_message_id, original_message_id, subject, list(person_ids)))
     post_id, claimed = cursor.fetchone()
     return post_id, set(claimed)
+
+
+async def ensure_group_txn(cursor, course_id: int, name: str, report: bool = False):
+    """
+    The group's id (with C{report}: and whether it was made now).
+    """
+    await cursor.execute(
+        "INSERT INTO groups (course_id, name) VALUES (%s, %s)"
+        " ON CONFLICT (course_id, name) DO NOTHING RETURNING id", (course_id, name))
+    row = cursor.fetchone()
+    created = row is not None
+    if row is None:
+        await cursor.execute("SELECT id FROM groups WHERE course_id = %s AND name = %s",
+                             (course_id, name))
+        row = cursor.fetchone()
+    return (row[0], created) if report else row[0]
+
+
+async def join_group_txn(cursor, group_id: int, person_id: int) -> None:
+    await cursor.execute(
+        "INSERT INTO group_members (group_id, person_id) VALUES (%s, %s)"
+        " ON CONFLICT (group_id, person_id) DO UPDATE SET left_at = NULL, joined_at = now(),"
+        # a new reply address: the one they had before leaving stays dead
+        "   reply_secret_hi = emaild_random32(), reply_secret_lo = emaild_random32()"
+        " WHERE group_members.left_at IS NOT NULL", (group_id, person_id))
+
+
+async def rejoin_group_txn(cursor, group_id: int, person_id: int) -> bool:
+    """
+    Make the person a current member of the group unless they are one
+    already; True if they joined (or rejoined) now.
+    """
+    await cursor.execute(
+        "SELECT left_at IS NULL FROM group_members WHERE group_id = %s AND person_id = %s",
+        (group_id, person_id))
+    row = cursor.fetchone()
+    if row is not None and row[0]:
+        return False
+    await join_group_txn(cursor, group_id, person_id)
+    return True
