@@ -14,3 +14,7 @@ GROUPS = "(SELECT id, course_id, name FROM groups)"
 #: current memberships (not left): group_id, person_id, joined_at
 CURRENT_GROUP_MEMBERS = (
     "(SELECT group_id, person_id, joined_at FROM group_members WHERE left_at IS NULL)")
+
+#: posts: id, group_id, thread_id (None for a thread's first post), subject,
+#: created_at
+GROUP_POSTS = "(SELECT id, group_id, thread_id, subject, created_at FROM group_posts)"

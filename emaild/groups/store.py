@@ -18,6 +18,8 @@ from typing import Sequence
 import attrs
 
 from emaild.groups.addresses import ReplyToken
+from emaild.inbound.relations import INBOUND_RECIPIENTS
+from emaild.people.relations import COURSES, PEOPLE
 
 
 @attrs.frozen
@@ -63,11 +65,11 @@ class Thread:
 
 
 _GROUP_COLUMNS = "g.id, g.course_id, g.name, coalesce(nullif(c.title, ''), c.context_id)"
-_GROUP_FROM = "groups g JOIN courses c ON c.id = g.course_id"
+_GROUP_FROM = f"groups g JOIN {COURSES} c ON c.id = g.course_id"
 _GROUP = f"{_GROUP_COLUMNS} FROM {_GROUP_FROM}"
 _MEMBER = ("m.group_id, m.person_id, p.email, p.display_name, m.left_at,"
            " m.reply_secret_hi, m.reply_secret_lo, m.joined_at"
-           " FROM group_members m JOIN people p ON p.id = m.person_id")
+           f" FROM group_members m JOIN {PEOPLE} p ON p.id = m.person_id")
 
 
 class GroupStore:
@@ -137,6 +139,23 @@ class GroupStore:
             "INSERT INTO group_visits (group_id, person_id) VALUES (%s, %s)",
             (group_id, person_id))
 
+    async def quiet_members(self, group_id: int, actor_id: int, online_window: float
+                            ) -> builtins.list[int]:
+        """
+        The other current members of the group who have an address and
+        have not visited a group page within C{online_window} seconds (the
+        group-activity notifier's candidates).
+        """
+        rows = await self.db.runQuery(
+            f"SELECT m.person_id FROM group_members m JOIN {PEOPLE} p ON p.id = m.person_id"
+            " WHERE m.group_id = %(group)s AND m.left_at IS NULL AND m.person_id <> %(actor)s"
+            "   AND coalesce(p.email, '') <> ''"
+            "   AND NOT EXISTS (SELECT 1 FROM group_visits v WHERE v.person_id = m.person_id"
+            "       AND v.at > now() - make_interval(secs => %(online)s))"
+            " ORDER BY m.person_id",
+            {"group": group_id, "actor": actor_id, "online": float(online_window)})
+        return [row[0] for row in rows]
+
     async def threads(self, group_id: int, limit: int = 20) -> builtins.list[Thread]:
         """
         The most recently active threads of the group.
@@ -147,7 +166,7 @@ class GroupStore:
             "        max(created_at) AS last_at"
             "       FROM group_posts WHERE group_id = %s GROUP BY 1) s"
             " JOIN group_posts t ON t.id = s.tid"
-            " LEFT JOIN people p ON p.id = t.author_id"
+            f" LEFT JOIN {PEOPLE} p ON p.id = t.author_id"
             " ORDER BY s.last_at DESC, t.id DESC LIMIT %s", (group_id, limit))
         return [Thread(*row) for row in rows]
 
@@ -192,7 +211,7 @@ async def post_of_message_txn(cursor, group_id: int, message_id: int) -> int | N
     (through any of its recipient rows), if any.
     """
     await cursor.execute(
-        "SELECT p.id FROM group_posts p JOIN inbound_recipients r ON r.id = p.inbound_id"
+        f"SELECT p.id FROM group_posts p JOIN {INBOUND_RECIPIENTS} r ON r.id = p.inbound_id"
         " WHERE p.group_id = %s AND r.message_id = %s ORDER BY p.id LIMIT 1",
         (group_id, message_id))
     row = cursor.fetchone()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 from typing import Iterable, Sequence
 
+from emaild.groups.relations import CURRENT_GROUP_MEMBERS, GROUPS
 from emaild.groups.store import ensure_group_txn, join_group_txn
 from emaild.people.launches import (
     RosterMember,
@@ -127,9 +128,9 @@ class PeopleStore:
         """
         rows = await self.db.runQuery(
             "SELECT g.id, g.name, coalesce(nullif(c.title, ''), c.context_id)"
-            " FROM group_members m JOIN groups g ON g.id = m.group_id"
+            f" FROM {CURRENT_GROUP_MEMBERS} m JOIN {GROUPS} g ON g.id = m.group_id"
             " JOIN courses c ON c.id = g.course_id"
-            " WHERE m.person_id = %s AND m.left_at IS NULL ORDER BY g.id", (person_id,))
+            " WHERE m.person_id = %s ORDER BY g.id", (person_id,))
         return [GroupOfPerson(*r) for r in rows]
 
     async def roles(self, course_id: int, person_id: int) -> builtins.list[str] | None:
@@ -308,9 +309,9 @@ class PeopleStore:
                     Membership(Course(*course_row), tuple(roles)))
             for person_id, context_id, name in await self.db.runQuery(
                     "SELECT m.person_id, c.context_id, g.name"
-                    " FROM group_members m JOIN groups g ON g.id = m.group_id"
+                    f" FROM {CURRENT_GROUP_MEMBERS} m JOIN {GROUPS} g ON g.id = m.group_id"
                     " JOIN courses c ON c.id = g.course_id"
-                    " WHERE m.person_id = ANY(%s) AND m.left_at IS NULL"
+                    " WHERE m.person_id = ANY(%s)"
                     " ORDER BY m.person_id, g.id", (ids,)):
                 groups.setdefault(person_id, []).append((context_id, name))
         return [PersonDetails(Person(*row), tuple(identities.get(row[0], ())),
