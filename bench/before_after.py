@@ -11,8 +11,12 @@ Each revision runs its own bench scripts on its own code (PYTHONPATH and the
 working directory are its tree; the worktree borrows this checkout's .venv
 and .tools), with the same command line.  An option the earlier revision's
 script does not know is left out for both (listed in the output), so both
-measure the same thing; a script the earlier revision does not have runs
-after only.  Every bench prints its tables (common.table: a header, a line of
+measure the same thing, except for the few that only ask for what the
+earlier script does anyway (L{WHERE_KNOWN}: loopback only, how long to wait
+for a quiet machine); a script the earlier revision does not have runs
+after only.  throughput.py is the exception: this checkout's script runs the
+earlier revision's daemon itself (C{--variant before=TREE}), interleaved
+with this checkout's, so both are measured by the same code in one run.  Every bench prints its tables (common.table: a header, a line of
 dashes, rows); this script reads every column that is a rate (".../s") or a
 cost per unit ("ms/...", "... ms", and the CLI's CPU seconds turned into ms
 per row) and reports the median of each (bench, row, column) over the rounds.
@@ -29,6 +33,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -59,6 +64,17 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
                         "--rounds", "1", "--quiet-wait", "0"]),
 }
 
+#: benches whose current script can run the earlier revision's daemon in the
+#: same run (C{--variant LABEL=DIR}): one run per round measures both, the
+#: same way, interleaved; its rows labelled C{[before]} are the earlier code's
+VARIANT_BENCHES = {"throughput"}
+
+#: options passed to each revision whose script knows them, and left out
+#: elsewhere: a script without them already behaves as they ask (the earlier
+#: throughput.py runs on loopback only, with no proxied runs to size; waiting
+#: for a quiet machine changes no figure, only when it is taken)
+WHERE_KNOWN = {"--rtt", "--baseline-messages", "--max-wait", "--quiet-wait"}
+
 _RATE = re.compile(r"/s$")
 _COST = re.compile(r"\bms/|\bms$")
 
@@ -76,10 +92,12 @@ def known_options(tree: Path, script: str) -> set[str] | None:
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", result.stdout))
 
 
-def common_arguments(arguments: list[str], known: list[set[str]]) -> tuple[list[str], list[str]]:
+def common_arguments(arguments: list[str], known: list[set[str]], mine: set[str]
+                     ) -> tuple[list[str], list[str]]:
     """
-    C{arguments} less every option (with its value) one of the trees does not
-    know; and the options left out.
+    C{arguments} for the tree whose script knows C{mine}: less every option
+    (with its value) one of the trees does not know, except that an option
+    of L{WHERE_KNOWN} is kept wherever it is known; and the options left out.
     """
     kept, dropped = [], []
     i = 0
@@ -87,7 +105,7 @@ def common_arguments(arguments: list[str], known: list[set[str]]) -> tuple[list[
         option = arguments[i]
         has_value = i + 1 < len(arguments) and not arguments[i + 1].startswith("--")
         group = arguments[i:i + 2] if has_value else arguments[i:i + 1]
-        if all(option in k for k in known):
+        if all(option in k for k in known) or (option in WHERE_KNOWN and option in mine):
             kept += group
         else:
             dropped.append(option)
@@ -222,6 +240,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="folder for the logs (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the earlier revision's tree")
     args = parser.parse_args(argv)
+    # a plain kill still removes the temporary worktree (the finally clauses run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     out = Path(args.out or tempfile.mkdtemp(prefix="emaild-before-after-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -242,13 +262,37 @@ def main(argv=None) -> int:
             script, full, smoke = BENCHES[name]
             wanted = smoke if args.smoke else full
             known = {side: known_options(tree, script) for side, tree in trees.items()}
+            if name in VARIANT_BENCHES and "--variant" in (known["after"] or set()):
+                arguments_both = wanted + ["--variant", f"before={before_tree}"]
+                for round_number in range(args.rounds):
+                    log = out / f"{name}-both-{round_number + 1}.log"
+                    print(f"[{time.monotonic() - started:6.0f} s] {name} before and after, "
+                          f"round {round_number + 1}: {script} {' '.join(arguments_both)}",
+                          flush=True)
+                    output, took, code = run_one(REPO, script, arguments_both, log, args.lock,
+                                                 args.timeout)
+                    found = figures(name, output)
+                    for (bench, label, column), values in found.items():
+                        side = "before" if label.endswith(" [before]") else "after"
+                        key = (bench, label.removesuffix(" [before]"), column)
+                        results[side].setdefault(key, []).extend(values)
+                    if code != 0 or not found:
+                        notes.append(f"{name} round {round_number + 1}: exit {code}, "
+                                     f"{len(found)} figures (see {log})")
+                    print(f"         {took:.0f} s, exit {code}, {len(found)} figures", flush=True)
+                notes.append(f"{name}: this checkout's {script} ran both revisions' daemons "
+                             "in one run (--variant)")
+                continue
             present = [side for side in trees if known[side] is not None]
             if not present:
                 notes.append(f"{name}: {script} exists in neither revision")
                 continue
-            arguments, dropped = common_arguments(wanted, [k for s in present if (k := known[s])])
-            if dropped:
-                notes.append(f"{name}: left out {', '.join(dropped)} (not known to both)")
+            every = [k for s in present if (k := known[s])]
+            arguments = {side: common_arguments(wanted, every, known[side] or set())
+                         for side in present}
+            for side in present:
+                if arguments[side][1]:
+                    notes.append(f"{name} {side}: left out {', '.join(arguments[side][1])}")
             if len(present) < 2:
                 notes.append(f"{name}: {script} exists only {present[0]}")
             for round_number in range(args.rounds):
@@ -256,9 +300,10 @@ def main(argv=None) -> int:
                 for side in order:
                     log = out / f"{name.replace(' ', '-')}-{side}-{round_number + 1}.log"
                     print(f"[{time.monotonic() - started:6.0f} s] {name} {side} "
-                          f"round {round_number + 1}: {script} {' '.join(arguments)}", flush=True)
-                    output, took, code = run_one(trees[side], script, arguments, log, args.lock,
-                                                 args.timeout)
+                          f"round {round_number + 1}: {script} {' '.join(arguments[side][0])}",
+                          flush=True)
+                    output, took, code = run_one(trees[side], script, arguments[side][0], log,
+                                                 args.lock, args.timeout)
                     found = figures(name, output)
                     if code != 0 or not found:
                         notes.append(f"{name} {side} round {round_number + 1}: exit {code}, "
