@@ -18,8 +18,9 @@ after only.  throughput.py is the exception: this checkout's script runs the
 earlier revision's daemon itself (C{--variant before=TREE}), interleaved
 with this checkout's, so both are measured by the same code in one run.  Every bench prints its tables (common.table: a header, a line of
 dashes, rows); this script reads every column that is a rate (".../s") or a
-cost per unit ("ms/...", "... ms", and the CLI's CPU seconds turned into ms
-per row) and reports the median of each (bench, row, column) over the rounds.
+cost per unit ("ms/...", "... ms", and CPU-seconds columns turned into ms
+per row queued or post stored, marked "(from s)": only as fine as the
+seconds printed) and reports the median of each (bench, row, column) over the rounds.
 
 Take the figures that count on a quiet machine: compare CPU per unit first
 (it moves least with other load), then throughput, and only within this run.
@@ -74,6 +75,11 @@ VARIANT_BENCHES = {"throughput"}
 #: throughput.py runs on loopback only, with no proxied runs to size; waiting
 #: for a quiet machine changes no figure, only when it is taken)
 WHERE_KNOWN = {"--rtt", "--baseline-messages", "--max-wait", "--quiet-wait"}
+
+#: (bench, the earlier revision's row) -> this checkout's row doing the same
+#: work: 68fc3c1's inbound server had no sender authentication, which is
+#: today's daemon with it turned off
+BEFORE_ROWS = {("inbound accept", "emaild"): "auth off"}
 
 _RATE = re.compile(r"/s$")
 _COST = re.compile(r"\bms/|\bms$")
@@ -158,12 +164,15 @@ def figures(bench: str, text: str) -> dict[tuple[str, str, str], list[float]]:
                 value = _number(cell)
                 if value is None:
                     continue
-                rows_done = _number(row[0])
+                # what a CPU-seconds column is per: the rows queued or the posts stored
+                units = ("row", _number(row[0])) if headers[0] == "rows" else (
+                    ("post", _number(row[headers.index("stored")]))
+                    if "stored" in headers else ("", None))
                 if _RATE.search(header) or _COST.search(header):
                     found.setdefault((bench, label, header), []).append(value)
-                elif header == "cli cpu s" and rows_done:
-                    found.setdefault((bench, label, "cli cpu ms/row"), []).append(
-                        value * 1000 / rows_done)
+                elif header.endswith("cpu s") and units[1]:
+                    found.setdefault((bench, label, f"{header[:-2]} ms/{units[0]} (from s)"),
+                                     []).append(value * 1000 / units[1])
     return found
 
 
@@ -305,6 +314,9 @@ def main(argv=None) -> int:
                     output, took, code = run_one(trees[side], script, arguments[side][0], log,
                                                  args.lock, args.timeout)
                     found = figures(name, output)
+                    if side == "before":
+                        found = {(b, BEFORE_ROWS.get((b, row), row), c): v
+                                 for (b, row, c), v in found.items()}
                     if code != 0 or not found:
                         notes.append(f"{name} {side} round {round_number + 1}: exit {code}, "
                                      f"{len(found)} figures (see {log})")
