@@ -63,7 +63,7 @@ async def run_checks(parts, open_db: Callable[[], Awaitable[str]]) -> int:
     @param open_db: opens (and migrates) the database; returns a
         description of where it is, or raises L{CliError}.
     """
-    from emaild.db.migrations import available
+    from emaild.db.migrations import available, schema_version
     from emaild.templating import environment
 
     config, db = parts.config, parts.get_database()
@@ -74,12 +74,12 @@ async def run_checks(parts, open_db: Callable[[], Awaitable[str]]) -> int:
 
     try:
         where = await open_db()
-        rows = await db.runQuery("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        version = await schema_version(db)
         latest = available()[-1][0]
-        if rows[0][0] < latest:
-            report.fail("database", f"{where}: schema version {rows[0][0]}, expected {latest}")
+        if version < latest:
+            report.fail("database", f"{where}: schema version {version}, expected {latest}")
         else:
-            report.ok("database", f"reachable ({where}), migrations current (version {rows[0][0]})")
+            report.ok("database", f"reachable ({where}), migrations current (version {version})")
     except CliError as e:
         report.fail("database", e.message)
 

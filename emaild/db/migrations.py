@@ -67,3 +67,11 @@ async def migrate(database) -> list[str]:
     for name in applied:
         log.info("Applied migration {name}", name=name)
     return applied
+
+
+async def schema_version(database) -> int:
+    """
+    The newest migration applied to the database (0 when none is).
+    """
+    rows = await database.runQuery("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    return rows[0][0]

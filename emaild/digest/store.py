@@ -1,7 +1,9 @@
 """
 The digest part's tables: C{digest_notes}, C{digest_runs}, C{digest_sent},
 C{announcements} and C{announcement_recipients}.  It reads (never writes)
-people, courses, groups and group posts; the outbox (an announcement's
+people, courses, groups and group posts, in its own statements, through
+those parts' relations (L{emaild.people.relations},
+L{emaild.groups.relations}); the outbox (an announcement's
 progress and failures, by batch label) is read through
 L{emaild.outbound.store.OutboxStore} and written through
 L{emaild.outbound.store.insert_messages_txn} or L{emaild.outbound.outbox.Outbox}.
@@ -18,6 +20,8 @@ from typing import Sequence
 
 import attrs
 
+from emaild.groups.relations import CURRENT_GROUP_MEMBERS, GROUP_POSTS, GROUPS
+from emaild.people.relations import COURSE_MEMBERS, COURSES, PEOPLE
 from emaild.people.roles import STAFF_ROLE, is_staff, is_staff_role  # noqa: F401 (re-exported)
 
 #: SQL: the course member C{m} is not staff (see L{STAFF_ROLE}); takes the
@@ -101,8 +105,8 @@ class DigestStore:
         Courses with members whose update for C{week} is not finished.
         """
         rows = await self.db.runQuery(
-            "SELECT c.id FROM courses c"
-            " WHERE EXISTS (SELECT 1 FROM course_members m WHERE m.course_id = c.id)"
+            f"SELECT c.id FROM {COURSES} c"
+            f" WHERE EXISTS (SELECT 1 FROM {COURSE_MEMBERS} m WHERE m.course_id = c.id)"
             "   AND NOT EXISTS (SELECT 1 FROM digest_runs r WHERE r.course_id = c.id"
             "                   AND r.week = %s AND r.finished_at IS NOT NULL)"
             "   AND (%s::bigint[] IS NULL OR c.id = ANY(%s::bigint[]))"
@@ -136,7 +140,7 @@ class DigestStore:
             "SELECT g.id, g.name,"
             "  count(p.id) FILTER (WHERE p.thread_id IS NULL OR p.thread_id = p.id),"
             "  count(p.id) FILTER (WHERE p.thread_id IS NOT NULL AND p.thread_id <> p.id)"
-            " FROM groups g LEFT JOIN group_posts p ON p.group_id = g.id"
+            f" FROM {GROUPS} g LEFT JOIN {GROUP_POSTS} p ON p.group_id = g.id"
             "   AND p.created_at >= %s AND p.created_at < %s"
             " WHERE g.course_id = %s GROUP BY g.id, g.name", (start, end, course_id))
         threads = await self.db.runQuery(
@@ -144,8 +148,8 @@ class DigestStore:
             "  SELECT t.group_id, t.subject, t.created_at >= %s AS is_new, row_number() OVER"
             "    (PARTITION BY t.group_id, t.created_at >= %s ORDER BY max(p.created_at) DESC,"
             "     t.id DESC) AS n"
-            "  FROM group_posts p JOIN group_posts t ON t.id = coalesce(p.thread_id, p.id)"
-            "  JOIN groups g ON g.id = p.group_id"
+            f"  FROM {GROUP_POSTS} p JOIN {GROUP_POSTS} t ON t.id = coalesce(p.thread_id, p.id)"
+            f"  JOIN {GROUPS} g ON g.id = p.group_id"
             "  WHERE g.course_id = %s AND p.created_at >= %s AND p.created_at < %s"
             "  GROUP BY t.group_id, t.id, t.subject, t.created_at) s"
             " WHERE n <= 5 ORDER BY group_id, n", (start, start, course_id, start, end))
@@ -154,9 +158,9 @@ class DigestStore:
             "  SELECT m.group_id, m.person_id, p.display_name,"
             "    count(*) OVER (PARTITION BY m.group_id) AS total,"
             "    row_number() OVER (PARTITION BY m.group_id ORDER BY m.joined_at, m.person_id) AS n"
-            "  FROM group_members m JOIN groups g ON g.id = m.group_id"
-            "  JOIN people p ON p.id = m.person_id"
-            "  WHERE g.course_id = %s AND m.left_at IS NULL"
+            f"  FROM {CURRENT_GROUP_MEMBERS} m JOIN {GROUPS} g ON g.id = m.group_id"
+            f"  JOIN {PEOPLE} p ON p.id = m.person_id"
+            "  WHERE g.course_id = %s"
             "    AND m.joined_at >= %s AND m.joined_at < %s) s"
             " WHERE n <= 10 ORDER BY group_id, n", (course_id, start, end))
         new_threads: dict[int, list[str]] = {}
@@ -226,11 +230,11 @@ class DigestStore:
                             group_id: int | None = None) -> int:
         if group_id is not None:
             rows = await self.db.runQuery(
-                "SELECT count(*) FROM group_members WHERE group_id = %s AND left_at IS NULL",
+                f"SELECT count(*) FROM {CURRENT_GROUP_MEMBERS} m WHERE m.group_id = %s",
                 (group_id,))
         else:
             rows = await self.db.runQuery(
-                "SELECT count(*) FROM course_members WHERE course_id = %s", (course_id,))
+                f"SELECT count(*) FROM {COURSE_MEMBERS} m WHERE m.course_id = %s", (course_id,))
         return rows[0][0]
 
     async def member_ids(self, *, course_id: int | None = None, group_id: int | None = None,
@@ -241,12 +245,12 @@ class DigestStore:
         """
         if group_id is not None:
             rows = await self.db.runQuery(
-                "SELECT person_id FROM group_members WHERE group_id = %s AND left_at IS NULL"
-                " AND person_id > %s ORDER BY person_id LIMIT %s", (group_id, after, limit))
+                f"SELECT m.person_id FROM {CURRENT_GROUP_MEMBERS} m WHERE m.group_id = %s"
+                " AND m.person_id > %s ORDER BY m.person_id LIMIT %s", (group_id, after, limit))
         else:
             rows = await self.db.runQuery(
-                "SELECT person_id FROM course_members WHERE course_id = %s"
-                " AND person_id > %s ORDER BY person_id LIMIT %s", (course_id, after, limit))
+                f"SELECT m.person_id FROM {COURSE_MEMBERS} m WHERE m.course_id = %s"
+                " AND m.person_id > %s ORDER BY m.person_id LIMIT %s", (course_id, after, limit))
         return [r[0] for r in rows]
 
 
@@ -261,7 +265,7 @@ async def claim_learners_txn(cursor, course_id: int, week: str, limit: int,
     commits, so the list may be short, or empty, before the end.
     """
     await cursor.execute(
-        "SELECT m.person_id FROM course_members m"
+        f"SELECT m.person_id FROM {COURSE_MEMBERS} m"
         f" WHERE m.course_id = %s AND m.person_id > %s AND {_LEARNER}"
         "   AND NOT EXISTS (SELECT 1 FROM digest_sent d WHERE d.course_id = m.course_id"
         "                   AND d.week = %s AND d.person_id = m.person_id)"
@@ -282,10 +286,10 @@ async def learners_txn(cursor, course_id: int, person_ids: Sequence[int]) -> lis
     """
     await cursor.execute(
         "SELECT p.id, p.email, p.display_name,"
-        "  coalesce((SELECT array_agg(gm.group_id ORDER BY gm.group_id) FROM group_members gm"
-        "    JOIN groups g ON g.id = gm.group_id"
-        "    WHERE gm.person_id = p.id AND gm.left_at IS NULL AND g.course_id = %s), '{}')"
-        " FROM people p WHERE p.id = ANY(%s) ORDER BY p.id", (course_id, list(person_ids)))
+        "  coalesce((SELECT array_agg(gm.group_id ORDER BY gm.group_id)"
+        f"    FROM {CURRENT_GROUP_MEMBERS} gm JOIN {GROUPS} g ON g.id = gm.group_id"
+        "    WHERE gm.person_id = p.id AND g.course_id = %s), '{}')"
+        f" FROM {PEOPLE} p WHERE p.id = ANY(%s) ORDER BY p.id", (course_id, list(person_ids)))
     return [Learner(r[0], r[1], r[2] or "", tuple(r[3])) for r in cursor.fetchall()]
 
 

@@ -1,7 +1,9 @@
 """
-The groups part's tables: C{groups}, C{group_members} (shared with the
-people part, which creates them on LTI launches), C{group_posts} and
-C{group_visits}.
+The groups part's tables: C{groups}, C{group_members}, C{group_posts},
+C{group_relayed_copies} and C{group_visits}.  Other parts write them only
+through this module (an LTI launch joins its group with L{ensure_group_txn}
+and L{join_group_txn}) and read them in their own statements only through
+L{emaild.groups.relations}.
 
 Functions taking a C{cursor} run inside a caller's transaction (the relay
 processor records a post in the same transaction that queues its copies).
@@ -16,6 +18,8 @@ from typing import Sequence
 import attrs
 
 from emaild.groups.addresses import ReplyToken
+from emaild.inbound.relations import INBOUND_RECIPIENTS
+from emaild.people.relations import COURSES, PEOPLE
 
 
 @attrs.frozen
@@ -61,11 +65,11 @@ class Thread:
 
 
 _GROUP_COLUMNS = "g.id, g.course_id, g.name, coalesce(nullif(c.title, ''), c.context_id)"
-_GROUP_FROM = "groups g JOIN courses c ON c.id = g.course_id"
+_GROUP_FROM = f"groups g JOIN {COURSES} c ON c.id = g.course_id"
 _GROUP = f"{_GROUP_COLUMNS} FROM {_GROUP_FROM}"
 _MEMBER = ("m.group_id, m.person_id, p.email, p.display_name, m.left_at,"
            " m.reply_secret_hi, m.reply_secret_lo, m.joined_at"
-           " FROM group_members m JOIN people p ON p.id = m.person_id")
+           f" FROM group_members m JOIN {PEOPLE} p ON p.id = m.person_id")
 
 
 class GroupStore:
@@ -150,6 +154,23 @@ class GroupStore:
             "INSERT INTO group_visits (group_id, person_id) VALUES (%s, %s)",
             (group_id, person_id))
 
+    async def quiet_members(self, group_id: int, actor_id: int, online_window: float
+                            ) -> builtins.list[int]:
+        """
+        The other current members of the group who have an address and
+        have not visited a group page within C{online_window} seconds (the
+        group-activity notifier's candidates).
+        """
+        rows = await self.db.runQuery(
+            f"SELECT m.person_id FROM group_members m JOIN {PEOPLE} p ON p.id = m.person_id"
+            " WHERE m.group_id = %(group)s AND m.left_at IS NULL AND m.person_id <> %(actor)s"
+            "   AND coalesce(p.email, '') <> ''"
+            "   AND NOT EXISTS (SELECT 1 FROM group_visits v WHERE v.person_id = m.person_id"
+            "       AND v.at > now() - make_interval(secs => %(online)s))"
+            " ORDER BY m.person_id",
+            {"group": group_id, "actor": actor_id, "online": float(online_window)})
+        return [row[0] for row in rows]
+
     async def threads(self, group_id: int, limit: int = 20) -> builtins.list[Thread]:
         """
         The most recently active threads of the group.
@@ -160,7 +181,7 @@ class GroupStore:
             "        max(created_at) AS last_at"
             "       FROM group_posts WHERE group_id = %s GROUP BY 1) s"
             " JOIN group_posts t ON t.id = s.tid"
-            " LEFT JOIN people p ON p.id = t.author_id"
+            f" LEFT JOIN {PEOPLE} p ON p.id = t.author_id"
             " ORDER BY s.last_at DESC, t.id DESC LIMIT %s", (group_id, limit))
         return [Thread(*row) for row in rows]
 
@@ -205,7 +226,7 @@ async def post_of_message_txn(cursor, group_id: int, message_id: int) -> int | N
     (through any of its recipient rows), if any.
     """
     await cursor.execute(
-        "SELECT p.id FROM group_posts p JOIN inbound_recipients r ON r.id = p.inbound_id"
+        f"SELECT p.id FROM group_posts p JOIN {INBOUND_RECIPIENTS} r ON r.id = p.inbound_id"
         " WHERE p.group_id = %s AND r.message_id = %s ORDER BY p.id LIMIT 1",
         (group_id, message_id))
     row = cursor.fetchone()
@@ -297,3 +318,43 @@ async def insert_posts_with_copies_txn(cursor, posts: Sequence[NewPost]) -> dict
          [len(p.person_ids) for p in posts],
          [c[0] for c in copies], [c[1] for c in copies], [c[2] for c in copies]))
     return {post_id: set(claimed) for post_id, claimed in cursor.fetchall()}
+
+
+async def ensure_group_txn(cursor, course_id: int, name: str, report: bool = False):
+    """
+    The group's id (with C{report}: and whether it was made now).
+    """
+    await cursor.execute(
+        "INSERT INTO groups (course_id, name) VALUES (%s, %s)"
+        " ON CONFLICT (course_id, name) DO NOTHING RETURNING id", (course_id, name))
+    row = cursor.fetchone()
+    created = row is not None
+    if row is None:
+        await cursor.execute("SELECT id FROM groups WHERE course_id = %s AND name = %s",
+                             (course_id, name))
+        row = cursor.fetchone()
+    return (row[0], created) if report else row[0]
+
+
+async def join_group_txn(cursor, group_id: int, person_id: int) -> None:
+    await cursor.execute(
+        "INSERT INTO group_members (group_id, person_id) VALUES (%s, %s)"
+        " ON CONFLICT (group_id, person_id) DO UPDATE SET left_at = NULL, joined_at = now(),"
+        # a new reply address: the one they had before leaving stays dead
+        "   reply_secret_hi = emaild_random32(), reply_secret_lo = emaild_random32()"
+        " WHERE group_members.left_at IS NOT NULL", (group_id, person_id))
+
+
+async def rejoin_group_txn(cursor, group_id: int, person_id: int) -> bool:
+    """
+    Make the person a current member of the group unless they are one
+    already; True if they joined (or rejoined) now.
+    """
+    await cursor.execute(
+        "SELECT left_at IS NULL FROM group_members WHERE group_id = %s AND person_id = %s",
+        (group_id, person_id))
+    row = cursor.fetchone()
+    if row is not None and row[0]:
+        return False
+    await join_group_txn(cursor, group_id, person_id)
+    return True

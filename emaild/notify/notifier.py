@@ -99,7 +99,7 @@ class Notifier:
         actor = await self.groups.member(group_id, actor_id)
         if group is None or actor is None or not actor.live:
             return 0
-        quiet = await self.store.quiet_members(group_id, actor_id, self.online_window)
+        quiet = await self.groups.quiet_members(group_id, actor_id, self.online_window)
         if quiet:
             online = await self.session_store.seen_since(quiet, self.online_window)
             off = await self.outbox_store.opted_out(quiet, group.course_id, KIND)

@@ -2,9 +2,9 @@
 The notifications part's tables: C{group_activity_notices} and
 C{group_activity_recipients} (migration 0010).
 
-It also reads, never writes, the groups part's members and group page
-visits (C{group_members}, C{group_visits}) and people's addresses.  Who is
-signed in (C{web_sessions}) and who turned the notification kind off
+Which members are candidates (current, with an address, not seen on a
+group page lately) the notifier asks the groups store
+(L{emaild.groups.store.GroupStore.quiet_members}).  Who is signed in (C{web_sessions}) and who turned the notification kind off
 (C{mail_optouts}) the notifier asks the web and outbound stores
 (L{emaild.web.sessions.SessionStore.seen_since},
 L{emaild.outbound.store.OutboxStore.opted_out}); the sender checks opt-outs
@@ -47,23 +47,6 @@ class Notice:
 class NotifyStore:
     def __init__(self, db):
         self.db = db
-
-    async def quiet_members(self, group_id: int, actor_id: int, online_window: float) -> list[int]:
-        """
-        The other current members of the group who have an address and
-        have not visited a group page within C{online_window} seconds.
-        (Signed-in requests and opt-outs are the web and outbound parts'
-        tables: the notifier asks their stores.)
-        """
-        rows = await self.db.runQuery(
-            "SELECT m.person_id FROM group_members m JOIN people p ON p.id = m.person_id"
-            " WHERE m.group_id = %(group)s AND m.left_at IS NULL AND m.person_id <> %(actor)s"
-            "   AND coalesce(p.email, '') <> ''"
-            "   AND NOT EXISTS (SELECT 1 FROM group_visits v WHERE v.person_id = m.person_id"
-            "       AND v.at > now() - make_interval(secs => %(online)s))"
-            " ORDER BY m.person_id",
-            {"group": group_id, "actor": actor_id, "online": float(online_window)})
-        return [row[0] for row in rows]
 
     async def claim(self, group_id: int, actor_id: int, candidates: Sequence[int], now: float,
                     active_window: float, daily_limit: int):

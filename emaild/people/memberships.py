@@ -1,8 +1,9 @@
 """
-Groups made and joined by hand (C{emaild group add|import|join}): the people
-part's C{courses}, C{groups} and C{group_members} tables, written with the
-same rules as L{PeopleStore} (a course key is found, or a course made by
-hand, as in L{PeopleStore.import_people}).
+Groups made and joined by hand (C{emaild group add|import|join}): people
+and courses through the people store's functions, groups and their members
+through the groups store's (L{emaild.groups.store}), all in one transaction,
+with the same rules as L{PeopleStore} (a course key is found, or a course
+made by hand, as in L{PeopleStore.import_people}).
 """
 
 from __future__ import annotations
@@ -11,16 +12,9 @@ from typing import Sequence
 
 import attrs
 
-from emaild.people.store import (
-    Course,
-    Person,
-    PersonError,
-    course_by_key_txn,
-    ensure_group_txn,
-    join_course_txn,
-    join_group_txn,
-    upsert_person_txn,
-)
+from emaild.groups.store import ensure_group_txn, rejoin_group_txn
+from emaild.people.records import Course, Person, PersonError
+from emaild.people.store_txn import course_by_key_txn, join_course_txn, upsert_person_txn
 
 
 @attrs.frozen
@@ -107,14 +101,3 @@ class Memberships:
             return results
 
         return await self.db.transaction(add_all)
-
-
-async def rejoin_group_txn(cursor, group_id: int, person_id: int) -> bool:
-    await cursor.execute(
-        "SELECT left_at IS NULL FROM group_members WHERE group_id = %s AND person_id = %s",
-        (group_id, person_id))
-    row = cursor.fetchone()
-    if row is not None and row[0]:
-        return False
-    await join_group_txn(cursor, group_id, person_id)
-    return True
