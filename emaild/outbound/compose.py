@@ -230,6 +230,8 @@ class Composer:
         # the environment never reloads (auto_reload=False), so neither do we
         self._templates: dict[str, tuple] = {}
         self._renderers: dict[str, tuple] = {}
+        # link() without a person only refuses, so every such render can share one
+        self._no_person_links = _Links(links, None, "")
         self._date = (-1, "")
 
     def templates(self, name: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]:
@@ -317,7 +319,8 @@ class Composer:
         if person_id is not None:
             # unguessable, so no value in the context can pass for a link
             prefix = f"emaildlink{secrets.token_hex(8)}x"
-        link = _Links(self.links, person_id, prefix)
+        link = (_Links(self.links, person_id, prefix) if person_id is not None
+                else self._no_person_links)
         # the composer's globals are in the renderers; values override them
         values = dict(context) if context else {}
         values["recipient"] = recipient
