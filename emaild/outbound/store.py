@@ -630,21 +630,29 @@ async def insert_messages_txn(cursor, template: str, qos: QoSClass, messages: Se
     PostgreSQL's: a Python list becomes C{ARRAY[...]} with one constant per
     element for PostgreSQL to parse.  So each column travels as one value:
     the bodies as one bytea cut by (offset, length) pairs, every other
-    column as one array literal (L{array_literal}).
+    column as one array literal (L{array_literal}).  Bodies are ASCII (MIME
+    encodes everything else), and as text they cost PostgreSQL a third less
+    than as hex-encoded bytea; bytes that are not ASCII text go as bytea.
     """
     if not messages:
         return []
+    bodies = b"".join(m.data for m in messages)
+    if bodies.isascii() and b"\0" not in bodies:
+        # (a subquery, so that the text becomes bytea once, not once a row)
+        all_bodies, bodies_param = "(SELECT convert_to(%s::text, 'UTF8'))", bodies.decode("ascii")
+    else:
+        all_bodies, bodies_param = "%s::bytea", Binary(bodies)
     lengths = [len(m.data) for m in messages]
     offsets = list(itertools.accumulate(lengths, initial=1))[:-1]  # substring() counts from 1
     await cursor.execute(
         "INSERT INTO outbox (template, qos, priority, recipient, envelope_from,"
         " message_id, subject, body, batch, person_id, course_id, kind, unsubscribable)"
-        " SELECT %s, %s, %s, r, e, m, s, substring(%s::bytea FROM o FOR l), %s, p, c, k, u"
+        " SELECT %s, %s, %s, r, e, m, s, substring(" + all_bodies + " FROM o FOR l), %s, p, c, k, u"
         " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::int[],"
         "   %s::bigint[], %s::bigint[], %s::text[], %s::boolean[])"
         "   WITH ORDINALITY AS v(r, e, m, s, o, l, p, c, k, u, n)"
         " ORDER BY n RETURNING id",
-        (template, qos.name, qos.priority, Binary(b"".join(m.data for m in messages)), batch,
+        (template, qos.name, qos.priority, bodies_param, batch,
          array_literal([m.recipient for m in messages]),
          array_literal([m.envelope_from for m in messages]),
          array_literal([m.message_id for m in messages]),

@@ -63,6 +63,17 @@ class EnqueueStoreTests(DatabaseTestCase):
             self.assertEqual(row[10:], ('b"1', "t", "default", "queued"))
         self.assertEqual((yield self.store.enqueue("t", self.cfg.qos_class(None), [])), [])
 
+    @defer.inlineCallbacks
+    def test_ascii_bodies_travel_as_text_and_arrive_exactly(self):
+        bodies = [b"plain\n", b"it's \\ a \"quote\" {x,y}\r\n", b"'", b"\\", b"\\x41", b"E'\\n'",
+                  "".join(map(chr, range(1, 128))).encode("ascii")]
+        messages = [Rendered(f"r{i}@example.org", f"bounces+t{i}@x.test", f"<t{i}@x.test>", "s", body)
+                    for i, body in enumerate(bodies)]
+        ids = yield self.store.enqueue("t", self.cfg.qos_class(None), messages)
+        rows = self.query("SELECT id, body FROM outbox ORDER BY id")
+        self.assertEqual([r[0] for r in rows], ids)
+        self.assertEqual([bytes(r[1]) for r in rows], bodies)
+
     # -- emaild send --recipients ------------------------------------------------
     def write_csv(self, n: int, bad_line: int | None = None):
         path = self.tmp / "people.csv"
