@@ -72,3 +72,42 @@ def environment(operator_dir: str, part: str) -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=False,
     )
+
+
+class Renderer:
+    """
+    One template, ready to be rendered many times: C{render(values)} gives
+    what C{template.render(values)} gives, with less work per call.
+
+    L{jinja2.Template.render} copies the template's globals (a ChainMap of
+    the template's and the environment's, slow to iterate) into a new dict
+    and iterates them once more for the context's list of global names, on
+    every call: a third of the time it takes to render a short e-mail.
+    Here the globals (and C{extra_globals}, e.g. the site URL every e-mail
+    sees) are flattened once; each call makes the context from one dict
+    merge, the way Jinja2's own C{new_context} does, and runs the compiled
+    template the way C{render} does (errors are raised as C{render} raises
+    them).
+    """
+
+    __slots__ = ("template", "environment", "parent", "globals_keys")
+
+    def __init__(self, template: jinja2.Template, extra_globals=None):
+        self.template = template
+        self.environment = template.environment
+        #: what every render starts from; values override it, as in render()
+        self.parent = {**template.globals, **(extra_globals or {})}
+        self.globals_keys = set(template.globals)
+
+    def render(self, values: dict) -> str:
+        template, env = self.template, self.environment
+        if env.is_async:  # (not ours: our environments are synchronous)
+            return template.render({**self.parent, **values})
+        context = env.context_class(env, {**self.parent, **values}, template.name,
+                                    template.blocks)
+        # Template.render's context would get these from globals=...
+        context.globals_keys = self.globals_keys
+        try:
+            return env.concat(template.root_render_func(context))  # type: ignore[attr-defined]
+        except Exception:
+            env.handle_exception()

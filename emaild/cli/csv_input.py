@@ -2,8 +2,9 @@
 C{emaild send --recipients FILE.csv}: stream a CSV into the outbox.
 
 The file is read with L{csv.DictReader} and queued in chunks of
-L{CSV_CHUNK} rows, one L{Outbox.enqueue} call (one transaction) each, so
-memory stays flat however long the file is.  The C{email} column is the
+L{CSV_CHUNK} rows, one transaction each (through an L{EnqueuePipeline}:
+the next chunk renders while one is written), so memory stays flat however
+long the file is.  The C{email} column is the
 recipient; every other column is that row's template context (empty cells
 stay empty strings).
 """
@@ -16,8 +17,9 @@ from pathlib import Path
 
 from emaild.cli.output import CliError, Interrupted, csv_summary, one_line
 from emaild.outbound.compose import ComposeError
+from emaild.outbound.pipeline import EnqueuePipeline, next_turn
 
-#: CSV rows per Outbox.enqueue call (one transaction each)
+#: CSV rows per transaction
 CSV_CHUNK = 1000
 
 
@@ -94,13 +96,6 @@ def open_checked_csv(path: str, columns):
     return f, reader
 
 
-async def _enqueue(outbox, template, recipients, qos, batch):
-    try:
-        return await outbox.enqueue(template, recipients, qos=qos, batch=batch)
-    except ComposeError as e:
-        raise CliError(str(e)) from None
-
-
 async def read_in_chunks(reader, path: str, parse, flush, *, chunk_size: int,
                          rejected: list, check_interrupt=lambda: None) -> str | None:
     """
@@ -149,32 +144,58 @@ async def read_in_chunks(reader, path: str, parse, flush, *, chunk_size: int,
 
 
 async def send_csv(outbox, reader, path: str, template: str, qos: str | None,
-                   batch: str | None, check_interrupt=lambda: None, out=None) -> int:
+                   batch: str | None, check_interrupt=lambda: None, out=None,
+                   pause=next_turn) -> int:
     """
     Queue every row; print the summary (with every rejected row and why)
     and return the exit code: 0 when all rows were queued, else 1.
 
-    @param check_interrupt: called after each chunk; raises L{Interrupted}
-        to stop there (the summary of what was queued is still printed).
+    Chunks go through an L{EnqueuePipeline}: chunk N+1 renders while chunk
+    N is written, each chunk is its own transaction, and they commit in
+    order.  Whatever happens, the summary counts exactly the chunks that
+    committed.
+
+    @param check_interrupt: called when a chunk committed, before the next
+        one is written; raises L{Interrupted} to stop there (the summary of
+        what was queued is still printed).
+    @param pause: gives the reactor a turn (see L{EnqueuePipeline}).
     """
     out = out or sys.stdout
     batch = batch if batch is not None else Path(path).name
+    try:
+        pipeline = EnqueuePipeline(outbox, template, qos, batch, pause=pause)
+    except ComposeError as e:
+        raise CliError(str(e)) from None
     queued, first, last, rejected = 0, None, None, []
+    #: the (line, address) of each row of the chunk being written
+    writing: list[tuple[int, str]] = []
 
-    async def flush(chunk, lines):
+    async def committed():
         nonlocal queued, first, last
-        report = await _enqueue(outbox, template, chunk, qos, batch)
+        report = await pipeline.wait()
+        if report is None:
+            return
         if report.ids:
             queued += len(report.ids)
             low, high = min(report.ids), max(report.ids)
             first = low if first is None else min(first, low)
             last = high if last is None else max(last, high)
-        rejected.extend((lines[r.index][0], r.recipient, r.reason) for r in report.rejected)
+        rejected.extend((writing[r.index][0], r.recipient, r.reason) for r in report.rejected)
+
+    async def flush(chunk, lines):
+        nonlocal writing
+        rendered = await pipeline.render(list(chunk))
+        await committed()
+        check_interrupt()
+        pipeline.write(rendered)
+        writing = list(lines)
 
     try:
-        error = await read_in_chunks(reader, path, lambda row: (row.pop("email"), row), flush,
-                                     chunk_size=CSV_CHUNK, rejected=rejected,
-                                     check_interrupt=check_interrupt)
+        try:
+            error = await read_in_chunks(reader, path, lambda row: (row.pop("email"), row), flush,
+                                         chunk_size=CSV_CHUNK, rejected=rejected)
+        finally:
+            await committed()  # the last chunk, or the one written when something failed
     except Interrupted:
         rejected.sort()
         print(csv_summary(queued, first, last, rejected), file=out, flush=True)

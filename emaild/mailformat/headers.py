@@ -16,6 +16,9 @@ _WHITESPACE = re.compile(r"\s+")
 #: what may stand between < and > in List-Unsubscribe (RFC 3986 characters
 #: less the ones that would end or split the header)
 _HEADER_URI = re.compile(r"^[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+;=%]+$")
+#: a display name that formataddr would leave as it is (ASCII, none of
+#: RFC 5322's specials), so the header can be written without it
+_PLAIN_DISPLAY = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
 
 
 class HeaderError(ValueError):
@@ -51,6 +54,9 @@ def address_header(name: str, display: Any, address: str) -> str:
     (L{emaild.mailformat.addresses.check_address}).
     """
     display = header_text(display) if display else ""
+    if "=?" not in display and _PLAIN_DISPLAY.fullmatch(display) and address.isascii():
+        # what formataddr gives for such a name, at a fraction of its cost
+        return f"{name}: {display} <{address}>" if display else f"{name}: {address}"
     if "=?" in display:
         encoded = Header(display, "utf-8", header_name=name).encode(linesep="\n")
         return f"{name}: {encoded} <{address}>"

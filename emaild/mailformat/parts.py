@@ -15,7 +15,8 @@ def normalise_newlines(text: str) -> str:
     """
     C{text} with LF line endings and a final newline.
     """
-    text = _NEWLINES.sub("\n", text)
+    if "\r" in text:
+        text = _NEWLINES.sub("\n", text)
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -25,7 +26,8 @@ def encode_text_part(text: str) -> tuple[str, bytes]:
     text is ASCII with lines within RFC 5322's 998, else quoted-printable.
     """
     raw = normalise_newlines(text).encode("utf-8")
-    if raw.isascii() and max(map(len, raw.split(b"\n"))) <= 998:
+    # (a part of at most 998 bytes has no longer line: no need to split it)
+    if raw.isascii() and (len(raw) <= 998 or max(map(len, raw.split(b"\n"))) <= 998):
         return "7bit", raw
     encoded = binascii.b2a_qp(raw, quotetabs=False, istext=True, header=False)
     return "quoted-printable", encoded if encoded.endswith(b"\n") else encoded + b"\n"

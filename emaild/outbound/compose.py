@@ -23,6 +23,7 @@ template as C{unsubscribe_url}.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -45,6 +46,40 @@ from emaild.mailformat.headers import (
 )
 from emaild.mailformat.parts import encode_text_part, text_part_headers
 from emaild.outbound.kinds import KindError, Scope, parse_target
+from emaild.templating import Renderer
+
+
+class RandomHex:
+    """
+    C{secrets.token_hex(nbytes)}, drawn from a buffer the operating system's
+    random source fills L{BUFFER} tokens at a time: one C{getrandom} call per
+    token would cost as much as the rest of a message's headers.  The bytes
+    are the same kind (C{secrets.token_bytes}); each is used once.  A forked
+    child starts with an empty buffer, so it never repeats its parent's.
+    """
+
+    #: tokens per refill
+    BUFFER = 512
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+        self._buffer = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self.clear)
+
+    def clear(self) -> None:
+        self._buffer, self._at = b"", 0
+
+    def __call__(self) -> str:
+        at, end = self._at, self._at + self.nbytes
+        if end > len(self._buffer):
+            self._buffer, at, end = secrets.token_bytes(self.nbytes * self.BUFFER), 0, self.nbytes
+        self._at = end
+        return self._buffer[at:end].hex()
+
+
+#: the default Message-ID / bounce address token: 80 random bits
+new_message_token = RandomHex(10)
 
 
 class ComposeError(ValueError):
@@ -183,7 +218,7 @@ class Composer:
         clock: Callable[[], float] = time.time,
         globals_: Mapping[str, Any] | None = None,
         links=None,
-        new_token: Callable[[], str] = lambda: secrets.token_hex(10),
+        new_token: Callable[[], str] = new_message_token,
     ):
         self.env = env
         self.relay_domain = relay_domain
@@ -194,6 +229,10 @@ class Composer:
         self.new_token = new_token
         # the environment never reloads (auto_reload=False), so neither do we
         self._templates: dict[str, tuple] = {}
+        self._renderers: dict[str, tuple] = {}
+        # link() without a person only refuses, so every such render can share one
+        self._no_person_links = _Links(links, None, "")
+        self._date = (-1, "")
 
     def templates(self, name: str) -> tuple[jinja2.Template, jinja2.Template, jinja2.Template | None]:
         """
@@ -202,6 +241,19 @@ class Composer:
         found = self._templates.get(name)
         if found is None:
             found = self._templates[name] = self._load_templates(name)
+        return found
+
+    def renderers(self, name: str) -> tuple[Renderer, Renderer, Renderer | None]:
+        """
+        L{templates}, each ready to render many times with this composer's
+        globals (L{emaild.templating.Renderer}).
+        """
+        found = self._renderers.get(name)
+        if found is None:
+            subject, text, html = self.templates(name)
+            found = self._renderers[name] = (
+                Renderer(subject, self.globals), Renderer(text, self.globals),
+                Renderer(html, self.globals) if html is not None else None)
         return found
 
     def _load_templates(self, name: str):
@@ -221,6 +273,14 @@ class Composer:
         except jinja2.TemplateSyntaxError as e:
             raise ComposeError(f"template {e.name} line {e.lineno}: {e.message}") from None
         return subject, text, html
+
+    def _date_header(self) -> str:
+        # formatdate is costly next to the rest of a message, and its text
+        # changes once a second
+        now = int(self.clock())
+        if now != self._date[0]:
+            self._date = (now, formatdate(now, usegmt=True))
+        return self._date[1]
 
     def template_names(self) -> list[str]:
         return sorted(
@@ -253,17 +313,21 @@ class Composer:
         @raise ComposeError: as L{render}, or a bad C{link()} target.
         """
         recipient = check_address(recipient)
-        subject_t, text_t, html_t = self.templates(template)
+        subject_t, text_t, html_t = self.renderers(template)
         prefix = ""
         unsubscribe = None
         if person_id is not None:
             # unguessable, so no value in the context can pass for a link
             prefix = f"emaildlink{secrets.token_hex(8)}x"
-        link = _Links(self.links, person_id, prefix)
-        values = {**self.globals, **(context or {}), "recipient": recipient, "link": link}
+        link = (_Links(self.links, person_id, prefix) if person_id is not None
+                else self._no_person_links)
+        # the composer's globals are in the renderers; values override them
+        values = dict(context) if context else {}
+        values["recipient"] = recipient
+        values["link"] = link
         if person_id is not None:
             values["person_id"] = person_id
-            if display_name and "name" not in values:
+            if display_name and "name" not in values and "name" not in self.globals:
                 values["name"] = display_name
         unsubscribe_placeholder = ""
         if unsubscribable:
@@ -275,9 +339,9 @@ class Composer:
             unsubscribe_placeholder = f"{prefix}u_"
         if unsubscribable:
             values["unsubscribe_url"] = unsubscribe_placeholder
-        else:
+        elif "unsubscribe_url" not in values and "unsubscribe_url" not in self.globals:
             # falsy, so templates can say {% if unsubscribe_url %}
-            values.setdefault("unsubscribe_url", "")
+            values["unsubscribe_url"] = ""
         try:
             subject = header_text(subject_t.render(values))
             text = text_t.render(values)
@@ -288,7 +352,7 @@ class Composer:
             raise ComposeError(f"template {template!r}: {e.message} (missing from the context)") from None
         except Exception as e:
             raise ComposeError(f"template {template!r} failed: {e}") from None
-        display = display_name or values.get("name") or ""
+        display = display_name or values.get("name", self.globals.get("name")) or ""
         return Draft(recipient, display, subject, text, html, link.requests, link.placeholders,
                      unsubscribe, unsubscribe_placeholder, person_id, course_id, kind, prefix)
 
@@ -329,7 +393,7 @@ class Composer:
             self.from_header,
             address_header("To", draft.display_name, draft.recipient),
             encoded_header("Subject", subject),
-            f"Date: {formatdate(self.clock(), usegmt=True)}",
+            f"Date: {self._date_header()}",
             f"Message-ID: {message_id}",
             "MIME-Version: 1.0",
             "Auto-Submitted: auto-generated",

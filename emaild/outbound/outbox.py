@@ -16,9 +16,10 @@ from typing import Any, Iterable, Mapping
 import attrs
 import psycopg2
 
+from emaild.config import QoSClass
 from emaild.links.service import UNSUBSCRIBE, Links
 from emaild.links.store import LinkRow
-from emaild.outbound.compose import ComposeError, Composer, check_address
+from emaild.outbound.compose import ComposeError, Composer, Rendered, check_address
 from emaild.outbound.kinds import KindError, Scope, get_kind, parse_target
 from emaild.outbound.store import OutboxStore
 from emaild.people.store import PeopleStore
@@ -95,18 +96,40 @@ class Outbox:
         @raise ComposeError: the template itself is missing or broken, or
             C{qos} names no configured class (nothing is queued).
         """
+        qos_class = self.check(template, qos)
+        rendered, rejected = self.render_many(template, recipients)
+        ids = await self.store.enqueue(template, qos_class, rendered, batch) if rendered else []
+        return EnqueueReport(ids, rejected)
+
+    def check(self, template: str, qos: str | None = None) -> QoSClass:
+        """
+        The QoS class C{qos} names (None: the default), once C{template}
+        loads.
+
+        @raise ComposeError: the template is missing or broken, or C{qos}
+            names no configured class.
+        """
         if qos is not None and qos not in self.config.qos:
             raise ComposeError(f"no QoS class {qos!r}; configured: {', '.join(sorted(self.config.qos))}")
         qos_class = self.config.qos_class(qos)
         self.composer.templates(template)  # fail once, early, for a bad template
+        return qos_class
+
+    def render_many(self, template: str, recipients: Iterable[tuple[str, Mapping[str, Any]]],
+                    first_index: int = 0) -> tuple[list[Rendered], list[Rejected]]:
+        """
+        Render C{template} for every (address, context) to a bare address;
+        the ones that cannot be rendered are returned with the reason
+        (their C{index} counts from C{first_index}).
+        """
+        render = self.composer.render
         rendered, rejected = [], []
-        for index, (address, context) in enumerate(recipients):
+        for index, (address, context) in enumerate(recipients, first_index):
             try:
-                rendered.append(self.composer.render(template, address, context))
+                rendered.append(render(template, address, context))
             except ComposeError as e:
                 rejected.append(Rejected(index, str(address), str(e)))
-        ids = await self.store.enqueue(template, qos_class, rendered, batch) if rendered else []
-        return EnqueueReport(ids, rejected)
+        return rendered, rejected
 
     async def enqueue_people(
         self,
