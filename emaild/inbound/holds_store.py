@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import attrs
 from psycopg2 import Binary
 
+from emaild.groups.relations import GROUPS
 from emaild.inbound.store import INBOUND_CHANNEL, RELAY, Recipient
-from emaild.outbound.store import insert_messages_txn
+from emaild.outbound.enqueue_store import insert_messages_txn
 
 WAITING, SENT, DISCARDED, EXPIRED = "waiting", "sent", "discarded", "expired"
 EXPIRED_REASON = "not relayed: the member did not confirm it before the link expired"
@@ -104,7 +105,7 @@ class HoldStore:
             " h.created_at, h.decided_at, m.received_at, m.peer, m.helo, m.raw,"
             " coalesce(g.name, '')"
             " FROM inbound_holds h JOIN inbound_messages m ON m.id = h.message_id"
-            " LEFT JOIN groups g ON g.id = h.group_id WHERE h.link_id = %s", (link_id,))
+            f" LEFT JOIN {GROUPS} g ON g.id = h.group_id WHERE h.link_id = %s", (link_id,))
         if not rows:
             return None
         row = list(rows[0])

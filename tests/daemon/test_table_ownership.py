@@ -44,11 +44,7 @@ OWNERS: dict[str, set[str]] = {
 
 #: statements not yet routed through the owner, in files another change is
 #: editing; each entry must still be needed (the test says when it is not)
-PENDING: dict[str, set[str]] = {
-    # the name of a held post's group: to become a join of GROUPS
-    # (emaild.groups.relations)
-    "inbound/holds_store.py": {"groups"},
-}
+PENDING: dict[str, set[str]] = {}
 
 _REFERENCE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE)\s+(?:ONLY\s+)?([a-z_][a-z_0-9]*)")
 
