@@ -109,7 +109,9 @@ class PolicyAtEndOfData(DaemonWithDNS):
 
     async def test_a_dns_server_that_never_answers_is_451_and_nothing_is_relayed(self):
         silent = SilentServer()
-        await self.start(unauthenticated="relay", dns_server=silent, dns_timeout="1s")
+        # the DNS timeout is long enough for "served while DNS waits" to be
+        # told apart from "served after it" on a loaded machine
+        await self.start(unauthenticated="relay", dns_server=silent, dns_timeout="3s")
         for who, sender in (("ada", "Ada <ada@spf.test>"), ("carol", "Carol <carol@none.test>")):
             pending = self.send(who, post(sender, self.reply[who]))
             # while that post waits for DNS, the daemon serves everyone else
@@ -117,7 +119,7 @@ class PolicyAtEndOfData(DaemonWithDNS):
             started = time.monotonic()
             code, _ = await threads.deferToThread(_ehlo, self.smtp_port)
             self.assertEqual(code, 250)
-            self.assertLess(time.monotonic() - started, 0.5)
+            self.assertLess(time.monotonic() - started, 2.5)
             self.assertFalse(pending.called)
             code, text = await pending
             self.assertEqual(code, 451, text)
