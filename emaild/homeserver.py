@@ -417,8 +417,10 @@ class HomeServer:
         smtp = self.config["smtp"]
         if smtp["in_flow_refuse"] and smtp["in_flow_refuse"] <= smtp["in_flow_backlog"]:
             raise ConfigError("smtp.in_flow_refuse", "must be above smtp.in_flow_backlog (or 0)")
-        return InFlow(self.reactor, backlog=smtp["in_flow_backlog"],
-                      max_delay=smtp["in_flow_delay"], refuse=smtp["in_flow_refuse"])
+        in_flow = InFlow(self.reactor, backlog=smtp["in_flow_backlog"],
+                         max_delay=smtp["in_flow_delay"], refuse=smtp["in_flow_refuse"])
+        self.get_metrics().watch_in_flow(in_flow)
+        return in_flow
 
     @built_once
     def get_error_reporter(self):

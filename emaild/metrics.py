@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -59,19 +60,13 @@ class Metrics:
                                     "Copies of group posts queued for members", registry=r)
 
     # -- hooks -----------------------------------------------------------------
-    def delivered(self, qos: str, state: str, throttled: bool = False) -> None:
+    def watch_in_flow(self, in_flow) -> None:
         """
-        One delivery outcome as the sender decided it (C{state} is the
-        row's next state: sent, failed, or queued for a retry).
+        Export the inbound in-flow control (L{emaild.inbound.inflow.InFlow}):
+        the relay backlog it sees, and the transactions it delayed and
+        refused, read at scrape time.
         """
-        if state == "sent":
-            self.sent.labels(qos).inc()
-        elif state == "failed":
-            self.failed.labels(qos).inc()
-        else:
-            self.retried.labels(qos).inc()
-        if throttled:
-            self.throttled.inc()
+        self.registry.register(_InFlowCollector(in_flow))
 
     # -- exposition ------------------------------------------------------------
     def render(self, counts: Mapping[str, Mapping[str, int]]) -> bytes:
@@ -85,3 +80,24 @@ class Metrics:
             for qos, n in per_class.items():
                 self.queue_depth.labels(state, qos).set(n)
         return generate_latest(self.registry)
+
+
+class _InFlowCollector:
+    """The in-flow control's figures, as they are when scraped."""
+
+    def __init__(self, in_flow):
+        self.in_flow = in_flow
+
+    def describe(self):
+        return list(self.collect())
+
+    def collect(self):
+        yield GaugeMetricFamily("emaild_inbound_relay_backlog",
+                                "Received rows waiting for the relay processor, as the "
+                                "in-flow control sees them", value=self.in_flow.backlog)
+        yield CounterMetricFamily("emaild_inbound_in_flow_delayed",
+                                  "New inbound transactions (MAIL FROM) delayed because the "
+                                  "relay was behind", value=self.in_flow.delayed)
+        yield CounterMetricFamily("emaild_inbound_in_flow_refused",
+                                  "New inbound transactions answered 451 4.3.2 because the "
+                                  "relay was far behind", value=self.in_flow.refused)

@@ -66,6 +66,21 @@ class InFlowTests(TestCase):
         inflow.update(10**9)
         self.assertEqual(inflow.delay(), 2.0)
 
+    def test_the_backlog_and_the_delayed_and_refused_counts_are_scraped(self):
+        home = HomeServer(load_config(None, environ={}, overrides={
+            "smtp": {"in_flow_backlog": 100, "in_flow_refuse": 300}}), Clock())
+        inflow = home.get_inflow()
+        registry = home.get_metrics().registry
+        inflow.update(200)
+        inflow.admit()
+        inflow.update(400)
+        for _ in range(2):
+            self.failureResultOf(inflow.admit(), Refused)
+        self.assertEqual(registry.get_sample_value("emaild_inbound_relay_backlog"), 400)
+        self.assertEqual(registry.get_sample_value("emaild_inbound_in_flow_delayed_total"), 1)
+        self.assertEqual(registry.get_sample_value("emaild_inbound_in_flow_refused_total"), 2)
+        self.assertIn(b"emaild_inbound_relay_backlog 400.0", home.get_metrics().render({}))
+
     def test_the_bounds_are_checked_in_the_configuration(self):
         config = load_config(None, environ={}, overrides={
             "smtp": {"in_flow_backlog": 500, "in_flow_refuse": 500}})
