@@ -2,8 +2,10 @@
 The outbound part's tables: C{outbox}, C{outbox_attempts}, C{send_buckets},
 C{send_daily_usage}, C{suppressions} and C{mail_optouts}.  Nothing else
 touches them: other parts read them through L{OutboxStore} and write them
-through it or through the C{*_txn} functions at the bottom (which run inside
-the caller's transaction).
+through it or through the C{*_txn} functions (which run inside the caller's
+transaction): the bounce and suppression ones at the bottom, the sender's
+claim and record in L{emaild.outbound.claim_store}, queueing in
+L{emaild.outbound.enqueue_store}.
 
 Times passed in (C{now}) are seconds since the epoch on the sender's clock,
 so tests can drive the queue with a L{twisted.internet.task.Clock}.
