@@ -18,4 +18,8 @@ fi
     emaild/web/routing.py \
     emaild/outbound/store.py emaild/people/store.py emaild/links/store.py \
     emaild/groups/store.py emaild/inbound/store.py emaild/notify/store.py \
-    emaild/inbound/holds_store.py emaild/digest/store.py emaild/web/sessions.py
+    emaild/inbound/holds_store.py emaild/digest/store.py emaild/web/sessions.py \
+    emaild/outbound/claim_store.py emaild/outbound/enqueue_store.py \
+    emaild/people/store_txn.py emaild/people/records.py emaild/people/launches.py \
+    emaild/people/lti13_store.py emaild/people/relations.py emaild/groups/relations.py \
+    emaild/inbound/relations.py emaild/config
