@@ -24,7 +24,6 @@ from emaild.people.launches import (
     join_launch_context_txn,
     leave_roster_txn,
     upsert_from_lti11,
-    upsert_from_lti13,
     upsert_roster,
 )
 from emaild.people.records import (
@@ -54,7 +53,7 @@ __all__ = [
     "PeopleStore", "Person", "PersonDetails", "PersonError", "RosterMember",
     "course_by_key_txn", "end_roster", "ensure_course_txn", "join_course_txn",
     "join_launch_context_txn", "leave_roster_txn", "set_email_txn", "upsert_from_lti11",
-    "upsert_from_lti13", "upsert_person_txn", "upsert_roster",
+    "upsert_person_txn", "upsert_roster",
 ]
 
 
