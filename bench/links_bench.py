@@ -19,12 +19,16 @@ to --quiet-wait seconds) for the other work on the machine to settle, and
 the report says "NOT a quiet machine" when it did not.
 
     python bench/links_bench.py [--duration 20] [--connections 50] [--rounds 2]
-                                [--links 5000] [--pool-size 4] [--profile | --cprofile]
+                                [--links 5000] [--pool-size 4]
+                                [--profile | --cprofile | --trace]
 
 Needs wrk (Debian: apt-get install -y wrk).  --profile records the daemon
 with py-spy (pip install py-spy) during the last link run and prints where
-the time goes; --cprofile does the same with cProfile (wall time, and much
-slower).  "app ms/req" and "pg ms/req" are CPU time per request, the
+the time goes; --cprofile does the same with cProfile (CPU time, and much
+slower); --trace measures inside the daemon during the last links run: each
+request's time from its last header to its last byte (what wrk's latency
+adds to it is the wait to be read while the daemon is busy, and wrk), the cyclic GC's pauses per
+generation, and the click statements' sizes and durations.  "app ms/req" and "pg ms/req" are CPU time per request, the
 figures least disturbed by other work on the machine.
 """
 
@@ -157,10 +161,81 @@ def write_config(b: Bench, port: int, pool_size: int) -> Path:
     return path
 
 
-def start_profiled_daemon(b: Bench, config: Path) -> subprocess.Popen:
+# --trace: the same daemon, measured from inside (public APIs only): on
+# SIGUSR1 it starts recording, on SIGUSR2 it writes what it saw as JSON.
+TRACE_DAEMON = r"""
+import gc, json, signal, sys, time
+from twisted.scripts.twistd import run
+from twisted.web import http
+from emaild.links.store import LinkStore
+
+clock, output = time.perf_counter, sys.argv[2]
+on = [False]
+requests, statements, pauses = [], [], {0: [], 1: [], 2: []}
+received, finish = http.Request.requestReceived, http.Request.finish
+
+def requestReceived(self, *args):
+    self.trace_start = clock()
+    return received(self, *args)
+
+def finished(self):
+    if on[0] and hasattr(self, "trace_start"):
+        requests.append(clock() - self.trace_start)
+    return finish(self)
+
+http.Request.requestReceived, http.Request.finish = requestReceived, finished
+use_many = LinkStore.use_many
+
+async def traced_use_many(self, clicks, *args, **kwargs):
+    start = clock()
+    try:
+        return await use_many(self, clicks, *args, **kwargs)
+    finally:
+        if on[0]:
+            statements.append((len(clicks), clock() - start))
+
+LinkStore.use_many = traced_use_many
+gc_start = [0.0]
+
+def gc_callback(phase, info):
+    if phase == "start":
+        gc_start[0] = clock()
+    elif on[0]:
+        pauses[info["generation"]].append(clock() - gc_start[0])
+
+gc.callbacks.append(gc_callback)
+
+def start(*_):
+    on[0] = True
+
+def ms(values, points=(50, 90, 99, 100)):
+    values = sorted(values)
+    return {p: round(1000 * values[min(len(values) - 1, len(values) * p // 100)], 2)
+            for p in points} if values else {}
+
+def dump(*_):
+    on[0] = False
+    with open(output, "w") as f:
+        json.dump({
+            "requests": len(requests), "request_ms": ms(requests),
+            "statements": len(statements),
+            "clicks_per_statement": {p: v / 1000 for p, v in
+                                     ms([n for n, _ in statements], (10, 50, 90, 100)).items()},
+            "statement_ms": ms([t for _, t in statements]),
+            "gc": {g: {"collections": len(v), "total_ms": round(1000 * sum(v), 1),
+                       "max_ms": round(1000 * max(v, default=0), 2)} for g, v in pauses.items()},
+            "gc_frozen": gc.get_freeze_count(), "gc_tracked": len(gc.get_objects())}, f)
+
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, dump)
+sys.argv = ["twistd", "-n", "--pidfile=", "emaild", "--config", sys.argv[1]]
+run()
+"""
+
+
+def start_profiled_daemon(b: Bench, config: Path, script: str, output: Path) -> subprocess.Popen:
     log = b.dir / "daemon.log"
-    proc = b.spawn([python(), "-c", CPROFILE_DAEMON, str(config), str(b.dir / "links.cprofile")],
-                   log=log, cwd=b.dir)
+    proc = b.spawn([python(), "-c", script, str(config), str(output)], log=log, cwd=b.dir)
 
     def ready():
         if proc.poll() is not None:
@@ -280,6 +355,28 @@ def summarise_profile(path: Path, top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def summarise_trace(trace: dict, wrk_result: dict) -> str:
+    """The --trace figures beside wrk's latency of the same run."""
+    def points(d: dict, unit: str = " ms") -> str:
+        return ", ".join(f"p{k} {v:g}{unit}" if k != "100" else f"max {v:g}{unit}"
+                         for k, v in d.items())
+
+    wrk_ms = {p: wrk_result[f"p{p}_us"] / 1000 for p in (50, 90, 99)}
+    lines = [f"requests: {trace['requests']}, last header to last byte: "
+             f"{points(trace['request_ms'])}",
+             f"  (wrk saw p50 {wrk_ms[50]:.2f}, p90 {wrk_ms[90]:.2f}, p99 {wrk_ms[99]:.2f} ms: "
+             "the rest: waiting to be read while the daemon is busy, and wrk)",
+             f"click statements: {trace['statements']}, clicks each: "
+             f"{points(trace['clicks_per_statement'], '')}",
+             f"  duration: {points(trace['statement_ms'])}"]
+    for generation, g in trace["gc"].items():
+        lines.append(f"GC generation {generation}: {g['collections']} collections, "
+                     f"{g['total_ms']:g} ms in all, longest {g['max_ms']:g} ms")
+    lines.append(f"GC: {trace['gc_frozen']} objects frozen at start-up, "
+                 f"{trace['gc_tracked']} tracked at the end")
+    return "\n".join(lines)
+
+
 def main() -> None:
     reexec_in_venv()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -297,6 +394,9 @@ def main() -> None:
                         help="py-spy the daemon during the last links round")
     parser.add_argument("--cprofile", action="store_true",
                         help="cProfile the daemon during the last links round (slows it down)")
+    parser.add_argument("--trace", action="store_true",
+                        help="measure inside the daemon during the last links round (request "
+                             "times, GC pauses, click statements)")
     parser.add_argument("--quiet-wait", type=float, default=30.0,
                         help="seconds to wait for a quiet machine before each round")
     parser.add_argument("--keep", action="store_true")
@@ -315,8 +415,11 @@ def main() -> None:
             b.sql("ALTER DATABASE emaild SET synchronous_commit = off")
         port = free_port()
         config = write_config(b, port, args.pool_size)
-        if args.cprofile:
-            daemon = start_profiled_daemon(b, config)
+        wrapped = args.cprofile or args.trace
+        wrapped_output = b.dir / ("links.cprofile" if args.cprofile else "links-trace.json")
+        if wrapped:
+            daemon = start_profiled_daemon(b, config, CPROFILE_DAEMON if args.cprofile
+                                           else TRACE_DAEMON, wrapped_output)
         else:
             daemon = b.start_daemon(config, "daemon.log")
         bare_port = free_port()
@@ -342,12 +445,12 @@ def main() -> None:
             last = round_ == args.rounds
             if args.profile and last:
                 spy = profile(b, daemon.pid, args.duration)
-            if args.cprofile and last:
+            if wrapped and last:
                 os.kill(daemon.pid, signal.SIGUSR1)
             r = measured(wrk, links_lua, links_url, {"app": daemon.pid, "pg": pg}, args)
-            if args.cprofile and last:
+            if wrapped and last:
                 os.kill(daemon.pid, signal.SIGUSR2)
-                wait_for(lambda: (b.dir / "links.cprofile").exists(), 30, 0.1, "the profile")
+                wait_for(wrapped_output.exists, 30, 0.1, "the profile")
             results.append(("GET /email/<token>", round_, r))
         if spy is not None:
             spy.wait()
@@ -376,6 +479,7 @@ def main() -> None:
         print(f"wrk: {results[0][2]['argv']}")
         print(f"daemon: [database] pool_size = {args.pool_size}"
               + (", under cProfile (last links round)" if args.cprofile else "")
+              + (", traced (last links round)" if args.trace else "")
               + (", EXPERIMENT: synchronous_commit = off" if args.async_commit else ""))
         print(f"links: {args.links} valid login links, one per person; "
               f"{args.rounds} rounds of {args.duration:g}s each, bare then links\n")
@@ -405,6 +509,9 @@ def main() -> None:
         if spy is not None and (b.dir / "links.pyspy").exists():
             print("\nwhere the daemon's time goes (py-spy, last links run):")
             print(summarise_profile(b.dir / "links.pyspy"))
+        if args.trace and wrapped_output.exists():
+            print("\ninside the daemon (last links run):")
+            print(summarise_trace(json.loads(wrapped_output.read_text()), results[-1][2]))
         if args.cprofile and (b.dir / "links.cprofile").exists():
             import pstats
 

@@ -221,7 +221,7 @@ class HomeServer:
     def get_links(self) -> Links:
         from emaild.links.service import Links
 
-        return Links(self.config, self.get_link_store())
+        return Links(self.config, self.get_link_store(), reactor=self.get_reactor())
 
     @built_once
     def get_reply_addresses(self):

@@ -1,20 +1,26 @@
 """
-Clicks on links of one purpose, written together: while a statement for
-earlier clicks is in flight, the clicks that arrive wait and then go in one
-statement (L{LinkStore.use_many}), with one commit for all of them.
+Clicks on links of one purpose, written together: the clicks that arrive
+in one turn of the reactor, or while statements for earlier clicks are in
+flight, go in one statement (L{LinkStore.use_many}), with one commit for
+all of them.
 
-A lone click goes at once, so an idle site adds no delay.  Under a burst
-(a mail to a whole course, everyone clicking at once) this is what keeps
-clicks from queueing one commit each behind the connection pool: N clicks
-cost one round trip, one parse and plan, and one wait for the disk.  Every
-click still waits for the commit of its own statement before its answer
-(a session is durable before the redirect that hands out its cookie).
+A batch starts at the end of the reactor turn in which its first click
+arrived (C{callLater(0)}: after every request that turn's readable sockets
+carried was parsed, before the reactor waits again), so an idle site adds
+no delay, and a burst of requests read together is one statement rather
+than a lone click followed by all the others.  Under a burst (a mail to a
+whole course, everyone clicking at once) this is what keeps clicks from
+queueing one commit each behind the connection pool: N clicks cost one
+round trip, one parse and plan, and one wait for the disk.  Every click
+still waits for the commit of its own statement before its answer (a
+session is durable before the redirect that hands out its cookie).
 
 Only C{in_flight} statements run at once (two by default: the clicks that
 arrive while one commits need not wait for it; the rest of the daemon keeps
-the other pooled connections).  Each statement locks its rows in id order;
-should two still deadlock (PostgreSQL aborts one of them, which then has
-changed nothing), the aborted batch is run again.
+the other pooled connections).  When one commits, the clicks waiting go at
+once, before its clicks are answered.  Each statement locks its rows in id
+order; should two still deadlock (PostgreSQL aborts one of them, which then
+has changed nothing), the aborted batch is run again.
 """
 
 from __future__ import annotations
@@ -48,7 +54,11 @@ class ClickBatcher:
     """
 
     def __init__(self, store: LinkStore, purpose: str, also_many: AlsoMany | None = None,
-                 clock=time.time, max_batch: int = MAX_BATCH, in_flight: int = 2):
+                 clock=time.time, max_batch: int = MAX_BATCH, in_flight: int = 2,
+                 reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.store = store
         self.purpose = purpose
         self.also_many = also_many
@@ -57,6 +67,8 @@ class ClickBatcher:
         self.in_flight = in_flight
         self._waiting: list[tuple[TokenParts, Any, defer.Deferred]] = []
         self._running = 0
+        #: the start at the end of this reactor turn, once scheduled
+        self._start_call = None
 
     def use(self, parts: TokenParts, value: Any = None) -> defer.Deferred:
         """
@@ -66,9 +78,14 @@ class ClickBatcher:
         """
         d: defer.Deferred = defer.Deferred()
         self._waiting.append((parts, value, d))
-        if self._running < self.in_flight:
-            self._start()
+        if self._running < self.in_flight and self._start_call is None:
+            self._start_call = self.reactor.callLater(0, self._start_waiting)
         return d
+
+    def _start_waiting(self) -> None:
+        self._start_call = None
+        while self._waiting and self._running < self.in_flight:
+            self._start()
 
     def _start(self) -> None:
         batch = self._waiting[:self.max_batch]

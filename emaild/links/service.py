@@ -100,7 +100,8 @@ def _is_of(link: LinkRow | None, parts: TokenParts, purpose: str) -> bool:
 
 
 class Links:
-    def __init__(self, config, store: LinkStore, codec: TokenCodec | None = None, clock=time.time):
+    def __init__(self, config, store: LinkStore, codec: TokenCodec | None = None, clock=time.time,
+                 reactor=None):
         self.store = store
         self.codec = codec or TokenCodec(config["links"]["salt"])
         self.public_url = config["http"]["public_url"]
@@ -110,6 +111,8 @@ class Links:
                     UNSUBSCRIBE: config["links"]["unsubscribe_ttl"],
                     HOLD: config["links"]["hold_ttl"]}
         self.clock = clock
+        #: where clicks' statements are scheduled (default: the global reactor)
+        self.reactor = reactor
         self._batchers: dict[tuple[str, AlsoMany | None], ClickBatcher] = {}
 
     # -- minting -----------------------------------------------------------
@@ -173,7 +176,7 @@ class Links:
         batcher = self._batchers.get((purpose, also_many))
         if batcher is None:
             batcher = self._batchers[purpose, also_many] = ClickBatcher(
-                self.store, purpose, also_many, clock=self.clock)
+                self.store, purpose, also_many, clock=self.clock, reactor=self.reactor)
         link, used = await batcher.use(parts, value)
         if used:
             return Resolution("ok", link)

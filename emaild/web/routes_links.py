@@ -56,9 +56,9 @@ Both routes
     A click is one SQL statement (one round trip, one commit): it checks
     the link, counts the use, revokes the browser's previous session and
     inserts the new one, the last three only if the link is valid.  Clicks
-    that arrive while such a statement is in flight share the next one
-    (L{emaild.links.clicks}), and each answer waits for its statement's
-    commit.  C{GET /email/<token>} is served by L{LoginLinkFastPath},
+    read in the same reactor turn, or while such statements are in flight,
+    share one (L{emaild.links.clicks}), and each answer waits for its
+    statement's commit.  C{GET /email/<token>} is served by L{LoginLinkFastPath},
     in front of Klein.
 """
 

@@ -12,6 +12,8 @@ import time
 
 from psycopg2.errors import DeadlockDetected
 from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.links.clicks import DEADLOCK_RETRIES, ClickBatcher
@@ -26,6 +28,78 @@ def async_test(f):
     def wrapper(self):
         return defer.ensureDeferred(f(self))
     return wrapper
+
+
+class StatementsStore:
+    """
+    A link store whose statements stay in flight until the test commits
+    them: C{statements} lists each one's clicks.
+    """
+
+    def __init__(self):
+        self.statements: list[list[TokenParts]] = []
+        self.pending: list[defer.Deferred] = []
+
+    def use_many(self, clicks, purpose, now, also=("", {})):
+        self.statements.append(list(clicks))
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def commit(self, k: int) -> None:
+        clicks = self.statements[k]
+        self.pending[k].callback([(None, True)] * len(clicks))
+
+
+class BatchPolicyTests(unittest.TestCase):
+    """When a batch's statement starts (a Clock as the reactor)."""
+
+    def setUp(self):
+        self.clock, self.store = Clock(), StatementsStore()
+        self.batcher = ClickBatcher(self.store, LOGIN, reactor=self.clock, in_flight=2)
+
+    def click(self, n: int) -> defer.Deferred:
+        return self.batcher.use(TokenParts(n, 1, 2))
+
+    def test_a_lone_click_goes_at_the_end_of_its_reactor_turn(self):
+        answer = self.click(1)
+        self.assertEqual(self.store.statements, [], "not before the turn ends")
+        self.clock.advance(0)  # the end of the turn: no time passes
+        self.assertEqual(self.store.statements, [[TokenParts(1, 1, 2)]])
+        self.assertNoResult(answer)
+        self.store.commit(0)
+        self.assertEqual(self.successResultOf(answer), (None, True))
+
+    def test_the_clicks_of_one_turn_share_one_statement(self):
+        # (a click going at once would leave the others a statement of
+        # their own: two where one does)
+        answers = [self.click(n) for n in range(1, 6)]
+        self.clock.advance(0)
+        self.assertEqual([len(s) for s in self.store.statements], [5])
+        self.store.commit(0)
+        self.assertEqual([self.successResultOf(d)[1] for d in answers], [True] * 5)
+
+    def test_clicks_wait_while_both_statements_are_in_flight_then_go_at_once(self):
+        self.click(1)
+        self.clock.advance(0)
+        self.click(2)
+        self.clock.advance(0)
+        waiting = [self.click(n) for n in range(3, 7)]
+        self.clock.advance(0)
+        self.assertEqual([len(s) for s in self.store.statements], [1, 1])
+        self.store.commit(0)  # the waiting clicks go before its answers
+        self.assertEqual([len(s) for s in self.store.statements], [1, 1, 4])
+        self.store.commit(2)
+        self.assertEqual([self.successResultOf(d)[1] for d in waiting], [True] * 4)
+
+    def test_a_batch_holds_at_most_max_batch_clicks(self):
+        self.batcher.max_batch = 3
+        for n in range(1, 9):
+            self.click(n)
+        self.clock.advance(0)
+        self.assertEqual([len(s) for s in self.store.statements], [3, 3])
+        self.store.commit(0)
+        self.assertEqual([len(s) for s in self.store.statements], [3, 3, 2])
 
 
 class ClickBatchTests(WebTestCase):
@@ -78,13 +152,12 @@ class ClickBatchTests(WebTestCase):
         ]
         news = [NewSession.make(now, 3600, replaces) for _, _, replaces, _ in clicks]
         queries = self.count_queries()
-        # the first two go alone (two statements in flight); the others
-        # arrive while they are in flight, and go together
+        # all arrive in one turn of the reactor: one statement
         answers = [defer.ensureDeferred(
                        links.use_batched(token, LOGIN, new, SessionStore.start_many_ctes))
                    for (_, token, _, _), new in zip(clicks, news)]
         results = [await d for d in answers]
-        self.assertEqual(len(queries), 3, "two clicks alone, then all the others together")
+        self.assertEqual(len(queries), 1, "the clicks of one reactor turn go together")
         for (what, _, _, expected), result in zip(clicks, results):
             self.assertEqual(result.status, expected, what)
         self.assertEqual([r.link.person_id for r in results if r.status == "ok"],
