@@ -22,4 +22,4 @@ fi
     emaild/outbound/claim_store.py emaild/outbound/enqueue_store.py \
     emaild/people/store_txn.py emaild/people/records.py emaild/people/launches.py \
     emaild/people/lti13_store.py emaild/people/relations.py emaild/groups/relations.py \
-    emaild/inbound/relations.py emaild/config
+    emaild/inbound/relations.py emaild/inbound/records.py emaild/config

@@ -8,7 +8,8 @@ hard bounces is suppressed).  Each runs in the processor's transaction.
 from __future__ import annotations
 
 from emaild.inbound.dsn import parse_bounce
-from emaild.inbound.store import Pending, record_bounce_txn
+from emaild.inbound.records import Pending
+from emaild.inbound.store import record_bounce_txn
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.outbound.store import bounced_message_txn, record_bounced_txn, suppress_address_txn
 

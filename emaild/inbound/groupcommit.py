@@ -20,7 +20,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from emaild.inbound.store import InboundStore, Received
+from emaild.inbound.records import Received
+from emaild.inbound.store import InboundStore
 
 log = Logger()
 

@@ -19,15 +19,9 @@ from emaild.groups.store import GroupStore
 from emaild.inbound.auth.policy import from_addresses
 from emaild.inbound.groupcommit import GroupCommit
 from emaild.inbound.memberlookup import MemberLookups
+from emaild.inbound.records import Received, Recipient
 from emaild.inbound.server import Envelope, IInboundHandler, Refused
-from emaild.inbound.store import (
-    BOUNCE,
-    RELAY,
-    UNSUBSCRIBE,
-    InboundStore,
-    Received,
-    Recipient,
-)
+from emaild.inbound.store import BOUNCE, RELAY, UNSUBSCRIBE, InboundStore
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
 from emaild.links.service import Links
 from emaild.outbound.store import OutboxStore

@@ -14,7 +14,8 @@ import attrs
 from psycopg2 import Binary
 
 from emaild.groups.relations import GROUPS
-from emaild.inbound.store import INBOUND_CHANNEL, RELAY, Recipient
+from emaild.inbound.records import Recipient
+from emaild.inbound.store import INBOUND_CHANNEL, RELAY
 from emaild.outbound.enqueue_store import insert_messages_txn
 
 WAITING, SENT, DISCARDED, EXPIRED = "waiting", "sent", "discarded", "expired"

@@ -43,6 +43,7 @@ from emaild.groups.store import (
 from emaild.inbound.bounces import record_bounce, unsubscribe_by_mail
 from emaild.inbound.inflow import InFlow
 from emaild.inbound.reading import PostToRead, read_posts
+from emaild.inbound.records import Outcome, Pending
 from emaild.inbound.rewrite import ANONYMOUS_NAME, Prepared, build_copy
 from emaild.inbound.store import (
     BOUNCE,
@@ -51,8 +52,6 @@ from emaild.inbound.store import (
     RETRY,
     UNSUBSCRIBE,
     InboundStore,
-    Outcome,
-    Pending,
     process_rows,
 )
 from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK

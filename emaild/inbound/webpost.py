@@ -15,7 +15,8 @@ from email.utils import formatdate
 
 from emaild.groups.addresses import ReplyAddresses
 from emaild.groups.store import GroupStore
-from emaild.inbound.store import RELAY, InboundStore, Recipient
+from emaild.inbound.records import Recipient
+from emaild.inbound.store import RELAY, InboundStore
 
 MAX_SUBJECT = 200
 MAX_TEXT = 100_000

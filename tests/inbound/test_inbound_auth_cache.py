@@ -188,7 +188,8 @@ class VerdictLogTests(unittest.TestCase):
         from emaild.inbound.auth.spf import SPFResult
         from emaild.inbound.auth.verdict import Verdict
         from emaild.inbound.interfaces import Envelope
-        from emaild.inbound.store import RELAY, Recipient
+        from emaild.inbound.records import Recipient
+        from emaild.inbound.store import RELAY
 
         verdict = Verdict("x.test", SPFResult("pass" if aligned else "fail", "x.test", "mailfrom"),
                           None, (), DMARCResult(dmarc_result, "x.test", "reject", aligned),

@@ -13,8 +13,9 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from emaild.inbound.groupcommit import GroupCommit
+from emaild.inbound.records import Received, Recipient
 from emaild.inbound.server import InboundFactory
-from emaild.inbound.store import RELAY, Received, Recipient
+from emaild.inbound.store import RELAY
 from tests.inbound.test_inbound_relay import REAL, RelayTestCase, mail
 
 
