@@ -52,7 +52,7 @@ class Received:
 class Outcome:
     """
     What processing one recipient row came to: a terminal C{state} with its
-    reason, or C{retry} (it raised; see L{InboundStore.process_batch}).
+    reason, or C{retry} (it raised; see L{emaild.inbound.store.process_rows}).
     """
 
     state: str

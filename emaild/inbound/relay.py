@@ -215,7 +215,7 @@ class RelayProcessor(service.Service):
             self.metrics.relay_copies.inc(sum(o.copies for _, o in results))
 
     async def _handle(self, cursor, pending: Pending) -> Outcome:
-        """One row (L{InboundStore.process_batch}'s way: a failure raises)."""
+        """The work of one row (a post goes through L{_work} alone); an unreadable post raises."""
         if pending.purpose == RELAY:
             ((_, outcome),) = await self._work(cursor, [pending])
             if outcome.state == RETRY:

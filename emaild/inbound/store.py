@@ -16,7 +16,6 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
 from psycopg2 import Binary
-from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from emaild.db.database import DatabaseUnavailable
@@ -90,51 +89,6 @@ class InboundStore:
              [r.person_id for _, r in recipients], [r.link_id for _, r in recipients],
              [r.outbox_id for _, r in recipients], INBOUND_CHANNEL))
         return d.addCallback(lambda rows: list(rows[0][0]))
-
-    def process_batch(self, handle: Callable[[Any, Pending], Awaitable[Outcome]], *,
-                      limit: int, max_copies: int, max_attempts: int,
-                      before: Callable[[Any, list[Pending]], Awaitable[None]] | None = None):
-        """
-        Take up to C{limit} unprocessed recipient rows that no other process
-        holds (L{claim_pending_txn}), call C{await before(cursor, rows)} once,
-        then C{await handle(cursor, pending)} for each row in the same
-        transaction, record each row's L{Outcome}, and commit once.  Fires
-        with the [(pending, outcome)] processed.
-
-        Rows are taken in order until their copies reach C{max_copies}; the
-        rest stay C{received} for the next batch.  When C{handle} raises for
-        a row, the batch is undone and its rows are done again one per
-        transaction, so only that row is held back: its attempt is counted
-        (C{failed} after C{max_attempts}, else C{received} again: outcome
-        state C{retry}).  A lost connection undoes the whole batch: every
-        row is redone, exactly once, later.
-        """
-        return defer.ensureDeferred(self._process_batch(handle, limit, max_copies, max_attempts,
-                                                        before))
-
-    async def _process_batch(self, handle, limit, max_copies, max_attempts, before):
-        try:
-            return await self.db.transaction(_batch, handle, before, limit, max_copies, 0)
-        except _RowFailed as failed:
-            last = failed.last
-        results: list[tuple[Pending, Outcome]] = []
-        after = 0
-        while True:
-            try:
-                one = await self.db.transaction(_batch, handle, before, 1, max_copies, after)
-            except _RowFailed as f:
-                state, reason = await self._count_failure(f.pending.id, f.failure, max_attempts)
-                results.append((f.pending, Outcome(state, reason, failure=f.failure)))
-                pending = f.pending
-            else:
-                if not one:
-                    break
-                results += one
-                pending = one[-1][0]
-            if pending.id >= last:
-                break
-            after = pending.id
-        return results
 
     async def _count_failure(self, recipient_id: int, failure: Failure,
                              max_attempts: int) -> tuple[str, str]:
@@ -242,33 +196,6 @@ def _transaction_lost(error: Exception) -> bool:
     return isinstance(error, DatabaseUnavailable) or connection_died(Failure(error))
 
 
-class _RowFailed(Exception):
-    def __init__(self, pending: Pending, failure: Failure, last: int):
-        super().__init__(pending.id)
-        self.pending, self.failure, self.last = pending, failure, last
-
-
-async def _batch(cursor, handle, before, limit: int, max_copies: int, after: int):
-    results: list[tuple[Pending, Outcome]] = []
-    batch = await claim_pending_txn(cursor, limit, after)
-    if batch and before is not None:
-        await before(cursor, batch)
-    copies = 0
-    for pending in batch:
-        if copies >= max_copies:
-            break
-        try:
-            outcome = await handle(cursor, pending)
-        except Exception as e:
-            if _transaction_lost(e):
-                raise
-            raise _RowFailed(pending, Failure(), batch[-1].id) from None
-        copies += outcome.copies
-        results.append((pending, outcome))
-    await _finish(cursor, [(p.id, o) for p, o in results if o.state in TERMINAL])
-    return results
-
-
 async def _finish(cursor, outcomes: Sequence[tuple[int, Outcome]]) -> None:
     if not outcomes:
         return
@@ -309,7 +236,8 @@ async def process_rows(store: InboundStore, work: BatchWork, *, limit: int, max_
 
     When C{work} raises, the batch is undone and its rows are done again
     one per transaction, so only a row that raises alone is held back (its
-    attempt counted; see L{InboundStore.process_batch}).  A lost
+    attempt counted: C{failed} after C{max_attempts}, else C{received} again,
+    outcome state C{retry}).  A lost
     connection undoes the whole batch: every row is redone, exactly once,
     later.
 

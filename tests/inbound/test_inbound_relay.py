@@ -20,7 +20,7 @@ from emaild.groups.addresses import reply_addresses
 from emaild.groups.store import GroupStore
 from emaild.inbound.handler import InboundHandler
 from emaild.inbound.relay import RelayProcessor
-from emaild.inbound.store import InboundStore
+from emaild.inbound.store import InboundStore, process_rows
 from emaild.inbound.webpost import post_from_web
 from emaild.outbound.store import OutboxStore
 from emaild.people.store import PeopleStore
@@ -227,8 +227,13 @@ class DisplayNameTests(RelayTestCase):
 
 
 class CrashTests(RelayTestCase):
-    def batch(self, handle):
-        return self.inbound.process_batch(handle, limit=64, max_copies=2000, max_attempts=3)
+    async def batch(self, handle):
+        """One batch through process_rows, its rows' work done by C{handle}, row by row."""
+        async def work(cursor, rows):
+            return [(pending, await handle(cursor, pending)) for pending in rows]
+
+        results, _ = await process_rows(self.inbound, work, limit=64, max_attempts=3)
+        return results
 
     async def test_a_crash_before_commit_loses_nothing_and_sends_once(self):
         ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
@@ -303,8 +308,8 @@ class CrashTests(RelayTestCase):
         ids = [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
                                               f"Post {i}", "body")) for i in range(4)]
         processor = self.bare_processor()
-        results = await self.inbound.process_batch(processor._handle, limit=64, max_copies=3,
-                                                   max_attempts=3)
+        processor.max_copies = 3
+        results, _ = await process_rows(self.inbound, processor._work, limit=64, max_attempts=3)
         self.assertEqual([p.message_id for p, _ in results], ids[:2])  # 2 copies each
         self.assertEqual([s for i in ids for s, _ in self.states(i)],
                          ["done", "done", "received", "received"])
@@ -339,15 +344,13 @@ class AtMostOnceTests(RelayTestCase):
     async def test_reprocessing_sends_no_second_copy(self):
         message_id = await self._receive_repeated(1)
         processor = self.bare_processor()
-        await self.inbound.process_batch(processor._handle, limit=64, max_copies=2000,
-                                         max_attempts=3)
+        await process_rows(self.inbound, processor._work, limit=64, max_attempts=3)
         # as if the row were taken again (an operator reset, a second process)
         # with its post gone: only the copies table stands in the way
         self.query("DELETE FROM group_posts")
         self.query("UPDATE inbound_recipients SET state = 'received' WHERE message_id = %s",
                    (message_id,))
-        results = await self.inbound.process_batch(processor._handle, limit=64,
-                                                   max_copies=2000, max_attempts=3)
+        results, _ = await process_rows(self.inbound, processor._work, limit=64, max_attempts=3)
         self.assertEqual([o.state for _, o in results], ["ignored"])
         self.assertIn("already had a copy", results[0][1].reason)
         self.assertEqual(self.copies_per_member(),
