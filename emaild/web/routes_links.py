@@ -69,16 +69,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from klein.interfaces import IKleinRequest
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.links.service import LOGIN, LinkError
 from emaild.outbound.compose import ComposeError, check_address
 from emaild.web.responses import form_value
-from emaild.web.routing import Routes, uncancellable
+from emaild.web.routing import FastPath, Routes, uncancellable
 from emaild.web.sessions import SessionStore
 
 if TYPE_CHECKING:
@@ -236,7 +233,7 @@ async def _login_link(self: WebApp, request, token: str) -> bytes:
     return b"Signed in; continue to " + location + b"\n"
 
 
-class LoginLinkFastPath(Resource):
+class LoginLinkFastPath(FastPath):
     """
     C{GET /email/<token>} without Klein: a click is the hottest request the
     site serves (a mail to a whole course, everyone clicking at once), and
@@ -252,30 +249,14 @@ class LoginLinkFastPath(Resource):
     and the use count are written; the answer is then dropped.
     """
 
-    isLeaf = True
+    what = "a login link"
 
-    def __init__(self, web: WebApp, inner: Resource):
-        super().__init__()
-        self.web = web
-        self.inner = inner
-
-    def render(self, request):
+    def handler(self, request):
         path = request.path
         if request.method != b"GET" or not path.startswith(b"/email/") or not path[7:].isalnum():
-            return self.inner.render(request)
+            return None
         token = path[7:].decode("ascii")  # isalnum() on bytes: ASCII letters and digits only
-        d = defer.ensureDeferred(_login_link(self.web, request, token))
-        d.addErrback(lambda failure: self.web.server_error(request, failure))
-        d.addCallback(self._answer, request)
-        d.addErrback(lambda failure: log.failure("Error answering a login link", failure))
-        return NOT_DONE_YET
-
-    @staticmethod
-    def _answer(body: bytes, request) -> None:
-        if request.channel is None:  # the client went away; the work is done
-            return
-        request.write(body)
-        request.finish()
+        return lambda: _login_link(self.web, request, token)
 
 
 @routes.route("/email/<token>/fresh", methods=["POST"])

@@ -32,10 +32,7 @@ import json
 import urllib.parse
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.people.lti13_claims import Launch13, Lti13Refused
@@ -43,7 +40,7 @@ from emaild.people.lti13_states import LoginProof
 from emaild.people.lti13_store import lock_identity_txn, upsert_from_lti13_txn
 from emaild.web.lti_limits import too_many
 from emaild.web.responses import client_address, json_response, signed_in_redirect
-from emaild.web.routing import Routes, uncancellable
+from emaild.web.routing import FastPath, Routes, uncancellable
 from emaild.web.sessions import start_session_txn
 
 if TYPE_CHECKING:
@@ -139,35 +136,19 @@ async def lti_login(self: WebApp, request):
         next_url=redirect.url)
 
 
-class LoginFastPath(Resource):
+class LoginFastPath(FastPath):
     """
     C{GET|POST /lti/login} without Klein: the same route code (L{lti_login}),
     the same pages and headers, a 500 page (never a traceback) for an
     unexpected error.  Every other request goes to C{inner}.
     """
 
-    isLeaf = True
+    what = "an LTI 1.3 login"
 
-    def __init__(self, web: WebApp, inner: Resource):
-        super().__init__()
-        self.web = web
-        self.inner = inner
-
-    def render(self, request):
+    def handler(self, request):
         if request.path != b"/lti/login" or request.method not in (b"GET", b"POST"):
-            return self.inner.render(request)
-        d = defer.ensureDeferred(lti_login(self.web, request))
-        d.addErrback(lambda failure: self.web.server_error(request, failure))
-        d.addCallback(self._answer, request)
-        d.addErrback(lambda failure: log.failure("Error answering an LTI 1.3 login", failure))
-        return NOT_DONE_YET
-
-    @staticmethod
-    def _answer(body: bytes, request) -> None:
-        if request.channel is None:  # the client went away
-            return
-        request.write(body)
-        request.finish()
+            return None
+        return lambda: lti_login(self.web, request)
 
 
 async def lti13_launch(self: WebApp, request):
