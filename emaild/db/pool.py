@@ -23,7 +23,7 @@ connection died) and is never retried: the caller sees it.
 from __future__ import annotations
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
@@ -228,8 +228,15 @@ class Connection(txpostgres.Connection):
         if lost is not None:
             return lost
         self.checkForNotifies()
-        if not self._connection.closed:
-            self.reactor.addReader(self)
+        if self._connection.closed:
+            return None
+        if self.fileno() == -1:
+            # libpq drops the socket of a connection that broke before
+            # psycopg2 calls it closed; watching fd -1 again would raise in
+            # the reactor, so report the loss and let reconnection run
+            return error.ConnectionLost("the PostgreSQL connection broke")
+        self.reactor.addReader(self)
+        return None
 
 
 class Pool(txpostgres.ConnectionPool):
