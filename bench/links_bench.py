@@ -28,8 +28,13 @@ the time goes; --cprofile does the same with cProfile (CPU time, and much
 slower); --trace measures inside the daemon during the last links run: each
 request's time from its last header to its last byte (what wrk's latency
 adds to it is the wait to be read while the daemon is busy, and wrk), the cyclic GC's pauses per
-generation, and the click statements' sizes and durations.  "app ms/req" and "pg ms/req" are CPU time per request, the
-figures least disturbed by other work on the machine.
+generation, the click statements' sizes and durations, pool waits and reactor
+turns, and PostgreSQL's side of the same seconds (bench/links_trace.py); each
+stall (requests slower than 100 ms) is listed with what coincided with it.
+"app ms/req" and "pg ms/req" are CPU time per request, the figures least
+disturbed by other work on the machine.  The report ends with how many rounds
+met each target: one round's p99 ratio says little (the bare route's own p99
+moves between rounds).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class ClickBatcher:
         self._run(batch, DEADLOCK_RETRIES)
 
     def _run(self, batch: list, retries: int) -> None:
-        also = ("", {})
+        also: tuple[str, dict] = ("", {})
         if self.also_many is not None:
             also = self.also_many([value for _, value, _ in batch], "link_used")
         d = defer.ensureDeferred(self.store.use_many(
