@@ -268,7 +268,7 @@ class PostgresTrace:
             if m is None:
                 continue
             when = datetime.strptime(m.group(1) + " +0000", "%Y-%m-%d %H:%M:%S.%f %z")
-            events.append((when.timestamp(), line[m.end():].strip()[:200]))
+            events.append((when.timestamp(), line[m.end():].strip()[:110]))
         return events
 
     def counter_deltas(self) -> list[str]:
