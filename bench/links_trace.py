@@ -104,19 +104,21 @@ def gc_callback(phase, info):
 gc.callbacks.append(gc_callback)
 
 # a reactor turn: from one return out of epoll to the next call into it
+# (with the CPU time the process got meanwhile: far less than the turn's
+# length means the process was waiting for a CPU, not working)
 poll = type(reactor).doPoll
-left_poll = [None]
+left_poll = [None, 0.0]
 
 def doPoll(self, timeout):
     if on[0] and left_poll[0] is not None:
         took = clock() - left_poll[0]
         turns.append(took)
         if took > SLOW / 5:
-            slow_turns.append((wall() - took, took))
+            slow_turns.append((wall() - took, took, time.process_time() - left_poll[1]))
     try:
         return poll(self, timeout)
     finally:
-        left_poll[0] = clock()
+        left_poll[0], left_poll[1] = clock(), time.process_time()
 
 type(reactor).doPoll = type(reactor).doIteration = doPoll
 
@@ -299,9 +301,10 @@ def _window_summary(start: float, end: float, trace: dict, pg: PostgresTrace,
     if waits:
         out.append("    pg wait samples: " + ", ".join(
             f"{k} x{v}" for k, v in sorted(waits.items(), key=lambda kv: -kv[1])[:6]))
-    for at, took in trace["slow_turns"]:
+    for at, took, cpu in trace["slow_turns"]:
         if at <= end and at + took >= start:
-            out.append(f"    reactor turn {1000 * took:.0f} ms at +{at - start:.3f} s")
+            out.append(f"    reactor turn {1000 * took:.0f} ms ({1000 * cpu:.0f} ms of CPU) "
+                       f"at +{at - start:.3f} s")
     for generation, g in trace["gc"].items():
         for at, took in g["slow"]:
             if at <= end and at + took >= start:
@@ -363,7 +366,7 @@ def correlate(trace: dict, pg: PostgresTrace, limit: int = 15) -> str:
     turns = [t for t in trace["slow_turns"] if t[1] > SLOW_MS / 1000]
     lines.append(f"reactor turns > {SLOW_MS:g} ms: {len(turns)}; "
                  f"> {SLOW_MS / 5:g} ms: {len(trace['slow_turns'])}")
-    for at, took in sorted(turns, key=lambda t: -t[1])[:limit]:
-        lines.append(f"  at {_hms(at)}: {1000 * took:.0f} ms")
+    for at, took, cpu in sorted(turns, key=lambda t: -t[1])[:limit]:
+        lines.append(f"  at {_hms(at)}: {1000 * took:.0f} ms, {1000 * cpu:.0f} ms of it on a CPU")
         lines += _window_summary(at, at + took, trace, pg, events)
     return "\n".join(lines)
