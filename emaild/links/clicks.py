@@ -12,8 +12,9 @@ than a lone click followed by all the others.  Under a burst (a mail to a
 whole course, everyone clicking at once) this is what keeps clicks from
 queueing one commit each behind the connection pool: N clicks cost one
 round trip, one parse and plan, and one wait for the disk.  Every click
-still waits for the commit of its own statement before its answer (a
-session is durable before the redirect that hands out its cookie).
+still waits for the commit of its own statement before its answer (the
+session exists before the redirect that hands out its cookie; whether that
+commit also waits for the disk is the caller's choice, C{durable}).
 
 Only C{in_flight} statements run at once (two by default: the clicks that
 arrive while one commits need not wait for it; the rest of the daemon keeps
@@ -51,11 +52,14 @@ class ClickBatcher:
         order) and the name of the CTE of usable clicks (C{link_used}:
         C{n}, C{id}, C{person_id}); returns C{(ctes, params)} that run in
         the statement (see L{emaild.web.sessions.SessionStore.start_many_ctes}).
+    @param durable: whether each statement's commit waits for the disk
+        (see L{LinkStore.use_many}); each click is answered after its
+        statement committed either way.
     """
 
     def __init__(self, store: LinkStore, purpose: str, also_many: AlsoMany | None = None,
                  clock=time.time, max_batch: int = MAX_BATCH, in_flight: int = 2,
-                 reactor=None):
+                 reactor=None, durable: bool = True):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -65,6 +69,7 @@ class ClickBatcher:
         self.clock = clock
         self.max_batch = max_batch
         self.in_flight = in_flight
+        self.durable = durable
         self._waiting: list[tuple[TokenParts, Any, defer.Deferred]] = []
         self._running = 0
         #: the start at the end of this reactor turn, once scheduled
@@ -94,11 +99,11 @@ class ClickBatcher:
         self._run(batch, DEADLOCK_RETRIES)
 
     def _run(self, batch: list, retries: int) -> None:
-        also = ("", {})
+        also: tuple[str, dict] = ("", {})
         if self.also_many is not None:
             also = self.also_many([value for _, value, _ in batch], "link_used")
         d = defer.ensureDeferred(self.store.use_many(
-            [parts for parts, _, _ in batch], self.purpose, self.clock(), also))
+            [parts for parts, _, _ in batch], self.purpose, self.clock(), also, self.durable))
         d.addBoth(self._finished, batch, retries)
 
     def _finished(self, result: Sequence[tuple[LinkRow | None, bool]] | Failure,

@@ -113,7 +113,7 @@ class Links:
         self.clock = clock
         #: where clicks' statements are scheduled (default: the global reactor)
         self.reactor = reactor
-        self._batchers: dict[tuple[str, AlsoMany | None], ClickBatcher] = {}
+        self._batchers: dict[tuple[str, AlsoMany | None, bool], ClickBatcher] = {}
 
     # -- minting -----------------------------------------------------------
     def request(self, person_id: int, purpose: str, target: str) -> LinkRequest:
@@ -162,21 +162,24 @@ class Links:
         return Resolution("ok", link)
 
     async def use_batched(self, token: str, purpose: str, value=None,
-                          also_many: AlsoMany | None = None) -> Resolution:
+                          also_many: AlsoMany | None = None,
+                          durable: bool = True) -> Resolution:
         """
         L{resolve} and, if the link is C{ok}, count a use, in one statement
         with the other clicks of this purpose that arrive while one is in
         flight (L{ClickBatcher}, L{LinkStore.use_many}): C{also_many} makes
         the batch's CTEs from every click's C{value}, and they run for a
-        click exactly when its answer is C{ok}.
+        click exactly when its answer is C{ok}.  C{durable=False}: the
+        statement's commit does not wait for the disk (L{LinkStore.use_many}).
         """
         parts = self.codec.decode(token)
         if parts is None or max(parts.link_id, parts.secret_hi, parts.secret_lo) > _MAX_BIGINT:
             return Resolution("unknown")
-        batcher = self._batchers.get((purpose, also_many))
+        batcher = self._batchers.get((purpose, also_many, durable))
         if batcher is None:
-            batcher = self._batchers[purpose, also_many] = ClickBatcher(
-                self.store, purpose, also_many, clock=self.clock, reactor=self.reactor)
+            batcher = self._batchers[purpose, also_many, durable] = ClickBatcher(
+                self.store, purpose, also_many, clock=self.clock, reactor=self.reactor,
+                durable=durable)
         link, used = await batcher.use(parts, value)
         if used:
             return Resolution("ok", link)

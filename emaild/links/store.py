@@ -97,7 +97,8 @@ class LinkStore:
             "UPDATE links SET uses = uses + 1, last_used_at = now() WHERE id = %s", (link_id,))
 
     async def use_many(self, clicks: Sequence[TokenParts], purpose: str, now: float,
-                       also: tuple[str, dict] = ("", {})) -> list[tuple[LinkRow | None, bool]]:
+                       also: tuple[str, dict] = ("", {}),
+                       durable: bool = True) -> list[tuple[LinkRow | None, bool]]:
         """
         Look up the row of each of C{clicks} and, in the same statement,
         count a use for each click of this purpose and secret that is still
@@ -109,6 +110,13 @@ class LinkStore:
         counts k uses.  Rows are locked in id order, so that two such
         statements at once rarely wait for each other in a cycle (the
         caller retries if PostgreSQL reports a deadlock).
+
+        C{durable=False}: the statement commits asynchronously
+        (C{synchronous_commit = off} for this transaction only): its
+        changes are visible to every later statement at once, but it does
+        not wait for its WAL to reach the disk, so a crash of PostgreSQL
+        (not of emaild) within about 0.6 s (three C{wal_writer_delay}s)
+        loses it.  Only for what a learner can redo by clicking again.
         """
         ctes, params = also
         rows = await self.db.runQuery(
@@ -124,7 +132,11 @@ class LinkStore:
             "   FROM (SELECT id, count(*) AS clicks FROM link_used GROUP BY id ORDER BY id) u"
             "   WHERE links.id = u.id)"
             + (", " + ctes if ctes else "") +
-            " SELECT n, " + _COLUMNS + ", n IN (SELECT n FROM link_used) FROM link",
+            " SELECT n, " + _COLUMNS + ", n IN (SELECT n FROM link_used) FROM link"
+            # a one-time filter, evaluated before any row: it sets the
+            # commit mode of this statement's own (implicit) transaction
+            + ("" if durable else
+               " WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL"),
             {**params, "link_ids": [p.link_id for p in clicks],
              "link_secret_his": [p.secret_hi for p in clicks],
              "link_secret_los": [p.secret_lo for p in clicks],

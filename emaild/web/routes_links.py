@@ -55,7 +55,8 @@ Both routes
     L{uncancellable}): the session, the use count or the mail are completed.
     A click is one SQL statement (one round trip, one commit): it checks
     the link, counts the use, revokes the browser's previous session and
-    inserts the new one, the last three only if the link is valid.  Clicks
+    inserts the new one, the last three only if the link is valid.  That
+    commit does not wait for the disk (L{SIGN_IN_DURABLE}).  Clicks
     read in the same reactor turn, or while such statements are in flight,
     share one (L{emaild.links.clicks}), and each answer waits for its
     statement's commit.  C{GET /email/<token>} is served by L{LoginLinkFastPath},
@@ -92,6 +93,18 @@ _FRESH_LOCK_CLASS = 0x656D6C6B  # "emlk"
 #: the email template of a fresh login link (subject, text and HTML)
 #: the e-mail template of sign-in links (it calls link(target))
 LOGIN_TEMPLATE = "login"
+
+#: Whether a click's sign-in (its new session, the revocation of the
+#: browser's previous one, the link's use count) waits for the disk before
+#: its redirect.  It does not: the statement commits asynchronously, so
+#: it is visible to the learner's next request at once, and only a crash of
+#: PostgreSQL itself within about 0.6 s of the click loses it; the learner
+#: then finds themselves signed out and clicks the same link again (links
+#: stay valid until they expire).  Waiting for the WAL flush is what stalled
+#: every click in flight for 100-600 ms whenever one fdatasync was slow
+#: (a new WAL segment, a busy disk; bench/RESULTS-web.md), and nothing in
+#: a session is worth that: no mail, post or unsubscribe depends on it.
+SIGN_IN_DURABLE = False
 
 #: characters left as they are in a redirect target (already a valid URL)
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
@@ -212,10 +225,12 @@ async def _login_link(self: WebApp, request, token: str) -> bytes:
             resolution = await self.links.resolve(token, LOGIN)
         else:
             # one statement (shared with the clicks that arrive meanwhile):
-            # check the link, count the use, start the session
+            # check the link, count the use, start the session; committed
+            # without waiting for the disk (SIGN_IN_DURABLE)
             new = self.sessions.new(request)
             resolution = await self.links.use_batched(token, LOGIN, new,
-                                                      SessionStore.start_many_ctes)
+                                                      SessionStore.start_many_ctes,
+                                                      durable=SIGN_IN_DURABLE)
         if resolution.status == "unknown":
             return _unknown(self, request)
         if resolution.status == "expired":

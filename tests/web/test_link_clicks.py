@@ -40,7 +40,7 @@ class StatementsStore:
         self.statements: list[list[TokenParts]] = []
         self.pending: list[defer.Deferred] = []
 
-    def use_many(self, clicks, purpose, now, also=("", {})):
+    def use_many(self, clicks, purpose, now, also=("", {}), durable=True):
         self.statements.append(list(clicks))
         d: defer.Deferred = defer.Deferred()
         self.pending.append(d)
@@ -290,3 +290,57 @@ class DeadlockTests(WebTestCase):
         results = await defer.gatherResults(answers)
         self.assertEqual([used for _, used in results], [True] * 120)
         self.assertEqual(self.query("SELECT uses FROM links ORDER BY id"), [(40,)] * 3)
+
+
+class SignInCommitTests(WebTestCase):
+    """
+    A click's sign-in commits without waiting for the disk (see
+    L{emaild.web.routes_links.SIGN_IN_DURABLE}), and only its own
+    transaction does: every other statement on the same pooled connection
+    still waits for its WAL to be flushed.
+    """
+
+    pool_size = 1  # every statement of the test on one backend
+
+    async def wal_fsyncs(self) -> int:
+        # the backend's own WAL fsyncs (PostgreSQL 18's per-backend I/O
+        # statistics); its counters reach shared memory when it goes idle
+        # after a statement that forced it
+        await self.db.runQuery("SELECT pg_stat_force_next_flush()")
+        rows = await self.db.runQuery(
+            "SELECT coalesce(sum(fsyncs), 0)::int FROM pg_stat_get_backend_io(pg_backend_pid())"
+            " WHERE object = 'wal'")
+        return rows[0][0]
+
+    @async_test
+    async def test_a_click_does_not_wait_for_the_wal_flush_and_nothing_else_changes(self):
+        await self.start_web()
+        ada = await self.web.people.add("ada@example.org", "Ada")
+        path = "/email/" + (await self.web.links.login_url(ada.id)).rsplit("/", 1)[-1]
+        browser = self.client()
+        before = await self.wal_fsyncs()
+        for _ in range(5):
+            response, _ = await browser.get(path)
+            self.assertEqual(response.code, 303)
+        self.assertEqual(await self.wal_fsyncs() - before, 0,
+                         "a click's commit waited for the disk")
+        self.assertEqual(self.query("SELECT count(*) FROM web_sessions"
+                                    " WHERE revoked_at IS NULL"), [(1,)])
+        self.assertEqual(self.query("SELECT uses FROM links"), [(5,)])
+        # the connection is left as it was: a session written any other
+        # way (and every other part's write) still waits for the disk
+        self.assertEqual(await self.db.runQuery("SHOW synchronous_commit"), [("on",)])
+        before = await self.wal_fsyncs()
+        await self.web.sessions.store.insert(ada.id, NewSession.make(time.time(), 3600, None))
+        self.assertGreaterEqual(await self.wal_fsyncs() - before, 1)
+
+    @async_test
+    async def test_a_durable_batch_waits_for_the_wal_flush(self):
+        # the store's default, for any caller that needs it
+        await self.start_web()
+        ada = await self.web.people.add("ada@example.org", "Ada")
+        token = (await self.web.links.login_url(ada.id)).rsplit("/", 1)[-1]
+        before = await self.wal_fsyncs()
+        result = await self.web.links.use_batched(token, LOGIN)
+        self.assertEqual(result.status, "ok")
+        self.assertGreaterEqual(await self.wal_fsyncs() - before, 1)
