@@ -8,7 +8,20 @@ the order they came, each RTT/2 after it arrived.  A close travels the same
 way (after the data before it).  There is no flow control: meant for
 benchmarks and tests with small messages, not bulk transfers.
 
-    python bench/delay_proxy.py --listen 2600 --target 127.0.0.1:2525 --rtt-ms 10
+The proxy must not add a delay of its own, or a benchmark through it
+measures the proxy: both of its sockets have TCP_NODELAY; run as a
+program it uses the select reactor (epoll and poll round every timeout up
+to a whole millisecond); and it arms its timers early by how late they
+have been firing (the process's wake-up time, a running estimate).  What
+is left is the two extra hops through this process, about 0.1 ms each on
+an idle machine.  Check it with a ping-pong through it (no SMTP):
+
+    python bench/delay_proxy.py --check 1,10
+
+Run it:
+
+    python bench/delay_proxy.py --listen 2600 --target 127.0.0.1:2525 --rtt-ms 10 \
+        [--trace chunks.txt]
 
 or, inside a Twisted program (tests):
 
@@ -16,25 +29,52 @@ or, inside a Twisted program (tests):
     port = proxy.listen()        # 127.0.0.1, an ephemeral port
     ...
     await proxy.stop()
+
+With a trace, L{summarise_trace} says where each connection's round trips
+went: the client's and the server's turnaround, and the proxy's own error.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
 
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
+#: release a chunk this much before its due time rather than arm a timer
+#: for the rest: a timer cannot be more precise than that
+EARLY = 0.00005
+#: the most the timers are armed early by (a wake-up estimate above this is
+#: the machine's load, not the timer)
+MAX_WAKE_UP = 0.001
 
-class _Direction:
-    """Bytes travelling one way, each chunk released `delay` after it came."""
 
-    def __init__(self, reactor, delay: float):
-        self.reactor = reactor
+class Direction:
+    """
+    Bytes travelling one way, each chunk released C{delay} after it came.
+
+    One timer per direction, armed for the oldest chunk's due time: chunks
+    leave in the order they came, and a chunk that is due goes out at once,
+    never behind a later one.
+    """
+
+    def __init__(self, proxy: DelayProxy, pair: int, name: str, delay: float):
+        self.proxy = proxy
+        self.reactor = proxy.reactor
+        self.pair = pair
+        self.name = name
         self.delay = delay
         self.queue: collections.deque = collections.deque()
         self.timer = None
+        #: when the timer was meant to fire (for the wake-up estimate)
+        self.armed_for: float | None = None
         #: the transport the bytes go to (None until connected)
         self.out = None
         self.closing = False
@@ -44,31 +84,49 @@ class _Direction:
         """Queue a chunk (None: the sender closed)."""
         if self.dead:
             return
-        self.queue.append((self.reactor.seconds() + self.delay, chunk))
+        now = self.reactor.seconds()
+        self.proxy.trace(now, self.pair, self.name, "in", chunk)
+        self.queue.append((now + self.delay, chunk))
         if self.timer is None:
-            self.timer = self.reactor.callLater(self.delay, self.release)
+            self._arm(now + self.delay, now)
+
+    def _arm(self, due: float, now: float) -> None:
+        # A timer fires late by the time the process takes to wake up (about
+        # 0.1-0.2 ms on an idle virtual machine, more under load): arm it
+        # that much early (the proxy's running estimate), so that chunks
+        # leave when they are due, not a wake-up after it.
+        at = due - self.proxy.wake_up
+        self.armed_for = at
+        self.timer = self.reactor.callLater(max(0.0, at - now), self.release)
 
     def release(self) -> None:
         self.timer = None
         if self.out is None:
             return  # the far side is not connected yet; attach() releases
         now = self.reactor.seconds()
+        proxy = self.proxy
+        if self.armed_for is not None:
+            proxy.woke_up(now - self.armed_for)
+            self.armed_for = None
         queue = self.queue
         parts = []
-        while queue and queue[0][0] <= now + 0.0001:
+        horizon = now + proxy.wake_up + EARLY
+        while queue and queue[0][0] <= horizon:
             chunk = queue.popleft()[1]
             if chunk is None:
                 self.closing = True
                 break
             parts.append(chunk)
         if parts:
-            self.out.write(b"".join(parts))
+            data = b"".join(parts)
+            self.proxy.trace(now, self.pair, self.name, "out", data)
+            self.out.write(data)
         if self.closing:
             self.cancel()
             self.out.loseConnection()
             return
         if queue:
-            self.timer = self.reactor.callLater(max(0.0, queue[0][0] - now), self.release)
+            self._arm(queue[0][0], now)
 
     def attach(self, transport) -> None:
         self.out = transport
@@ -83,11 +141,25 @@ class _Direction:
         self.timer = None
 
 
+def _no_delay(transport) -> None:
+    """
+    TCP_NODELAY: a small write goes out now, not when the peer has
+    acknowledged the last one (Nagle), which would add a delay of its own.
+    """
+    try:
+        transport.setTcpNoDelay(True)
+    except (AttributeError, OSError):
+        pass  # not a TCP transport (tests' string transports)
+
+
 class _Upstream(protocol.Protocol):
     """The proxy's connection to the target."""
 
     def __init__(self, pair: _Downstream):
         self.pair = pair
+
+    def connectionMade(self):
+        _no_delay(self.transport)
 
     def dataReceived(self, data):
         self.pair.last_from_client = False
@@ -109,11 +181,13 @@ class _Downstream(protocol.Protocol):
         self.open = 2
 
     def connectionMade(self):
+        _no_delay(self.transport)
         proxy = self.proxy
         proxy.active.add(self)
+        proxy.pairs += 1
         delay = proxy.rtt / 2
-        self.forth = _Direction(proxy.reactor, delay)  # client -> target
-        self.back = _Direction(proxy.reactor, delay)   # target -> client
+        self.forth = Direction(proxy, proxy.pairs, "c>s", delay)  # client -> target
+        self.back = Direction(proxy, proxy.pairs, "s>c", delay)   # target -> client
         self.back.attach(self.transport)
         self.up = _Upstream(self)
         endpoint = TCP4ClientEndpoint(proxy.reactor, proxy.host, proxy.port)
@@ -156,20 +230,62 @@ class _Downstream(protocol.Protocol):
 
 
 class DelayProxy(protocol.Factory):
+    """
+    @param trace: a binary file to append one line per chunk to (see
+        L{trace}), or None.
+    """
+
     noisy = False
 
-    def __init__(self, reactor, host: str, port: int, rtt: float):
+    def __init__(self, reactor, host: str, port: int, rtt: float, trace=None):
         self.reactor = reactor
         self.host = host
         self.port = port
         self.rtt = rtt
         #: client connections, until both of their sides are closed
         self.active: set[_Downstream] = set()
+        #: client connections so far (each one's number in the trace)
+        self.pairs = 0
         #: times a client started sending after hearing from the server, over
         #: all connections: the round trips the client waited for
         self.turns = 0
+        #: how late a timer fires (seconds): a running estimate, which
+        #: timers are armed early by (see Direction._arm)
+        self.wake_up = 0.0
+        self._trace_file = trace
+        self._trace_lines: list[bytes] = []
         self._listening = None
         self._gone: list[defer.Deferred] = []
+
+    def woke_up(self, late: float) -> None:
+        """A timer fired C{late} seconds after it was armed for."""
+        # an average over the last few dozen wake-ups, bounded: one long
+        # stall (the machine busy elsewhere) must not shift every release
+        late = min(max(late, 0.0), MAX_WAKE_UP)
+        self.wake_up += (late - self.wake_up) / 32
+
+    def trace(self, now: float, pair: int, direction: str, event: str,
+              chunk: bytes | None) -> None:
+        """
+        With a trace file: "<seconds> <connection> <c>s|s>c> <in|out> <bytes>
+        <first command or reply>" -- a chunk arriving or leaving.  Buffered,
+        written by L{flush_trace}.
+        """
+        if self._trace_file is None:
+            return
+        if chunk is None:
+            what, size = b"<close>", 0
+        else:
+            size = len(chunk)
+            what = chunk[:12].splitlines()[0].replace(b" ", b"_") if chunk.strip() else b"-"
+        self._trace_lines.append(b"%.6f %d %s %s %d %s\n" % (
+            now, pair, direction.encode(), event.encode(), size, what))
+
+    def flush_trace(self) -> None:
+        if self._trace_file is not None and self._trace_lines:
+            lines, self._trace_lines = self._trace_lines, []
+            self._trace_file.write(b"".join(lines))
+            self._trace_file.flush()
 
     def buildProtocol(self, addr):
         p = _Downstream(self)
@@ -201,16 +317,185 @@ class DelayProxy(protocol.Factory):
         return defer.gatherResults(ds)
 
 
+def ping_pong(port: int, count: int = 200, line: bytes = b"NOOP\r\n",
+              host: str = "127.0.0.1", pause: float = 0.0) -> list[float]:
+    """
+    The round-trip times (seconds) of C{count} one-line exchanges over one
+    connection to C{port}: send C{line}, wait for the one-line answer (an
+    SMTP server's greeting is read first when C{line} is NOOP).  Blocking;
+    no SMTP library in the way.
+    """
+    times = []
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = s.makefile("rb")
+        try:
+            if line.startswith(b"NOOP"):
+                reader.readline()  # the greeting
+            for _ in range(count):
+                t0 = time.perf_counter()
+                s.sendall(line)
+                if not reader.readline():
+                    raise ConnectionError("the server closed the connection")
+                times.append(time.perf_counter() - t0)
+                if pause:
+                    time.sleep(pause)
+            if line.startswith(b"NOOP"):
+                s.sendall(b"QUIT\r\n")
+                reader.readline()
+        finally:
+            reader.close()
+    return times
+
+
+def summarise_trace(path, rtt: float) -> str:
+    """
+    Where each connection's time went, from a trace (L{DelayProxy.trace}):
+    per turn (the client sending after it heard from the server), the
+    client's turnaround (the server's bytes released to it -> its next bytes
+    at the proxy), the server's (the client's bytes released to it -> its
+    answer at the proxy), and how far each release was from its chunk's
+    arrival + RTT/2.  Times in ms, medians over every connection.
+    """
+    half = rtt / 2
+    arrived: dict[tuple[str, str], collections.deque] = collections.defaultdict(
+        collections.deque)
+    released: dict[tuple[str, str], float] = {}
+    last_in: dict[str, str] = {}
+    late, client, server, cycle = [], [], [], []
+    writes_per_turn: list[int] = []
+    turn_start: dict[str, float] = {}
+    writes: dict[str, int] = collections.Counter()
+    with open(path, "rb") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 5:
+                continue
+            t, pair, direction, event = float(fields[0]), fields[1].decode(), \
+                fields[2].decode(), fields[3]
+            if event == b"in":
+                arrived[pair, direction].append(t)
+                if direction == "c>s":
+                    writes[pair] += 1
+                    if last_in.get(pair) != "c>s":  # a new turn
+                        if ("s>c", pair) in released:
+                            client.append(t - released["s>c", pair])
+                        if pair in turn_start:
+                            cycle.append(t - turn_start[pair])
+                            writes_per_turn.append(writes[pair] - 1)
+                        turn_start[pair] = t
+                        writes[pair] = 1
+                elif last_in.get(pair) == "c>s" and ("c>s", pair) in released:
+                    server.append(t - released["c>s", pair])
+                last_in[pair] = direction
+            else:
+                queue = arrived[pair, direction]
+                if queue:
+                    late.append(t - queue.popleft() - half)
+                released[direction, pair] = t
+
+    def ms(values):
+        if not values:
+            return "-"
+        values = sorted(values)
+        return (f"median {statistics.median(values) * 1000:.2f}"
+                f" mean {statistics.fmean(values) * 1000:.2f}"
+                f" p90 {values[len(values) * 9 // 10] * 1000:.2f}"
+                f" p99 {values[len(values) * 99 // 100] * 1000:.2f}")
+
+    return (f"{len(cycle)} turns (nominal RTT {rtt * 1000:g} ms); turn to turn: {ms(cycle)};"
+            f" client turnaround: {ms(client)}; server turnaround: {ms(server)};"
+            f" release - (arrival + RTT/2): {ms(late)}; client writes per turn (median):"
+            f" {statistics.median(writes_per_turn) if writes_per_turn else '-'}")
+
+
+def _echo_server() -> int:
+    """A line echo server on 127.0.0.1 in threads of this process: its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def serve(conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def accept():
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def check(rtts_ms: list[float], count: int) -> None:
+    """
+    Measure this proxy's own round trip: a ping-pong of one-line messages
+    over one connection, straight to an echo server and through the proxy
+    (run as a separate process, as the benchmarks run it) at each RTT.
+    """
+    echo = _echo_server()
+
+    def report(label, times):
+        ms = sorted(t * 1000 for t in times)
+        print(f"{label:>18}: median {statistics.median(ms):7.3f} ms  mean"
+              f" {statistics.fmean(ms):7.3f}  p10 {ms[len(ms) // 10]:7.3f}"
+              f"  p90 {ms[len(ms) * 9 // 10]:7.3f}  max {ms[-1]:7.3f}", flush=True)
+
+    report("straight", ping_pong(echo, count, b"ping\n", pause=0.002))
+    for rtt in rtts_ms:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, __file__, "--listen", str(port), "--target",
+                                 f"127.0.0.1:{echo}", "--rtt-ms", str(rtt)],
+                                stdout=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            report(f"proxy at {rtt:g} ms", ping_pong(port, count, b"ping\n"))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--listen", type=int, required=True, help="port on 127.0.0.1")
-    parser.add_argument("--target", required=True, help="HOST:PORT")
-    parser.add_argument("--rtt-ms", type=float, required=True)
+    parser.add_argument("--listen", type=int, help="port on 127.0.0.1")
+    parser.add_argument("--target", help="HOST:PORT")
+    parser.add_argument("--rtt-ms", type=float)
+    parser.add_argument("--trace", help="append a line per chunk to this file")
+    parser.add_argument("--check", metavar="RTTS",
+                        help="measure the proxy's real round trip at these RTTs (ms, comma"
+                             "-separated) with a ping-pong through it to an echo server")
+    parser.add_argument("--count", type=int, default=300, help="exchanges per --check")
     args = parser.parse_args()
-    from twisted.internet import reactor
+    if args.check:
+        check([float(x) for x in args.check.split(",")], args.count)
+        return
+    if args.listen is None or args.target is None or args.rtt_ms is None:
+        parser.error("--listen, --target and --rtt-ms are required (or --check)")
+    # The select reactor, not the default epoll one: epoll (and poll) take
+    # their timeout in whole milliseconds, rounded up, so every release would
+    # be up to 1 ms late in each direction; select's timeout is in
+    # microseconds.  A proxy has a handful of sockets, where select is cheap.
+    from twisted.internet import selectreactor
+
+    selectreactor.install()
+    from twisted.internet import reactor, task
 
     host, _, port = args.target.rpartition(":")
-    proxy = DelayProxy(reactor, host, int(port), args.rtt_ms / 1000.0)
+    trace = open(args.trace, "ab") if args.trace else None  # noqa: SIM115 (open for the run)
+    proxy = DelayProxy(reactor, host, int(port), args.rtt_ms / 1000.0, trace=trace)
+    if trace is not None:
+        task.LoopingCall(proxy.flush_trace).start(0.5, now=False)
+        reactor.addSystemEventTrigger("before", "shutdown", proxy.flush_trace)
     proxy.listen(args.listen)
     print(f"delaying 127.0.0.1:{args.listen} -> {args.target} by {args.rtt_ms:g} ms RTT",
           flush=True)
