@@ -268,18 +268,21 @@ class DelayProxy(protocol.Factory):
               chunk: bytes | None) -> None:
         """
         With a trace file: "<seconds> <connection> <c>s|s>c> <in|out> <bytes>
-        <first command or reply>" -- a chunk arriving or leaving.  Buffered,
+        <first command or reply> <SMTP: d if an end of data is in it, m if
+        a MAIL FROM, else ->" -- a chunk arriving or leaving.  Buffered,
         written by L{flush_trace}.
         """
         if self._trace_file is None:
             return
         if chunk is None:
-            what, size = b"<close>", 0
+            what, size, smtp = b"<close>", 0, b"-"
         else:
             size = len(chunk)
             what = chunk[:12].splitlines()[0].replace(b" ", b"_") if chunk.strip() else b"-"
-        self._trace_lines.append(b"%.6f %d %s %s %d %s\n" % (
-            now, pair, direction.encode(), event.encode(), size, what))
+            smtp = ((b"d" if b"\r\n.\r\n" in chunk else b"")
+                    + (b"m" if b"MAIL FROM:" in chunk else b"")) or b"-"
+        self._trace_lines.append(b"%.6f %d %s %s %d %s %s\n" % (
+            now, pair, direction.encode(), event.encode(), size, what, smtp))
 
     def flush_trace(self) -> None:
         if self._trace_file is not None and self._trace_lines:
@@ -355,7 +358,11 @@ def summarise_trace(path, rtt: float) -> str:
     client's turnaround (the server's bytes released to it -> its next bytes
     at the proxy), the server's (the client's bytes released to it -> its
     answer at the proxy), and how far each release was from its chunk's
-    arrival + RTT/2.  Times in ms, medians over every connection.
+    arrival + RTT/2.  Times in ms, over every connection.  For SMTP: how
+    many times a client ended a message's data without the next message's
+    envelope behind it (RFC 2920 lets it send both at once; each such turn
+    is a round trip without a message, but a connection's last message is
+    always one).
     """
     half = rtt / 2
     arrived: dict[tuple[str, str], collections.deque] = collections.defaultdict(
@@ -366,6 +373,7 @@ def summarise_trace(path, rtt: float) -> str:
     writes_per_turn: list[int] = []
     turn_start: dict[str, float] = {}
     writes: dict[str, int] = collections.Counter()
+    data_alone = 0
     with open(path, "rb") as f:
         for line in f:
             fields = line.split()
@@ -375,6 +383,8 @@ def summarise_trace(path, rtt: float) -> str:
                 fields[2].decode(), fields[3]
             if event == b"in":
                 arrived[pair, direction].append(t)
+                if direction == "c>s" and len(fields) > 6 and fields[6] == b"d":
+                    data_alone += 1
                 if direction == "c>s":
                     writes[pair] += 1
                     if last_in.get(pair) != "c>s":  # a new turn
@@ -406,7 +416,9 @@ def summarise_trace(path, rtt: float) -> str:
     return (f"{len(cycle)} turns (nominal RTT {rtt * 1000:g} ms); turn to turn: {ms(cycle)};"
             f" client turnaround: {ms(client)}; server turnaround: {ms(server)};"
             f" release - (arrival + RTT/2): {ms(late)}; client writes per turn (median):"
-            f" {statistics.median(writes_per_turn) if writes_per_turn else '-'}")
+            f" {statistics.median(writes_per_turn) if writes_per_turn else '-'};"
+            f" chunks ending a message's data with no next envelope: {data_alone}"
+            f" (a connection's last message is one)")
 
 
 def _echo_server() -> int:

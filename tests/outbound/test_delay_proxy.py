@@ -132,3 +132,34 @@ class SocketTests(TestCase):
         # three pings: the first starts the count, two turn-to-turn times
         self.assertIn("2 turns", summary)
         self.assertIn("client writes per turn (median): 1", summary)
+
+
+class TraceSummaryTests(TestCase):
+    def test_turns_turnarounds_and_data_without_a_next_envelope(self):
+        # one connection, 10 ms RTT: the greeting, then two messages of
+        # which the client sent the first's data with the second's envelope
+        # and the second's data alone (its last message)
+        lines = [
+            "0.000000 1 s>c in 20 220_relay -",
+            "0.005000 1 s>c out 20 220_relay -",
+            "0.005500 1 c>s in 80 MAIL_FROM:<a m",     # client: 0.5 ms
+            "0.010500 1 c>s out 80 MAIL_FROM:<a m",
+            "0.010700 1 s>c in 30 250_ok -",            # server: 0.2 ms
+            "0.015700 1 s>c out 30 250_ok -",
+            "0.016700 1 c>s in 1200 From:_x dm",        # client: 1.0 ms
+            "0.021700 1 c>s out 1200 From:_x dm",
+            "0.021900 1 s>c in 40 250_ok -",
+            "0.026900 1 s>c out 40 250_ok -",
+            "0.027400 1 c>s in 1100 From:_y d",         # client: 0.5 ms
+            "0.032400 1 c>s out 1100 From:_y d",
+        ]
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        summary = summarise_trace(path, 0.010)
+        self.assertIn("2 turns", summary)
+        self.assertIn("turn to turn: median 10.95", summary)
+        self.assertIn("client turnaround: median 0.50 mean 0.67", summary)
+        self.assertIn("server turnaround: median 0.20", summary)
+        self.assertIn("release - (arrival + RTT/2): median 0.00", summary)
+        self.assertIn("no next envelope: 1", summary)
