@@ -33,7 +33,7 @@ the run short).  After every run through the proxy, 100 NOOP ping-pongs
 over a raw socket measure the round trip the proxy really gave (the "proxy
 RTT" column); the summary compares emaild with connections / that RTT too.
 --trace has the proxy log every chunk and prints, per run, where each
-connection's round trips went (bench/delay_proxy.py summarise_trace).
+connection's round trips went (bench/proxy_measure.py summarise_trace).
 
     python bench/throughput.py [--quick] [--messages N] [--runs 1x1,1x2,1x4,1x8,2x4]
                                [--rtt 0,1,10] [--baseline-messages 500]
@@ -72,8 +72,8 @@ from bench.common import (  # noqa: E402
     wait_quiet,
     write_csv,
 )
-from bench.delay_proxy import ping_pong, summarise_trace  # noqa: E402
 from bench.profile_summary import profile_summary  # noqa: E402
+from bench.proxy_measure import ping_pong, summarise_trace  # noqa: E402
 
 RECIPIENT = "student@sink.example.edu"
 #: seconds each measurement waits for a quiet machine (--max-wait)

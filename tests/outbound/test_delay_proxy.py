@@ -15,7 +15,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from bench.delay_proxy import DelayProxy, Direction, summarise_trace
+from bench.delay_proxy import DelayProxy, Direction
+from bench.proxy_measure import summarise_trace
 
 
 class LateClock(Clock):
