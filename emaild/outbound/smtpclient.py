@@ -97,6 +97,17 @@ class SMTPClientProtocol(LineReceiver):
     # -- connection events -------------------------------------------
     def connectionMade(self):
         self.connected_ = True
+        # Every group of commands goes out in one write and then waits for
+        # replies, so Nagle's algorithm has nothing to coalesce; it would
+        # only hold back the last segment of a message longer than one
+        # segment (the final dot and the next envelope) until the relay
+        # acknowledged the rest: a round trip more per message.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass  # not a TCP socket after all; Nagle costs time, not mail
         self._greeting = self._expect("greeting")
 
     def handshakeCompleted(self):

@@ -5,11 +5,13 @@ over real sockets on 127.0.0.1.
 
 from __future__ import annotations
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, ssl, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from emaild.outbound.smtp import SMTPTransport
+from emaild.outbound.smtp import SMTPTransport, load_trust_root
+from emaild.outbound.smtpclient import SMTPClientProtocol
 from emaild.outbound.smtpwire import classify, prepare_data
 from emaild.outbound.transport import IDeliveryTransport, Outcome, OutgoingMessage
 from tests.relay import Relay
@@ -489,3 +491,37 @@ class DataTests(TransportTestCase):
         self.assertEqual(len(received), 3)
         for data in received:
             self.assertTrue(data == crlf, "received data differs from the CRLF input")
+
+
+class NoDelayTests(TransportTestCase):
+    """
+    The client's socket has TCP_NODELAY: a message longer than one segment
+    must not have its last segment (the final dot and the next envelope)
+    held back by Nagle's algorithm until the relay acknowledged the rest.
+    """
+
+    async def _connected(self, relay, tls_options=None) -> SMTPClientProtocol:
+        proto = SMTPClientProtocol(reactor, "127.0.0.1", reply_timeout=5.0, data_timeout=5.0,
+                                   implicit_tls=tls_options is not None)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", relay.port)
+        if tls_options is not None:
+            endpoint = wrapClientTLS(tls_options, endpoint)
+        await connectProtocol(endpoint, proto)
+
+        async def close():
+            proto.transport.loseConnection()
+            await proto.when_closed()
+
+        self.addCleanup(lambda: defer.ensureDeferred(close()))
+        return proto
+
+    async def test_plain_connection(self):
+        proto = await self._connected(self.relay())
+        self.assertTrue(proto.transport.getTcpNoDelay())
+
+    async def test_implicit_tls_connection(self):
+        relay = self.tls_relay(implicit_tls=True)
+        options = ssl.optionsForClientTLS(
+            "127.0.0.1", trustRoot=load_trust_root(tls_files().ca_path))
+        proto = await self._connected(relay, options)
+        self.assertTrue(proto.transport.getTcpNoDelay())
