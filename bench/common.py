@@ -37,8 +37,10 @@ def reexec_in_venv() -> None:
     """Run the benchmark itself with python() (it imports emaild and psycopg2)."""
     target = python()
     if Path(target).absolute() != Path(sys.executable).absolute() \
-            and not os.environ.get("EMAILD_BENCH_REEXEC"):
-        os.environ["EMAILD_BENCH_REEXEC"] = "1"
+            and not os.environ.get("BENCH_REEXEC_IN_VENV"):
+        # not EMAILD_*: emaild reads that prefix as config overrides and
+        # refuses names it does not know, which would fail every CLI call
+        os.environ["BENCH_REEXEC_IN_VENV"] = "1"
         os.execv(target, [target] + sys.argv)
 
 
