@@ -72,6 +72,11 @@ def _raw_header_text(value: str) -> str:
 
 #: header values longer than this are parsed each time, not remembered
 _CACHED_VALUE = 1000
+#: a Message-ID that is one plain <left@right> is read as written: the
+#: policy's parser gives back the same text for it (a test checks this over
+#: generated ids), and every post has its own, so remembering cannot help
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]+"
+_PLAIN_MESSAGE_ID = re.compile(f"<{_ATEXT}@{_ATEXT}>")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -96,7 +101,9 @@ def parsed_values(message, name: str) -> list[str]:
     for k, v in message.raw_items():
         if k.lower() != lname:
             continue
-        if isinstance(v, str) and len(v) <= _CACHED_VALUE:
+        if lname == "message-id" and isinstance(v, str) and _PLAIN_MESSAGE_ID.fullmatch(v):
+            texts.append(v)
+        elif isinstance(v, str) and len(v) <= _CACHED_VALUE:
             texts.append(_parsed_text(lname, v))
         else:
             texts.append(str(message.policy.header_fetch_parse(k, v)))

@@ -74,6 +74,28 @@ class ParsedValuesTests(unittest.TestCase):
         self.assertGreaterEqual(info.hits, 2 * 19)
         self.assertLessEqual(info.misses, 2 + 20 + 2)
 
+    def test_plain_message_ids_read_as_the_parser_reads_them(self):
+        import random
+        from email.policy import default
+
+        classify._parsed_text.cache_clear()
+        atext = "ABCXYZabcxyz0189!#$%&'*+-/=?^_`{|}~."
+        rng = random.Random(3)
+        for _ in range(3000):
+            left, right = ("".join(rng.choice(atext) for _ in range(rng.randrange(1, 12)))
+                           for _ in range(2))
+            value = f"<{left}@{right}>"
+            message = parse_message(f"Message-ID: {value}\r\n\r\nbody\r\n".encode())
+            self.assertEqual(parsed_values(message, "Message-ID"),
+                             [str(default.header_fetch_parse("Message-ID", value))], value)
+        # none of them went through the parser
+        self.assertEqual(classify._parsed_text.cache_info().misses, 0)
+        # anything else does: comments, folding, two ids, a domain literal
+        for value in ["<a@b> (comment)", "<a@b>\r\n <c@d>", "<a@[127.0.0.1]>", "a@b", "<a b@c>"]:
+            message = parse_message(f"Message-ID: {value}\r\n\r\nbody\r\n".encode())
+            self.assertEqual(parsed_values(message, "Message-ID"),
+                             [str(v) for v in message.get_all("Message-ID")], value)
+
     def test_long_values_are_not_remembered(self):
         classify._parsed_text.cache_clear()
         message = parse_message(b"Subject: " + b"x" * 2000 + b"\r\n\r\nbody\r\n")
