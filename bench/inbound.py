@@ -223,6 +223,12 @@ def accept_round(b: Bench, which: str, port: int, args, sender: str, rcpt: str,
     # what the stored messages say about their sender (auth on: dmarc=pass on every one)
     passed = b.sql("SELECT count(*) FROM inbound_messages WHERE id > %s"
                    " AND authentication LIKE '%%dmarc=pass%%'", (first_id,))[0][0] if emaild else 0
+    # transactions: the group commits that stored the posts, the relay's
+    # batches that relayed them (each stamps its transaction's start time)
+    commits = b.sql("SELECT count(DISTINCT received_at) FROM inbound_messages WHERE id > %s",
+                    (first_id,))[0][0] if emaild else 0
+    batches = b.sql("SELECT count(DISTINCT processed_at) FROM inbound_recipients"
+                    " WHERE message_id > %s", (first_id,))[0][0] if emaild else 0
     errors = [line for line in output if re.search(r"error|fatal|warning|exit status", line,
                                                     re.I)]
     per_post = 1000 / max(messages, 1)
@@ -231,6 +237,7 @@ def accept_round(b: Bench, which: str, port: int, args, sender: str, rcpt: str,
             "rate": messages / seconds, "backlog": backlog, "busy": busy,
             "drain rate": recipients / drained if emaild else 0.0,
             "drain seconds": drained, "dmarc pass": passed,
+            "commits": commits, "batches": batches,
             "errors": errors,
             "server cpu": cpu1["server"] - cpu0["server"], "pg cpu": cpu1["pg"] - cpu0["pg"],
             "dns cpu": cpu1["dns"] - cpu0["dns"],
@@ -318,7 +325,9 @@ def print_round(r: dict) -> None:
           f"{'' if r['ok'] else '  (COUNT MISMATCH)'}"
           + (f"; backlog {r['backlog']} ({r['backlog'] / max(r['stored'], 1):.1%}), drained "
              f"in {r['drain seconds']:.2f}s = {r['drain rate']:.0f}/s; dmarc=pass "
-             f"{r['dmarc pass']}" if emaild else "")
+             f"{r['dmarc pass']}; {r['stored'] / max(r['commits'], 1):.1f} posts per group "
+             f"commit, {r['recipients'] / max(r['batches'], 1):.1f} rows per relay batch"
+             if emaild else "")
           + f"; cpu ms/post server {r['server ms']:.2f} pg {r['pg ms']:.2f} dns "
           f"{r['dns ms']:.3f}"
           + (f"; until drained: server {r['relayed server ms']:.2f} pg "
