@@ -66,8 +66,10 @@ hence DMARC, and is relayed.
     process tree, of PostgreSQL's, and of the DNS server's, over the burst,
     in ms per accepted post; "until drained": the daemon's and PostgreSQL's
     CPU from the burst's start until its last post is relayed, per post
-    (accepting and relaying it).  bench/inbound_drain.py measures the relay
-    processor alone.
+    (accepting and relaying it).  Also per round: posts per group commit
+    (distinct received_at) and recipient rows per relay batch (distinct
+    processed_at: each is its transaction's start time).
+    bench/inbound_drain.py measures the relay processor alone.
 
 (b) Fan-out (auth on).  One post by smtplib from a member of a 1,000-member
     group to their reply address; latency = from the 250 reply until the
