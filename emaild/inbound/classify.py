@@ -101,9 +101,12 @@ def parsed_values(message, name: str) -> list[str]:
     for k, v in message.raw_items():
         if k.lower() != lname:
             continue
-        if lname == "message-id" and isinstance(v, str) and _PLAIN_MESSAGE_ID.fullmatch(v):
+        # only raw values (what the parser stores): a header object made in
+        # code is a str too, but its text is not what parsing that text gives
+        raw = type(v) is str
+        if raw and lname == "message-id" and _PLAIN_MESSAGE_ID.fullmatch(v):
             texts.append(v)
-        elif isinstance(v, str) and len(v) <= _CACHED_VALUE:
+        elif raw and len(v) <= _CACHED_VALUE:
             texts.append(_parsed_text(lname, v))
         else:
             texts.append(str(message.policy.header_fetch_parse(k, v)))

@@ -96,6 +96,21 @@ class ParsedValuesTests(unittest.TestCase):
             self.assertEqual(parsed_values(message, "Message-ID"),
                              [str(v) for v in message.get_all("Message-ID")], value)
 
+    def test_header_objects_made_in_code_are_not_taken_for_raw_values(self):
+        from email.message import EmailMessage
+        from email.policy import default
+
+        # a raw Subject that decodes to text looking like an encoded word
+        parsed = parse_message(b"Subject: =?utf-8?q?=3D=3Futf-8=3Fq=3Fx=3F=3D?=\r\n\r\nb\r\n")
+        self.assertEqual(parsed_values(parsed, "Subject"), ["=?utf-8?q?x?="])
+        made = EmailMessage(policy=default)
+        made["Subject"] = parsed["Subject"]  # a header object whose text is that
+        self.assertEqual(parsed_values(made, "Subject"), [str(v) for v in made.get_all("Subject")])
+        # the same text as a raw value, parsed (and remembered) as "x"
+        self.assertEqual(parsed_values(parse_message(b"Subject: =?utf-8?q?x?=\r\n\r\nb\r\n"),
+                                       "Subject"), ["x"])
+        self.assertEqual(parsed_values(made, "Subject"), [str(v) for v in made.get_all("Subject")])
+
     def test_long_values_are_not_remembered(self):
         classify._parsed_text.cache_clear()
         message = parse_message(b"Subject: " + b"x" * 2000 + b"\r\n\r\nbody\r\n")
