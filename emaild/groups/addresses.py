@@ -11,12 +11,18 @@ membership has exactly one address.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 from hashids import Hashids
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 MIN_LENGTH = 16
 _MAX_TOKEN = 64
+#: tokens remembered each way: every RCPT decodes one (and encodes it back
+#: to check it is canonical), every relayed copy encodes its recipient's
+#: own, and one member's or one group's come again and again
+_REMEMBERED = 4096
 
 
 @attrs.frozen
@@ -34,12 +40,17 @@ class ReplyAddresses:
 
     def __init__(self, salt: str, relay_domain: str, prefix: str = "group"):
         self._hashids = Hashids(salt=salt, min_length=MIN_LENGTH, alphabet=ALPHABET)
+        # hashids is pure Python and both ways are pure functions of the
+        # salt: remember the latest answers (bounded, so random tokens sent
+        # by anyone cannot grow it)
+        self._encode = functools.lru_cache(maxsize=_REMEMBERED)(self._hashids.encode)
+        self._decode = functools.lru_cache(maxsize=_REMEMBERED)(self._hashids.decode)
         self.domain = relay_domain.lower()
         self.prefix = prefix.lower()
 
     def address(self, token: ReplyToken) -> str:
-        encoded = self._hashids.encode(token.group_id, token.person_id,
-                                       token.secret_hi, token.secret_lo)
+        encoded = self._encode(token.group_id, token.person_id, token.secret_hi,
+                               token.secret_lo)
         return f"{self.prefix}-{encoded}@{self.domain}"
 
     def parse(self, address: str) -> ReplyToken | None:
@@ -55,7 +66,7 @@ class ReplyAddresses:
             return None
         if not encoded or len(encoded) > _MAX_TOKEN or not encoded.isalnum():
             return None
-        numbers = self._hashids.decode(encoded)
+        numbers = self._decode(encoded)
         if len(numbers) != 4:
             return None
         return ReplyToken(*numbers)

@@ -12,6 +12,7 @@ of automation wins.
 from __future__ import annotations
 
 import email.policy
+import functools
 import re
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -69,6 +70,49 @@ def _raw_header_text(value: str) -> str:
         return text
 
 
+#: header values longer than this are parsed each time, not remembered
+_CACHED_VALUE = 1000
+#: a Message-ID that is one plain <left@right> is read as written: the
+#: policy's parser gives back the same text for it (a test checks this over
+#: generated ids), and every post has its own, so remembering cannot help
+_ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]+"
+_PLAIN_MESSAGE_ID = re.compile(f"<{_ATEXT}@{_ATEXT}>")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_text(lname: str, value: str) -> str:
+    return str(email.policy.default.header_fetch_parse(lname, value))
+
+
+def parsed_values(message, name: str) -> list[str]:
+    """
+    C{[str(v) for v in message.get_all(name) or ()]}, with what the modern
+    policy's structured parser makes of each value remembered: that parser
+    is the costliest part of reading a post, and a member's posts carry the
+    same From (and a thread the same Subject) again and again.  The text of
+    a parsed header depends only on the field's name, case aside (which
+    picks its parser), and its value; a value the parser raises on is not
+    remembered (it raises again, as C{get_all} would).
+    """
+    if getattr(message, "policy", None) is not email.policy.default:
+        return [str(v) for v in message.get_all(name) or ()]
+    lname = name.lower()
+    texts = []
+    for k, v in message.raw_items():
+        if k.lower() != lname:
+            continue
+        # only raw values (what the parser stores): a header object made in
+        # code is a str too, but its text is not what parsing that text gives
+        raw = type(v) is str
+        if raw and lname == "message-id" and _PLAIN_MESSAGE_ID.fullmatch(v):
+            texts.append(v)
+        elif raw and len(v) <= _CACHED_VALUE:
+            texts.append(_parsed_text(lname, v))
+        else:
+            texts.append(str(message.policy.header_fetch_parse(k, v)))
+    return texts
+
+
 def header_values(message, name: str) -> list[str]:
     """
     Every C{name} header of C{message}, decoded to text; from the raw value
@@ -79,7 +123,7 @@ def header_values(message, name: str) -> list[str]:
     if not raw:
         return []  # the common case, without the structured parser's cost
     try:
-        parsed = [str(v) for v in message.get_all(name) or ()]
+        parsed = parsed_values(message, name)
     except Exception:
         parsed = None
     if parsed is None or len(parsed) != len(raw):

@@ -18,11 +18,16 @@ _SUPERSET = {"shift_jis": "cp932", "iso-8859-1": "cp1252", "us-ascii": "cp1252",
 
 
 def lines_ok(data: bytes) -> bool:
-    return data.isascii() and all(len(line) <= 998 for line in re.split(rb"\r\n|\r|\n", data))
+    # bytes.splitlines ends lines at CRLF, CR and LF, as the relay reads them
+    return data.isascii() and max(map(len, data.splitlines()), default=0) <= 998
 
 
 def crlf_bytes(data: bytes) -> bytes:
-    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    # as many CRs as LFs as CRLFs: every line already ends in CRLF (the
+    # usual case, and a regex substitution over the whole part otherwise)
+    lf = data.count(b"\n")
+    if not (lf == data.count(b"\r") == data.count(CRLF)):
+        data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
     return data if data.endswith(CRLF) or not data else data + CRLF
 
 

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import attrs
 
-from emaild.inbound.classify import not_relayable, parse_message
+from emaild.inbound.classify import not_relayable, parse_message, parsed_values
 from emaild.inbound.rewrite import Prepared, prepare, scrub_map
 
 
@@ -47,7 +47,7 @@ def read_post(item: PostToRead, members: Sequence[tuple[str, str]]) -> ReadPost:
     # every address that could identify anyone: members (also former ones,
     # who may be quoted), the envelope sender and the From header
     senders = [item.mail_from] + [a for _, a in getaddresses(
-        [str(v) for v in (message.get_all("From") or [])]) if "@" in a]
+        parsed_values(message, "From")) if "@" in a]
     known = list(members) + [(a, item.author_name) for a in senders if a]
     return ReadPost(prepared=prepare(message, scrub_map(known), author=item.author_name))
 

@@ -158,10 +158,15 @@ class RelayProcessor(service.Service):
         #: fires once LISTEN is set up (it never fails: polling is the fallback)
         self.starting = defer.ensureDeferred(self._listen())
 
+    #: LISTEN is set up: new rows wake the processor (until then it only
+    #: stops looking for rows once a batch finds none)
+    listening = False
+
     async def _listen(self):
         try:
             await self.store.db.listen(INBOUND_CHANNEL, lambda _payload: self.wake(),
                                        on_recovered=self.wake)
+            self.listening = True
         except Exception:
             log.failure("Cannot LISTEN for inbound mail; relying on polling")
 
@@ -213,6 +218,15 @@ class RelayProcessor(service.Service):
                     log.failure("Processing inbound recipient {id} failed ({state})",
                                 outcome.failure, id=pending.id, state=outcome.state)
             self.metrics.relay_copies.inc(sum(o.copies for _, o in results))
+            if self.listening and 0 < waiting <= len(results) < self.batch_rows:
+                # the batch took every row that was waiting and finished
+                # each: no need to look again at once (an empty batch is a
+                # transaction too).  Rows committed since were not in its
+                # snapshot; their NOTIFY, sent on their commit, came during
+                # this batch (wake() then drains again once this one ends)
+                # or will come (after an outage of the listening connection,
+                # its recovery wakes the processor); the poll is the fallback.
+                return
 
     async def _handle(self, cursor, pending: Pending) -> Outcome:
         """The work of one row (a post goes through L{_work} alone); an unreadable post raises."""

@@ -18,6 +18,7 @@ headers that needed scrubbing are re-encoded.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import secrets
 import urllib.parse
@@ -312,14 +313,27 @@ def prepare(message, scrub: Mapping[str, str], author: str | None = None) -> Pre
 
 
 def _date(value: str | None) -> str:
+    written = _written_date(value)
+    if written is not None:
+        return written
+    from email.utils import formatdate
+    return formatdate(usegmt=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _written_date(value: str | None) -> str | None:
+    """
+    The post's Date as every copy writes it, or None when it has none we
+    can read (then each copy says now).  Remembered: each copy of a post
+    to a big group asks again.
+    """
     try:
         when = parsedate_to_datetime(value)
         if when is not None and 1970 < when.year < 10000:
             return format_datetime(when)
     except (TypeError, ValueError, IndexError, OverflowError):
         pass
-    from email.utils import formatdate
-    return formatdate(usegmt=True)
+    return None
 
 
 def _id_header(name: str, ids: list[str]) -> str | None:

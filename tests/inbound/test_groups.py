@@ -42,6 +42,40 @@ class ReplyAddressTests(unittest.TestCase):
         self.assertNotEqual(other.address(token), self.codec.address(token))
         self.assertNotEqual(other.parse(self.codec.address(token)), token)
 
+    def test_answers_are_remembered_and_unchanged(self):
+        import random
+
+        from hashids import Hashids
+
+        from emaild.groups import addresses
+
+        calls = []
+
+        class Counting(Hashids):
+            def encode(self, *numbers):
+                calls.append("encode")
+                return super().encode(*numbers)
+
+            def decode(self, hashid):
+                calls.append("decode")
+                return super().decode(hashid)
+
+        self.patch(addresses, "Hashids", Counting)
+        codec = ReplyAddresses("salt", "relay.example.org", "group")
+        rng = random.Random(7)
+        tokens = [ReplyToken(rng.randrange(1, 10**6), rng.randrange(1, 10**9),
+                             rng.getrandbits(32), rng.getrandbits(32)) for _ in range(200)]
+        for token in tokens:
+            # the same answers as without remembering (the shared codec)
+            self.assertEqual(codec.address(token), self.codec.address(token))
+            self.assertEqual(codec.parse(codec.address(token)), token)
+            self.assertIsNone(codec.parse(codec.address(token).replace("-", "-x", 1)))
+        first = len(calls)
+        for token in tokens:  # again: nothing is encoded or decoded twice
+            self.assertEqual(codec.parse(codec.address(token)), token)
+            self.assertIsNone(codec.parse(codec.address(token).replace("-", "-x", 1)))
+        self.assertEqual(len(calls), first)
+
     def test_from_config(self):
         from tests.support import make_config
 

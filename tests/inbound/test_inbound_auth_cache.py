@@ -153,6 +153,10 @@ class PiecesTests(unittest.TestCase):
         self.assertFalse(may_be_signed(message("a@b.test")))
         self.assertTrue(may_be_signed(b"dkim-SIGNATURE: v=1\r\n" + message("a@b.test")))
         self.assertTrue(may_be_signed(b"X: y\r\nDKIM-Signature:v=1\r\n\r\n"))
+        # the name not at a line start: not a header field
+        self.assertFalse(may_be_signed(b"X: dkim-signature\r\n\r\nsee DKIM-Signature\r\n"))
+        self.assertTrue(may_be_signed(b"X: dkim-signature\r\nDkIm-SiGnAtUrE: v=1\r\n\r\n"))
+        self.assertTrue(may_be_signed(b"X: y\nDKIM-SIGNATURE: v=1\n\n"))
 
     def test_from_addresses_read_as_a_full_parse_reads_them(self):
         def full(raw):

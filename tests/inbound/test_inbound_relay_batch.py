@@ -213,3 +213,70 @@ class BatchTests(RelayTestCase):
         tokens = {parse(body)["List-Unsubscribe"] for _, body in
                   self.query("SELECT recipient, body FROM outbox ORDER BY id")}
         self.assertEqual(len(tokens), 4)  # two per member: before and after
+
+
+class DrainTests(RelayTestCase):
+    """When the processor looks for more rows, and when it waits to be woken."""
+
+    posts = BatchTests.posts
+
+    async def test_no_empty_batch_after_one_that_took_every_row(self):
+        await self.posts(3)
+        taken = []
+        processor = self.bare_processor()
+        work = processor._work
+
+        async def counting(cursor, batch):
+            taken.append(len(batch))
+            return await work(cursor, batch)
+
+        processor._work = counting
+        processor.batch_rows = 2
+        processor.running = True
+        processor.listening = True  # as once LISTEN is set up
+        claims = []
+        real = self.inbound.db.transaction
+
+        def transaction(fn, *args, **kwargs):
+            if fn.__name__ == "_rows_txn":  # not the unsubscribe links' own
+                claims.append(fn)
+            return real(fn, *args, **kwargs)
+
+        self.patch(self.inbound.db, "transaction", transaction)
+        await processor._drain()
+        # a full batch (more may wait: look again), then the last row: it
+        # took all that waited, so no third transaction finds nothing
+        self.assertEqual(taken, [2, 1])
+        self.assertEqual(len(claims), 2)
+        self.assertEqual(self.query("SELECT count(*) FROM inbound_recipients"
+                                    " WHERE state = 'done'")[0][0], 3)
+        # until LISTEN is set up, nothing would wake it: it looks until a
+        # batch finds nothing
+        await self.posts(1)
+        processor.listening = False
+        claims.clear()
+        await processor._drain()
+        self.assertEqual(len(claims), 2)
+
+    async def test_a_post_stored_during_a_batch_is_relayed_without_the_poll(self):
+        processor = self.bare_processor()
+        processor.poll_interval = 3600  # only its first tick, at start: no rescue by polling
+        work = processor._work
+        stored = []
+
+        async def storing_meanwhile(cursor, batch):
+            if not stored:  # a post committed while the first batch is in hand
+                stored.append(await self.receive("bob", mail(
+                    "bob@example.net", self.reply["bob"], "Meanwhile", "stored during a batch")))
+            return await work(cursor, batch)
+
+        processor._work = storing_meanwhile
+        processor.startService()
+        self.addCleanup(processor.stopService)
+        await processor.starting
+        self.assertTrue(processor.listening)
+        first = (await self.posts(1))[0]  # its NOTIFY wakes the processor
+        (state,) = await self.processed(first)
+        self.assertEqual(state[0], "done")
+        (state,) = await self.processed(stored[0])  # woken by its NOTIFY
+        self.assertEqual(state[0], "done")

@@ -455,6 +455,22 @@ class BuildCopyTests(unittest.TestCase):
         copy = parse(copy_of(prepare(parse_message(raw), {})))
         self.assertIsNotNone(copy["Date"].datetime)
 
+    def test_a_posts_date_is_read_once_and_now_is_never_remembered(self):
+        import email.utils
+
+        from emaild.inbound import rewrite
+
+        rewrite._written_date.cache_clear()
+        prepared = prepare(parse_message(plain("x\n", extra="Date: Tue, 4 Jun 2024 18:02:44 +0200\n")), {})
+        dates = {parse(copy_of(prepared))["Date"] for _ in range(5)}  # five copies
+        self.assertEqual(dates, {"Tue, 04 Jun 2024 18:02:44 +0200"})
+        self.assertEqual(rewrite._written_date.cache_info().misses, 1)
+        # an unreadable Date: each copy says now, whenever it is made
+        nows = iter(["Mon, 01 Jan 2024 00:00:00 GMT", "Mon, 01 Jan 2024 00:00:07 GMT"])
+        self.patch(email.utils, "formatdate", lambda usegmt=False: next(nows))
+        bad = prepare(parse_message(plain("x\n", extra="Date: yesterday-ish\n")), {})
+        self.assertEqual([parse(copy_of(bad))["Date"].datetime.second for _ in range(2)], [0, 7])
+
     def test_injection(self):
         evil = "Eve\r\nBcc: victim@example.com\r\n\r\nbody"
         prepared = Prepared(subject=evil, date="x\r\nBcc: v@example.com", original_message_id=None,
