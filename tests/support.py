@@ -187,3 +187,36 @@ def altered(token: str) -> str:
     with it, which made CSRF tests pass a valid token about once in 60 runs).
     """
     return token[:-1] + ("a" if token[-1] != "a" else "b")
+
+
+def repair_reactor_descriptors() -> list[int]:
+    """
+    Forget the descriptor numbers the global reactor watches for a
+    selectable that no longer has that number (its descriptor was closed
+    while registered); return them.
+
+    There is no public way to ask this: the epoll and poll reactors keep
+    C{_reads}, C{_writes} and C{_selectables}; other reactors are left alone.
+    """
+    reads, writes = getattr(reactor, "_reads", None), getattr(reactor, "_writes", None)
+    selectables = getattr(reactor, "_selectables", None)
+    if not (isinstance(reads, set) and isinstance(writes, set) and isinstance(selectables, dict)):
+        return []
+    stale = []
+    for fd in sorted(reads | writes):
+        selectable = selectables.get(fd)
+        try:
+            current = selectable.fileno() if selectable is not None else None
+        except Exception:
+            current = None
+        if current == fd:
+            continue
+        stale.append(fd)
+        reads.discard(fd)
+        writes.discard(fd)
+        selectables.pop(fd, None)
+        try:
+            reactor._poller.unregister(fd)
+        except (OSError, ValueError, AttributeError):
+            pass  # closed, or another descriptor that was never registered
+    return stale
