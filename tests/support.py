@@ -195,8 +195,9 @@ def repair_reactor_descriptors() -> list[int]:
     selectable that no longer has that number (its descriptor was closed
     while registered); return them.
 
-    There is no public way to ask this: the epoll and poll reactors keep
-    C{_reads}, C{_writes} and C{_selectables}; other reactors are left alone.
+    There is no public way to ask this: the epoll reactor (Linux's default)
+    keeps C{_reads}, C{_writes} and C{_selectables}; other reactors are left
+    alone.
     """
     reads, writes = getattr(reactor, "_reads", None), getattr(reactor, "_writes", None)
     selectables = getattr(reactor, "_selectables", None)
