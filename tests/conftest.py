@@ -26,12 +26,9 @@ def _reactor_descriptors_stay_consistent():
     # it against the test that did it, and repair the tables so that one
     # failure stays one failure.
     yield
-    from tests.support import repair_reactor_descriptors
+    from tests.support import repair_reactor
 
-    stale = repair_reactor_descriptors()
+    stale = repair_reactor()
     if stale:
-        from twisted.internet import reactor
-
-        reactor.removeAll()  # what trial's clean-up could not remove
         pytest.fail(f"the reactor was left watching closed descriptors {stale} "
                     "(repaired for the tests after this one)", pytrace=False)

@@ -189,13 +189,17 @@ def altered(token: str) -> str:
     return token[:-1] + ("a" if token[-1] != "a" else "b")
 
 
-def repair_reactor_descriptors() -> list[int]:
+def repair_reactor() -> list[int]:
     """
-    Forget the descriptor numbers the global reactor watches for a
-    selectable that no longer has that number (its descriptor was closed
-    while registered); return them.
+    Undo what a test left in the global reactor when its descriptor tables
+    are inconsistent: return the descriptor numbers it watched for a
+    selectable that no longer has that number (closed while registered),
+    after forgetting them, removing every selectable left, and stopping
+    the reactor's thread pool.  Trial's own clean-up does the last two, but
+    it fails on such tables: then every later test fails in it, and the
+    pool's idle threads keep the interpreter from exiting.
 
-    There is no public way to ask this: the epoll reactor (Linux's default)
+    There is no public way to do this: the epoll reactor (Linux's default)
     keeps C{_reads}, C{_writes} and C{_selectables}; other reactors are left
     alone.
     """
@@ -220,4 +224,8 @@ def repair_reactor_descriptors() -> list[int]:
             reactor._poller.unregister(fd)
         except (OSError, ValueError, AttributeError):
             pass  # closed, or another descriptor that was never registered
+    if stale:
+        reactor.removeAll()
+        if getattr(reactor, "threadpool", None) is not None:
+            reactor._stopThreadPool()  # as trial's clean-up would have
     return stale
