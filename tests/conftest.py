@@ -15,3 +15,20 @@ def _work_in_a_temporary_directory(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("trial"))
     yield
     os.chdir(here)
+
+
+@pytest.fixture(autouse=True)
+def _reactor_descriptors_stay_consistent():
+    # Every test shares one reactor.  A descriptor closed while registered
+    # in it (as libpq once did under emaild's database connections) leaves
+    # its tables inconsistent: trial's clean-up then fails in every later
+    # test, and the next socket given that number is never watched.  Report
+    # it against the test that did it, and repair the tables so that one
+    # failure stays one failure.
+    yield
+    from tests.support import repair_reactor
+
+    stale = repair_reactor()
+    if stale:
+        pytest.fail(f"the reactor was left watching closed descriptors {stale} "
+                    "(repaired for the tests after this one)", pytrace=False)

@@ -187,3 +187,45 @@ def altered(token: str) -> str:
     with it, which made CSRF tests pass a valid token about once in 60 runs).
     """
     return token[:-1] + ("a" if token[-1] != "a" else "b")
+
+
+def repair_reactor() -> list[int]:
+    """
+    Undo what a test left in the global reactor when its descriptor tables
+    are inconsistent: return the descriptor numbers it watched for a
+    selectable that no longer has that number (closed while registered),
+    after forgetting them, removing every selectable left, and stopping
+    the reactor's thread pool.  Trial's own clean-up does the last two, but
+    it fails on such tables: then every later test fails in it, and the
+    pool's idle threads keep the interpreter from exiting.
+
+    There is no public way to do this: the epoll reactor (Linux's default)
+    keeps C{_reads}, C{_writes} and C{_selectables}; other reactors are left
+    alone.
+    """
+    reads, writes = getattr(reactor, "_reads", None), getattr(reactor, "_writes", None)
+    selectables = getattr(reactor, "_selectables", None)
+    if not (isinstance(reads, set) and isinstance(writes, set) and isinstance(selectables, dict)):
+        return []
+    stale = []
+    for fd in sorted(reads | writes):
+        selectable = selectables.get(fd)
+        try:
+            current = selectable.fileno() if selectable is not None else None
+        except Exception:
+            current = None
+        if current == fd:
+            continue
+        stale.append(fd)
+        reads.discard(fd)
+        writes.discard(fd)
+        selectables.pop(fd, None)
+        try:
+            reactor._poller.unregister(fd)
+        except (OSError, ValueError, AttributeError):
+            pass  # closed, or another descriptor that was never registered
+    if stale:
+        reactor.removeAll()
+        if getattr(reactor, "threadpool", None) is not None:
+            reactor._stopThreadPool()  # as trial's clean-up would have
+    return stale

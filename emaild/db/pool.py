@@ -23,7 +23,7 @@ connection died) and is never retried: the caller sees it.
 from __future__ import annotations
 
 import attrs
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
@@ -75,6 +75,26 @@ def may_retry(failure: Failure, progress: Progress, transaction: bool) -> bool:
     return progress.sent == 0
 
 
+def socket_gone(pollable) -> bool:
+    """
+    Whether libpq has closed the socket of psycopg2 connection C{pollable}.
+
+    libpq closes it whenever it reads the end of the stream, inside any call
+    (a poll that then reports nothing wrong, an execute), and psycopg2 says
+    so only by C{fileno()} turning -1.
+    """
+    return bool(pollable.closed) or pollable.fileno() < 0
+
+
+def _gone() -> psycopg2.OperationalError:
+    return psycopg2.OperationalError("the server closed the connection")
+
+
+#: seconds a reconnection attempt may take: libpq ignores C{connect_timeout}
+#: on the non-blocking connections txpostgres makes
+CONNECT_TIMEOUT = 10.0
+
+
 def _reconnection_delays():
     # first retry at once, then back off to at most 5 s between tries, for ever
     return retrying.simpleBackoffIterator(
@@ -98,6 +118,7 @@ class Detector(reconnection.DeadConnectionDetector):
         self._delays = None
         self._timer = None
         self._connecting: defer.Deferred | None = None
+        self._attempt_timeout = None
         self._waiters: list[defer.Deferred] = []
 
     def startReconnecting(self, f):  # noqa: N802 (txpostgres API)
@@ -114,10 +135,33 @@ class Detector(reconnection.DeadConnectionDetector):
     def _attempt(self) -> None:
         self._timer = None
         d = self._connecting = defer.maybeDeferred(self.reconnect)
+        # a server that accepts and never answers must not hold the
+        # callers waiting in reconnect_now for ever: give up, try later
+        timeout = self._attempt_timeout = self.reactor.callLater(
+            CONNECT_TIMEOUT, self._abandon, d)
+
+        def settled(result):
+            if timeout.active():
+                timeout.cancel()
+            return result
+
+        d.addBoth(settled)
         d.addCallbacks(self._connected, self._failed)
+
+    def _abandon(self, attempt: defer.Deferred) -> None:
+        if attempt is self._connecting:
+            log.warn("Reconnecting to the database took over {s} s; trying again",
+                     s=CONNECT_TIMEOUT)
+            # closing fails the attempt's poll (see txpostgres Connection.close)
+            self.reconnectable.close()
 
     def _connected(self, _):
         self._connecting = None
+        if self.stopped:
+            # the database was closed while this attempt was under way
+            self.reconnectable.close()
+            self._wake_waiters(False)
+            return
         d = defer.maybeDeferred(self.connectionRecovered)
         d.addErrback(lambda f: log.failure("database recovery handler failed", f))
         self._wake_waiters(True)
@@ -152,8 +196,9 @@ class Detector(reconnection.DeadConnectionDetector):
 
     def stop(self) -> None:
         self.stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        for call in (self._timer, self._attempt_timeout):
+            if call is not None and call.active():
+                call.cancel()
         self._timer = None
         self._wake_waiters(False)
 
@@ -176,16 +221,23 @@ class Cursor(txpostgres.Cursor):
 
     def _doit(self, name, *args, **kwargs):
         # txpostgres' own, counting each statement psycopg2 accepted to send
-        # (one it refused, e.g. on a closed connection, never left us)
+        # (one it refused, e.g. on a closed connection, never left us).
+        # The connection stops being watched *before* psycopg2 touches the
+        # socket, not after: libpq may close the socket inside execute, and a
+        # closed descriptor left registered corrupts the reactor's tables
+        # (its number, reused by the next socket, is never watched again).
+        connection = self._connection
+        connection.cursorRunning(self)
         try:
             getattr(self._cursor, name)(*args, **kwargs)
         except Exception:
-            return defer.fail()
-        self._connection.progress.sent += 1
-        self._connection.cursorRunning(self)
+            failure = Failure()
+            connection.cursorFinished(self)
+            return defer.fail(failure)
+        connection.progress.sent += 1
 
         def finished(result):
-            self._connection.cursorFinished(self)
+            connection.cursorFinished(self)
             return result
 
         return self.poll().addBoth(finished)
@@ -228,15 +280,35 @@ class Connection(txpostgres.Connection):
         if lost is not None:
             return lost
         self.checkForNotifies()
-        if self._connection.closed:
-            return None
-        if self.fileno() == -1:
-            # libpq drops the socket of a connection that broke before
-            # psycopg2 calls it closed; watching fd -1 again would raise in
-            # the reactor, so report the loss and let reconnection run
-            return error.ConnectionLost("the PostgreSQL connection broke")
+        if socket_gone(self._connection):
+            # the poll read the server's goodbye and libpq closed the socket
+            # without an error: a lost connection all the same
+            return _gone()
         self.reactor.addReader(self)
-        return None
+
+    def cursorFinished(self, cursor):  # noqa: N802 (txpostgres API)
+        # txpostgres' own watches the connection again whenever psycopg2 has
+        # not marked it closed, also when libpq closed the socket (fd -1)
+        self._cursors.discard(cursor)
+        if socket_gone(self._connection):
+            if self.detector is not None:
+                self.detector.checkForDeadConnection(Failure(_gone()))
+            return
+        self.reactor.addReader(self)
+        self.checkForNotifies()
+
+    def connectionLost(self, reason):  # noqa: N802 (reactor API)
+        if socket_gone(self._connection):
+            # nothing left to poll (txpostgres would poll and then watch
+            # fd -1, raising before the detector hears of it)
+            polling: defer.Deferred | None = getattr(self, "_pollingD", None)
+            if polling is not None:
+                self._pollingD = None
+                polling.errback(reason)
+            if self.detector is not None:
+                self.detector.checkForDeadConnection(reason)
+            return
+        super().connectionLost(reason)
 
 
 class Pool(txpostgres.ConnectionPool):

@@ -32,8 +32,8 @@ from typing import Any
 
 from psycopg2.errors import DeadlockDetected
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
+from emaild.db.batching import Batcher
 from emaild.links.store import LinkRow, LinkStore
 from emaild.links.tokens import TokenParts
 
@@ -62,18 +62,14 @@ class ClickBatcher:
                  reactor=None, durable: bool = True):
         if reactor is None:
             from twisted.internet import reactor
-        self.reactor = reactor
         self.store = store
         self.purpose = purpose
         self.also_many = also_many
         self.clock = clock
-        self.max_batch = max_batch
-        self.in_flight = in_flight
         self.durable = durable
-        self._waiting: list[tuple[TokenParts, Any, defer.Deferred]] = []
-        self._running = 0
-        #: the start at the end of this reactor turn, once scheduled
-        self._start_call = None
+        #: the clicks of one reactor turn, or of the time both are in flight
+        self.batches: Batcher[tuple[TokenParts, Any]] = Batcher(
+            self._use_many, max_items=max_batch, in_flight=in_flight, reactor=reactor)
 
     def use(self, parts: TokenParts, value: Any = None) -> defer.Deferred:
         """
@@ -81,43 +77,20 @@ class ClickBatcher:
         C{value} for C{also_many}.  Fires with C{(row before the use or
         None, whether it was used)} once the statement has committed.
         """
-        d: defer.Deferred = defer.Deferred()
-        self._waiting.append((parts, value, d))
-        if self._running < self.in_flight and self._start_call is None:
-            self._start_call = self.reactor.callLater(0, self._start_waiting)
-        return d
+        return self.batches.submit((parts, value))
 
-    def _start_waiting(self) -> None:
-        self._start_call = None
-        while self._waiting and self._running < self.in_flight:
-            self._start()
-
-    def _start(self) -> None:
-        batch = self._waiting[:self.max_batch]
-        del self._waiting[:self.max_batch]
-        self._running += 1
-        self._run(batch, DEADLOCK_RETRIES)
-
-    def _run(self, batch: list, retries: int) -> None:
-        also: tuple[str, dict] = ("", {})
-        if self.also_many is not None:
-            also = self.also_many([value for _, value, _ in batch], "link_used")
-        d = defer.ensureDeferred(self.store.use_many(
-            [parts for parts, _, _ in batch], self.purpose, self.clock(), also, self.durable))
-        d.addBoth(self._finished, batch, retries)
-
-    def _finished(self, result: Sequence[tuple[LinkRow | None, bool]] | Failure,
-                  batch: list, retries: int) -> None:
-        if isinstance(result, Failure) and result.check(DeadlockDetected) and retries > 0:
-            self._run(batch, retries - 1)  # it was rolled back: nothing was written
-            return
-        self._running -= 1
-        if self._waiting:
-            self._start()  # the next batch goes while we answer this one
-        for k, (_, _, d) in enumerate(batch):
-            if d.called:  # the caller stopped waiting; the work is done
-                continue
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result[k])
+    async def _use_many(self, batch: list[tuple[TokenParts, Any]]
+                        ) -> Sequence[tuple[LinkRow | None, bool]]:
+        retries = DEADLOCK_RETRIES
+        while True:
+            also: tuple[str, dict] = ("", {})
+            if self.also_many is not None:
+                also = self.also_many([value for _, value in batch], "link_used")
+            try:
+                return await self.store.use_many(
+                    [parts for parts, _ in batch], self.purpose, self.clock(), also,
+                    self.durable)
+            except DeadlockDetected:
+                if not retries:
+                    raise
+                retries -= 1  # it was rolled back: nothing was written

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from twisted.internet import defer, reactor, task, threads
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from emaild.db.database import DatabaseUnavailable
@@ -32,8 +34,10 @@ class DatabaseOutageTests(unittest.TestCase):
         self.addCleanup(self.pg.destroy)
         self.tmp = root
 
-    @defer.inlineCallbacks
     def test_postgres_restart_during_sending(self):
+        return _stopped_in_cleanup(self, self._restart_during_sending())
+
+    async def _restart_during_sending(self):
         relay = Relay()
         port = relay.start()
         self.addCleanup(relay.stop)
@@ -45,39 +49,39 @@ class DatabaseOutageTests(unittest.TestCase):
         service = Emaild(config, reactor)
         service.startService()
         self.addCleanup(service.stopService)
-        yield service.ready
+        await service.ready
         http_port = service.getServiceNamed("http")._waitingForPort.result.getHost().port
         count = 150
-        yield defer.ensureDeferred(service.outbox.enqueue(
+        await defer.ensureDeferred(service.outbox.enqueue(
             "plain", [(f"r{i}@example.org", {"subject": "s", "body": "b"}) for i in range(count)]))
-        yield wait_for(lambda: len(relay.accepted) >= 30)
+        await wait_for(lambda: len(relay.accepted) >= 30)
 
-        yield threads.deferToThread(self.pg.stop, "fast")
+        await threads.deferToThread(self.pg.stop, "fast")
         stopped_at = time.monotonic()
         # fails fast rather than hanging
         started = time.monotonic()
         with self.assertRaises(DatabaseUnavailable):
-            yield service.db.runQuery("SELECT 1")
+            await service.db.runQuery("SELECT 1")
         self.assertLess(time.monotonic() - started, 2.0)
-        status, _, body = yield http_get(f"http://127.0.0.1:{http_port}/healthz")
+        status, _, body = await http_get(f"http://127.0.0.1:{http_port}/healthz")
         self.assertEqual(status, 503)
         self.assertEqual(body["parts"]["database"]["state"], "down")
-        yield task.deferLater(reactor, 2.0, lambda: None)
+        await task.deferLater(reactor, 2.0, lambda: None)
         self.assertGreater(time.monotonic() - stopped_at, 2.0)
 
-        yield threads.deferToThread(self.pg.start)
-        yield wait_for(lambda: len(relay.accepted) >= count, timeout=60)
+        await threads.deferToThread(self.pg.start)
+        await wait_for(lambda: len(relay.accepted) >= count, timeout=60)
 
         def all_sent():
             d = service.db.runQuery("SELECT count(*) FROM outbox WHERE state = 'sent'")
             d.addCallbacks(lambda rows: rows[0][0] == count, lambda _: False)
             return d
 
-        yield wait_for(all_sent, timeout=30)
+        await wait_for(all_sent, timeout=30)
         copies = collections.Counter(m.recipients[0] for m in relay.accepted)
         self.assertEqual(len(copies), count)
         self.assertEqual(max(copies.values()), 1, "a message was sent twice")
-        status, _, body = yield http_get(f"http://127.0.0.1:{http_port}/healthz")
+        status, _, body = await http_get(f"http://127.0.0.1:{http_port}/healthz")
         self.assertEqual(status, 200)
 
 
@@ -114,14 +118,13 @@ class InboundAfterRestartTests(unittest.TestCase):
         self.addCleanup(self.pg.destroy)
         self.tmp = root
 
-    @defer.inlineCallbacks
     def test_no_451_once_postgres_is_back(self):
-        yield defer.ensureDeferred(self._scenario())
+        return _stopped_in_cleanup(self, self._scenario())
 
     async def _scenario(self):
         import socket
 
-        from twisted.internet.defer import gatherResults
+        from twisted.internet.defer import DeferredList
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -144,6 +147,11 @@ class InboundAfterRestartTests(unittest.TestCase):
         service = Emaild(config, reactor)
         service.startService()
         self.addCleanup(service.stopService)
+        # the clients run in threads of their own, not in the reactor's pool
+        # (the daemon's): every one has ended before the daemon stops
+        clients = ThreadPool(maxthreads=10, name="smtp-clients")
+        clients.start()
+        self.addCleanup(threads.deferToThread, clients.stop)
         await service.ready
         web = service.web
         course = await web.people.ensure_course("", "phys", "Physics 101")
@@ -155,12 +163,17 @@ class InboundAfterRestartTests(unittest.TestCase):
         ada = next(m for m in members if m.email == REAL[0])
         reply = service.relay.addresses.address(ada.token)
 
-        def send(i):
-            return threads.deferToThread(_post, smtp_port, REAL[0], reply, i)
+        async def send(numbers) -> list[tuple[int | None, object]]:
+            # every post's outcome, also a client's exception (as code None):
+            # all of them, once every client has finished
+            results = await DeferredList(
+                [threads.deferToThreadPool(reactor, clients, _post, smtp_port, REAL[0], reply, i)
+                 for i in numbers], consumeErrors=True)
+            return [r if ok else (None, f"{r.type.__name__}: {r.value}") for ok, r in results]
 
         # load before: every pooled connection has been used
-        before = await gatherResults([send(i) for i in range(8)])
-        self.assertEqual([c for c, _ in before], [250] * 8)
+        before = await send(range(8))
+        self.assertEqual([c for c, _ in before], [250] * 8, before)
 
         await threads.deferToThread(self.pg.stop, "fast")
         # long enough for the reconnection attempts to back off to their 5 s
@@ -169,9 +182,36 @@ class InboundAfterRestartTests(unittest.TestCase):
         await task.deferLater(reactor, 1.0, lambda: None)
 
         n = 24
-        after = await gatherResults([send(100 + i) for i in range(n)])
+        after = await send(range(100, 100 + n))
         codes = collections.Counter(code for code, _ in after)
         self.assertEqual(codes, {250: n}, [r for r in after if r[0] != 250][:3])
         stored = await service.db.runQuery(
             "SELECT count(*) FROM inbound_messages WHERE raw LIKE %s", (b"%Subject: post 1%",))
         self.assertEqual(stored[0][0], n + 1)  # 100-123 and post 1
+
+
+def _stopped_in_cleanup(case: unittest.TestCase, coroutine) -> defer.Deferred:
+    """
+    Run C{coroutine} as C{case}'s test, so that it cannot outlive the test.
+
+    When a trial test times out, trial fails the Deferred the test returned
+    and runs the clean-ups, but the coroutine behind it runs on: it would
+    wake up during later tests, use parts already stopped and log errors
+    there.  Trial gets a Deferred of its own; the first clean-up (added
+    last) cancels the coroutine wherever it waits.
+    """
+    scenario = defer.ensureDeferred(coroutine)
+    case.addCleanup(scenario.cancel)
+    outcome: defer.Deferred = defer.Deferred()
+
+    def forward(result):
+        if outcome.called:
+            return None  # trial gave up on it (timeout): nothing to report to
+        if isinstance(result, Failure):
+            outcome.errback(result)
+        else:
+            outcome.callback(result)
+        return None
+
+    scenario.addBoth(forward)
+    return outcome

@@ -93,7 +93,7 @@ class BatchPolicyTests(unittest.TestCase):
         self.assertEqual([self.successResultOf(d)[1] for d in waiting], [True] * 4)
 
     def test_a_batch_holds_at_most_max_batch_clicks(self):
-        self.batcher.max_batch = 3
+        self.batcher.batches.max_items = 3
         for n in range(1, 9):
             self.click(n)
         self.clock.advance(0)
