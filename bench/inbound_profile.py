@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import table  # noqa: E402
+from bench.profile_summary import sample_totals  # noqa: E402
 
 ACCEPT = "(a) accept: SMTP session, lines, syntax, limits"
 AUTH = "(a) accept: sender authentication (SPF/DKIM/DMARC)"
@@ -86,12 +87,7 @@ def category(frames: list[str]) -> str:
 
 def summary(path: Path) -> str:
     """Share of py-spy samples (raw format, --idle) per part."""
-    totals: dict[str, int] = {}
-    for line in Path(path).read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if count.isdigit():
-            label = category(stack.split(";"))
-            totals[label] = totals.get(label, 0) + int(count)
+    totals = sample_totals(path, category)
     # shares of the reactor thread's busy samples (the thread pool's are
     # other threads: they are shown, but are not the reactor's time)
     busy = sum(n for label, n in totals.items()
@@ -105,12 +101,7 @@ def summary(path: Path) -> str:
 
 def hottest(path: Path, top: int = 40) -> str:
     """The functions with the most own (leaf) samples."""
-    own: dict[str, int] = {}
-    for line in Path(path).read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if count.isdigit():
-            leaf = stack.split(";")[-1]
-            own[leaf] = own.get(leaf, 0) + int(count)
+    own = sample_totals(path, lambda frames: frames[-1])
     rows = sorted(own.items(), key=lambda kv: -kv[1])[:top]
     return "\n".join(f"{n:7d}  {leaf}" for leaf, n in rows)
 

@@ -12,6 +12,7 @@ transaction, SMTP client, sender), else to the reactor, txpostgres or idle.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,14 +57,20 @@ def _profile_category(frames: list[str]) -> str:
     return "Twisted reactor, TCP, Deferreds"
 
 
-def profile_summary(path: Path) -> str:
-    """Share of py-spy samples (raw/collapsed format, --idle) per category."""
+def sample_totals(path: Path, label_of: Callable[[list[str]], str]) -> dict[str, int]:
+    """py-spy samples (raw/collapsed format) per label_of(frames, outermost first)."""
     totals: dict[str, int] = {}
     for line in Path(path).read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if count.isdigit():
-            label = _profile_category(stack.split(";"))
+            label = label_of(stack.split(";"))
             totals[label] = totals.get(label, 0) + int(count)
+    return totals
+
+
+def profile_summary(path: Path) -> str:
+    """Share of py-spy samples (raw/collapsed format, --idle) per category."""
+    totals = sample_totals(path, _profile_category)
     every = sum(totals.values())
     busy = every - sum(n for label, n in totals.items() if label.startswith("idle"))
     rows = [[label, n, f"{100 * n / every:.1f}%",
