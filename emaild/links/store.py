@@ -8,6 +8,7 @@ from typing import Sequence
 
 import attrs
 
+from emaild.links.arrays import int_array
 from emaild.links.tokens import TokenParts, new_secret
 
 
@@ -137,9 +138,10 @@ class LinkStore:
             # commit mode of this statement's own (implicit) transaction
             + ("" if durable else
                " WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL"),
-            {**params, "link_ids": [p.link_id for p in clicks],
-             "link_secret_his": [p.secret_hi for p in clicks],
-             "link_secret_los": [p.secret_lo for p in clicks],
+            # each list as one array literal: one value to adapt and parse
+            {**params, "link_ids": int_array([p.link_id for p in clicks]),
+             "link_secret_his": int_array([p.secret_hi for p in clicks]),
+             "link_secret_los": int_array([p.secret_lo for p in clicks]),
              "link_purpose": purpose, "link_now": now})
         found: dict[int, tuple[LinkRow, bool]] = {}
         for n, *row, used in rows:

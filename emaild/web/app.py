@@ -82,7 +82,13 @@ def access_log_line(timestamp, request) -> str:
     anyone holding one signs in as its person) replaced by C{<token>}, in
     the request path and the referrer alike.
     """
-    return _TOKEN_IN_PATH.sub(r"\1<token>", http.combinedLogFormatter(timestamp, request))
+    return _TOKEN_IN_PATH.sub(_redacted, http.combinedLogFormatter(timestamp, request))
+
+
+def _redacted(match: re.Match) -> str:
+    # a function, not the template r"\1<token>": re expands a template in
+    # Python on every match, at twice the cost (one per click)
+    return match[1] + "<token>"
 
 
 class StartingGate(Resource):

@@ -22,6 +22,8 @@ from typing import Iterable
 
 import attrs
 
+from emaild.links.arrays import float_array, text_array
+
 #: write last_seen_at at most this often (not on every request)
 TOUCH_INTERVAL = 60.0
 
@@ -118,10 +120,11 @@ class SessionStore:
                "   (id, person_id, csrf_token, expires_at)"
                "   SELECT s.id, u.person_id, s.csrf, to_timestamp(s.expires)"
                f"   FROM session_new s JOIN {used} u ON u.n = s.n)")
-        return sql, {"session_ids": [new.id for new in news],
-                     "session_csrfs": [new.csrf_token for new in news],
-                     "session_expires": [new.expires_at for new in news],
-                     "session_replaces": [new.replaces for new in news]}
+        # each list as one array literal (emaild.links.arrays)
+        return sql, {"session_ids": text_array([new.id for new in news]),
+                     "session_csrfs": text_array([new.csrf_token for new in news]),
+                     "session_expires": float_array([new.expires_at for new in news]),
+                     "session_replaces": text_array([new.replaces for new in news])}
 
     async def create(self, person_id: int, now: float, max_age: float, replaces: str | None):
         """
