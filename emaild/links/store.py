@@ -8,7 +8,7 @@ from typing import Sequence
 
 import attrs
 
-from emaild.links.arrays import int_array
+from emaild.db.arrays import int_array
 from emaild.links.tokens import TokenParts, new_secret
 
 

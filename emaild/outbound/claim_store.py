@@ -9,11 +9,12 @@ each takes the caller's cursor.
 from __future__ import annotations
 
 import datetime
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import attrs
 
 from emaild.config import QoSClass
+from emaild.db.arrays import int_array
 from emaild.db.database import notify
 from emaild.outbound.bucket import Bucket
 from emaild.outbound.kinds import Scope, optout_reason
@@ -227,15 +228,6 @@ async def record_txn(cursor, owner: str, decisions: Sequence[Decision], now: flo
                 bucket.pause(pause_until)
             await save_bucket_txn(cursor, bucket)
     return latencies
-
-
-def int_array(values: Iterable[int | None]) -> str:
-    """
-    A PostgreSQL array literal of integers, for a C{%s::bigint[]} (or
-    C{int[]}) parameter: one string for psycopg2 to quote instead of one
-    adapted value per element (the record statements carry hundreds).
-    """
-    return "{" + ",".join("NULL" if v is None else str(int(v)) for v in values) + "}"
 
 
 async def record_sent_txn(cursor, owner: str, decisions: Sequence[Decision]) -> list[float]:

@@ -13,8 +13,9 @@ from typing import Sequence
 from psycopg2 import Binary
 
 from emaild.config import QoSClass
+from emaild.db.arrays import int_array, text_array
 from emaild.db.database import notify
-from emaild.outbound.claim_store import OUTBOX_CHANNEL, int_array
+from emaild.outbound.claim_store import OUTBOX_CHANNEL
 from emaild.outbound.compose import Rendered
 
 
@@ -28,7 +29,7 @@ async def insert_messages_txn(cursor, template: str, qos: QoSClass, messages: Se
     PostgreSQL's: a Python list becomes C{ARRAY[...]} with one constant per
     element for PostgreSQL to parse.  So each column travels as one value:
     the bodies as one bytea cut by (offset, length) pairs, every other
-    column as one array literal (L{array_literal}).  Bodies are ASCII (MIME
+    column as one array literal (L{emaild.db.arrays}).  Bodies are ASCII (MIME
     encodes everything else), and as text they cost PostgreSQL a third less
     than as hex-encoded bytea; bytes that are not ASCII text go as bytea.
     """
@@ -51,37 +52,19 @@ async def insert_messages_txn(cursor, template: str, qos: QoSClass, messages: Se
         "   WITH ORDINALITY AS v(r, e, m, s, o, l, p, c, k, u, n)"
         " ORDER BY n RETURNING id",
         (template, qos.name, qos.priority, bodies_param, batch,
-         array_literal([m.recipient for m in messages]),
-         array_literal([m.envelope_from for m in messages]),
-         array_literal([m.message_id for m in messages]),
-         array_literal([m.subject for m in messages]),
+         text_array([m.recipient for m in messages]),
+         text_array([m.envelope_from for m in messages]),
+         text_array([m.message_id for m in messages]),
+         text_array([m.subject for m in messages]),
          int_array(offsets), int_array(lengths),
          int_array([m.person_id for m in messages]),
          int_array([m.course_id for m in messages]),
-         array_literal([m.kind for m in messages]),
+         text_array([m.kind for m in messages]),
          "{" + ",".join("t" if m.unsubscribable else "f" for m in messages) + "}"),
     )
     ids = [row[0] for row in cursor.fetchall()]
     await notify(cursor, OUTBOX_CHANNEL)
     return ids
-
-
-def _array_element(value: str | None) -> str:
-    if value is None:
-        return "NULL"
-    if "\\" in value or '"' in value:
-        value = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{value}"'
-
-
-def array_literal(values: Sequence[str | None]) -> str:
-    """
-    A PostgreSQL array literal (C{{"a","b",NULL}}) of C{values}, for a
-    C{%s::text[]} parameter: every element is double-quoted with its
-    backslashes and double quotes escaped, so no content (commas, braces,
-    the word NULL) can change the array's shape.
-    """
-    return "{" + ",".join(map(_array_element, values)) + "}"
 
 
 async def insert_message_batches_txn(cursor, template: str, qos: QoSClass,

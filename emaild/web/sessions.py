@@ -22,7 +22,7 @@ from typing import Iterable
 
 import attrs
 
-from emaild.links.arrays import float_array, text_array
+from emaild.db.arrays import float_array, text_array
 
 #: write last_seen_at at most this often (not on every request)
 TOUCH_INTERVAL = 60.0
@@ -120,7 +120,7 @@ class SessionStore:
                "   (id, person_id, csrf_token, expires_at)"
                "   SELECT s.id, u.person_id, s.csrf, to_timestamp(s.expires)"
                f"   FROM session_new s JOIN {used} u ON u.n = s.n)")
-        # each list as one array literal (emaild.links.arrays)
+        # each list as one array literal (emaild.db.arrays)
         return sql, {"session_ids": text_array([new.id for new in news]),
                      "session_csrfs": text_array([new.csrf_token for new in news]),
                      "session_expires": float_array([new.expires_at for new in news]),

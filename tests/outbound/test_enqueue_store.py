@@ -13,8 +13,8 @@ from twisted.internet import defer
 
 from emaild.cli import csv_input
 from emaild.cli.output import Interrupted
+from emaild.db.arrays import text_array
 from emaild.outbound.compose import Rendered
-from emaild.outbound.enqueue_store import array_literal
 from tests.support import DatabaseTestCase
 
 AWKWARD = ['plain', 'with "quotes"', "back\\slash", "\\\"", "{braces}", "a,b", "NULL", "null",
@@ -35,7 +35,7 @@ class EnqueueStoreTests(DatabaseTestCase):
 
     def test_array_literal_round_trips_any_text(self):
         values = [*AWKWARD, None]
-        (row,) = self.query("SELECT %s::text[]", (array_literal(values),))
+        (row,) = self.query("SELECT %s::text[]", (text_array(values),))
         self.assertEqual(row[0], values)
 
     @defer.inlineCallbacks

@@ -1,5 +1,5 @@
 """
-The array literals the click statement sends (emaild.links.arrays): what
+The array literals batched statements send (emaild.db.arrays): what
 PostgreSQL reads back is exactly the Python list, whatever the elements
 hold, and anything that is not of the array's type is refused before it
 can become part of a literal.
@@ -11,7 +11,7 @@ import math
 
 from twisted.trial import unittest
 
-from emaild.links.arrays import float_array, int_array, text_array
+from emaild.db.arrays import float_array, int_array, text_array
 from tests.support import DatabaseTestCase
 
 AWKWARD_TEXT = [
@@ -40,6 +40,9 @@ class RoundTripTests(DatabaseTestCase):
         self.assertEqual(self.read_back(float_array(values), "float8[]"),
                          [float(v) for v in values])
 
+    def test_none_is_null_in_an_int_array(self):
+        self.assertEqual(self.read_back(int_array([1, None, -2]), "bigint[]"), [1, None, -2])
+
     def test_empty_lists(self):
         self.assertEqual(self.read_back(int_array([]), "bigint[]"), [])
         self.assertEqual(self.read_back(text_array([]), "text[]"), [])
@@ -48,7 +51,7 @@ class RoundTripTests(DatabaseTestCase):
 
 class RefusedElementTests(unittest.TestCase):
     def test_only_ints_in_an_int_array(self):
-        for bad in ["1", "1},{2", 1.5, None, b"1"]:
+        for bad in ["1", "1},{2", 1.5, b"1"]:
             self.assertRaises(TypeError, int_array, [1, bad])
 
     def test_only_finite_numbers_in_a_float_array(self):

@@ -1,11 +1,12 @@
 """
-PostgreSQL array literals (C{{1,2,3}}, C{{"a",NULL}}) for the parameters
-of the click statement (L{emaild.links.store.LinkStore.use_many}) and of
-the sessions it starts.
+PostgreSQL array literals (C{{1,2,3}}, C{{"a",NULL}}) for the list
+parameters of batched statements (the outbox's enqueue and record
+statements, the click statement and the sessions it starts).
 
 psycopg2 sends a Python list as C{ARRAY[...]}, one constant per element:
 adapting each element costs about 1.5 microseconds here (13 of a click's
-microseconds for a batch of seven lists, bench/RESULTS-web.md), and
+microseconds for a batch of seven lists, bench/RESULTS-web.md; the
+record statements carry hundreds), and
 PostgreSQL then parses every element as an expression.  One literal per
 list is one string to adapt and one value to parse.  Pass the result as
 C{%s::bigint[]} (C{text[]}, C{float8[]}).
@@ -17,12 +18,16 @@ import math
 from collections.abc import Iterable
 
 
-def int_array(values: Iterable[int]) -> str:
+def _int(value: int | None) -> str:
+    return "NULL" if value is None else int.__repr__(value)
+
+
+def int_array(values: Iterable[int | None]) -> str:
     """
-    C{{1,-2,3}}.  Only ints (a str or float is a TypeError, never text
-    inside the literal).
+    C{{1,-2,NULL}}.  Only ints, and None for NULL (a str or float is a
+    TypeError, never text inside the literal).
     """
-    return "{" + ",".join(map(int.__repr__, values)) + "}"
+    return "{" + ",".join(map(_int, values)) + "}"
 
 
 def _float(value: float) -> str:
