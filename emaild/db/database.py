@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from emaild.db.pool import Connection, Detector, Pool, is_connection_error
+from emaild.db.pool import CONNECT_TIMEOUT, Connection, Detector, Pool, is_connection_error
 
 log = Logger()
 
@@ -86,6 +86,8 @@ class Database:
         self.reactor = reactor
         self.dsn = dsn
         self.pool_size = pool_size
+        #: seconds start() waits for the server to answer
+        self.connect_timeout = CONNECT_TIMEOUT
         self._pool: Pool | None = None
         self._listen_conn: Connection | None = None
         #: parts start LISTEN at the same time: one of them makes the connection
@@ -96,14 +98,23 @@ class Database:
     async def start(self) -> None:
         pool = Pool(self.reactor, self.dsn, self.pool_size)
         pool.connkw.update(_connect_kwargs())
+        # libpq ignores connect_timeout on these non-blocking connections: a
+        # server that accepts and never answers would hold start-up for ever
+        # (closing the pool fails the connections still being made)
+        timer = self.reactor.callLater(self.connect_timeout, pool.close)
         try:
             await pool.start()
         except Exception as e:
             pool.close()
             cause = e.subFailure.value if isinstance(e, defer.FirstError) else e
             reason = " ".join(str(cause).split()) or type(cause).__name__
+            if not timer.active():
+                reason = f"no answer within {self.connect_timeout:g} s"
             raise DatabaseUnavailable(
                 f"cannot connect to PostgreSQL ({redact(self.dsn)}): {reason}") from None
+        finally:
+            if timer.active():
+                timer.cancel()
         self._pool = pool
 
     def close(self) -> None:
