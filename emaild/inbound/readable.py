@@ -30,7 +30,7 @@ _LONGEST_ENTITY = max(len(name) for name in html5)
 
 _TOKEN = re.compile(
     r"=\?[^?\s]{1,40}\?[bBqQ]\?[^?\s]{0,1000}\?="   # RFC 2047 encoded word
-    r"|data:[^,\s\"'<>]{0,100};base64,[A-Za-z0-9+/=%]{4,}"  # data: URL
+    r"|(?i:data:[^,\s\"'<>]{0,100};base64,)[A-Za-z0-9+/=%]{4,}"  # data: URL, any case
     r"|&#[0-9]{1,7};?|&#[xX][0-9a-fA-F]{1,6};?"     # numeric character references
     r"|&[A-Za-z][A-Za-z0-9]{0," + str(_LONGEST_ENTITY) + r"};?"  # named ones
     r"|(?:[%=][0-9A-Fa-f]{2})+"                     # percent- and QP-style octets
@@ -47,7 +47,14 @@ _TOKEN = re.compile(
 #: matching there takes a tenth of that.
 _START = re.compile(r"[=&%\\\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff\ufe50-\ufe6b\uff01-\uff5e]")
 _START_7BIT = re.compile(r"[=&%\\]")
-_DATA_URL = "data:"
+#: a data: URL's start (its scheme and ";base64," are case-insensitive)
+_DATA_URL = re.compile(r"[dD][aA][tT][aA]:")
+_BASE64_MARK = re.compile(r";base64,", re.IGNORECASE)
+
+
+def _find_data_url(text: str, pos: int) -> int:
+    m = _DATA_URL.search(text, pos)
+    return m.start() if m is not None else -1
 
 
 def _next_token(text: str, pos: int, starts: re.Pattern) -> re.Match | None:
@@ -56,7 +63,7 @@ def _next_token(text: str, pos: int, starts: re.Pattern) -> re.Match | None:
     by matching L{_TOKEN} only where one can start (C{starts}: L{_START}, or
     L{_START_7BIT} for ASCII text).
     """
-    data = text.find(_DATA_URL, pos)
+    data = _find_data_url(text, pos)
     while True:
         m = starts.search(text, pos)
         at = m.start() if m is not None else -1
@@ -69,7 +76,7 @@ def _next_token(text: str, pos: int, starts: re.Pattern) -> re.Match | None:
             return token
         pos = at + 1
         if data >= 0 and data < pos:
-            data = text.find(_DATA_URL, pos)
+            data = _find_data_url(text, pos)
 
 
 def _named_entity(token: str) -> tuple[int, str] | None:
@@ -118,13 +125,16 @@ def _encoded_word(token: str) -> str | None:
 
 
 def _data_url(token: str) -> tuple[int, str] | None:
-    prefix, _, payload = token.partition(";base64,")
+    mark = _BASE64_MARK.search(token)
+    if mark is None:
+        return None
+    payload = token[mark.end():]
     try:
         data = base64.b64decode(re.sub(r"%3[dD]", "=", payload) + "===", validate=False)
         text = data.decode("utf-8")
     except (binascii.Error, ValueError):
         return None
-    return len(prefix) + len(";base64,"), text
+    return mark.end(), text
 
 
 def _decode(token: str) -> list[tuple[int, int, str]] | None:
@@ -136,7 +146,7 @@ def _decode(token: str) -> list[tuple[int, int, str]] | None:
     if token.startswith("=?"):
         text = _encoded_word(token)
         return [(0, len(token), text)] if text is not None and text != token else None
-    if token.startswith("data:"):
+    if token[:5].lower() == "data:":
         found = _data_url(token)
         if found is None:
             return None

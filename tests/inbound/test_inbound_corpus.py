@@ -191,6 +191,7 @@ ENCODINGS = {
     "other IDN form": _other_domain_form,
     "encoded word": lambda a: f"=?utf-8?b?{_b64(a)}?=",
     "data URL": lambda a: "data:text/plain;base64," + _b64("write to " + a),
+    "data URL, any case": lambda a: "DATA:text/plain;Base64," + _b64("write to " + a),
 }
 
 
@@ -297,7 +298,8 @@ def reads(text: str) -> str:
         text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
         text = re.sub(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=",
                       lambda m: str(make_header(decode_header(m.group(0)))), text)
-        text = re.sub(r"data:[^,\s\"'<>]*;base64,([A-Za-z0-9+/=]+)", _data_url, text)
+        text = re.sub(r"data:[^,\s\"'<>]*;base64,([A-Za-z0-9+/=]+)", _data_url, text,
+                      flags=re.I)
         text = unicodedata.normalize("NFKC", text)
         text = re.sub("[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]", "", text)
         if text == before:

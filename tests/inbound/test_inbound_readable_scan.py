@@ -23,7 +23,8 @@ CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 FRAGMENTS = [
     "%40", "%2540", "%4", "%", "=40", "=4", "=", "=?utf-8?q?a=40b?=", "=?x?b?YUBi?=", "=?",
     "&#64;", "&#64", "&#x40;", "&#x", "&#", "&commat;", "&commat", "&amp", "&", "&a1",
-    "data:text/plain;base64,YUBiLmM=", "data:", "data", "dat", "d", "\\u0040", "\\u00",
+    "data:text/plain;base64,YUBiLmM=", "DATA:x;BASE64,YUBiLmM=", "Data:", "data:", "data",
+    "dat", "d", "D", "\\u0040", "\\u00",
     "\\x40", "\\x", "\\", "\u00ad", "\u200b", "\u2060", "\ufeff", "\u180e", "\uff20", "\ufe6b",
     "\uff5e", "\uff5f", "@", "a", "b.c", " ", "\r\n", "x", "é", "<", ">", ";", "?", "=?=",
 ]
@@ -56,7 +57,7 @@ class TokenScanTests(unittest.TestCase):
                     "ata:x;base64,YUBi"]
         for code in range(0x10000):
             c = chr(code)
-            if c == "d":
+            if c in "dD":
                 continue  # data: URLs are found by their whole prefix
             if any(module._TOKEN.match(c + suffix) for suffix in suffixes):
                 self.assertIsNotNone(module._START.match(c), hex(code))
