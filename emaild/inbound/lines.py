@@ -5,10 +5,12 @@ length limits, replies that count errors, and a way to wait for the handler
 without reading ahead.
 
 How each guarantee maps onto L{LineReceiver}:
-  - strict order while the handler decides: L{wait} calls
-    C{pauseProducing()} (LineReceiver stops splitting lines and pauses the
-    transport) and C{resumeProducing()} when the answer came, which runs the
-    lines buffered meanwhile;
+  - strict order while the handler decides: L{wait} sets LineReceiver's
+    C{paused} (it keeps what arrives and splits no line) and clears it when
+    the answer came, running the lines kept meanwhile.  The transport is
+    paused only once more than L{WAIT_BUFFER_LIMIT} octets arrived during
+    one wait: a client that waits for each reply, as almost all do, never
+    costs the two epoll_ctl calls of pausing and resuming the socket;
   - command lines end at LF (a CR before it is dropped) and may be
     L{COMMAND_LINE_LIMIT} long; message lines end at CRLF only (so a bare LF
     can never end the message) and may be L{DATA_LINE_LIMIT} long: setting
@@ -31,7 +33,7 @@ as commands in order.
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -46,6 +48,9 @@ COMMAND_LINE_LIMIT = 1000
 #: longest line of a message, in octets including CRLF.  RFC 5322 says 1000;
 #: real mail sometimes has longer lines, so we accept up to 16 KiB.
 DATA_LINE_LIMIT = 16384
+#: octets a client may send while the handler decides before its socket is
+#: paused (a pipelining client's next commands fit many times over)
+WAIT_BUFFER_LIMIT = 64 * 1024
 
 
 class LineSession(LineReceiver, TimeoutMixin):
@@ -67,6 +72,11 @@ class LineSession(LineReceiver, TimeoutMixin):
     #: the message's last line so far, until its CRLF arrives
     _partial = b""
     _waiting = False
+    #: octets received during the current wait, and whether the socket is paused
+    _waited_octets = 0
+    _transport_paused = False
+    #: the connection's socket while replies may be sent on it directly (L{_write})
+    _socket = None
     _closing = False
     _errors = 0
 
@@ -101,11 +111,23 @@ class LineSession(LineReceiver, TimeoutMixin):
         """Whether a L{wait} is in progress (no line is read meanwhile)."""
         return self._waiting
 
+    def connectionMade(self):
+        super().connectionMade()
+        # a plain TCP connection (not one that begins with TLS: its
+        # transport is a TLS protocol over tcp.Server)
+        if type(self.transport) is tcp.Server:
+            self._socket = self.transport.getHandle()
+
     # -- input ------------------------------------------------------------
     def dataReceived(self, data: bytes):
         if self._closing:
             return
         self.resetTimeout()
+        if self._waiting and not self._transport_paused:
+            self._waited_octets += len(data)
+            if self._waited_octets > WAIT_BUFFER_LIMIT:
+                self._transport_paused = True
+                self.transport.pauseProducing()
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -165,11 +187,12 @@ class LineSession(LineReceiver, TimeoutMixin):
     def wait(self, d: defer.Deferred, then) -> None:
         """
         Read no further line until C{d} fires; then call C{then} with its
-        result or Failure, and go on with the lines buffered meanwhile.
+        result or Failure, and go on with the lines received meanwhile.
         Nothing happens if the session closed in between.
         """
         self._waiting = True
-        paused = False
+        self._waited_octets = 0
+        held = False
 
         def done(result):
             self._waiting = False
@@ -178,14 +201,22 @@ class LineSession(LineReceiver, TimeoutMixin):
             try:
                 then(result)
             finally:
-                if paused and not self._closing:
-                    self.resumeProducing()
+                if held and not self._closing:
+                    self._resume_lines()
 
         d.addBoth(done).addErrback(
             lambda f: log.failure("inbound: internal error for {peer}", f, peer=self.peer))
-        if self._waiting:  # no answer yet: hold the client back until there is
-            paused = True
-            self.pauseProducing()
+        if self._waiting:  # no answer yet: split no line until there is
+            held = True
+            self.paused = True
+
+    def _resume_lines(self) -> None:
+        self.paused = False
+        if self._transport_paused:
+            self._transport_paused = False
+            self.transport.resumeProducing()
+        # the lines that arrived meanwhile (LineReceiver keeps them while paused)
+        self.dataReceived(b"")
 
     def discard_input(self) -> None:
         """Forget every byte received and not yet read."""
@@ -198,7 +229,35 @@ class LineSession(LineReceiver, TimeoutMixin):
         for i, line in enumerate(lines):
             sep = " " if i == len(lines) - 1 else "-"
             out.append(f"{code}{sep}{printable(line, 500)}\r\n".encode("ascii"))
-        self.transport.write(b"".join(out))
+        self._write(b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        """
+        Send C{data} on the socket at once when it takes all of it, else
+        through the transport.  The transport's write only buffers and has
+        the reactor watch the socket for writing, then sends on the next
+        turn and stops watching: two epoll_ctl calls and a turn for every
+        reply.  A reply is small and the socket's buffer empty between
+        replies, so one send() takes it whole.  After the first reply that
+        does not go whole, everything goes through the transport, so the
+        order holds; so does everything once TLS starts (L{start_tls}).
+        """
+        sock = self._socket
+        if sock is not None:
+            try:
+                sent = sock.send(data)
+            except OSError:  # full, or the peer gone: the transport finds out
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._socket = None
+        self.transport.write(data)
+
+    def start_tls(self, context) -> None:
+        """Start TLS on the connection; every later reply goes through it."""
+        self._socket = None
+        self.transport.startTLS(context)
 
     def reply(self, code: int, text: str, *more: str) -> None:
         """

@@ -99,6 +99,13 @@ class InboundSMTP(LineSession):
         if self.in_data:
             log.info("inbound: {peer} disconnected during DATA; nothing stored", peer=self.peer)
 
+    def close(self, code: int, text: str) -> None:
+        super().close(code, text)
+        # the last reply went out at once (see LineSession._write), and the
+        # client may connect again as soon as it reads it, before the
+        # reactor closes this socket: its slot is free now
+        self.factory.session_closed(self)
+
     def timeoutConnection(self):
         self.close(421, f"4.4.2 {self.name} Error: timeout exceeded")
 
@@ -375,7 +382,7 @@ class InboundSMTP(LineSession):
             # Anything the client sent after STARTTLS came in clear: throw
             # it away (CVE-2011-0411), and start the session afresh.
             self.discard_input()
-            self.transport.startTLS(self.factory.tls_context)
+            self.start_tls(self.factory.tls_context)
             self._tls = True
             self._helo = None
             self._esmtp = False

@@ -345,10 +345,43 @@ class OrderTests(UnitTestCase):
         s = Session(factory)
         s.send(b"EHLO c\r\nMAIL FROM:<>\r\n")
         self.assertEqual(s.send(b"RCPT TO:<a@relay.test>\r\nNOOP\r\n"), [])
-        self.assertEqual(s.transport.producerState, "paused")
+        self.assertTrue(s.protocol.paused)  # no line is read meanwhile
         inner.callback(("rcpt", "a"))
         self.assertEqual(s.take(), [b"250 2.1.5 Ok", b"250 2.0.0 Ok"])
+        self.assertFalse(s.protocol.paused)
         self.assertEqual(s.transport.producerState, "producing")
+
+    def test_a_client_that_floods_while_the_handler_decides_is_paused(self):
+        """
+        While the handler decides, the socket is read on (a client that
+        waits for its reply, as almost all do, costs no pause and resume of
+        the socket), but past WAIT_BUFFER_LIMIT octets it is paused, so a
+        flood cannot fill memory; every line is still read in order after.
+        """
+        from twisted.internet import defer
+
+        from emaild.inbound.lines import WAIT_BUFFER_LIMIT
+
+        factory = self.factory()
+        answer = defer.Deferred()
+        factory.handler.check_recipient = lambda address, mail_from: answer
+        s = Session(factory)
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\n")
+        self.assertEqual(s.send(b"RCPT TO:<a@relay.test>\r\n"), [])
+        noop = b"NOOP " + b"x" * 993 + b"\r\n"  # 1000 octets, the longest command
+        count = WAIT_BUFFER_LIMIT // len(noop)
+        self.assertEqual(s.send(noop * count), [])
+        self.assertEqual(s.transport.producerState, "producing")
+        self.assertEqual(s.send(noop), [])
+        self.assertEqual(s.transport.producerState, "paused")
+        answer.callback(("rcpt", "a"))
+        replies = s.take()
+        self.assertEqual(replies[0], b"250 2.1.5 Ok")
+        self.assertEqual(replies[1:], [b"250 2.0.0 Ok"] * (count + 1))
+        self.assertEqual(s.transport.producerState, "producing")
+        # the next wait starts counting afresh
+        self.assertEqual(s.send(b"RSET\r\nMAIL FROM:<>\r\nRCPT TO:<b@relay.test>\r\n"),
+                         [b"250 2.0.0 Ok", b"250 2.1.0 Ok", b"250 2.1.5 Ok"])
 
 
 class LineLayerTests(UnitTestCase):
