@@ -195,10 +195,16 @@ async def find_posts_txn(cursor, group_id: int, message_ids: Sequence[str]) -> d
     """
     if not message_ids:
         return {}
+    # two index lookups, not one OR: the planner answers "group_id = g AND
+    # (a OR b)" by reading every post of the group, a cost that grows with
+    # the group's history on every relay batch
     await cursor.execute(
         "SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
-        " WHERE group_id = %s AND (message_id = ANY(%s) OR original_message_id = ANY(%s))",
-        (group_id, list(message_ids), list(message_ids)))
+        " WHERE message_id = ANY(%s) AND group_id = %s"
+        " UNION ALL"
+        " SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
+        " WHERE group_id = %s AND original_message_id = ANY(%s)",
+        (list(message_ids), group_id, group_id, list(message_ids)))
     found: dict[str, tuple[int, int, str]] = {}
     for post_id, thread_id, ours, original in cursor.fetchall():
         for key in (ours, original):

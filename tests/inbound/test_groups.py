@@ -135,3 +135,59 @@ class MembershipTests(DatabaseTestCase):
         # joining again while a member changes nothing
         await people.join_group(gid, ada)
         self.assertEqual((await groups.members(gid))[0].token, after.token)
+
+
+class FindPostsTests(DatabaseTestCase):
+    """The posts a message cites, found by index whatever the group's history."""
+
+    async def _group_with_posts(self, n: int) -> int:
+        people = PeopleStore(self.db)
+        course = await people.ensure_course("", "c1", "Course One")
+        group_id = await people.ensure_group(course, "Team A")
+        for first, last in ((1, 0), (1, n)):
+            await self.db.runOperation(
+                "INSERT INTO group_posts (group_id, message_id, original_message_id)"
+                " SELECT %s, '<ours' || i || '@relay.test>', '<theirs' || i || '@example.org>'"
+                " FROM generate_series(%s, %s) AS i", (group_id, first, last))
+            if first == 1:
+                # what autovacuum last saw: no posts yet (as in a new deployment)
+                await self.db.runOperation("ANALYZE group_posts")
+        return group_id
+
+    async def test_cited_posts_by_either_id(self):
+        from emaild.groups.store import find_posts_txn
+
+        group_id = await self._group_with_posts(3)
+        found = await self.db.transaction(find_posts_txn, group_id, [
+            "<ours1@relay.test>", "<theirs2@example.org>", "<unknown@example.org>"])
+        self.assertEqual(set(found), {"<ours1@relay.test>", "<theirs1@example.org>",
+                                      "<ours2@relay.test>", "<theirs2@example.org>"})
+        self.assertEqual(found["<theirs1@example.org>"][2], "<ours1@relay.test>")
+        other = await PeopleStore(self.db).ensure_group(
+            await PeopleStore(self.db).ensure_course("", "c1", "Course One"), "Team B")
+        self.assertEqual(await self.db.transaction(find_posts_txn, other, ["<ours1@relay.test>"]),
+                         {})
+
+    async def test_a_long_history_is_not_read(self):
+        """
+        Looking up the ids a batch cites reads the posts found, not every
+        post of the group (it once did, on every relay batch).
+        """
+        from emaild.groups.store import find_posts_txn
+
+        group_id = await self._group_with_posts(5000)
+
+        async def lookup(cursor):
+            # what a batch of 40 posts cites: mostly ids we never issued
+            found = await find_posts_txn(cursor, group_id, [
+                f"<ours{i}@relay.test>" for i in (1, 2500)] + [
+                f"<theirs{i}@example.org>" for i in (10, 4000)] + [
+                f"<nobody{i}@example.org>" for i in range(36)])
+            await cursor.execute(
+                "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+                " FROM pg_stat_xact_user_tables WHERE relname = 'group_posts'")
+            return found, cursor.fetchone()[0]
+
+        found, read = await self.db.transaction(lookup)
+        self.assertEqual(len(found), 8)
+        self.assertLess(read, 50)
