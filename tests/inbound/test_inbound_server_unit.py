@@ -448,6 +448,52 @@ class PrintableTests(TestCase):
             self.assertEqual(printable(text), shown)
 
 
+class ParsePathTests(TestCase):
+    def test_every_byte_anywhere_in_a_path_is_judged_as_byte_by_byte(self):
+        from emaild.inbound.syntax import parse_path
+
+        def byte_by_byte(rest: bytes):  # parse_path as it was, with its byte loop
+            rest = rest.strip()
+            if rest.startswith(b"<"):
+                end = rest.find(b">")
+                if end < 0:
+                    raise ValueError("no closing >")
+                path, tail = rest[1:end], rest[end + 1:]
+                if tail and not tail[:1].isspace():
+                    raise ValueError("text after >")
+            else:
+                path, _, tail = rest.partition(b" ")
+                if not path:
+                    raise ValueError("no address")
+            if path.startswith(b"@"):
+                colon = path.find(b":")
+                if colon < 0:
+                    raise ValueError("bad source route")
+                path = path[colon + 1:]
+            if any(c <= 0x20 or c == 0x7F for c in path) or b"<" in path:
+                raise ValueError("bad character")
+            address = path.decode("utf-8")
+            if len(address) > 256:
+                raise ValueError("too long")
+            return address, tail.split()
+
+        def outcome(parse, command):
+            try:
+                return parse(command)
+            except ValueError:
+                return "refused"
+
+        refused = 0
+        for byte in range(256):
+            for path in (bytes([byte]) + b"a@b.example", b"a" + bytes([byte]) + b"@b.example",
+                         b"a@b.example" + bytes([byte])):
+                for command in (b"<" + path + b">", path, b"<@route:" + path + b"> X=1"):
+                    expected = outcome(byte_by_byte, command)
+                    refused += expected == "refused"
+                    self.assertEqual(outcome(parse_path, command), expected, command)
+        self.assertGreater(refused, 34 * 3)
+
+
 class RawDataTests(UnitTestCase):
     """DATA is read in chunks: any cut through the message gives the same result."""
 
