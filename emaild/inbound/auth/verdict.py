@@ -94,6 +94,7 @@ class Authenticator:
     def __init__(self, resolver: Resolver, cache_size: int = CACHE_SIZE):
         self.resolver = resolver
         self.results = ResultCache(resolver.reactor, cache_size)
+        dmarc.public_suffixes()  # read now, not while the first post waits
 
     async def authenticate(self, *, peer: str, helo: str, mail_from: str, raw: bytes,
                            from_domain: str) -> Verdict:
