@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime
 import email.utils
 import functools
-import re
 
 from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
@@ -214,12 +213,11 @@ class InboundSMTP(LineSession):
         if self._mail_from is not None:
             self.reply(503, "5.5.1 Error: nested MAIL command")
             return
-        match = re.match(rb"FROM:", arg, re.I)
-        if not match:
+        if arg[:5].upper() != b"FROM:":  # ASCII case only, as re.I on bytes
             self.reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
             return
         try:
-            address, params = parse_path(arg[match.end():])
+            address, params = parse_path(arg[5:])
         except ValueError:
             self.reply(501, "5.1.7 Bad sender address syntax")
             return
@@ -245,12 +243,11 @@ class InboundSMTP(LineSession):
         if self._mail_from is None:
             self.reply(503, "5.5.1 Error: need MAIL command")
             return
-        match = re.match(rb"TO:", arg, re.I)
-        if not match:
+        if arg[:3].upper() != b"TO:":
             self.reply(501, "5.5.4 Syntax: RCPT TO:<address>")
             return
         try:
-            address, params = parse_path(arg[match.end():])
+            address, params = parse_path(arg[3:])
         except ValueError:
             self.reply(501, "5.1.3 Bad recipient address syntax")
             return

@@ -196,6 +196,27 @@ class EnvelopeCheckTests(UnitTestCase):
         self.assertEqual(self.handler.checks, [])
 
 
+class PathKeywordTests(UnitTestCase):
+    def test_from_and_to_in_any_ascii_case_and_nothing_else(self):
+        s = Session(self.factory())
+        s.send(b"EHLO c\r\n")
+        for line, reply in [
+            (b"MAIL FROM <a@example.org>", b"501 5.5.4 Syntax: MAIL FROM:<address>"),
+            (b"MAIL FROMX:<a@example.org>", b"501 5.5.4 Syntax: MAIL FROM:<address>"),
+            (b"MAIL FR\xc3\x96M:<a@example.org>", b"501 5.5.4 Syntax: MAIL FROM:<address>"),
+            (b"MAIL FRO", b"501 5.5.4 Syntax: MAIL FROM:<address>"),
+            (b"MAIL fRoM:<a@example.org>", b"250 2.1.0 Ok"),
+            (b"RCPT TO <a@relay.test>", b"501 5.5.4 Syntax: RCPT TO:<address>"),
+            (b"RCPT T\xc3\x96:<a@relay.test>", b"501 5.5.4 Syntax: RCPT TO:<address>"),
+            (b"RCPT T", b"501 5.5.4 Syntax: RCPT TO:<address>"),
+            (b"RCPT tO:<a@relay.test>", b"250 2.1.5 Ok"),
+            (b"RCPT to: <b@relay.test>", b"250 2.1.5 Ok"),
+        ]:
+            self.assertEqual(s.send(line + b"\r\n"), [reply], line)
+        self.assertEqual(self.handler.checks, [("a@relay.test", "a@example.org"),
+                                               ("b@relay.test", "a@example.org")])
+
+
 class RecipientDedupTests(UnitTestCase):
     def test_repeated_rcpt_is_250_and_kept_once(self):
         s = Session(self.factory(max_recipients=3))
