@@ -174,14 +174,15 @@ class SenderAuthentication:
                      peer=envelope.peer, decision=decision.action, header=header)
         if decision.reply is not None:
             raise Refused(*decision.reply)
+        if decision.action != HOLD:
+            return Checked(header, False)
         reason = (f"{from_domain} does not vouch for it (no aligned SPF or DKIM pass, "
                   f"DMARC {verdict.dmarc.result})")
-        if decision.action == HOLD and not_relayable(parse_message(raw), envelope.mail_from,
-                                                     self.relay_domain):
+        if not_relayable(parse_message(raw), envelope.mail_from, self.relay_domain):
             # an auto-reply, a report, a loop: the relay processor ignores it
             # (and says why) whoever sent it, so nobody is asked about it
             return Checked(header, False, reason)
-        return Checked(header, decision.action == HOLD, reason)
+        return Checked(header, True, reason)
 
     async def hold(self, envelope: Envelope, raw: bytes, checked: Checked) -> int:
         member = next(r for r in envelope.recipients if r.purpose == RELAY)
