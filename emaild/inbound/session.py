@@ -79,6 +79,8 @@ class InboundSMTP(LineSession):
         self._esmtp = False
         self._commands = 0
         self._deadline = None
+        #: waiting for the handler (the client's deadline does not count)
+        self._deciding = False
         self._reset_transaction()
 
     # -- connection ------------------------------------------------------
@@ -130,6 +132,8 @@ class InboundSMTP(LineSession):
 
     def _deadline_passed(self, what: str) -> None:
         self._deadline = None
+        if self._deciding:
+            return  # our time, not the client's: the wait's end starts the next
         log.info("inbound: {peer}: {what} took too long; closing", peer=self.peer, what=what)
         self.close(421, f"4.4.2 {self.name} Error: {what} took too long")
 
@@ -138,10 +142,16 @@ class InboundSMTP(LineSession):
         self._start_deadline(self.factory.command_timeout, "command")
 
     def _wait(self, d, then) -> None:
-        """L{wait}, with no deadline on the client while we decide."""
-        self._stop_deadline()
+        """
+        L{wait}, with no deadline on the client while we decide: the
+        command's deadline is ignored meanwhile rather than cancelled (and
+        moved on at the end, which costs less than a cancel and a new call
+        per RCPT).
+        """
+        self._deciding = True
 
         def done(result):
+            self._deciding = False
             then(result)
             if not self.in_data:
                 self._expect_command()

@@ -284,6 +284,44 @@ class DeadlineTests(UnitTestCase):
         self.clock.advance(31)
         self.assertTrue(s.transport.disconnecting)
 
+    def test_a_wait_keeps_the_deadline_call_and_moves_it_on(self):
+        # no cancel and new call per RCPT: the same call, due command_timeout
+        # after the reply that ended the wait
+        from twisted.internet import defer
+        factory = self.factory(idle_timeout=0, command_timeout=30)
+        pending = defer.Deferred()
+        factory.handler.check_recipient = lambda address, mail_from: pending
+        s = Session(factory)
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\n")
+        [before] = self.clock.getDelayedCalls()
+        s.send(b"RCPT TO:<a@relay.test>\r\n")
+        self.clock.advance(10)
+        pending.callback("ok")
+        self.assertEqual(s.take(), [b"250 2.1.5 Ok"])
+        self.assertEqual(self.clock.getDelayedCalls(), [before])
+        self.assertEqual(before.getTime(), 40)
+        self.clock.advance(29)
+        self.assertFalse(s.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_a_deadline_due_while_the_handler_decides_starts_again_after(self):
+        from twisted.internet import defer
+        factory = self.factory(idle_timeout=0, command_timeout=30)
+        pending = defer.Deferred()
+        factory.handler.check_recipient = lambda address, mail_from: pending
+        s = Session(factory)
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\n")
+        self.clock.advance(45)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        pending.callback("ok")
+        self.assertEqual(s.take(), [b"250 2.1.5 Ok"])
+        self.assertEqual(s.send(b"NOOP\r\n"), [b"250 2.0.0 Ok"])
+        self.clock.advance(29)
+        self.assertFalse(s.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(s.transport.disconnecting)
+
     def test_a_trickled_data_phase_is_cut_off(self):
         s = Session(self.factory(idle_timeout=60, command_timeout=30, data_timeout=100))
         s.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\nDATA\r\n")
