@@ -26,7 +26,6 @@ from emaild.inbound.auth.spf import SPFResult
 POLICIES = ("none", "quarantine", "reject")
 
 
-
 @functools.cache
 def public_suffixes() -> PublicSuffixList:
     """

@@ -60,8 +60,8 @@ def from_values(raw: bytes) -> tuple[str, ...] | None:
     """
     The From fields' values as compat32's header parser gives them (None:
     too broken to parse).  A header section of well-formed CRLF lines is
-    split here (compat32's parser costs about ten times as much); anything
-    else goes to the parser.
+    split here (compat32's parser costs 7-10 times as much); anything else
+    goes to the parser.
     """
     values = split_from_values(raw)
     return values if values is not None else parsed_from_values(raw)
@@ -94,8 +94,9 @@ _SIMPLE_SECTION = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:.*\r\n(?:[ \t].*\r\n)*)
 
 def split_from_values(raw: bytes) -> tuple[str, ...] | None:
     """
-    L{parsed_from_values} for a header section of well-formed CRLF lines,
-    about five times cheaper; None for any other (the parser's case).
+    L{parsed_from_values} for a header section of well-formed CRLF lines
+    (3 us rather than 30 for an smtp-source post's); None for any other
+    (the parser's case).
     """
     end = raw.find(b"\r\n\r\n")
     if end < 0:
