@@ -65,8 +65,10 @@ class Store:
 
     def __init__(self):
         self.next_id = 0
+        self.last = None
 
     def receive_many(self, posts):
+        self.last = posts[-1]
         ids = list(range(self.next_id, self.next_id + len(posts)))
         self.next_id += len(posts)
         return defer.succeed(ids)
