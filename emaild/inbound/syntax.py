@@ -27,6 +27,8 @@ MAX_LOCAL_PART, MAX_DOMAIN, MAX_PATH = 64, 255, 256
 #: esmtp-keyword ["=" esmtp-value] (RFC 5321 4.1.2)
 _PARAMETER = re.compile(rb"\A([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?\Z")
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+#: what a path cannot hold: a control, a space, DEL, "<"
+_PATH_BAD = re.compile(rb"[\x00-\x20\x7f<]")
 
 
 class FieldError(ValueError):
@@ -97,7 +99,7 @@ def parse_path(rest: bytes) -> tuple[str, list[bytes]]:
         if colon < 0:
             raise ValueError("bad source route")
         path = path[colon + 1:]
-    if any(c <= 0x20 or c == 0x7F for c in path) or b"<" in path:
+    if _PATH_BAD.search(path):
         raise ValueError("bad character")
     address = path.decode("utf-8")  # UnicodeDecodeError is a ValueError
     if len(address) > MAX_PATH:

@@ -7,12 +7,15 @@ RCPTs.
 from __future__ import annotations
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from emaild.groups.addresses import ReplyToken
+from emaild.homeserver import HomeServer
 from emaild.inbound.memberlookup import MemberLookups
 from tests.inbound.test_inbound_relay import RelayTestCase
+from tests.support import make_config
 
 
 class FakeGroups:
@@ -62,6 +65,32 @@ class MemberLookupsTests(unittest.TestCase):
         self.ask(1)
         self.groups.calls[0][1].callback([])
         self.assertTrue(self.results[1].check(RuntimeError))
+
+
+class TurnBatchingTests(unittest.TestCase):
+    """Given the reactor, the RCPTs of one reactor turn share the first query."""
+
+    def test_one_turns_lookups_share_a_query(self):
+        clock, groups = Clock(), FakeGroups()
+        lookups = MemberLookups(groups, reactor=clock)
+        results: dict[int, object] = {}
+        for n in range(1, 4):
+            lookups.by_token(token(n)).addBoth(lambda r, n=n: results.__setitem__(n, r))
+        self.assertEqual(groups.calls, [])  # not before the turn ends
+        clock.advance(0)
+        self.assertEqual([t for t, _ in groups.calls], [[token(1), token(2), token(3)]])
+        lookups.by_token(token(4)).addBoth(lambda r: results.__setitem__(4, r))
+        groups.calls[0][1].callback(["m1", None, "m3"])
+        # what waited for the query in flight goes when it is done
+        self.assertEqual([t for t, _ in groups.calls[1:]], [[token(4)]])
+        groups.calls[1][1].callback(["m4"])
+        self.assertEqual(results, {1: "m1", 2: None, 3: "m3", 4: "m4"})
+        self.assertEqual((lookups.queries, lookups.tokens), (2, 4))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_the_daemons_handler_batches_by_reactor_turn(self):
+        hs = HomeServer(make_config(self.mktemp(), "dbname=unused"), reactor)
+        self.assertIs(hs.get_inbound_handler().members.batches.reactor, reactor)
 
 
 class ByTokensTests(RelayTestCase):

@@ -33,6 +33,7 @@ import smtplib
 import socket
 import ssl
 import stat
+import string
 import time
 import warnings
 from pathlib import Path
@@ -276,6 +277,28 @@ class DeliveryTests(ServerTestCase):
         self.assertEqual(lines, [f"inbound: peer=127.0.0.1 from=<alice@example.org> rcpts=2 "
                                  f"size={len(MESSAGE)} result=250 queued as M1"])
         self.assertNotIn("hello", lines[0])
+
+    async def test_message_line_is_formatted_once_and_keeps_its_fields(self):
+        # the observer formats one field (each costs it a lookup and a
+        # format call, once per message); the fields stay in the event
+        port, factory, handler = self.start()
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def send():
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                return s.sendmail("{x}@example.org", ["a@relay.test"], MESSAGE)
+
+        await self.in_thread(send)
+        [event] = [e for e in events if formatEvent(e).startswith("inbound: peer=")]
+        self.assertEqual(formatEvent(event), f"inbound: peer=127.0.0.1 from=<{{x}}@example.org> "
+                                             f"rcpts=1 size={len(MESSAGE)} result=250 queued as M1")
+        fields = [name for _, name, _, _ in string.Formatter().parse(event["log_format"]) if name]
+        self.assertEqual(len(fields), 1)
+        self.assertEqual({k: event[k] for k in ("peer", "mail_from", "n", "size", "code", "result")},
+                         {"peer": "127.0.0.1", "mail_from": "{x}@example.org", "n": 1,
+                          "size": len(MESSAGE), "code": 250, "result": "queued as M1"})
 
     async def test_null_sender_and_several_transactions_per_session(self):
         port, factory, handler = self.start()

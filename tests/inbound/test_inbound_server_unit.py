@@ -196,6 +196,27 @@ class EnvelopeCheckTests(UnitTestCase):
         self.assertEqual(self.handler.checks, [])
 
 
+class PathKeywordTests(UnitTestCase):
+    def test_from_and_to_in_any_ascii_case_and_nothing_else(self):
+        s = Session(self.factory())
+        s.send(b"EHLO c\r\n")
+        for line, reply in [
+            (b"MAIL FROM <a@example.org>", b"501 5.5.4 Syntax: MAIL FROM:<address>"),
+            (b"MAIL FROMX:<a@example.org>", b"501 5.5.4 Syntax: MAIL FROM:<address>"),
+            (b"MAIL FR\xc3\x96M:<a@example.org>", b"501 5.5.4 Syntax: MAIL FROM:<address>"),
+            (b"MAIL FRO", b"501 5.5.4 Syntax: MAIL FROM:<address>"),
+            (b"MAIL fRoM:<a@example.org>", b"250 2.1.0 Ok"),
+            (b"RCPT TO <a@relay.test>", b"501 5.5.4 Syntax: RCPT TO:<address>"),
+            (b"RCPT T\xc3\x96:<a@relay.test>", b"501 5.5.4 Syntax: RCPT TO:<address>"),
+            (b"RCPT T", b"501 5.5.4 Syntax: RCPT TO:<address>"),
+            (b"RCPT tO:<a@relay.test>", b"250 2.1.5 Ok"),
+            (b"RCPT to: <b@relay.test>", b"250 2.1.5 Ok"),
+        ]:
+            self.assertEqual(s.send(line + b"\r\n"), [reply], line)
+        self.assertEqual(self.handler.checks, [("a@relay.test", "a@example.org"),
+                                               ("b@relay.test", "a@example.org")])
+
+
 class RecipientDedupTests(UnitTestCase):
     def test_repeated_rcpt_is_250_and_kept_once(self):
         s = Session(self.factory(max_recipients=3))
@@ -261,6 +282,44 @@ class DeadlineTests(UnitTestCase):
         pending.callback("ok")
         self.assertEqual(s.take(), [b"250 2.1.5 Ok"])
         self.clock.advance(31)
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_a_wait_keeps_the_deadline_call_and_moves_it_on(self):
+        # no cancel and new call per RCPT: the same call, due command_timeout
+        # after the reply that ended the wait
+        from twisted.internet import defer
+        factory = self.factory(idle_timeout=0, command_timeout=30)
+        pending = defer.Deferred()
+        factory.handler.check_recipient = lambda address, mail_from: pending
+        s = Session(factory)
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\n")
+        [before] = self.clock.getDelayedCalls()
+        s.send(b"RCPT TO:<a@relay.test>\r\n")
+        self.clock.advance(10)
+        pending.callback("ok")
+        self.assertEqual(s.take(), [b"250 2.1.5 Ok"])
+        self.assertEqual(self.clock.getDelayedCalls(), [before])
+        self.assertEqual(before.getTime(), 40)
+        self.clock.advance(29)
+        self.assertFalse(s.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_a_deadline_due_while_the_handler_decides_starts_again_after(self):
+        from twisted.internet import defer
+        factory = self.factory(idle_timeout=0, command_timeout=30)
+        pending = defer.Deferred()
+        factory.handler.check_recipient = lambda address, mail_from: pending
+        s = Session(factory)
+        s.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\n")
+        self.clock.advance(45)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        pending.callback("ok")
+        self.assertEqual(s.take(), [b"250 2.1.5 Ok"])
+        self.assertEqual(s.send(b"NOOP\r\n"), [b"250 2.0.0 Ok"])
+        self.clock.advance(29)
+        self.assertFalse(s.transport.disconnecting)
+        self.clock.advance(1)
         self.assertTrue(s.transport.disconnecting)
 
     def test_a_trickled_data_phase_is_cut_off(self):
@@ -446,6 +505,52 @@ class PrintableTests(TestCase):
         for text, shown in (("caf\u00e9", "caf?"), ("a\u00a0b", "a?b"), ("a\tb\x00", "a?b?"),
                             ("\u2028x\x7f", "?x?"), ("", "")):
             self.assertEqual(printable(text), shown)
+
+
+class ParsePathTests(TestCase):
+    def test_every_byte_anywhere_in_a_path_is_judged_as_byte_by_byte(self):
+        from emaild.inbound.syntax import parse_path
+
+        def byte_by_byte(rest: bytes):  # parse_path as it was, with its byte loop
+            rest = rest.strip()
+            if rest.startswith(b"<"):
+                end = rest.find(b">")
+                if end < 0:
+                    raise ValueError("no closing >")
+                path, tail = rest[1:end], rest[end + 1:]
+                if tail and not tail[:1].isspace():
+                    raise ValueError("text after >")
+            else:
+                path, _, tail = rest.partition(b" ")
+                if not path:
+                    raise ValueError("no address")
+            if path.startswith(b"@"):
+                colon = path.find(b":")
+                if colon < 0:
+                    raise ValueError("bad source route")
+                path = path[colon + 1:]
+            if any(c <= 0x20 or c == 0x7F for c in path) or b"<" in path:
+                raise ValueError("bad character")
+            address = path.decode("utf-8")
+            if len(address) > 256:
+                raise ValueError("too long")
+            return address, tail.split()
+
+        def outcome(parse, command):
+            try:
+                return parse(command)
+            except ValueError:
+                return "refused"
+
+        refused = 0
+        for byte in range(256):
+            for path in (bytes([byte]) + b"a@b.example", b"a" + bytes([byte]) + b"@b.example",
+                         b"a@b.example" + bytes([byte])):
+                for command in (b"<" + path + b">", path, b"<@route:" + path + b"> X=1"):
+                    expected = outcome(byte_by_byte, command)
+                    refused += expected == "refused"
+                    self.assertEqual(outcome(parse_path, command), expected, command)
+        self.assertGreater(refused, 34 * 3)
 
 
 class RawDataTests(UnitTestCase):

@@ -21,6 +21,7 @@ Policy, in this order:
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -34,6 +35,7 @@ RELAY, HOLD, REFUSE, RETRY = "relay", "hold", "refuse", "retry"
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[;()\"\\]")
 
 
+@functools.lru_cache(maxsize=1024)  # the same few names in every post's verdict
 def _clean(value: str) -> str:
     # header-safe: no spaces, controls, comments or quotes from the sender
     return _UNSAFE.sub("?", value)[:200]
@@ -94,6 +96,7 @@ class Authenticator:
     def __init__(self, resolver: Resolver, cache_size: int = CACHE_SIZE):
         self.resolver = resolver
         self.results = ResultCache(resolver.reactor, cache_size)
+        dmarc.public_suffixes()  # read now, not while the first post waits
 
     async def authenticate(self, *, peer: str, helo: str, mail_from: str, raw: bytes,
                            from_domain: str) -> Verdict:
