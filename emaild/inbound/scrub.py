@@ -58,13 +58,46 @@ def scrub_map(members: Iterable[tuple[str, str]]) -> dict[str, str]:
     that replaces it.  A name that is empty or itself looks like an
     address becomes L{ANONYMOUS}.
     """
+    # remembered for a group's member list, which every post of a batch
+    # (and of the batches after it) passes again: for a thousand members,
+    # checking each name took 10 ms a post
+    members = tuple(members)
+    try:
+        return dict(_scrub_map(members))
+    except TypeError:  # a pair that is a list: not a key, read each time
+        return dict(_scrub_map.__wrapped__(members))
+
+
+@functools.lru_cache(maxsize=64)
+def _scrub_map(members: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    # shared: scrub_map hands out copies
     result = {}
     for address, name in members:
         key = (address or "").strip().lower()
         if key:
-            text = clean(name)[:100]
-            result[key] = text if usable_name(text) else ANONYMOUS
+            result[key] = _shown_name(name)
     return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _shown_name(name: str) -> str:
+    """What replaces an address whose person is called C{name} (see L{scrub_map})."""
+    return _checked_name(clean(name)[:100])
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_name(name: str) -> str:
+    # also what a Scrubber asks of each name scrub_map gave it: remembered here
+    return name if usable_name(name) else ANONYMOUS
+
+
+@functools.lru_cache(maxsize=64)
+def _names(scrub: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """
+    The L{Scrubber}'s key -> name map for C{scrub}'s items, remembered (the
+    posts of a group pass the same map); shared, so never changed.
+    """
+    return {k.strip().lower(): _checked_name(v) for k, v in scrub if k and k.strip()}
 
 
 def _domain_forms(domain: str) -> set[str]:
@@ -179,10 +212,8 @@ class Scrubber:
     """
 
     def __init__(self, scrub: Mapping[str, str]):
-        self.names = {k.strip().lower(): v if usable_name(v) else ANONYMOUS
-                      for k, v in scrub.items() if k and k.strip()}
-        self.tokens = {k: f"m{i}.{secrets.token_hex(4)}@removed.invalid"
-                       for i, k in enumerate(sorted(self.names))}
+        #: key -> the name that replaces it (shared between scrubbers: read only)
+        self.names = _names(tuple(scrub.items()))
         if not self.names:
             self.address = None
             self._keys: dict[str, str] = {}
@@ -192,6 +223,18 @@ class Scrubber:
         self._keys = patterns.keys
         self.address = patterns.address
         self._patterns = patterns
+
+    @functools.cached_property
+    def tokens(self) -> dict[str, str]:
+        """
+        Key -> what replaces it in an id (Message-ID, Content-ID, cid:
+        links): new for each scrubber, so two posts' ids do not tell that
+        they named the same person.  Made when first needed: most posts
+        carry no member's address in an id.
+        """
+        keys = sorted(self.names)
+        hexes = secrets.token_hex(4 * len(keys))
+        return {k: f"m{i}.{hexes[8 * i:8 * i + 8]}@removed.invalid" for i, k in enumerate(keys)}
 
     # the patterns compiled when first needed (see _Patterns)
     angle = property(lambda self: self._patterns.angle)
