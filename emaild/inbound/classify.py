@@ -184,38 +184,45 @@ def not_relayable(message, mail_from: str, loop_value: str) -> str | None:
     None for a human post to relay, else why not (a short sentence for logs
     and the admin pages).
     """
+    # the headers it has, looked up once: most of the ones asked about
+    # below are absent, and each header_values call reads every header
+    present = {k.lower() for k, _ in message.raw_items()}
+
+    def values(name: str) -> list[str]:
+        return header_values(message, name) if name.lower() in present else []
+
     sender = (mail_from or "").strip()
     if sender in ("", "<>"):
         return "null sender: a bounce or an auto-reply"
     if sender.strip("<>").split("@", 1)[0].lower() == "mailer-daemon":
         return "sent by a mailer daemon"
-    for value in header_values(message, LOOP_HEADER):
+    for value in values(LOOP_HEADER):
         if value.strip() == loop_value:
             return "our own copy came back (loop)"
     kind = content_type(message)
     if kind == "multipart/report":
         return "a delivery or read report, not a post"
-    for value in header_values(message, "Auto-Submitted"):
+    for value in values("Auto-Submitted"):
         if _token(value) not in ("", "no"):
             return f"automatic mail (Auto-Submitted: {_token(value)})"
-    for value in header_values(message, "Precedence"):
+    for value in values("Precedence"):
         if _token(value) in _PRECEDENCE:
             return f"bulk or automatic mail (Precedence: {_token(value)})"
     for name in _AUTO_HEADERS:
-        for value in header_values(message, name):
+        for value in values(name):
             if value.strip().lower() not in _FALSEISH:
                 return f"auto-reply ({name} header)"
-    for value in header_values(message, "X-Auto-Response-Suppress"):
+    for value in values("X-Auto-Response-Suppress"):
         # Exchange marks its own out-of-office replies OOF or All; DR/RN
         # alone (no receipts wanted) is set on ordinary mail too
         tokens = {t.lower() for t in re.split(r"[\s,]+", value) if t}
         if tokens & {"oof", "all"}:
             return "auto-reply (X-Auto-Response-Suppress)"
-    if header_values(message, "List-Id"):
+    if values("List-Id"):
         # our copies carry a List-Id too, but one coming back also carries
         # the loop header; a List-Id here means another list's mail
         return "mail from another mailing list"
-    subject = header_value(message, "Subject") or ""
+    subject = next(iter(values("Subject")), "")
     if _AUTO_SUBJECT.match(subject):
         return "out-of-office reply (by its subject)"
     return None
