@@ -134,3 +134,66 @@ class RememberingPolicyTests(unittest.TestCase):
         short = "text/plain; name=\"short\""
         self.assertIs(POLICY.header_fetch_parse("Content-Type", short),
                       POLICY.header_fetch_parse("Content-Type", short))
+
+
+def state(message):
+    """Everything a parsed message holds, comparable (defects by type and text)."""
+    fields = dict(vars(message))
+    fields["defects"] = [(type(d).__name__, str(d)) for d in message.defects]
+    fields["policy"] = type(message.policy).__name__
+    payload = fields.get("_payload")
+    if isinstance(payload, list):
+        fields["_payload"] = [state(p) for p in payload]
+    return fields
+
+
+HEAD_LINES = ["From: Ada <ada@example.org>", "Subject: hi", "Subject: folded", "\tcontinued",
+              " continued", "To: x@y", ":", "X-Empty:", "no colon here", "From nobody",
+              "From x@y Mon Jan  1 00:00:00 2026", "Bad Name: x", "Content-Type: text/plain",
+              "Content-Type: multipart/mixed; boundary=b", "Content-Type: message/rfc822",
+              "Content-Type: message/delivery-status", "Content-Type: text/html; charset=x",
+              "Content-Transfer-Encoding: base64", "X-8bit: caf\udce9", "X-Ctl: a\x0bb",
+              "X-Ctl: a\x0cb", "X-Ctl: a\x1cb", "X-Ctl: a\x1eb", "X-Nul: a\x00b", "X-Del: \x7f",
+              "X-Long: " + "y" * 1200]
+ENDS = ["\r\n", "\r\n", "\r\n", "\n", "\r", "\n\r"]
+BODY_PIECES = ["text", "\r\n", "\n", "\r", "--b\r\n", "--b--\r\n", "Content-Type: x\r\n",
+               "\r\n\r\n", "=?x?q?a?=", "\udcff", "\x0b", "From x\r\n", " ", "é"]
+
+
+def generated_raw():
+    rng = random.Random(11)
+    for _ in range(3000):
+        lines = [rng.choice(HEAD_LINES) + rng.choice(ENDS) for _ in range(rng.randrange(0, 7))]
+        separator = rng.choice(["\r\n", "\r\n", "\r\n", "\n", "", "\r\n\r\n"])
+        body = "".join(rng.choice(BODY_PIECES) for _ in range(rng.randrange(0, 12)))
+        yield ("".join(lines) + separator + body).encode("utf-8", "surrogateescape")
+    yield from (b"", b"\r\n\r\n", b"\r\n\r\nbody", b"X: y\r\n\r\n", b"X: y\r\n\r\n\r\n")
+
+
+class SinglePartParseTests(unittest.TestCase):
+    def test_the_same_message_as_the_parser_makes(self):
+        fast = 0
+        for raw in itertools.chain(messages(), generated_raw()):
+            full = BytesParser(policy=POLICY).parsebytes(raw)
+            simple = classify._parse_single_part(raw)
+            if simple is not None:
+                fast += 1
+                self.assertEqual(state(simple), state(full), raw)
+            self.assertEqual(state(parse_message(raw)), state(full), raw)
+        # many of the generated ones take the short way (the rest: the parser)
+        self.assertGreater(fast, 200)
+
+    def test_a_plain_post_is_not_read_line_by_line(self):
+        lines = []
+        real = email.feedparser.BufferedSubFile.readline
+
+        def counting(self):
+            line = real(self)
+            lines.append(line)
+            return line
+
+        self.patch(email.feedparser.BufferedSubFile, "readline", counting)
+        body = b"".join(b"line %d of the post\r\n" % i for i in range(100))
+        message = parse_message(b"From: Ada <ada@example.org>\r\nSubject: hi\r\n\r\n" + body)
+        self.assertEqual(message.get_payload(decode=True), body)
+        self.assertLess(len(lines), 10)
