@@ -18,6 +18,7 @@ import re
 from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesParser
+from typing import cast
 
 #: the header our copies carry; its value identifies this emaild instance
 LOOP_HEADER = "X-Emaild-Loop"
@@ -71,6 +72,8 @@ def _fetched(name: str, value: str):
 POLICY = _RememberingPolicy()
 
 
+#: the parser's own test for a header or continuation line
+_HEADER_LINE: re.Pattern = email.feedparser.headerRE  # type: ignore[attr-defined]
 #: the ASCII characters str.splitlines also ends a line at: a header block
 #: holding one is left to the parser, however it splits lines
 _OTHER_LINE_ENDS = re.compile(rb"[\x0b\x0c\x1c-\x1e]")
@@ -95,11 +98,12 @@ def _parse_single_part(raw: bytes) -> EmailMessage | None:
     head = raw[:end + 2]
     if not (head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n")) \
             or _OTHER_LINE_ENDS.search(head) \
-            or not all(email.feedparser.headerRE.match(line)
+            or not all(_HEADER_LINE.match(line)
                        for line in head[:-2].decode("ascii", "surrogateescape").split("\r\n")):
         return None
-    message = BytesParser(policy=POLICY).parsebytes(raw[:end + 4])
-    if message.get_content_maintype() in ("multipart", "message") or message._payload != "":
+    message = cast(EmailMessage, BytesParser(policy=POLICY).parsebytes(raw[:end + 4]))
+    if message.get_content_maintype() in ("multipart", "message") \
+            or getattr(message, "_payload", None) != "":
         return None
     message.set_payload(raw[end + 4:].decode("ascii", "surrogateescape"))
     return message
@@ -115,7 +119,8 @@ def parse_message(raw: bytes) -> EmailMessage:
         raw = raw.encode("utf-8", "surrogateescape")
     try:
         simple = _parse_single_part(raw)
-        return simple if simple is not None else BytesParser(policy=POLICY).parsebytes(raw)
+        return simple if simple is not None else cast(
+            EmailMessage, BytesParser(policy=POLICY).parsebytes(raw))
     except Exception:  # feedparser is lenient, but never let garbage stop the processor
         message = EmailMessage(policy=POLICY)
         message.set_payload(raw.decode("utf-8", "replace"))
