@@ -1,8 +1,8 @@
 """
 CPU per post of the relay's reading (parse, check, scrub: read_posts) and
 of composing one copy (build_copy), on two kinds of post: one like
-smtp-source's (`-l 2048`: ~2 KB of text lines, From/To/Date/Message-ID/
-Subject) and one like real mail (multipart/alternative text + HTML,
+smtp-source's (`-l 2048`: 26 lines of 80 characters, From/To/Date/
+Message-Id, emaild's Received) and one like real mail (multipart/alternative text + HTML,
 quoted-printable and base64, Received lines), for a group of 2 members (the
 accept benchmark's) and of 1,000.  Pure Python, no daemon, no database:
 
@@ -26,11 +26,14 @@ DOMAIN = "relay.example"
 
 
 def smtp_source_post(n: int) -> bytes:
-    body = b"".join(b"La de da de da %d.\r\n" % i for i in range(2048 // 20))
-    return (b"From: <m0@members.example>\r\nTo: <reply+abc@relay.example>\r\n"
-            b"Date: Wed, 2 Dec 2026 04:00:00 +0000\r\n"
-            b"Message-Id: <%d.smtp-source@client.example>\r\nSubject: test message %d\r\n\r\n"
-            % (n, n)) + body
+    # as the relay reads what `smtp-source -l 2048` sends: emaild's Received
+    # header, smtp-source's four headers (no Subject) and 26 lines of 80
+    body = b"".join(b"%d" % (i % 10) + b"X" * 77 + b"\r\n" for i in range(1, 27))
+    return (b"Received: from vm ([127.0.0.1])\r\n\tby mx.relay.example (emaild) with ESMTP;\r\n"
+            b"\tWed, 02 Dec 2026 04:33:51 +0000\r\n"
+            b"From: <m0@members.example>\r\nTo: <reply+abc@relay.example>\r\n"
+            b"Date: Wed,  2 Dec 2026 04:33:51 +0000 (UTC)\r\n"
+            b"Message-Id: <%d.0003.0000@vm>\r\n\r\n" % n) + body
 
 
 def real_post(n: int) -> bytes:
