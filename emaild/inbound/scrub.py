@@ -204,6 +204,14 @@ def _patterns(keys: tuple[str, ...]) -> _Patterns:
     return _Patterns(spellings, '"?(?:' + _trie(words) + ")")
 
 
+@functools.lru_cache(maxsize=1024)
+def _display_name(patterns: _Patterns | None, name: str) -> str:
+    """L{Scrubber.display_name}, remembered: a member's posts show the same name."""
+    name = clean(name)[:100]
+    found = patterns is not None and patterns.address.search(readable(name)) is not None
+    return name if usable_name(name) and not found else ANONYMOUS_NAME
+
+
 class Scrubber:
     """
     Finds the member addresses in text, however encoded (see the module's
@@ -270,8 +278,7 @@ class Scrubber:
         L{ANONYMOUS_NAME} when it is or holds an address (anyone's, in any
         spelling).
         """
-        name = clean(name)[:100]
-        return name if usable_name(name) and not self.found(name) else ANONYMOUS_NAME
+        return _display_name(self._patterns if self.address is not None else None, name)
 
     def found_literal(self, data: bytes) -> bool:
         """Whether a member's address is in C{data} as written (any case)."""

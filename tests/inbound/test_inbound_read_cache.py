@@ -128,3 +128,31 @@ class ReadPostCacheTests(unittest.TestCase):
         from_ = f"Ada <ada.{next(_unique)}@example.org>"
         read_posts([self.item("ada@example.org", from_, f"post {i}") for i in range(5)], members)
         self.assertEqual(len(calls), 1)
+
+
+class DisplayNameCacheTests(unittest.TestCase):
+    NAMES = ["Ada", "Ada Lovelace", "ada@example.org", "ADA&#64;EXAMPLE.ORG", "Bea [at] x.org",
+             "", "  ", "Dr. <x>", "m1.{n}@example.org", "M1.{n}&#x40;example&period;org",
+             "Call m1.{n} at example.org", "Zoë\r\nBcc: x", "x" * 300]
+
+    def expected(self, scrubber, name):
+        # the definition: clean, usable, and no member's address in it
+        name = scrub.clean(name)[:100]
+        return name if scrub.usable_name(name) and not scrubber.found(name) \
+            else scrub.ANONYMOUS_NAME
+
+    def test_as_worked_out_each_time_and_asked_once(self):
+        members = group(3)
+        n = members[0][0].split(".")[1].split("@")[0]
+        names = [name.replace("{n}", n) for name in self.NAMES]
+        for scrubber in (scrub.Scrubber(scrub.scrub_map(members)), scrub.Scrubber({})):
+            for name in names:
+                self.assertEqual(scrubber.display_name(name), self.expected(scrubber, name),
+                                 name)
+        again = scrub.Scrubber(scrub.scrub_map(members))
+        expected = [self.expected(again, name) for name in names]
+        calls = []
+        real = scrub.usable_name
+        self.patch(scrub, "usable_name", lambda text: calls.append(text) or real(text))
+        self.assertEqual([again.display_name(name) for name in names], expected)
+        self.assertEqual(calls, [])
