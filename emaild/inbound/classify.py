@@ -74,6 +74,9 @@ POLICY = _RememberingPolicy()
 
 #: the parser's own test for a header or continuation line
 _HEADER_LINE: re.Pattern = email.feedparser.headerRE  # type: ignore[attr-defined]
+#: a Content-Type that is plainly multipart/* or message/* (one this misses
+#: is still found by its parsed type below)
+_COMPOUND = re.compile(rb"(?im)^content-type:\s*\"?(?:multipart|message)\s*/")
 #: the ASCII characters str.splitlines also ends a line at: a header block
 #: holding one is left to the parser, however it splits lines
 _OTHER_LINE_ENDS = re.compile(rb"[\x0b\x0c\x1c-\x1e]")
@@ -96,6 +99,8 @@ def _parse_single_part(raw: bytes) -> EmailMessage | None:
     if end <= 0:
         return None
     head = raw[:end + 2]
+    if _COMPOUND.search(head):
+        return None  # plainly multipart or message/*: not worth parsing the header block twice
     if not (head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n")) \
             or _OTHER_LINE_ENDS.search(head) \
             or not all(_HEADER_LINE.match(line)

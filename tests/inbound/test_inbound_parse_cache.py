@@ -197,3 +197,18 @@ class SinglePartParseTests(unittest.TestCase):
         message = parse_message(b"From: Ada <ada@example.org>\r\nSubject: hi\r\n\r\n" + body)
         self.assertEqual(message.get_payload(decode=True), body)
         self.assertLess(len(lines), 10)
+
+    def test_a_multipart_header_block_is_parsed_once(self):
+        parses = []
+        real = email.feedparser.FeedParser._parse_headers
+
+        def counting(self, lines):
+            parses.append(lines)
+            return real(self, lines)
+
+        self.patch(email.feedparser.FeedParser, "_parse_headers", counting)
+        for kind in ("multipart/mixed", "Multipart/Alternative", "message/rfc822"):
+            del parses[:]
+            parse_message(f"From: a@b\r\nContent-Type: {kind}; boundary=x\r\n\r\n"
+                          "--x\r\n\r\nhi\r\n--x--\r\n".encode())
+            self.assertEqual(len([p for p in parses if any("From" in line for line in p)]), 1)
