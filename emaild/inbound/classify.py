@@ -11,12 +11,14 @@ of automation wins.
 
 from __future__ import annotations
 
+import email.feedparser
 import email.policy
 import functools
 import re
 from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesParser
+from typing import cast
 
 #: the header our copies carry; its value identifies this emaild instance
 LOOP_HEADER = "X-Emaild-Loop"
@@ -39,6 +41,79 @@ _AUTO_SUBJECT = re.compile(
     re.IGNORECASE)
 
 
+#: header values up to this long are parsed once and remembered (see POLICY)
+_FETCHED_VALUE = 256
+
+
+class _RememberingPolicy(email.policy.EmailPolicy):
+    """
+    C{email.policy.default}, but a header's parsed form is remembered: the
+    parser and the relay's writer ask a part for its Content-Type again and
+    again (type, main type, boundary, charset, parameters), and the policy
+    parses the raw value each time (22 parses of a Content-Type for a
+    multipart/alternative post, half the cost of reading it).  A parsed
+    header depends only on its name and raw value, and header objects are
+    values nothing changes (a message's headers are replaced, never edited),
+    so posts share them.
+    """
+
+    def header_fetch_parse(self, name, value):
+        if type(value) is str and len(value) <= _FETCHED_VALUE:
+            return _fetched(name, value)
+        return super().header_fetch_parse(name, value)
+
+
+@functools.lru_cache(maxsize=2048)
+def _fetched(name: str, value: str):
+    return email.policy.default.header_fetch_parse(name, value)
+
+
+#: the policy inbound mail is parsed with
+POLICY = _RememberingPolicy()
+
+
+#: the parser's own test for a header or continuation line
+_HEADER_LINE: re.Pattern = email.feedparser.headerRE  # type: ignore[attr-defined]
+#: a Content-Type that is plainly multipart/* or message/* (one this misses
+#: is still found by its parsed type below)
+_COMPOUND = re.compile(rb"(?im)^content-type:\s*\"?(?:multipart|message)\s*/")
+#: the ASCII characters str.splitlines also ends a line at: a header block
+#: holding one is left to the parser, however it splits lines
+_OTHER_LINE_ENDS = re.compile(rb"[\x0b\x0c\x1c-\x1e]")
+
+
+def _parse_single_part(raw: bytes) -> EmailMessage | None:
+    """
+    The parser's message for C{raw} when it is a single part (not
+    multipart/*, not message/*) under a header block of CRLF lines, else
+    None.  The parser reads such a body line by line only to join the lines
+    again (half the cost of parsing a 2 KB post): here it is given only the
+    header block and its blank line, and the body is the rest as it would
+    join it.  The header block must end where the parser's does: at the
+    first line that is not a header or continuation line, which must be the
+    blank one (were it not, the parser would find a body in the header
+    block given it: that is checked too); anything else is left to the
+    parser.
+    """
+    end = raw.find(b"\r\n\r\n")
+    if end <= 0:
+        return None
+    head = raw[:end + 2]
+    if _COMPOUND.search(head):
+        return None  # plainly multipart or message/*: not worth parsing the header block twice
+    if not (head.count(b"\r") == head.count(b"\n") == head.count(b"\r\n")) \
+            or _OTHER_LINE_ENDS.search(head) \
+            or not all(_HEADER_LINE.match(line)
+                       for line in head[:-2].decode("ascii", "surrogateescape").split("\r\n")):
+        return None
+    message = cast(EmailMessage, BytesParser(policy=POLICY).parsebytes(raw[:end + 4]))
+    if message.get_content_maintype() in ("multipart", "message") \
+            or getattr(message, "_payload", None) != "":
+        return None
+    message.set_payload(raw[end + 4:].decode("ascii", "surrogateescape"))
+    return message
+
+
 def parse_message(raw: bytes) -> EmailMessage:
     """
     Parse C{raw} with the modern policy; defects are recorded on the
@@ -48,9 +123,11 @@ def parse_message(raw: bytes) -> EmailMessage:
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     try:
-        return BytesParser(policy=email.policy.default).parsebytes(raw)
+        simple = _parse_single_part(raw)
+        return simple if simple is not None else cast(
+            EmailMessage, BytesParser(policy=POLICY).parsebytes(raw))
     except Exception:  # feedparser is lenient, but never let garbage stop the processor
-        message = EmailMessage(policy=email.policy.default)
+        message = EmailMessage(policy=POLICY)
         message.set_payload(raw.decode("utf-8", "replace"))
         return message
 
@@ -94,7 +171,7 @@ def parsed_values(message, name: str) -> list[str]:
     picks its parser), and its value; a value the parser raises on is not
     remembered (it raises again, as C{get_all} would).
     """
-    if getattr(message, "policy", None) is not email.policy.default:
+    if getattr(message, "policy", None) not in (POLICY, email.policy.default):
         return [str(v) for v in message.get_all(name) or ()]
     lname = name.lower()
     texts = []
@@ -153,38 +230,45 @@ def not_relayable(message, mail_from: str, loop_value: str) -> str | None:
     None for a human post to relay, else why not (a short sentence for logs
     and the admin pages).
     """
+    # the headers it has, looked up once: most of the ones asked about
+    # below are absent, and each header_values call reads every header
+    present = {k.lower() for k, _ in message.raw_items()}
+
+    def values(name: str) -> list[str]:
+        return header_values(message, name) if name.lower() in present else []
+
     sender = (mail_from or "").strip()
     if sender in ("", "<>"):
         return "null sender: a bounce or an auto-reply"
     if sender.strip("<>").split("@", 1)[0].lower() == "mailer-daemon":
         return "sent by a mailer daemon"
-    for value in header_values(message, LOOP_HEADER):
+    for value in values(LOOP_HEADER):
         if value.strip() == loop_value:
             return "our own copy came back (loop)"
     kind = content_type(message)
     if kind == "multipart/report":
         return "a delivery or read report, not a post"
-    for value in header_values(message, "Auto-Submitted"):
+    for value in values("Auto-Submitted"):
         if _token(value) not in ("", "no"):
             return f"automatic mail (Auto-Submitted: {_token(value)})"
-    for value in header_values(message, "Precedence"):
+    for value in values("Precedence"):
         if _token(value) in _PRECEDENCE:
             return f"bulk or automatic mail (Precedence: {_token(value)})"
     for name in _AUTO_HEADERS:
-        for value in header_values(message, name):
+        for value in values(name):
             if value.strip().lower() not in _FALSEISH:
                 return f"auto-reply ({name} header)"
-    for value in header_values(message, "X-Auto-Response-Suppress"):
+    for value in values("X-Auto-Response-Suppress"):
         # Exchange marks its own out-of-office replies OOF or All; DR/RN
         # alone (no receipts wanted) is set on ordinary mail too
         tokens = {t.lower() for t in re.split(r"[\s,]+", value) if t}
         if tokens & {"oof", "all"}:
             return "auto-reply (X-Auto-Response-Suppress)"
-    if header_values(message, "List-Id"):
+    if values("List-Id"):
         # our copies carry a List-Id too, but one coming back also carries
         # the loop header; a List-Id here means another list's mail
         return "mail from another mailing list"
-    subject = header_value(message, "Subject") or ""
+    subject = next(iter(values("Subject")), "")
     if _AUTO_SUBJECT.match(subject):
         return "out-of-office reply (by its subject)"
     return None

@@ -53,8 +53,74 @@ _BASE64_MARK = re.compile(r";base64,", re.IGNORECASE)
 
 
 def _find_data_url(text: str, pos: int) -> int:
-    m = _DATA_URL.search(text, pos)
-    return m.start() if m is not None else -1
+    """
+    C{_DATA_URL.search(text, pos).start()}, or -1: found by its "a:" or
+    "A:" (C{str.find}, a fast scan; far rarer in text than a colon) and
+    the three letters before it, since a search for the case-insensitive
+    letters tries every character (22 us in 2 KB of text that has no data:
+    URL, against about one).
+    """
+    best = -1
+    for mark in ("a:", "A:"):
+        at = text.find(mark, pos + 3)
+        while at >= 0 and (best < 0 or at - 3 < best):
+            if _DATA_URL.match(text, at - 3):
+                best = at - 3
+                break
+            at = text.find(mark, at + 1)
+    return best
+
+
+class _Scan:
+    """
+    Where the tokens of one text are (see L{_next_token}), for one
+    round's scan from left to right: each kind of start is looked for again
+    only once the scan has passed the one found before.  In 7-bit text each
+    start character is found with C{str.find}, much faster than a regex
+    scan for the set of them.
+    """
+
+    def __init__(self, text: str, starts: re.Pattern | None = None):
+        self.text = text
+        if starts is None:
+            starts = _START_7BIT if text.isascii() else _START
+        #: character -> its next position (-2: not looked for yet, -1: none)
+        self.chars = dict.fromkeys("=&%\\", -2) if starts is _START_7BIT else None
+        self.starts = starts
+        self.start_at = -2
+        self.data = -2
+
+    def _start(self, pos: int) -> int:
+        text = self.text
+        at = -1
+        if self.chars is not None:
+            chars = self.chars
+            for c, found in chars.items():
+                if found != -1 and found < pos:
+                    found = chars[c] = text.find(c, pos)
+                if found >= 0 and (at < 0 or found < at):
+                    at = found
+        else:
+            if self.start_at != -1 and self.start_at < pos:
+                m = self.starts.search(text, pos)
+                self.start_at = m.start() if m is not None else -1
+            at = self.start_at
+        if self.data != -1 and self.data < pos:
+            self.data = _find_data_url(text, pos)
+        if self.data >= 0 and (at < 0 or self.data < at):
+            at = self.data
+        return at
+
+    def token(self, pos: int) -> re.Match | None:
+        """C{_TOKEN.search(text, pos)}, for C{pos} never less than the last call's."""
+        while True:
+            at = self._start(pos)
+            if at < 0:
+                return None
+            token = _TOKEN.match(self.text, at)
+            if token is not None:
+                return token
+            pos = at + 1
 
 
 def _next_token(text: str, pos: int, starts: re.Pattern) -> re.Match | None:
@@ -63,20 +129,7 @@ def _next_token(text: str, pos: int, starts: re.Pattern) -> re.Match | None:
     by matching L{_TOKEN} only where one can start (C{starts}: L{_START}, or
     L{_START_7BIT} for ASCII text).
     """
-    data = _find_data_url(text, pos)
-    while True:
-        m = starts.search(text, pos)
-        at = m.start() if m is not None else -1
-        if data >= 0 and (at < 0 or data < at):
-            at = data
-        if at < 0:
-            return None
-        token = _TOKEN.match(text, at)
-        if token is not None:
-            return token
-        pos = at + 1
-        if data >= 0 and data < pos:
-            data = _find_data_url(text, pos)
+    return _Scan(text, starts).token(pos)
 
 
 def _named_entity(token: str) -> tuple[int, str] | None:
@@ -203,9 +256,9 @@ def _one_round(text: str) -> tuple[str, _Round] | None:
     layer = _Round()
     pos = 0
     changed = False
-    starts = _START_7BIT if text.isascii() else _START
+    scan = _Scan(text)
     while True:
-        m = _next_token(text, pos, starts)
+        m = scan.token(pos)
         if m is None:
             break
         pieces = _decode(m.group(0))

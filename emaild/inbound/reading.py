@@ -6,6 +6,7 @@ addresses (no database, no reactor), for all the posts of a batch at once.
 
 from __future__ import annotations
 
+import functools
 import traceback
 from email.utils import getaddresses
 from typing import Mapping, Sequence
@@ -46,10 +47,21 @@ def read_post(item: PostToRead, members: Sequence[tuple[str, str]]) -> ReadPost:
         return ReadPost(ignored=f"not relayed: {reason}")
     # every address that could identify anyone: members (also former ones,
     # who may be quoted), the envelope sender and the From header
-    senders = [item.mail_from] + [a for _, a in getaddresses(
-        parsed_values(message, "From")) if "@" in a]
-    known = list(members) + [(a, item.author_name) for a in senders if a]
-    return ReadPost(prepared=prepare(message, scrub_map(known), author=item.author_name))
+    senders = [item.mail_from, *_from_addresses(tuple(parsed_values(message, "From")))]
+    # the members' part is remembered for the group (see scrub_map); the
+    # senders' entries come after it, as in one map of members + senders
+    scrub = scrub_map(members)
+    scrub.update(scrub_map([(a, item.author_name) for a in senders if a]))
+    return ReadPost(prepared=prepare(message, scrub, author=item.author_name))
+
+
+@functools.lru_cache(maxsize=1024)
+def _from_addresses(values: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    The addresses in From values, remembered: a member's posts carry the
+    same From again and again, and parsing it is costly.
+    """
+    return tuple(a for _, a in getaddresses(list(values)) if "@" in a)
 
 
 def read_posts(items: Sequence[PostToRead],

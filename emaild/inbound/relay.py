@@ -141,6 +141,8 @@ class RelayProcessor(service.Service):
         self._groups: dict[int, tuple] = {}
         #: (person, target) -> their unsubscribe link, kept across batches
         self._links: dict[tuple[int, str], LinkRow] = {}
+        #: link -> (unsubscribe URL, mailto), encoded once (see _unsubscribe)
+        self._unsubscribe_texts: dict[LinkRow, tuple[str, str]] = {}
         self._read: dict[int, object] = {}
         self._found: dict[int, dict] = {}
         #: rows per transaction, and the copies after which a batch takes
@@ -391,6 +393,11 @@ class RelayProcessor(service.Service):
             [(m.person_id, Scope(p.course_id, GROUP_KIND).target)
              for p in plans for m in recipients[p.post.post_id]])
         batches = []
+        # every copy's bounce address from one read of the system's
+        # randomness (20 hex digits each, as token_hex(10) gives one)
+        count = sum(len(recipients[p.post.post_id]) for p in plans if p.post.post_id in claimed)
+        randomness = secrets.token_hex(10 * count)
+        bounce_tokens = (randomness[i:i + 20] for i in range(0, 20 * count, 20))
         for plan in plans:
             post, pending = plan.post, plan.pending
             if post.post_id not in claimed:
@@ -398,7 +405,8 @@ class RelayProcessor(service.Service):
                     "ignored", "every member already had a copy of this message")
                 continue
             target = Scope(plan.course_id, GROUP_KIND).target
-            copies = [self._copy(plan, member, self._links[(member.person_id, target)])
+            copies = [self._copy(plan, member, self._links[(member.person_id, target)],
+                                 next(bounce_tokens))
                       for member in recipients[post.post_id]]
             batches.append((f"group {post.group_id} post {post.post_id}", copies))
             outcomes[pending.id] = Outcome(
@@ -408,20 +416,37 @@ class RelayProcessor(service.Service):
         qos = self.config.qos_class(kind.qos if kind else None)
         await insert_message_batches_txn(cursor, "group-relay", qos, batches)
 
-    def _copy(self, plan: _Plan, member, link) -> Rendered:
-        """The copy of a post for one member: our headers in front of its one entity."""
+    def _copy(self, plan: _Plan, member, link, bounce_token: str) -> Rendered:
+        """
+        The copy of a post for one member: our headers in front of its one
+        entity; C{bounce_token}: 20 random hex digits for its bounce address.
+        """
         post, prepared = plan.post, plan.prepared
+        unsubscribe_url, unsubscribe_mailto = self._unsubscribe(link)
         data = build_copy(
             prepared, author=prepared.author, group_name=plan.group_name,
             reply_address=self.addresses.address(member.token),
             message_id=post.post_message_id, in_reply_to=plan.in_reply_to,
             references=plan.references, list_id=f"group-{post.group_id}.{self.domain}",
-            unsubscribe_url=self.links.url(link),
-            unsubscribe_mailto=f"mailto:unsubscribe+{self.links.token(link)}@{self.domain}",
+            unsubscribe_url=unsubscribe_url, unsubscribe_mailto=unsubscribe_mailto,
             loop_value=self.domain)
-        return Rendered(member.email, f"bounces+{secrets.token_hex(10)}@{self.domain}",
+        return Rendered(member.email, f"bounces+{bounce_token}@{self.domain}",
                         post.post_message_id, prepared.subject, data, member.person_id,
                         plan.course_id, GROUP_KIND, unsubscribable=True)
+
+    def _unsubscribe(self, link: LinkRow) -> tuple[str, str]:
+        """
+        (URL, mailto) of an unsubscribe link, its token encoded once: a
+        member's link serves the copies of every post while it is kept.
+        """
+        texts = self._unsubscribe_texts.get(link)
+        if texts is None:
+            if len(self._unsubscribe_texts) > LINKS_KEPT:
+                self._unsubscribe_texts.clear()
+            url, token = self.links.url_and_token(link)
+            texts = self._unsubscribe_texts[link] = (
+                url, f"mailto:unsubscribe+{token}@{self.domain}")
+        return texts
 
     async def _group(self, cursor, group_id: int):
         """(name, course id, members also former ones) of the group, or None."""

@@ -59,6 +59,8 @@ def _decoded_header(raw: str) -> str:
 
 
 def _crlf(text: str) -> str:
+    if "\r" not in text:  # the usual case: a plain replace does it
+        return text.replace("\n", "\r\n")
     return re.sub(r"\r\n|\r|\n", "\r\n", text)
 
 
@@ -336,6 +338,20 @@ def _written_date(value: str | None) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _shown(value: str, fallback: str) -> str:
+    """
+    C{value} as a copy's headers may show it, else C{fallback} (see
+    L{build_copy}); remembered: every copy of a post asks again.
+    """
+    text = clean(value)[:100]
+    return text if usable_name(text) else fallback
+
+
+#: the Subject line, the same for every copy of a post
+_subject_line = functools.lru_cache(maxsize=1024)(lambda value: _header_line("Subject", value))
+
+
 def _id_header(name: str, ids: list[str]) -> str | None:
     valid = [i for i in ids if isinstance(i, str) and _MSG_ID.fullmatch(i)]
     return f"{name}: " + "\r\n ".join(valid) if valid else None
@@ -359,15 +375,13 @@ def build_copy(prepared: Prepared, *, author: str, group_name: str, reply_addres
         raise ValueError(f"{list_id!r} is not a list id")
     # a display name that is or holds an address (an LMS without names sends
     # the address as the name) would show it to every member: neutral instead
-    author = clean(author)[:100]
-    author = author if usable_name(author) else ANONYMOUS_NAME
-    group = clean(group_name)[:100]
-    group = group if usable_name(group) else "the group"
+    author = _shown(author, ANONYMOUS_NAME)
+    group = _shown(group_name, "the group")
     lines = [
         _crlf(address_header("From", f"{author} via {group}", reply_address)),
         _crlf(address_header("Reply-To", f"{author} via {group}", reply_address)),
         _crlf(address_header("To", group, reply_address)),
-        _header_line("Subject", prepared.subject),
+        _subject_line(prepared.subject),
         f"Date: {_date(prepared.date)}",
         f"Message-ID: {message_id}",
         _id_header("In-Reply-To", in_reply_to),

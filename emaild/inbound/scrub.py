@@ -58,13 +58,46 @@ def scrub_map(members: Iterable[tuple[str, str]]) -> dict[str, str]:
     that replaces it.  A name that is empty or itself looks like an
     address becomes L{ANONYMOUS}.
     """
+    # remembered for a group's member list, which every post of a batch
+    # (and of the batches after it) passes again: for a thousand members,
+    # checking each name took 10 ms a post
+    members = tuple(members)
+    try:
+        return dict(_scrub_map(members))
+    except TypeError:  # a pair that is a list: not a key, read each time
+        return dict(_scrub_map.__wrapped__(members))
+
+
+@functools.lru_cache(maxsize=64)
+def _scrub_map(members: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    # shared: scrub_map hands out copies
     result = {}
     for address, name in members:
         key = (address or "").strip().lower()
         if key:
-            text = clean(name)[:100]
-            result[key] = text if usable_name(text) else ANONYMOUS
+            result[key] = _shown_name(name)
     return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _shown_name(name: str) -> str:
+    """What replaces an address whose person is called C{name} (see L{scrub_map})."""
+    return _checked_name(clean(name)[:100])
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_name(name: str) -> str:
+    # also what a Scrubber asks of each name scrub_map gave it: remembered here
+    return name if usable_name(name) else ANONYMOUS
+
+
+@functools.lru_cache(maxsize=64)
+def _names(scrub: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """
+    The L{Scrubber}'s key -> name map for C{scrub}'s items, remembered (the
+    posts of a group pass the same map); shared, so never changed.
+    """
+    return {k.strip().lower(): _checked_name(v) for k, v in scrub if k and k.strip()}
 
 
 def _domain_forms(domain: str) -> set[str]:
@@ -80,27 +113,75 @@ def _domain_forms(domain: str) -> set[str]:
     return forms
 
 
-def _trie(words: Iterable[tuple[str, ...]]) -> str:
-    """
-    One regex for many token sequences, sharing prefixes, so a group of a
-    thousand members costs a few comparisons per character, not a thousand.
-    """
+def _tree(words: Iterable[tuple[str, ...]]) -> dict:
     tree: dict = {}
     for word in words:
         node = tree
         for token in word:
             node = node.setdefault(token, {})
         node[""] = {}
+    return tree
 
-    def emit(node: dict) -> str:
-        ends = "" in node
-        branches = [token + emit(child) for token, child in sorted(node.items()) if token]
-        if not branches:
-            return ""
-        body = branches[0] if len(branches) == 1 and not ends else "(?:" + "|".join(branches) + ")"
-        return body + "?" if ends else body
 
-    return emit(tree)
+def _emit(node: dict) -> str:
+    ends = "" in node
+    branches = [token + _emit(child) for token, child in sorted(node.items()) if token]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 and not ends else "(?:" + "|".join(branches) + ")"
+    return body + "?" if ends else body
+
+
+def _trie(words: Iterable[tuple[str, ...]]) -> str:
+    """
+    One regex for many token sequences, sharing prefixes, so a group of a
+    thousand members costs a few comparisons per character, not a thousand.
+    """
+    return _emit(_tree(words))
+
+
+#: spellings up to which the addresses are looked for with L{_first_search}
+_FIRST_SEARCH_WORDS = 64
+_ALL_CHARACTERS: list[str] = []
+
+
+@functools.lru_cache(maxsize=64)
+def _case_variants(chars: str) -> str:
+    """
+    Every character that one of C{chars} matches in a case-insensitive
+    pattern, as the regex engine itself decides (it also folds, e.g., the
+    Kelvin sign into k and the long s into s): found by matching every code
+    point (~20 ms), once per set of characters.
+    """
+    if not _ALL_CHARACTERS:
+        _ALL_CHARACTERS.append("".join(map(chr, range(0x110000))))
+    pattern = re.compile("[" + "".join(re.escape(c) for c in chars) + "]", re.IGNORECASE)
+    return "".join(sorted(set(pattern.findall(_ALL_CHARACTERS[0]))))
+
+
+def _first_search(tree: dict) -> str | None:
+    """
+    The pattern C{'"?' + _emit(tree)} (case-insensitive), written so that
+    the regex engine can skip to where a match may start: it gets a fast
+    scan only when a pattern starts with a set of characters that has no
+    case, and case-insensitive letters (or the optional quote) gave it none
+    (searching 2 KB took ~30 us).  So the first character is matched from
+    the exact set of characters each first token matches in any case (see
+    L{_case_variants}) and the quote, and each branch then checks, looking
+    behind, that its own first token is the one there, in the order the
+    branches had.  None when a first token is not a single character.
+    """
+    if "" in tree:
+        return None
+    firsts, branches = [], []
+    for token, child in sorted(tree.items()):
+        char = token[1:] if len(token) == 2 and token[0] == "\\" else token
+        if len(char) != 1:
+            return None
+        firsts.append(char)
+        branches.append(f"(?i:(?<={token}){_emit(child)})")
+    starts = "".join(re.escape(c) for c in _case_variants("".join(sorted(set(firsts)))) + '"')
+    return f'[{starts}](?:(?<=")(?i:{_emit(tree)})|' + "|".join(branches) + ")"
 
 
 def _tokens(local: str, domain: str) -> tuple[str, ...]:
@@ -116,11 +197,14 @@ class _Patterns:
     and most posts name nobody.
     """
 
-    def __init__(self, keys: dict[str, str], address: str):
+    def __init__(self, keys: dict[str, str], address: str, first_search: str | None = None):
         #: every spelling of each address (IDNA forms) -> its key
         self.keys = keys
         self.source = address
         self.address = re.compile(address, re.IGNORECASE)
+        #: finds what C{address} finds, faster (see _first_search)
+        self.search = self.address.search if first_search is None \
+            else re.compile(first_search).search
 
     @functools.cached_property
     def angle(self) -> re.Pattern:
@@ -168,7 +252,19 @@ def _patterns(keys: tuple[str, ...]) -> _Patterns:
     # the member's address is still there to read, so it goes too (the
     # price: jimbob@example.net becomes "jimBob" when bob@example.net is a member)
     # A quoted local part: "ada"@example.org reads as ada@example.org.
-    return _Patterns(spellings, '"?(?:' + _trie(words) + ")")
+    tree = _tree(words)
+    # for a big group the first characters are most letters (little to
+    # skip) and the pattern would be compiled twice: the plain one alone
+    first_search = _first_search(tree) if len(words) <= _FIRST_SEARCH_WORDS else None
+    return _Patterns(spellings, '"?(?:' + _emit(tree) + ")", first_search)
+
+
+@functools.lru_cache(maxsize=1024)
+def _display_name(patterns: _Patterns | None, name: str) -> str:
+    """L{Scrubber.display_name}, remembered: a member's posts show the same name."""
+    name = clean(name)[:100]
+    found = patterns is not None and patterns.search(readable(name)) is not None
+    return name if usable_name(name) and not found else ANONYMOUS_NAME
 
 
 class Scrubber:
@@ -179,10 +275,8 @@ class Scrubber:
     """
 
     def __init__(self, scrub: Mapping[str, str]):
-        self.names = {k.strip().lower(): v if usable_name(v) else ANONYMOUS
-                      for k, v in scrub.items() if k and k.strip()}
-        self.tokens = {k: f"m{i}.{secrets.token_hex(4)}@removed.invalid"
-                       for i, k in enumerate(sorted(self.names))}
+        #: key -> the name that replaces it (shared between scrubbers: read only)
+        self.names = _names(tuple(scrub.items()))
         if not self.names:
             self.address = None
             self._keys: dict[str, str] = {}
@@ -192,6 +286,18 @@ class Scrubber:
         self._keys = patterns.keys
         self.address = patterns.address
         self._patterns = patterns
+
+    @functools.cached_property
+    def tokens(self) -> dict[str, str]:
+        """
+        Key -> what replaces it in an id (Message-ID, Content-ID, cid:
+        links): new for each scrubber, so two posts' ids do not tell that
+        they named the same person.  Made when first needed: most posts
+        carry no member's address in an id.
+        """
+        keys = sorted(self.names)
+        hexes = secrets.token_hex(4 * len(keys))
+        return {k: f"m{i}.{hexes[8 * i:8 * i + 8]}@removed.invalid" for i, k in enumerate(keys)}
 
     # the patterns compiled when first needed (see _Patterns)
     angle = property(lambda self: self._patterns.angle)
@@ -213,13 +319,13 @@ class Scrubber:
         return self.tokens.get(self._key(found), "removed@removed.invalid")
 
     def found(self, text: str) -> bool:
-        return self.address is not None and self.address.search(readable(text)) is not None
+        return self.address is not None and self._patterns.search(readable(text)) is not None
 
     def found_bytes(self, data: bytes) -> bool:
         if self.address is None:
             return False
         return self.raw.search(data) is not None or \
-            self.address.search(readable_bytes(data)) is not None
+            self._patterns.search(readable_bytes(data)) is not None
 
     def display_name(self, name: str) -> str:
         """
@@ -227,8 +333,7 @@ class Scrubber:
         L{ANONYMOUS_NAME} when it is or holds an address (anyone's, in any
         spelling).
         """
-        name = clean(name)[:100]
-        return name if usable_name(name) and not self.found(name) else ANONYMOUS_NAME
+        return _display_name(self._patterns if self.address is not None else None, name)
 
     def found_literal(self, data: bytes) -> bool:
         """Whether a member's address is in C{data} as written (any case)."""

@@ -134,6 +134,11 @@ class Links:
     def token(self, link: LinkRow) -> str:
         return self.codec.encode(link.parts)
 
+    def url_and_token(self, link: LinkRow) -> tuple[str, str]:
+        """C{(self.url(link), self.token(link))}, the token encoded once."""
+        token = self.codec.encode(link.parts)
+        return f"{self.public_url}/{ROUTES[link.purpose]}/{token}", token
+
     async def mint_many(self, requests: Sequence[LinkRequest]) -> list[LinkRow]:
         return await self.store.mint_many(requests, self.clock())
 

@@ -114,3 +114,25 @@ class RelayableTests(unittest.TestCase):
         stripped = b"".join(line for line in raw.splitlines(True)
                             if not line.startswith((b"Auto-Submitted", b"X-Auto-Response")))
         self.assertIn("subject", not_relayable(parse_message(stripped), "ada@example.org", LOOP))
+
+
+class AbsentHeadersTests(unittest.TestCase):
+    def test_only_headers_the_message_has_are_read(self):
+        from emaild.inbound import classify
+
+        asked = []
+        real = classify.header_values
+
+        def counting(message, name):
+            asked.append(name.lower())
+            return real(message, name)
+
+        self.patch(classify, "header_values", counting)
+        self.assertIsNone(not_relayable(message("PRECEDENCE: first-class\n"), "a@b", LOOP))
+        self.assertEqual(sorted(asked), ["precedence", "subject"])
+        # in any case, as before
+        self.assertIn("Precedence", not_relayable(message("PRECEDENCE: bulk\n"), "a@b", LOOP))
+        self.assertIn("loop", not_relayable(message(f"{LOOP_HEADER.upper()}: {LOOP}\n"),
+                                            "a@b", LOOP))
+        self.assertIn("subject", not_relayable(
+            parse_message(b"SUBJECT: Out of office\n\nx\n"), "a@b", LOOP))

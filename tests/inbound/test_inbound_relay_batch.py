@@ -280,3 +280,57 @@ class DrainTests(RelayTestCase):
         self.assertEqual(state[0], "done")
         (state,) = await self.processed(stored[0])  # woken by its NOTIFY
         self.assertEqual(state[0], "done")
+
+
+class CopyTextsTests(RelayTestCase):
+    """What each copy needs that is not the post: unsubscribe link, bounce address."""
+
+    async def test_a_members_link_is_encoded_once_for_all_their_copies(self):
+        self.handler.max_posts_per_hour = 0
+        encoded = []
+        codec = self.outbox.links.codec
+        real = codec.encode
+
+        def counting(parts):
+            encoded.append(parts)
+            return real(parts)
+
+        self.patch(codec, "encode", counting)
+        processor = self.bare_processor()
+        ids = []
+        for round_ in range(2):  # two batches: the links are kept between them
+            ids += [await self.receive("ada", mail("ada@example.org", self.reply["ada"],
+                                                   f"Post {round_}.{i}", "body"))
+                    for i in range(3)]
+            results, _ = await process_rows(self.inbound, processor._work, limit=64,
+                                            max_attempts=3)
+            self.assertEqual([o.state for _, o in results], ["done"] * 3)
+        # bob's and carol's links, once each, for 12 copies
+        self.assertEqual(len(encoded), 2)
+        for message_id in ids:
+            for recipient, body in self.copies(message_id):
+                link = self.outbox.links
+                row = processor._links[(self.ids[recipient.split("@")[0]],
+                                        next(iter({t for _, t in processor._links})))]
+                url, token = link.url(row), link.token(row)
+                self.assertEqual(link.url_and_token(row), (url, token))
+                message = parse(body)
+                self.assertEqual(message["List-Unsubscribe"],
+                                 f"<{url}>, <mailto:unsubscribe+{token}@"
+                                 f"{self.cfg['smtp']['relay_domain']}>")
+
+    async def test_every_copy_has_its_own_random_bounce_address(self):
+        self.handler.max_posts_per_hour = 0
+        for i in range(20):
+            await self.receive("ada", mail("ada@example.org", self.reply["ada"], f"P {i}", "b"))
+        processor = self.bare_processor()
+        results, _ = await process_rows(self.inbound, processor._work, limit=64, max_attempts=3)
+        self.assertEqual([o.state for _, o in results], ["done"] * 20)
+        senders = [s for (s,) in self.query("SELECT envelope_from FROM outbox")]
+        self.assertEqual(len(senders), 40)
+        domain = self.cfg["smtp"]["relay_domain"]
+        tokens = [s.removeprefix("bounces+").removesuffix(f"@{domain}") for s in senders]
+        self.assertTrue(all(len(t) == 20 and int(t, 16) >= 0 for t in tokens), tokens)
+        self.assertEqual(len(set(tokens)), 40)
+        # 20 hex digits from the system's randomness each: no two share a half
+        self.assertEqual(len({t[:10] for t in tokens}), 40)
