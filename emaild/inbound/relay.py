@@ -45,6 +45,7 @@ from emaild.inbound.inflow import InFlow
 from emaild.inbound.reading import PostToRead, read_posts
 from emaild.inbound.records import Outcome, Pending
 from emaild.inbound.rewrite import ANONYMOUS_NAME, Prepared, build_copy
+from emaild.inbound.scrub import cased_characters
 from emaild.inbound.store import (
     BOUNCE,
     INBOUND_CHANNEL,
@@ -156,6 +157,7 @@ class RelayProcessor(service.Service):
 
     def startService(self):  # noqa: N802
         super().startService()
+        cased_characters()  # the scrubber's table, found now rather than in a batch
         self._poll.start(self.poll_interval, now=True)
         #: fires once LISTEN is set up (it never fails: polling is the fallback)
         self.starting = defer.ensureDeferred(self._listen())

@@ -142,21 +142,37 @@ def _trie(words: Iterable[tuple[str, ...]]) -> str:
 
 #: spellings up to which the addresses are looked for with L{_first_search}
 _FIRST_SEARCH_WORDS = 64
-_ALL_CHARACTERS: list[str] = []
+#: the characters with a case (see L{cased_characters}), once found
+_CASED: list[str] = []
 
 
-@functools.lru_cache(maxsize=64)
+def cased_characters() -> str:
+    """
+    Every character that has a lower- or upper-case form other than itself
+    (about 2,900).  Only these match a character other than themselves in a
+    case-insensitive pattern: the regex engine compares simple lower-case
+    forms, and its extra equivalences (the Kelvin sign and k, the long s
+    and s...) are all between such characters.  Found once per process by
+    looking at every code point (~0.2 s); the relay processor does it when
+    it starts rather than in its first batch.
+    """
+    if not _CASED:
+        _CASED.append("".join(c for c in map(chr, range(0x110000))
+                              if c.lower() != c or c.upper() != c))
+    return _CASED[0]
+
+
+@functools.lru_cache(maxsize=4096)
 def _case_variants(chars: str) -> str:
     """
     Every character that one of C{chars} matches in a case-insensitive
     pattern, as the regex engine itself decides (it also folds, e.g., the
-    Kelvin sign into k and the long s into s): found by matching every code
-    point (~20 ms), once per set of characters.
+    Kelvin sign into k and the long s into s): C{chars} themselves and the
+    L{cased_characters} the pattern matches (~60 us; it was a scan of every
+    code point, 20 ms, for each new set).
     """
-    if not _ALL_CHARACTERS:
-        _ALL_CHARACTERS.append("".join(map(chr, range(0x110000))))
     pattern = re.compile("[" + "".join(re.escape(c) for c in chars) + "]", re.IGNORECASE)
-    return "".join(sorted(set(pattern.findall(_ALL_CHARACTERS[0]))))
+    return "".join(sorted(set(pattern.findall(cased_characters() + chars))))
 
 
 def _first_search(tree: dict) -> str | None:
