@@ -108,7 +108,7 @@ def _parse_single_part(raw: bytes) -> EmailMessage | None:
         return None
     message = cast(EmailMessage, BytesParser(policy=POLICY).parsebytes(raw[:end + 4]))
     if message.get_content_maintype() in ("multipart", "message") \
-            or getattr(message, "_payload", None) != "":
+            or message.get_payload() != "":
         return None
     message.set_payload(raw[end + 4:].decode("ascii", "surrogateescape"))
     return message
