@@ -129,7 +129,7 @@ class Links:
         return LinkRequest(int(person_id), purpose, str(target), self.ttl[purpose])
 
     def url(self, link: LinkRow) -> str:
-        return f"{self.public_url}/{ROUTES[link.purpose]}/{self.codec.encode(link.parts)}"
+        return self.url_and_token(link)[0]
 
     def token(self, link: LinkRow) -> str:
         return self.codec.encode(link.parts)
