@@ -31,11 +31,15 @@ MAX_OCTETS = 8 * 2**20
 
 class GroupCommit:
     def __init__(self, store: InboundStore, *, max_messages: int = MAX_MESSAGES,
-                 max_octets: int = MAX_OCTETS):
+                 max_octets: int = MAX_OCTETS, reactor=None):
+        """
+        @param reactor: given, the messages whose DATA ended in one reactor
+            turn share a transaction even with none in flight (see L{Batcher})
+        """
         self.store = store
         self.batches: Batcher[Received] = Batcher(
             self._store, max_items=max_messages, size=lambda post: len(post.raw),
-            max_size=max_octets)
+            max_size=max_octets, reactor=reactor)
         #: transactions committed (or failed), and the messages in them
         self.transactions = 0
         self.messages = 0

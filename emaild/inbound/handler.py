@@ -44,11 +44,12 @@ class InboundHandler:
             gives one).  Without it, only the envelope or From must name the
             member, which anyone can write (tests of other concerns).
         @param reactor: given, the RCPT lookups of one reactor turn share a
-            query (L{MemberLookups}; the daemon gives it)
+            query (L{MemberLookups}), and the messages of one turn a commit
+            (L{GroupCommit}); the daemon gives it
         """
         self.store = store
         #: stores messages, several per transaction under load
-        self.posts = GroupCommit(store)
+        self.posts = GroupCommit(store, reactor=reactor)
         self.sender_auth = sender_auth
         #: a member's posts to one group per hour; the next RCPT gets 450 4.7.1
         self.max_posts_per_hour = max_posts_per_hour

@@ -144,6 +144,34 @@ def _send(port: int, mail_from: str, rcpt: str, data: bytes):
             return e.smtp_code, e.smtp_error
 
 
+class TurnBatchingTests(unittest.TestCase):
+    """Given the reactor, the messages of one reactor turn share the first commit."""
+
+    def test_one_turns_messages_share_a_commit(self):
+        from twisted.internet.task import Clock
+
+        clock, store = Clock(), FakeStore()
+        commit = GroupCommit(store, reactor=clock)
+        results: dict[int, object] = {}
+        for n in (1, 2, 3):
+            commit.receive(post(n)).addBoth(lambda r, n=n: results.__setitem__(n, r))
+        self.assertEqual(store.calls, [])  # not before the turn ends
+        clock.advance(0)
+        self.assertEqual([[p.mail_from for p in posts] for posts, _ in store.calls],
+                         [["m1@x.test", "m2@x.test", "m3@x.test"]])
+        self.assertEqual(results, {})  # no answer before the commit
+        store.calls[0][1].callback([11, 12, 13])
+        self.assertEqual(results, {1: 11, 2: 12, 3: 13})
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_the_daemons_handler_commits_by_reactor_turn(self):
+        from emaild.homeserver import HomeServer
+        from tests.support import make_config
+
+        hs = HomeServer(make_config(self.mktemp(), "dbname=unused"), reactor)
+        self.assertIs(hs.get_inbound_handler().posts.batches.reactor, reactor)
+
+
 class StoreTests(RelayTestCase):
     def setUp(self):
         d = super().setUp()
