@@ -1,7 +1,8 @@
 """
 PostgreSQL array literals (C{{1,2,3}}, C{{"a",NULL}}) for the list
 parameters of batched statements (the outbox's enqueue and record
-statements, the click statement and the sessions it starts).
+statements, the click statement and the sessions it starts, the inbound
+group commit, the RCPT lookups and the relay's posts).
 
 psycopg2 sends a Python list as C{ARRAY[...]}, one constant per element:
 adapting each element costs about 1.5 microseconds here (13 of a click's
@@ -9,7 +10,9 @@ microseconds for a batch of seven lists, bench/RESULTS-web.md; the
 record statements carry hundreds), and
 PostgreSQL then parses every element as an expression.  One literal per
 list is one string to adapt and one value to parse.  Pass the result as
-C{%s::bigint[]} (C{text[]}, C{float8[]}).
+C{%s::bigint[]} (C{text[]}, C{float8[]}, C{boolean[]}).  Not for bytea: psycopg2's
+own quoting of a list of C{Binary} (libpq's, in C) is faster than a
+literal of hex built in Python.
 """
 
 from __future__ import annotations
@@ -60,3 +63,14 @@ def text_array(values: Iterable[str | None]) -> str:
     word NULL) can change the array's shape; None is NULL.
     """
     return "{" + ",".join(map(_text, values)) + "}"
+
+
+def bool_array(values: Iterable[bool]) -> str:
+    """C{{t,f}}: bools only."""
+    out = []
+    for value in values:
+        if not isinstance(value, bool):
+            raise TypeError(f"not a bool: {value!r}")
+        out.append("t" if value else "f")
+    return "{" + ",".join(out) + "}"
+

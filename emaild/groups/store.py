@@ -17,6 +17,7 @@ from typing import Sequence
 
 import attrs
 
+from emaild.db.arrays import int_array, text_array
 from emaild.groups.addresses import ReplyToken
 from emaild.inbound.relations import INBOUND_RECIPIENTS
 from emaild.people.relations import COURSES, PEOPLE
@@ -128,7 +129,7 @@ class GroupStore:
         rows = await self.db.runQuery(
             f"SELECT {_MEMBER} WHERE (m.group_id, m.person_id) IN"
             " (SELECT * FROM unnest(%s::bigint[], %s::bigint[]))",
-            ([t.group_id for t in tokens], [t.person_id for t in tokens]))
+            (int_array(t.group_id for t in tokens), int_array(t.person_id for t in tokens)))
         found = {(m.group_id, m.person_id): m for m in (Member(*row) for row in rows)}
         members: builtins.list[Member | None] = []
         for token in tokens:
@@ -317,12 +318,14 @@ async def insert_posts_with_copies_txn(cursor, posts: Sequence[NewPost]) -> dict
         "   RETURNING id)"
         " SELECT p.id, ARRAY(SELECT c.person_id FROM c WHERE c.message_id = v.m"
         "   AND c.group_id = v.g) FROM p JOIN v ON v.id = p.id",
-        ([p.post_id for p in posts], [p.group_id for p in posts], [p.author_id for p in posts],
-         [p.inbound_id for p in posts], [p.message_id for p in posts],
-         [p.thread_id for p in posts], [p.post_message_id for p in posts],
-         [p.original_message_id for p in posts], [p.subject for p in posts],
-         [len(p.person_ids) for p in posts],
-         [c[0] for c in copies], [c[1] for c in copies], [c[2] for c in copies]))
+        (int_array(p.post_id for p in posts), int_array(p.group_id for p in posts),
+         int_array(p.author_id for p in posts), int_array(p.inbound_id for p in posts),
+         int_array(p.message_id for p in posts), int_array(p.thread_id for p in posts),
+         text_array(p.post_message_id for p in posts),
+         text_array(p.original_message_id for p in posts), text_array(p.subject for p in posts),
+         int_array(len(p.person_ids) for p in posts),
+         int_array(c[0] for c in copies), int_array(c[1] for c in copies),
+         int_array(c[2] for c in copies)))
     return {post_id: set(claimed) for post_id, claimed in cursor.fetchall()}
 
 

@@ -11,7 +11,7 @@ import math
 
 from twisted.trial import unittest
 
-from emaild.db.arrays import float_array, int_array, text_array
+from emaild.db.arrays import bool_array, float_array, int_array, text_array
 from tests.support import DatabaseTestCase
 
 AWKWARD_TEXT = [
@@ -43,10 +43,15 @@ class RoundTripTests(DatabaseTestCase):
     def test_none_is_null_in_an_int_array(self):
         self.assertEqual(self.read_back(int_array([1, None, -2]), "bigint[]"), [1, None, -2])
 
+    def test_bools_come_back_exactly(self):
+        self.assertEqual(self.read_back(bool_array([True, False, True]), "boolean[]"),
+                         [True, False, True])
+
     def test_empty_lists(self):
         self.assertEqual(self.read_back(int_array([]), "bigint[]"), [])
         self.assertEqual(self.read_back(text_array([]), "text[]"), [])
         self.assertEqual(self.read_back(float_array([]), "float8[]"), [])
+        self.assertEqual(self.read_back(bool_array([]), "boolean[]"), [])
 
 
 class RefusedElementTests(unittest.TestCase):
@@ -63,3 +68,7 @@ class RefusedElementTests(unittest.TestCase):
     def test_only_str_or_none_in_a_text_array(self):
         for bad in [1, b"bytes", 1.5]:
             self.assertRaises(TypeError, text_array, ["a", bad])
+
+    def test_only_bools_in_a_bool_array(self):
+        for bad in [1, 0, "t", None]:
+            self.assertRaises(TypeError, bool_array, [True, bad])
