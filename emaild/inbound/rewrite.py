@@ -37,6 +37,7 @@ from emaild.inbound.scrub import (  # noqa: F401 (API)
     Scrubber,
     clean,
     scrub_map,
+    shown_name,
     usable_name,
 )
 from emaild.mailformat.addresses import check_address
@@ -338,16 +339,6 @@ def _written_date(value: str | None) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=1024)
-def _shown(value: str, fallback: str) -> str:
-    """
-    C{value} as a copy's headers may show it, else C{fallback} (see
-    L{build_copy}); remembered: every copy of a post asks again.
-    """
-    text = clean(value)[:100]
-    return text if usable_name(text) else fallback
-
-
 #: the Subject line, the same for every copy of a post
 _subject_line = functools.lru_cache(maxsize=1024)(lambda value: _header_line("Subject", value))
 
@@ -375,8 +366,8 @@ def build_copy(prepared: Prepared, *, author: str, group_name: str, reply_addres
         raise ValueError(f"{list_id!r} is not a list id")
     # a display name that is or holds an address (an LMS without names sends
     # the address as the name) would show it to every member: neutral instead
-    author = _shown(author, ANONYMOUS_NAME)
-    group = _shown(group_name, "the group")
+    author = shown_name(author, ANONYMOUS_NAME)
+    group = shown_name(group_name, "the group")
     lines = [
         _crlf(address_header("From", f"{author} via {group}", reply_address)),
         _crlf(address_header("Reply-To", f"{author} via {group}", reply_address)),

@@ -75,20 +75,30 @@ def _scrub_map(members: tuple[tuple[str, str], ...]) -> dict[str, str]:
     for address, name in members:
         key = (address or "").strip().lower()
         if key:
-            result[key] = _shown_name(name)
+            result[key] = shown_name(name)
     return result
 
 
 @functools.lru_cache(maxsize=4096)
-def _shown_name(name: str) -> str:
-    """What replaces an address whose person is called C{name} (see L{scrub_map})."""
-    return _checked_name(clean(name)[:100])
+def shown_name(name: str, fallback: str = ANONYMOUS) -> str:
+    """
+    C{name} as mail we write may show it: cleaned and cut to 100
+    characters, or C{fallback} when what is left is empty or is or holds an
+    address.  Remembered: every post and every copy of a post asks again.
+    """
+    text = clean(name)[:100]
+    return text if _usable(text) else fallback
+
+
+def _checked_name(name: str) -> str:
+    # what a Scrubber asks of each name scrub_map gave it
+    return name if _usable(name) else ANONYMOUS
 
 
 @functools.lru_cache(maxsize=4096)
-def _checked_name(name: str) -> str:
-    # also what a Scrubber asks of each name scrub_map gave it: remembered here
-    return name if usable_name(name) else ANONYMOUS
+def _usable(text: str) -> bool:
+    """L{usable_name}, remembered (the names of a group are asked about again and again)."""
+    return usable_name(text)
 
 
 @functools.lru_cache(maxsize=64)

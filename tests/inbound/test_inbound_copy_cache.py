@@ -41,7 +41,7 @@ class CopyCacheTests(unittest.TestCase):
             checks.append(text)
             return real(text)
 
-        self.patch(rewrite, "usable_name", counting)
+        self.patch(scrub, "usable_name", counting)
         copies = [copy_of(prepared, author=prepared.author, group_name=f"Group {n}",
                           reply_address=f"group-r{i}@relay.example") for i in range(20)]
         self.assertEqual(sorted(checks), [f"Ada {n}", f"Group {n}"])
