@@ -73,7 +73,8 @@ def _find_data_url(text: str, pos: int) -> int:
 
 class _Scan:
     """
-    Where the tokens of one text are (see L{_next_token}), for one
+    Where the tokens of one text are: C{_TOKEN.search}, matching only where
+    a token can start (L{_START}, or L{_START_7BIT} for ASCII text), for one
     round's scan from left to right: each kind of start is looked for again
     only once the scan has passed the one found before.  In 7-bit text each
     start character is found with C{str.find}, much faster than a regex
@@ -121,15 +122,6 @@ class _Scan:
             if token is not None:
                 return token
             pos = at + 1
-
-
-def _next_token(text: str, pos: int, starts: re.Pattern) -> re.Match | None:
-    """
-    C{_TOKEN.search(text, pos)}: the leftmost token at or after C{pos}, found
-    by matching L{_TOKEN} only where one can start (C{starts}: L{_START}, or
-    L{_START_7BIT} for ASCII text).
-    """
-    return _Scan(text, starts).token(pos)
 
 
 def _named_entity(token: str) -> tuple[int, str] | None:

@@ -46,7 +46,7 @@ class TokenScanTests(unittest.TestCase):
             starts = module._START_7BIT if text.isascii() else module._START
             for pos in range(0, len(text) + 1, 1 if len(text) < 400 else 401):
                 expected = module._TOKEN.search(text, pos)
-                found = module._next_token(text, pos, starts)
+                found = module._Scan(text, starts).token(pos)
                 self.assertEqual(found and (found.span(), found.group(0)),
                                  expected and (expected.span(), expected.group(0)),
                                  (text, pos))
