@@ -270,12 +270,16 @@ class DeadlineTests(UnitTestCase):
             self.assertEqual(s.send(b"NOOP\r\n"), [b"250 2.0.0 Ok"])
         self.assertFalse(s.transport.disconnecting)
 
-    def test_no_deadline_while_the_handler_decides(self):
+    def session_whose_rcpt_waits(self):
+        """A session with a 30 s command deadline whose RCPT check answers when told."""
         from twisted.internet import defer
         factory = self.factory(idle_timeout=0, command_timeout=30)
-        pending = defer.Deferred()
+        pending: defer.Deferred = defer.Deferred()
         factory.handler.check_recipient = lambda address, mail_from: pending
-        s = Session(factory)
+        return Session(factory), pending
+
+    def test_no_deadline_while_the_handler_decides(self):
+        s, pending = self.session_whose_rcpt_waits()
         s.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\n")
         self.clock.advance(100)
         self.assertFalse(s.transport.disconnecting)
@@ -287,11 +291,7 @@ class DeadlineTests(UnitTestCase):
     def test_a_wait_keeps_the_deadline_call_and_moves_it_on(self):
         # no cancel and new call per RCPT: the same call, due command_timeout
         # after the reply that ended the wait
-        from twisted.internet import defer
-        factory = self.factory(idle_timeout=0, command_timeout=30)
-        pending = defer.Deferred()
-        factory.handler.check_recipient = lambda address, mail_from: pending
-        s = Session(factory)
+        s, pending = self.session_whose_rcpt_waits()
         s.send(b"EHLO c\r\nMAIL FROM:<>\r\n")
         [before] = self.clock.getDelayedCalls()
         s.send(b"RCPT TO:<a@relay.test>\r\n")
@@ -306,11 +306,7 @@ class DeadlineTests(UnitTestCase):
         self.assertTrue(s.transport.disconnecting)
 
     def test_a_deadline_due_while_the_handler_decides_starts_again_after(self):
-        from twisted.internet import defer
-        factory = self.factory(idle_timeout=0, command_timeout=30)
-        pending = defer.Deferred()
-        factory.handler.check_recipient = lambda address, mail_from: pending
-        s = Session(factory)
+        s, pending = self.session_whose_rcpt_waits()
         s.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@relay.test>\r\n")
         self.clock.advance(45)
         self.assertEqual(self.clock.getDelayedCalls(), [])
