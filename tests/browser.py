@@ -58,3 +58,23 @@ def chromium(user_data_dir: str, *, block_third_party_cookies: bool = False,
     # let lookups wait for it instead of failing on the old page
     driver.implicitly_wait(15)
     return driver
+
+
+def click_for_next_page(driver, element, timeout: float = 15) -> None:
+    """
+    Click C{element} (a submit button, a link) and wait until the browser
+    shows the next document.  The old page is marked, and the wait asks by
+    script whether the mark is gone: asking about an element of a page being
+    replaced can fail in chromedriver with "Node with given id does not
+    belong to the document" rather than the stale-element error selenium's
+    C{staleness_of} waits for, failing a test whose page did nothing wrong.
+    """
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.execute_script("window.emaildPageBeforeClick = true")
+    element.click()
+    # errors while the documents change are asked again; the timeout is not
+    WebDriverWait(driver, timeout, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return window.emaildPageBeforeClick === undefined"
+                                   " && document.readyState === 'complete'"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.internet import threads
 
 from tests.authfixture import DaemonWithDNS
-from tests.browser import chromium, skip_without_chromium
+from tests.browser import chromium, click_for_next_page, skip_without_chromium
 
 
 class HoldInBrowserTests(DaemonWithDNS):
@@ -28,17 +28,14 @@ class HoldInBrowserTests(DaemonWithDNS):
 
         def in_the_browser():
             from selenium.webdriver.common.by import By
-            from selenium.webdriver.support import expected_conditions
-            from selenium.webdriver.support.ui import WebDriverWait
 
             driver = chromium(profile)
             try:
                 driver.get(link)
                 seen = {"heading": driver.find_element(By.TAG_NAME, "h1").text,
                         "details": driver.find_element(By.CSS_SELECTOR, "dl.held").text}
-                button = driver.find_element(By.CSS_SELECTOR, "button[value=send]")
-                button.click()
-                WebDriverWait(driver, 15).until(expected_conditions.staleness_of(button))
+                click_for_next_page(driver, driver.find_element(By.CSS_SELECTOR,
+                                                                "button[value=send]"))
                 seen["after"] = driver.find_element(By.CSS_SELECTOR, "p.message").text
                 return seen
             finally:
