@@ -201,11 +201,11 @@ async def find_posts_txn(cursor, group_id: int, message_ids: Sequence[str]) -> d
     # the group's history on every relay batch
     await cursor.execute(
         "SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
-        " WHERE message_id = ANY(%s) AND group_id = %s"
+        " WHERE message_id = ANY(%s::text[]) AND group_id = %s"
         " UNION ALL"
         " SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
-        " WHERE group_id = %s AND original_message_id = ANY(%s)",
-        (list(message_ids), group_id, group_id, list(message_ids)))
+        " WHERE group_id = %s AND original_message_id = ANY(%s::text[])",
+        (text_array(message_ids), group_id, group_id, text_array(message_ids)))
     found: dict[str, tuple[int, int, str]] = {}
     for post_id, thread_id, ours, original in cursor.fetchall():
         for key in (ours, original):

@@ -211,8 +211,8 @@ async def _finish(cursor, outcomes: Sequence[tuple[int, Outcome]]) -> None:
         " processed_at = now(), attempts = r.attempts + 1"
         " FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, state, reason)"
         " WHERE r.id = v.id AND r.state = %s",
-        ([i for i, _ in outcomes], [o.state for _, o in outcomes],
-         [o.reason for _, o in outcomes], PENDING_STATE))
+        (int_array(i for i, _ in outcomes), text_array(o.state for _, o in outcomes),
+         text_array(o.reason for _, o in outcomes), PENDING_STATE))
 
 
 
@@ -296,8 +296,8 @@ async def _rows_txn(cursor, work: BatchWork, limit: int, after: int, max_attempt
             "  processed_at = CASE WHEN r.attempts + 1 >= %s THEN now() END"
             " FROM unnest(%s::bigint[], %s::text[]) AS v(id, reason)"
             " WHERE r.id = v.id AND r.state = %s RETURNING r.id, r.state",
-            (max_attempts, max_attempts, [p.id for p, _ in retry],
-             [o.reason[:500] for _, o in retry], PENDING_STATE))
+            (max_attempts, max_attempts, int_array(p.id for p, _ in retry),
+             text_array(o.reason[:500] for _, o in retry), PENDING_STATE))
         failed = {row_id for row_id, state in cursor.fetchall() if state == "failed"}
         results = [(p, attrs.evolve(o, state="failed") if o.state == RETRY and p.id in failed
                     else o) for p, o in results]

@@ -13,7 +13,7 @@ from typing import Sequence
 from psycopg2 import Binary
 
 from emaild.config import QoSClass
-from emaild.db.arrays import int_array, text_array
+from emaild.db.arrays import bool_array, int_array, text_array
 from emaild.db.database import notify
 from emaild.outbound.claim_store import OUTBOX_CHANNEL
 from emaild.outbound.compose import Rendered
@@ -89,10 +89,13 @@ async def insert_message_batches_txn(cursor, template: str, qos: QoSClass,
         "   ORDER BY n RETURNING 1)"
         " SELECT count(*), pg_notify(%s, '') FROM i",
         (template, qos.name, qos.priority,
-         [m.recipient for m in messages], [m.envelope_from for m in messages],
-         [m.message_id for m in messages], [m.subject for m in messages],
-         [Binary(m.data) for m in messages], labels, [m.person_id for m in messages],
-         [m.course_id for m in messages], [m.kind for m in messages],
-         [m.unsubscribable for m in messages], OUTBOX_CHANNEL),
+         text_array([m.recipient for m in messages]),
+         text_array([m.envelope_from for m in messages]),
+         text_array([m.message_id for m in messages]),
+         text_array([m.subject for m in messages]),
+         [Binary(m.data) for m in messages], text_array(labels),
+         int_array([m.person_id for m in messages]), int_array([m.course_id for m in messages]),
+         text_array([m.kind for m in messages]),
+         bool_array([m.unsubscribable for m in messages]), OUTBOX_CHANNEL),
     )
     return cursor.fetchone()[0]

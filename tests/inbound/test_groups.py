@@ -168,6 +168,25 @@ class FindPostsTests(DatabaseTestCase):
         self.assertEqual(await self.db.transaction(find_posts_txn, other, ["<ours1@relay.test>"]),
                          {})
 
+    async def test_cited_ids_of_any_spelling(self):
+        """
+        The cited ids go to the database as one array literal: quotes,
+        backslashes, commas, braces, spaces and the word NULL in an id
+        are matched as themselves, never change the list.
+        """
+        from emaild.groups.store import find_posts_txn
+
+        group_id = await self._group_with_posts(0)
+        awkward = ['<a"b@x>', "<a\\b@x>", "<a,b@x>", "<{a}@x>", "<a b@x>", "NULL", '"',
+                   "<\u00e9t\u00e9@x>"]
+        for n, message_id in enumerate(awkward):
+            await self.db.runOperation(
+                "INSERT INTO group_posts (group_id, message_id, original_message_id)"
+                " VALUES (%s, %s, %s)", (group_id, f"<ours-{n}@relay.test>", message_id))
+        found = await self.db.transaction(find_posts_txn, group_id, awkward + ["<a@x>"])
+        self.assertEqual(set(found), set(awkward) | {f"<ours-{n}@relay.test>"
+                                                     for n in range(len(awkward))})
+
     async def test_a_long_history_is_not_read(self):
         """
         Looking up the ids a batch cites reads the posts found, not every
