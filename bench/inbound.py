@@ -200,7 +200,8 @@ def accept_round(b: Bench, which: str, port: int, args, sender: str, rcpt: str,
     if emaild and args.py_spy:
         spy_file = b.dir / f"py-spy-{label(which)}-{len(args.spied) + 1}.txt"
         spy = b.spawn([str(Path(python()).parent / "py-spy"), "record", "--pid",
-                       str(pids["server"]), "--rate", "250", "--idle", "--format", "raw",
+                       str(pids["server"]), "--rate", "250", "--idle", "--nonblocking",
+                       "--format", "raw",
                        "-o", str(spy_file)], log=b.dir / "py-spy.log")
         time.sleep(1.0)  # py-spy attached
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
