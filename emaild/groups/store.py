@@ -199,13 +199,14 @@ async def find_posts_txn(cursor, group_id: int, message_ids: Sequence[str]) -> d
     # two index lookups, not one OR: the planner answers "group_id = g AND
     # (a OR b)" by reading every post of the group, a cost that grows with
     # the group's history on every relay batch
+    cited = text_array(message_ids)
     await cursor.execute(
         "SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
         " WHERE message_id = ANY(%s::text[]) AND group_id = %s"
         " UNION ALL"
         " SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
         " WHERE group_id = %s AND original_message_id = ANY(%s::text[])",
-        (text_array(message_ids), group_id, group_id, text_array(message_ids)))
+        (cited, group_id, group_id, cited))
     found: dict[str, tuple[int, int, str]] = {}
     for post_id, thread_id, ours, original in cursor.fetchall():
         for key in (ours, original):

@@ -60,7 +60,7 @@ async def insert_messages_txn(cursor, template: str, qos: QoSClass, messages: Se
          int_array([m.person_id for m in messages]),
          int_array([m.course_id for m in messages]),
          text_array([m.kind for m in messages]),
-         "{" + ",".join("t" if m.unsubscribable else "f" for m in messages) + "}"),
+         bool_array(m.unsubscribable for m in messages)),
     )
     ids = [row[0] for row in cursor.fetchall()]
     await notify(cursor, OUTBOX_CHANNEL)

@@ -263,7 +263,6 @@ class ClockedSenderTests(DatabaseTestCase):
         yield defer.ensureDeferred(self.drive(0.1, step=0.05))
         self.assertEqual(len(self.transport.log), 1)
 
-
     @defer.inlineCallbacks
     def test_mail_queued_while_the_bucket_is_empty_waits_for_its_token(self):
         """
