@@ -87,10 +87,6 @@ class Sender(service.Service):
         self._flush_timer = None
         self._flushing: defer.Deferred | None = None
         self._recovering = False    # a lease renewal and recovery is under way
-        #: no claim can take a message before this (our clock): the last
-        #: claim left the relay's bucket empty until then, whatever is
-        #: queued meanwhile
-        self._claim_not_before = 0.0
         #: counters for /healthz and tests
         self.stats = {"claimed": 0, "sent": 0, "failed": 0, "retried": 0,
                       "throttled": 0, "suppressed": 0, "recovered": 0}
@@ -189,16 +185,7 @@ class Sender(service.Service):
         if self._pumping:
             self._again = True
             return
-        self._schedule(self._claim_delay())
-
-    def _claim_delay(self) -> float:
-        """
-        Seconds until a claim can take anything.  Mail queued while the
-        bucket is empty (a NOTIFY for every batch a busy relay processor
-        or enqueue writes) waits for its next token rather than run a claim
-        that can only find the bucket empty.
-        """
-        return max(0.0, self._claim_not_before - self.reactor.seconds())
+        self._schedule(0)
 
     def _schedule(self, delay: float) -> None:
         if self._stopping:
@@ -268,7 +255,7 @@ class Sender(service.Service):
         self._pumping = False
         self._pump_done = None
         if self._again:
-            self._schedule(self._claim_delay())
+            self._schedule(0)
 
     async def _claim_and_send(self):
         capacity = self.window - len(self._in_flight)
@@ -276,10 +263,6 @@ class Sender(service.Service):
             return  # a finishing delivery will wake us
         now = self.reactor.seconds()
         result = await self.store.claim(self.owner, now, capacity, self.limits, self.config.qos)
-        if result.retry_in:
-            # at most a poll interval: a daily quota's wait lasts hours, and
-            # what counts against it may change sooner
-            self._claim_not_before = now + min(result.retry_in, self.poll_interval)
         self.stats["claimed"] += len(result.messages)
         self.stats["suppressed"] += result.suppressed
         self.metrics.suppressed.inc(result.suppressed)

@@ -263,41 +263,6 @@ class ClockedSenderTests(DatabaseTestCase):
         yield defer.ensureDeferred(self.drive(0.1, step=0.05))
         self.assertEqual(len(self.transport.log), 1)
 
-    @defer.inlineCallbacks
-    def test_mail_queued_while_the_bucket_is_empty_waits_for_its_token(self):
-        """
-        Every batch queued sends a NOTIFY; while the relay's bucket is
-        empty a claim can only find it empty, so none runs before the next
-        token (a busy relay processor queues ~25 batches a second while the
-        relay takes 14 messages), and the rate is what it was.
-        """
-        self.make_sender(lambda m, n: SENT, rate=2, burst=1, poll_interval="1h")
-        claims = []
-        claim = self.store.claim
-
-        def counted(owner, now, *args):
-            claims.append(now)
-            return claim(owner, now, *args)
-
-        self.store.claim = counted
-        yield defer.ensureDeferred(self.start())
-        yield defer.ensureDeferred(self.enqueue("first@example.org"))
-        yield defer.ensureDeferred(self.drive(0.1, step=0.05))
-        self.assertEqual(len(self.transport.log), 1)
-        t0, before = self.clock.seconds(), len(claims)
-        for i in range(6):  # six batches in the next 0.3 s, each a NOTIFY
-            yield defer.ensureDeferred(self.enqueue(f"r{i}@example.org"))
-            yield wait_for(lambda: self.sender._timer is not None or self.sender._pumping)
-            yield defer.ensureDeferred(self.drive(0.05, step=0.05))
-        self.assertEqual(len(self.transport.log), 1)  # the bucket's next token: at 0.5 s
-        self.assertEqual([round(t - t0, 2) for t in claims[before:]], [])
-        yield defer.ensureDeferred(self.drive(2.1, step=0.05))
-        # then 2 a second, each claim taking one message: no claim in between
-        self.assertEqual(len(self.transport.log), 5)
-        gaps = [round(b[0] - a[0], 2) for a, b in zip(self.transport.log, self.transport.log[1:])]
-        self.assertTrue(all(g >= 0.5 - 1e-6 for g in gaps), gaps)
-        self.assertLessEqual(len(claims) - before, 5)
-
 
 class SharedDatabaseTests(DatabaseTestCase):
     """
