@@ -108,8 +108,9 @@ class HomeServer:
             return self._given_database
         from emaild.db.database import Database
 
-        return Database(self.reactor, self.config["database"]["url"],
-                        self.config["database"]["pool_size"])
+        database = self.config["database"]
+        return Database(self.reactor, database["url"], database["pool_size"],
+                        prepare=database["prepared_statements"])
 
     async def open_database(self, migrate: bool = True) -> None:
         """

@@ -96,13 +96,15 @@ class DatabaseTestCase(unittest.TestCase):
     """
 
     pool_size = 3
+    #: [database] prepared_statements
+    prepare = True
 
     def setUp(self):
         self.tmp = Path(self.mktemp()).absolute()
         self.tmp.mkdir(parents=True)
         self.dsn = create_database()
         self.addCleanup(drop_database, self.dsn)
-        self.db = Database(reactor, self.dsn, pool_size=self.pool_size)
+        self.db = Database(reactor, self.dsn, pool_size=self.pool_size, prepare=self.prepare)
         self.addCleanup(self.db.close)
         return defer.ensureDeferred(self._open())
 

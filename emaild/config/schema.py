@@ -42,6 +42,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "database": {
         "url": (string, ""),
         "pool_size": (integer(1), 4),
+        "prepared_statements": (boolean, True),
     },
     "http": {
         "endpoint": (endpoint, "tcp:8080:interface=127.0.0.1"),

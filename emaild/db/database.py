@@ -15,13 +15,14 @@ its listener, since NOTIFYs sent during the outage are lost.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from emaild.db.pool import CONNECT_TIMEOUT, Connection, Detector, Pool, is_connection_error
+from emaild.db.prepared import Statement
 
 log = Logger()
 
@@ -82,10 +83,12 @@ class Database:
     @ivar dsn: libpq connection string or URL.
     """
 
-    def __init__(self, reactor, dsn: str, pool_size: int = 4):
+    def __init__(self, reactor, dsn: str, pool_size: int = 4, prepare: bool = True):
         self.reactor = reactor
         self.dsn = dsn
         self.pool_size = pool_size
+        #: whether L{Statement}s are prepared (see L{emaild.db.prepared})
+        self.prepare = prepare
         #: seconds start() waits for the server to answer
         self.connect_timeout = CONNECT_TIMEOUT
         self._pool: Pool | None = None
@@ -96,7 +99,7 @@ class Database:
         self._recovered: list[Callable[[], Any]] = []
 
     async def start(self) -> None:
-        pool = Pool(self.reactor, self.dsn, self.pool_size)
+        pool = Pool(self.reactor, self.dsn, self.pool_size, self.prepare)
         pool.connkw.update(_connect_kwargs())
         # libpq ignores connect_timeout on these non-blocking connections: a
         # server that accepts and never answers would hold start-up for ever
@@ -143,6 +146,14 @@ class Database:
 
     def runOperation(self, sql: str, params: Any = None) -> defer.Deferred:  # noqa: N802
         d = defer.maybeDeferred(lambda: self._checked().runOperation(sql, params))
+        return _uncancellable(d.addErrback(self._fail_clearly))
+
+    def run_prepared(self, statement: Statement, params: Sequence[Any] = ()) -> defer.Deferred:
+        """
+        Run C{statement} (autocommit, as L{runQuery}); fires with its rows,
+        or None for a statement that returns none.
+        """
+        d = defer.maybeDeferred(lambda: self._checked().run_prepared(statement, params))
         return _uncancellable(d.addErrback(self._fail_clearly))
 
     def transaction(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args, **kwargs) -> defer.Deferred:

@@ -29,6 +29,8 @@ from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
 from txpostgres.psycopg2_impl import psycopg2
 
+from emaild.db.prepared import Statement
+
 log = Logger()
 
 
@@ -242,13 +244,55 @@ class Cursor(txpostgres.Cursor):
 
         return self.poll().addBoth(finished)
 
+    def execute_prepared(self, statement: Statement, params=()) -> defer.Deferred:
+        """
+        Run C{statement} (see L{emaild.db.prepared}) with C{params}:
+        prepared on this connection the first time it runs here.
+        """
+        params = statement.check(params)
+        connection = self._connection
+        if not connection.prepare:
+            return self.execute(statement.plain_sql, statement.plain_parameters(params))
+        if statement.name in connection.prepared:
+            return self.execute(statement.execute_sql, params or None)
+        before = connection.progress.sent
+
+        def prepared(_):
+            connection.prepared.add(statement.name)
+            # PREPARE changes nothing a retry could do twice (see may_retry)
+            connection.progress.sent = before
+            return self.execute(statement.execute_sql, params or None)
+
+        return self.execute(statement.prepare_sql).addCallback(prepared)
+
 
 class Connection(txpostgres.Connection):
     cursorFactory = Cursor
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, prepare: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.progress = Progress()
+        #: whether L{Cursor.execute_prepared} prepares its statements
+        self.prepare = prepare
+        #: the statements prepared in the current server session
+        self.prepared: set[str] = set()
+
+    def connect(self, *args, **kwargs):
+        # also the detector's way to reconnect: a new server session has
+        # none of the old one's prepared statements
+        self.prepared = set()
+        return super().connect(*args, **kwargs)
+
+    def run_prepared(self, statement: Statement, params=()) -> defer.Deferred:
+        """
+        L{Cursor.execute_prepared} on its own (autocommit, as runQuery):
+        fires with its rows, or None for a statement that returns none.
+        """
+        return self._doit(self._run_prepared, statement, params)
+
+    def _run_prepared(self, statement: Statement, params) -> defer.Deferred:
+        d = self.cursor().execute_prepared(statement, params)
+        return d.addCallback(lambda c: c.fetchall() if c.description is not None else None)
 
     def _runInteraction(self, interaction, *args, **kwargs):  # noqa: N802
         # txpostgres' own version logs a traceback whenever the ROLLBACK after
@@ -318,9 +362,10 @@ class Pool(txpostgres.ConnectionPool):
     on a fresh connection when L{may_retry} says it is safe.
     """
 
-    def __init__(self, reactor, dsn: str, size: int):
+    def __init__(self, reactor, dsn: str, size: int, prepare: bool = True):
         self.reactor = reactor
         self.min = size
+        self.prepare = prepare
         #: every connection ever made, also those checked out
         self.every_connection: list[Connection] = []
         #: calls run a second time (for tests and logs)
@@ -328,7 +373,8 @@ class Pool(txpostgres.ConnectionPool):
         super().__init__(None, dsn, min=size)
 
     def connectionFactory(self, reactor, cooperator):  # noqa: N802 (txpostgres API)
-        connection = Connection(reactor, cooperator, detector=Detector(reactor))
+        connection = Connection(reactor, cooperator, detector=Detector(reactor),
+                                prepare=self.prepare)
         self.every_connection.append(connection)
         return connection
 
@@ -346,6 +392,10 @@ class Pool(txpostgres.ConnectionPool):
 
     def _runOperation(self, *args, **kwargs):  # noqa: N802
         return defer.ensureDeferred(self._run(lambda c: c.runOperation(*args, **kwargs), False))
+
+    def run_prepared(self, statement: Statement, params=()) -> defer.Deferred:
+        return self._semaphore.run(lambda: defer.ensureDeferred(self._run(
+            lambda c: c.run_prepared(statement, params), False)))
 
     def _runInteraction(self, interaction, *args, **kwargs):  # noqa: N802
         return defer.ensureDeferred(self._run(
