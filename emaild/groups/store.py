@@ -18,6 +18,7 @@ from typing import Sequence
 import attrs
 
 from emaild.db.arrays import int_array, text_array
+from emaild.db.prepared import Statement
 from emaild.groups.addresses import ReplyToken
 from emaild.inbound.relations import INBOUND_RECIPIENTS
 from emaild.people.relations import COURSES, PEOPLE
@@ -71,6 +72,48 @@ _GROUP = f"{_GROUP_COLUMNS} FROM {_GROUP_FROM}"
 _MEMBER = ("m.group_id, m.person_id, p.email, p.display_name, m.left_at,"
            " m.reply_secret_hi, m.reply_secret_lo, m.joined_at"
            f" FROM group_members m JOIN {PEOPLE} p ON p.id = m.person_id")
+
+# the statements run for every post and relay batch, prepared (emaild.db.prepared)
+_BY_TOKENS = Statement(
+    "groups_members_by_tokens",
+    f"SELECT {_MEMBER} WHERE (m.group_id, m.person_id) IN"
+    " (SELECT * FROM unnest($1::bigint[], $2::bigint[]))")
+# two index lookups, not one OR: the planner answers "group_id = g AND
+# (a OR b)" by reading every post of the group, a cost that grows with
+# the group's history on every relay batch
+_FIND_POSTS = Statement(
+    "groups_find_posts",
+    "SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
+    " WHERE message_id = ANY($2::text[]) AND group_id = $1"
+    " UNION ALL"
+    " SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
+    " WHERE group_id = $1 AND original_message_id = ANY($2::text[])")
+_NAME_AND_COURSE = Statement("groups_name_and_course",
+                             "SELECT name, course_id FROM groups WHERE id = $1")
+_MEMBERS_FOR_RELAY = Statement(
+    "groups_members_for_relay",
+    f"SELECT {_MEMBER} WHERE m.group_id = $1 AND ($2::boolean OR m.left_at IS NULL)"
+    " ORDER BY m.person_id")
+_NEXT_POST_IDS = Statement(
+    "groups_next_post_ids",
+    "SELECT nextval(pg_get_serial_sequence('group_posts', 'id'))"
+    " FROM generate_series(1, $1::integer)")
+_INSERT_POSTS_WITH_COPIES = Statement(
+    "groups_insert_posts_with_copies",
+    "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],"
+    "   $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::int[])"
+    "   AS v(id, g, a, i, m, t, pm, om, s, n)),"
+    " c AS (INSERT INTO group_relayed_copies (message_id, group_id, person_id)"
+    "   SELECT * FROM unnest($11::bigint[], $12::bigint[], $13::bigint[])"
+    "   ON CONFLICT DO NOTHING RETURNING message_id, group_id, person_id),"
+    " p AS (INSERT INTO group_posts (id, group_id, author_id, inbound_id, thread_id,"
+    "   message_id, original_message_id, subject, copies)"
+    "   SELECT v.id, v.g, v.a, v.i, v.t, v.pm, v.om, v.s,"
+    "     (SELECT count(*) FROM c WHERE c.message_id = v.m AND c.group_id = v.g) FROM v"
+    "   WHERE v.n = 0 OR EXISTS (SELECT 1 FROM c WHERE c.message_id = v.m AND c.group_id = v.g)"
+    "   RETURNING id)"
+    " SELECT p.id, ARRAY(SELECT c.person_id FROM c WHERE c.message_id = v.m"
+    "   AND c.group_id = v.g) FROM p JOIN v ON v.id = p.id")
 
 
 class GroupStore:
@@ -126,10 +169,8 @@ class GroupStore:
 
     async def by_tokens(self, tokens: Sequence[ReplyToken]) -> builtins.list[Member | None]:
         """L{by_token} for several tokens, in one query (in their order)."""
-        rows = await self.db.runQuery(
-            f"SELECT {_MEMBER} WHERE (m.group_id, m.person_id) IN"
-            " (SELECT * FROM unnest(%s::bigint[], %s::bigint[]))",
-            (int_array(t.group_id for t in tokens), int_array(t.person_id for t in tokens)))
+        rows = await self.db.run_prepared(_BY_TOKENS, (
+            int_array(t.group_id for t in tokens), int_array(t.person_id for t in tokens)))
         found = {(m.group_id, m.person_id): m for m in (Member(*row) for row in rows)}
         members: builtins.list[Member | None] = []
         for token in tokens:
@@ -196,17 +237,7 @@ async def find_posts_txn(cursor, group_id: int, message_ids: Sequence[str]) -> d
     """
     if not message_ids:
         return {}
-    # two index lookups, not one OR: the planner answers "group_id = g AND
-    # (a OR b)" by reading every post of the group, a cost that grows with
-    # the group's history on every relay batch
-    cited = text_array(message_ids)
-    await cursor.execute(
-        "SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
-        " WHERE message_id = ANY(%s::text[]) AND group_id = %s"
-        " UNION ALL"
-        " SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
-        " WHERE group_id = %s AND original_message_id = ANY(%s::text[])",
-        (cited, group_id, group_id, cited))
+    await cursor.execute_prepared(_FIND_POSTS, (group_id, text_array(message_ids)))
     found: dict[str, tuple[int, int, str]] = {}
     for post_id, thread_id, ours, original in cursor.fetchall():
         for key in (ours, original):
@@ -216,15 +247,13 @@ async def find_posts_txn(cursor, group_id: int, message_ids: Sequence[str]) -> d
 
 
 async def name_and_course_txn(cursor, group_id: int) -> tuple[str, int] | None:
-    await cursor.execute("SELECT name, course_id FROM groups WHERE id = %s", (group_id,))
+    await cursor.execute_prepared(_NAME_AND_COURSE, (group_id,))
     row = cursor.fetchone()
     return tuple(row) if row else None
 
 
 async def members_for_relay_txn(cursor, group_id: int, include_left: bool = False) -> builtins.list[Member]:
-    await cursor.execute(
-        f"SELECT {_MEMBER} WHERE m.group_id = %s AND (%s OR m.left_at IS NULL)"
-        " ORDER BY m.person_id", (group_id, include_left))
+    await cursor.execute_prepared(_MEMBERS_FOR_RELAY, (group_id, include_left))
     return [Member(*row) for row in cursor.fetchall()]
 
 
@@ -288,8 +317,7 @@ class NewPost:
 
 async def next_post_ids_txn(cursor, n: int) -> list[int]:
     """C{n} unused post ids (for L{NewPost}; those not used are gaps)."""
-    await cursor.execute("SELECT nextval(pg_get_serial_sequence('group_posts', 'id'))"
-                         " FROM generate_series(1, %s)", (n,))
+    await cursor.execute_prepared(_NEXT_POST_IDS, (n,))
     return [row[0] for row in cursor.fetchall()]
 
 
@@ -304,21 +332,8 @@ async def insert_posts_with_copies_txn(cursor, posts: Sequence[NewPost]) -> dict
     if len({(p.message_id, p.group_id) for p in posts}) < len(posts):
         raise ValueError("two posts of one message to one group")
     copies = [(p.message_id, p.group_id, person) for p in posts for person in p.person_ids]
-    await cursor.execute(
-        "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
-        "   %s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[])"
-        "   AS v(id, g, a, i, m, t, pm, om, s, n)),"
-        " c AS (INSERT INTO group_relayed_copies (message_id, group_id, person_id)"
-        "   SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])"
-        "   ON CONFLICT DO NOTHING RETURNING message_id, group_id, person_id),"
-        " p AS (INSERT INTO group_posts (id, group_id, author_id, inbound_id, thread_id,"
-        "   message_id, original_message_id, subject, copies)"
-        "   SELECT v.id, v.g, v.a, v.i, v.t, v.pm, v.om, v.s,"
-        "     (SELECT count(*) FROM c WHERE c.message_id = v.m AND c.group_id = v.g) FROM v"
-        "   WHERE v.n = 0 OR EXISTS (SELECT 1 FROM c WHERE c.message_id = v.m AND c.group_id = v.g)"
-        "   RETURNING id)"
-        " SELECT p.id, ARRAY(SELECT c.person_id FROM c WHERE c.message_id = v.m"
-        "   AND c.group_id = v.g) FROM p JOIN v ON v.id = p.id",
+    await cursor.execute_prepared(
+        _INSERT_POSTS_WITH_COPIES,
         (int_array(p.post_id for p in posts), int_array(p.group_id for p in posts),
          int_array(p.author_id for p in posts), int_array(p.inbound_id for p in posts),
          int_array(p.message_id for p in posts), int_array(p.thread_id for p in posts),

@@ -21,12 +21,40 @@ from twisted.python.failure import Failure
 from emaild.db.arrays import bool_array, int_array, text_array
 from emaild.db.database import DatabaseUnavailable
 from emaild.db.pool import connection_died
+from emaild.db.prepared import Statement
 from emaild.inbound.records import Outcome, Pending, Received, ReceivedRow, Recipient, Refusal
 
 #: NOTIFY channel that wakes the relay processor when mail arrived
 INBOUND_CHANNEL = "emaild_inbound"
 RELAY, UNSUBSCRIBE, BOUNCE = "relay", "unsubscribe", "bounce"
 TERMINAL = ("done", "ignored", "failed")
+
+# the statements run for every post (emaild.db.prepared)
+#: the group commit: several messages with their recipients
+_RECEIVE_MANY = Statement(
+    "inbound_receive_many",
+    "WITH v AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence("
+    "   'inbound_messages', 'id')) AS id, v.*"
+    "   FROM unnest($1::text[], $2::text[], $3::boolean[], $4::text[], $5::integer[],"
+    "     $6::bytea[], $7::text[]) WITH ORDINALITY"
+    "     AS v(peer, helo, tls, mail_from, size, raw, authentication, n)),"
+    " m AS (INSERT INTO inbound_messages (id, peer, helo, tls, mail_from, size, raw,"
+    "   authentication) SELECT id, peer, helo, tls, mail_from, size, raw, authentication"
+    "   FROM v),"
+    " r AS (INSERT INTO inbound_recipients (message_id, address, purpose, group_id,"
+    "   person_id, link_id, outbox_id)"
+    "   SELECT v.id, a, p, g, pe, l, o FROM unnest($8::bigint[], $9::text[], $10::text[],"
+    "     $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[]) WITH ORDINALITY"
+    "     AS x(n, a, p, g, pe, l, o, k) JOIN v ON v.n = x.n ORDER BY x.k)"
+    " SELECT array_agg(id ORDER BY n), "
+    f"pg_notify('{INBOUND_CHANNEL}', '') FROM v")
+_RECENT_POSTS = Statement(
+    "inbound_recent_posts",
+    "SELECT count(*) FROM (SELECT 1 FROM inbound_recipients r"
+    "  JOIN inbound_messages m ON m.id = r.message_id"
+    "  WHERE r.purpose = 'relay' AND r.group_id = $1 AND r.person_id = $2"
+    "  AND m.received_at > now() - make_interval(secs => $3::float8)"
+    "  ORDER BY r.message_id DESC LIMIT $4) recent")
 
 
 class InboundStore:
@@ -67,21 +95,8 @@ class InboundStore:
         their message ids, in order; on failure none of them is stored.
         """
         recipients = [(n, r) for n, post in enumerate(posts, 1) for r in post.recipients]
-        d = self.db.runQuery(
-            "WITH v AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence("
-            "   'inbound_messages', 'id')) AS id, v.*"
-            "   FROM unnest(%s::text[], %s::text[], %s::boolean[], %s::text[], %s::integer[],"
-            "     %s::bytea[], %s::text[]) WITH ORDINALITY"
-            "     AS v(peer, helo, tls, mail_from, size, raw, authentication, n)),"
-            " m AS (INSERT INTO inbound_messages (id, peer, helo, tls, mail_from, size, raw,"
-            "   authentication) SELECT id, peer, helo, tls, mail_from, size, raw, authentication"
-            "   FROM v),"
-            " r AS (INSERT INTO inbound_recipients (message_id, address, purpose, group_id,"
-            "   person_id, link_id, outbox_id)"
-            "   SELECT v.id, a, p, g, pe, l, o FROM unnest(%s::bigint[], %s::text[], %s::text[],"
-            "     %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) WITH ORDINALITY"
-            "     AS x(n, a, p, g, pe, l, o, k) JOIN v ON v.n = x.n ORDER BY x.k)"
-            " SELECT array_agg(id ORDER BY n), pg_notify(%s, '') FROM v",
+        d = self.db.run_prepared(
+            _RECEIVE_MANY,
             # each list as one array literal (see emaild.db.arrays), but the
             # messages: psycopg2's own bytea quoting (libpq, in C) is faster
             # than any literal built here
@@ -94,7 +109,7 @@ class InboundStore:
              int_array(r.group_id for _, r in recipients),
              int_array(r.person_id for _, r in recipients),
              int_array(r.link_id for _, r in recipients),
-             int_array(r.outbox_id for _, r in recipients), INBOUND_CHANNEL))
+             int_array(r.outbox_id for _, r in recipients)))
         return d.addCallback(lambda rows: list(rows[0][0]))
 
     async def _count_failure(self, recipient_id: int, failure: Failure,
@@ -135,13 +150,8 @@ class InboundStore:
         How many messages the member stored as posts to the group in the
         last C{seconds} (counting stops at C{at_most}).
         """
-        rows = await self.db.runQuery(
-            "SELECT count(*) FROM (SELECT 1 FROM inbound_recipients r"
-            "  JOIN inbound_messages m ON m.id = r.message_id"
-            "  WHERE r.purpose = 'relay' AND r.group_id = %s AND r.person_id = %s"
-            "  AND m.received_at > now() - make_interval(secs => %s)"
-            "  ORDER BY r.message_id DESC LIMIT %s) recent",
-            (group_id, person_id, seconds, at_most))
+        rows = await self.db.run_prepared(_RECENT_POSTS,
+                                          (group_id, person_id, float(seconds), at_most))
         return rows[0][0]
 
     async def record_refusal(self, *, reason: str, subject: str, address: str,
@@ -172,6 +182,22 @@ class InboundStore:
 #: held until its author confirms it) is kept out of it by its state.
 PENDING_STATE = "received"
 
+_CLAIM_PENDING = Statement(
+    "inbound_claim_pending",
+    "SELECT r.id, r.message_id, r.address, r.purpose, r.group_id, r.person_id,"
+    " r.link_id, r.outbox_id, r.attempts, m.mail_from, m.raw,"
+    " EXISTS (SELECT 1 FROM inbound_recipients o WHERE o.message_id = r.message_id"
+    "   AND o.id <> r.id)"
+    " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
+    f" WHERE r.state = '{PENDING_STATE}' AND r.id > $1 ORDER BY r.id LIMIT $2"
+    " FOR UPDATE OF r SKIP LOCKED")
+_FINISH = Statement(
+    "inbound_finish",
+    "UPDATE inbound_recipients r SET state = v.state, reason = v.reason,"
+    " processed_at = now(), attempts = r.attempts + 1"
+    " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS v(id, state, reason)"
+    f" WHERE r.id = v.id AND r.state = '{PENDING_STATE}'")
+
 
 async def claim_pending_txn(cursor, limit: int, after: int = 0) -> list[Pending]:
     """
@@ -180,14 +206,7 @@ async def claim_pending_txn(cursor, limit: int, after: int = 0) -> list[Pending]
     so several emaild processes share the work).  Every selection of rows
     for processing goes through here.
     """
-    await cursor.execute(
-        "SELECT r.id, r.message_id, r.address, r.purpose, r.group_id, r.person_id,"
-        " r.link_id, r.outbox_id, r.attempts, m.mail_from, m.raw,"
-        " EXISTS (SELECT 1 FROM inbound_recipients o WHERE o.message_id = r.message_id"
-        "   AND o.id <> r.id)"
-        " FROM inbound_recipients r JOIN inbound_messages m ON m.id = r.message_id"
-        " WHERE r.state = %s AND r.id > %s ORDER BY r.id LIMIT %s FOR UPDATE OF r SKIP LOCKED",
-        (PENDING_STATE, after, limit))
+    await cursor.execute_prepared(_CLAIM_PENDING, (after, limit))
     return [_pending(*row) for row in cursor.fetchall()]
 
 
@@ -206,13 +225,9 @@ def _transaction_lost(error: Exception) -> bool:
 async def _finish(cursor, outcomes: Sequence[tuple[int, Outcome]]) -> None:
     if not outcomes:
         return
-    await cursor.execute(
-        "UPDATE inbound_recipients r SET state = v.state, reason = v.reason,"
-        " processed_at = now(), attempts = r.attempts + 1"
-        " FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, state, reason)"
-        " WHERE r.id = v.id AND r.state = %s",
-        (int_array(i for i, _ in outcomes), text_array(o.state for _, o in outcomes),
-         text_array(o.reason for _, o in outcomes), PENDING_STATE))
+    await cursor.execute_prepared(_FINISH, (
+        int_array(i for i, _ in outcomes), text_array(o.state for _, o in outcomes),
+        text_array(o.reason for _, o in outcomes)))
 
 
 
