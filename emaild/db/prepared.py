@@ -85,3 +85,40 @@ class Statement:
                             f" given {len(params)}")
         return params
 
+
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+class Variants:
+    """
+    Statements put together at run time from a few fixed parts (a caller's
+    CTEs, a flag) with psycopg2's named parameters (C{%(name)s}): each
+    distinct text becomes one L{Statement}, named C{PREFIX_1}, C{PREFIX_2},
+    ...  At most C{limit} of them: a text that carried values rather than
+    placeholders would otherwise make a new statement per call.
+    """
+
+    def __init__(self, prefix: str, limit: int = 16):
+        self.prefix = prefix
+        self.limit = limit
+        self._by_text: dict[str, tuple[Statement, tuple[str, ...]]] = {}
+
+    def bind(self, sql: str, params: dict) -> tuple[Statement, list]:
+        """The statement for C{sql}, and C{params}' values in its order."""
+        found = self._by_text.get(sql)
+        if found is None:
+            if len(self._by_text) >= self.limit:
+                raise ValueError(f"more than {self.limit} variants of {self.prefix}")
+            names: list[str] = []
+
+            def number(match: re.Match) -> str:
+                if match.group(1) not in names:
+                    names.append(match.group(1))
+                return f"${names.index(match.group(1)) + 1}"
+
+            numbered = _NAMED.sub(number, sql).replace("%%", "%")
+            statement = Statement(f"{self.prefix}_{len(self._by_text) + 1}", numbered)
+            found = self._by_text[sql] = (statement, tuple(names))
+        statement, order = found
+        return statement, [params[name] for name in order]

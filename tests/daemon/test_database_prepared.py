@@ -11,7 +11,7 @@ import psycopg2
 from twisted.trial import unittest
 
 from emaild.db.database import DatabaseUnavailable
-from emaild.db.prepared import Statement
+from emaild.db.prepared import Statement, Variants
 from tests.support import DatabaseTestCase
 
 ADD = Statement("test_prepared_add", "SELECT $1::integer + $2::integer, $1::integer")
@@ -49,6 +49,27 @@ class DeclarationTests(unittest.TestCase):
         self.assertEqual(ADD.execute_sql, "EXECUTE test_prepared_add(%s, %s)")
         self.assertEqual(CONSTANT.execute_sql, "EXECUTE test_prepared_constant")
         self.assertEqual(LIKE.plain_sql, "SELECT %(1)s::text LIKE '%%b%%', '100%%'")
+
+
+class VariantsTests(unittest.TestCase):
+    def test_one_statement_per_text(self):
+        variants = Variants("test_variants_text")
+        sql = "SELECT %(b)s::int, %(a)s::int, %(b)s::int, '5%%'"
+        first, values = variants.bind(sql, {"a": 1, "b": 2})
+        again, other_values = variants.bind(sql, {"a": 3, "b": 4})
+        self.assertIs(first, again)
+        self.assertEqual(first.sql, "SELECT $1::int, $2::int, $1::int, '5%'")
+        self.assertEqual((values, other_values), ([2, 1], [4, 3]))
+        different, _ = variants.bind("SELECT %(a)s::int", {"a": 1})
+        self.assertNotEqual(different.name, first.name)
+
+    def test_at_most_limit_texts(self):
+        variants = Variants("test_variants_limit", limit=2)
+        variants.bind("SELECT 1", {})
+        variants.bind("SELECT 2", {})
+        variants.bind("SELECT 1", {})  # not a new one
+        with self.assertRaises(ValueError):
+            variants.bind("SELECT 3", {})
 
 
 class PreparedTests(DatabaseTestCase):
