@@ -9,6 +9,7 @@ from typing import Sequence
 import attrs
 
 from emaild.db.arrays import int_array
+from emaild.db.prepared import Variants
 from emaild.links.tokens import TokenParts, new_secret
 
 
@@ -42,6 +43,11 @@ _COLUMNS = ("id, person_id, purpose, target, secret_hi, secret_lo,"
             " extract(epoch FROM expires_at)::float8, uses")
 _JOINED_COLUMNS = ("l.id, l.person_id, l.purpose, l.target, l.secret_hi, l.secret_lo,"
                    " extract(epoch FROM l.expires_at)::float8, l.uses")
+
+
+#: the click statement, one per kind of caller (what it also does: start a
+#: session; whether it waits for the disk), prepared (emaild.db.prepared)
+_USE_MANY = Variants("links_use_many")
 
 
 class LinkStore:
@@ -120,7 +126,7 @@ class LinkStore:
         loses it.  Only for what a learner can redo by clicking again.
         """
         ctes, params = also
-        rows = await self.db.runQuery(
+        statement, values = _USE_MANY.bind(
             "WITH click AS (SELECT * FROM unnest(%(link_ids)s::bigint[],"
             "   %(link_secret_his)s::bigint[], %(link_secret_los)s::bigint[])"
             "   WITH ORDINALITY AS c(link_id, secret_hi, secret_lo, n)),"
@@ -143,6 +149,7 @@ class LinkStore:
              "link_secret_his": int_array([p.secret_hi for p in clicks]),
              "link_secret_los": int_array([p.secret_lo for p in clicks]),
              "link_purpose": purpose, "link_now": now})
+        rows = await self.db.run_prepared(statement, values)
         found: dict[int, tuple[LinkRow, bool]] = {}
         for n, *row, used in rows:
             found[n] = (LinkRow(*row), used)

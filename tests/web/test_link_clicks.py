@@ -110,13 +110,14 @@ class ClickBatchTests(WebTestCase):
 
     def count_queries(self) -> list:
         calls = []
-        original = self.db.runQuery
+        for method in ("runQuery", "run_prepared"):
+            original = getattr(self.db, method)
 
-        def counted(*args, **kwargs):
-            calls.append(args[0])
-            return original(*args, **kwargs)
+            def counted(*args, original=original, **kwargs):
+                calls.append(args[0])
+                return original(*args, **kwargs)
 
-        self.db.runQuery = counted
+            setattr(self.db, method, counted)
         return calls
 
     @async_test

@@ -271,7 +271,7 @@ class LoginLinkTests(LinkTestCase):
         ada = await self.person()
         url = await self.login_url(ada)
         calls = []
-        for name in ("runQuery", "runOperation", "transaction"):
+        for name in ("runQuery", "runOperation", "run_prepared", "transaction"):
             original = getattr(self.db, name)
 
             def counted(*args, _name=name, _original=original, **kwargs):
@@ -282,11 +282,11 @@ class LoginLinkTests(LinkTestCase):
         browser = self.client()
         response, _ = await browser.get(self.path(url))
         self.assertEqual(response.code, 303)
-        self.assertEqual(calls, ["runQuery"])
+        self.assertEqual(calls, ["run_prepared"])
         del calls[:]
         response, _ = await browser.get(self.path(url))  # with a session to revoke
         self.assertEqual(response.code, 303)
-        self.assertEqual(calls, ["runQuery"])
+        self.assertEqual(calls, ["run_prepared"])
         self.assertEqual(self.query("SELECT uses FROM links"), [(2,)])
         self.assertEqual(self.query("SELECT count(*) FROM web_sessions WHERE revoked_at IS NULL"),
                          [(1,)])
