@@ -14,8 +14,9 @@ from typing import Mapping, Sequence
 import attrs
 
 from emaild.config import QoSClass
-from emaild.db.arrays import int_array
+from emaild.db.arrays import int_array, text_array
 from emaild.db.database import notify
+from emaild.db.prepared import Statement
 from emaild.outbound.bucket import Bucket
 from emaild.outbound.kinds import Scope, optout_reason
 from emaild.outbound.policy import Decision
@@ -53,31 +54,68 @@ class RateLimits:
     lease: float
 
 
+# the statements of every claim and record, prepared (emaild.db.prepared)
+_ENSURE_BUCKET = Statement(
+    "outbound_ensure_bucket",
+    "INSERT INTO send_buckets (name, tokens, refilled_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (name) DO NOTHING")
+_LOCK_BUCKET = Statement(
+    "outbound_lock_bucket",
+    "SELECT tokens, refilled_at, slowdown, slowed_at, paused_until"
+    " FROM send_buckets WHERE name = $1 FOR UPDATE")
+_SAVE_BUCKET = Statement(
+    "outbound_save_bucket",
+    "UPDATE send_buckets SET tokens = $1, refilled_at = $2, slowdown = $3,"
+    " slowed_at = $4, paused_until = $5 WHERE name = $6")
+_ANY_DUE = Statement(
+    "outbound_any_due",
+    "SELECT 1 FROM outbox WHERE state = 'queued' AND next_attempt_at <= to_timestamp($1::float8)"
+    " LIMIT 1")
+_CLAIM = Statement(
+    "outbound_claim",
+    "SELECT o.id, o.qos, o.recipient, o.envelope_from, o.body, o.attempts, s.reason,"
+    "   CASE WHEN o.unsubscribable THEN o.person_id END, o.course_id, o.kind"
+    " FROM outbox o LEFT JOIN suppressions s ON s.address = lower(o.recipient)"
+    " WHERE o.state = 'queued' AND o.next_attempt_at <= to_timestamp($1::float8)"
+    "   AND o.qos <> ALL($2::text[])"
+    " ORDER BY o.priority DESC, o.next_attempt_at, o.id"
+    " LIMIT $3 FOR UPDATE OF o SKIP LOCKED")
+_LEASE = Statement(
+    "outbound_lease",
+    "UPDATE outbox SET state = 'sending', lease_owner = $1,"
+    " lease_until = to_timestamp($2::float8), updated_at = now()"
+    " WHERE id = ANY($3::bigint[])")
+_COUNT_SENT = Statement(
+    "outbound_count_sent",
+    "INSERT INTO send_daily_usage (day, sent) VALUES ($1, $2)"
+    " ON CONFLICT (day) DO UPDATE SET sent = send_daily_usage.sent + EXCLUDED.sent")
+_RECORD_SENT = Statement(
+    "outbound_record_sent",
+    "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[],"
+    "   $5::text[]) AS v(id, attempts, reason, code, reply)),"
+    " done AS (UPDATE outbox o SET state = 'sent', attempts = v.attempts, reason = v.reason,"
+    "   lease_owner = NULL, lease_until = NULL, updated_at = now(), finished_at = now()"
+    "   FROM v WHERE o.id = v.id AND o.state = 'sending' AND o.lease_owner = $6"
+    "   RETURNING extract(epoch FROM now() - o.created_at)::float8),"
+    " logged AS (INSERT INTO outbox_attempts (outbox_id, outcome, code, reply, sender)"
+    "   SELECT id, 'sent', code, reply, $6 FROM v)"
+    " SELECT * FROM done")
+
+
 def _utc_day(now: float) -> datetime.date:
     return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date()
 
 
 async def load_bucket_txn(cursor, name: str, burst: float, now: float) -> Bucket:
-    await cursor.execute(
-        "INSERT INTO send_buckets (name, tokens, refilled_at) VALUES (%s, %s, %s)"
-        " ON CONFLICT (name) DO NOTHING",
-        (name, burst, now),
-    )
-    await cursor.execute(
-        "SELECT tokens, refilled_at, slowdown, slowed_at, paused_until"
-        " FROM send_buckets WHERE name = %s FOR UPDATE",
-        (name,),
-    )
+    await cursor.execute_prepared(_ENSURE_BUCKET, (name, burst, now))
+    await cursor.execute_prepared(_LOCK_BUCKET, (name,))
     return Bucket(name, *cursor.fetchone())
 
 
 async def save_bucket_txn(cursor, bucket: Bucket) -> None:
-    await cursor.execute(
-        "UPDATE send_buckets SET tokens = %s, refilled_at = %s, slowdown = %s,"
-        " slowed_at = %s, paused_until = %s WHERE name = %s",
-        (bucket.tokens, bucket.refilled_at, bucket.slowdown, bucket.slowed_at,
-         bucket.paused_until, bucket.name),
-    )
+    await cursor.execute_prepared(_SAVE_BUCKET, (
+        bucket.tokens, bucket.refilled_at, bucket.slowdown, bucket.slowed_at,
+        bucket.paused_until, bucket.name))
 
 
 async def claim_txn(cursor, owner: str, now: float, limit: int, limits: RateLimits,
@@ -111,23 +149,12 @@ async def claim_txn(cursor, owner: str, now: float, limit: int, limits: RateLimi
     exhausted = [name for name, b in capped.items() if b.available(now) == 0]
 
     if allowed == 0:
-        await cursor.execute(
-            "SELECT 1 FROM outbox WHERE state = 'queued' AND next_attempt_at <= to_timestamp(%s)"
-            " LIMIT 1", (now,))
+        await cursor.execute_prepared(_ANY_DUE, (now,))
         due = cursor.fetchone() is not None
         await save_bucket_txn(cursor, relay)
         return ClaimResult([], 0, retry_in if due else None)
 
-    await cursor.execute(
-        "SELECT o.id, o.qos, o.recipient, o.envelope_from, o.body, o.attempts, s.reason,"
-        "   CASE WHEN o.unsubscribable THEN o.person_id END, o.course_id, o.kind"
-        " FROM outbox o LEFT JOIN suppressions s ON s.address = lower(o.recipient)"
-        " WHERE o.state = 'queued' AND o.next_attempt_at <= to_timestamp(%s)"
-        "   AND o.qos <> ALL(%s::text[])"
-        " ORDER BY o.priority DESC, o.next_attempt_at, o.id"
-        " LIMIT %s FOR UPDATE OF o SKIP LOCKED",
-        (now, exhausted, allowed),
-    )
+    await cursor.execute_prepared(_CLAIM, (now, text_array(exhausted), allowed))
     rows = cursor.fetchall()
     opted_out = await opted_out_txn(cursor, rows)
     claimed, suppressed = [], []
@@ -148,12 +175,8 @@ async def claim_txn(cursor, owner: str, now: float, limit: int, limits: RateLimi
     relay.take(len(claimed))
 
     if claimed:
-        await cursor.execute(
-            "UPDATE outbox SET state = 'sending', lease_owner = %s,"
-            " lease_until = to_timestamp(%s), updated_at = now()"
-            " WHERE id = ANY(%s)",
-            (owner, now + limits.lease, [m.id for m in claimed]),
-        )
+        await cursor.execute_prepared(_LEASE, (
+            owner, now + limits.lease, int_array(m.id for m in claimed)))
     if suppressed:
         await cursor.execute(
             "UPDATE outbox o SET state = 'suppressed', reason = v.reason,"
@@ -208,11 +231,7 @@ async def record_txn(cursor, owner: str, decisions: Sequence[Decision], now: flo
         if others:
             await record_outcomes_txn(cursor, owner, others)
         if sent:
-            await cursor.execute(
-                "INSERT INTO send_daily_usage (day, sent) VALUES (%s, %s)"
-                " ON CONFLICT (day) DO UPDATE SET sent = send_daily_usage.sent + EXCLUDED.sent",
-                (_utc_day(now), len(sent)),
-            )
+            await cursor.execute_prepared(_COUNT_SENT, (_utc_day(now), len(sent)))
         if any(d.state == "queued" for d in others):
             await notify(cursor, OUTBOX_CHANNEL)
     if throttled or pause_until:
@@ -237,20 +256,10 @@ async def record_sent_txn(cursor, owner: str, decisions: Sequence[Decision]) -> 
     is left alone (its attempt is still logged).  Returns the seconds from
     enqueue to now of each row marked sent.
     """
-    await cursor.execute(
-        "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::int[],"
-        "   %s::text[]) AS v(id, attempts, reason, code, reply)),"
-        " done AS (UPDATE outbox o SET state = 'sent', attempts = v.attempts, reason = v.reason,"
-        "   lease_owner = NULL, lease_until = NULL, updated_at = now(), finished_at = now()"
-        "   FROM v WHERE o.id = v.id AND o.state = 'sending' AND o.lease_owner = %s"
-        "   RETURNING extract(epoch FROM now() - o.created_at)::float8),"
-        " logged AS (INSERT INTO outbox_attempts (outbox_id, outcome, code, reply, sender)"
-        "   SELECT id, 'sent', code, reply, %s FROM v)"
-        " SELECT * FROM done",
-        (int_array(d.outbox_id for d in decisions), int_array(d.attempts for d in decisions),
-         [d.reason for d in decisions], int_array(d.code for d in decisions),
-         [d.reply for d in decisions], owner, owner),
-    )
+    await cursor.execute_prepared(_RECORD_SENT, (
+        int_array(d.outbox_id for d in decisions), int_array(d.attempts for d in decisions),
+        [d.reason for d in decisions], int_array(d.code for d in decisions),
+        [d.reply for d in decisions], owner))
     return [row[0] for row in cursor.fetchall()]
 
 
