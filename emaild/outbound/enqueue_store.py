@@ -15,8 +15,22 @@ from psycopg2 import Binary
 from emaild.config import QoSClass
 from emaild.db.arrays import bool_array, int_array, text_array
 from emaild.db.database import notify
+from emaild.db.prepared import Statement
 from emaild.outbound.claim_store import OUTBOX_CHANNEL
 from emaild.outbound.compose import Rendered
+
+#: L{insert_message_batches_txn}'s statement (the relay processor's, once a
+#: batch), prepared (emaild.db.prepared)
+_INSERT_BATCHES = Statement(
+    "outbound_insert_batches",
+    "WITH i AS (INSERT INTO outbox (template, qos, priority, recipient, envelope_from,"
+    "   message_id, subject, body, batch, person_id, course_id, kind, unsubscribable)"
+    "   SELECT $1, $2, $3, r, e, m, s, b, a, p, c, k, u"
+    "   FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::bytea[], $9::text[],"
+    "     $10::bigint[], $11::bigint[], $12::text[], $13::boolean[])"
+    "     WITH ORDINALITY AS v(r, e, m, s, b, a, p, c, k, u, n)"
+    "   ORDER BY n RETURNING 1)"
+    f" SELECT count(*), pg_notify('{OUTBOX_CHANNEL}', '') FROM i")
 
 
 async def insert_messages_txn(cursor, template: str, qos: QoSClass, messages: Sequence[Rendered],
@@ -79,15 +93,8 @@ async def insert_message_batches_txn(cursor, template: str, qos: QoSClass,
     messages = [m for _, batch in batches for m in batch]
     if not messages:
         return 0
-    await cursor.execute(
-        "WITH i AS (INSERT INTO outbox (template, qos, priority, recipient, envelope_from,"
-        "   message_id, subject, body, batch, person_id, course_id, kind, unsubscribable)"
-        "   SELECT %s, %s, %s, r, e, m, s, b, a, p, c, k, u"
-        "   FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[],"
-        "     %s::bigint[], %s::bigint[], %s::text[], %s::boolean[])"
-        "     WITH ORDINALITY AS v(r, e, m, s, b, a, p, c, k, u, n)"
-        "   ORDER BY n RETURNING 1)"
-        " SELECT count(*), pg_notify(%s, '') FROM i",
+    await cursor.execute_prepared(
+        _INSERT_BATCHES,
         (template, qos.name, qos.priority,
          text_array([m.recipient for m in messages]),
          text_array([m.envelope_from for m in messages]),
@@ -96,6 +103,5 @@ async def insert_message_batches_txn(cursor, template: str, qos: QoSClass,
          [Binary(m.data) for m in messages], text_array(labels),
          int_array([m.person_id for m in messages]), int_array([m.course_id for m in messages]),
          text_array([m.kind for m in messages]),
-         bool_array([m.unsubscribable for m in messages]), OUTBOX_CHANNEL),
-    )
+         bool_array([m.unsubscribable for m in messages])))
     return cursor.fetchone()[0]
