@@ -18,7 +18,7 @@ from emaild.groups.addresses import ReplyAddresses
 from emaild.groups.store import GroupStore
 from emaild.inbound.auth.policy import from_addresses
 from emaild.inbound.groupcommit import GroupCommit
-from emaild.inbound.memberlookup import MemberLookups
+from emaild.inbound.memberlookup import MemberLookups, PostCounts
 from emaild.inbound.records import Received, Recipient
 from emaild.inbound.server import Envelope, IInboundHandler, Refused
 from emaild.inbound.store import BOUNCE, RELAY, UNSUBSCRIBE, InboundStore
@@ -56,6 +56,8 @@ class InboundHandler:
         self.groups = groups
         #: reply addresses looked up, several per query under load
         self.members = MemberLookups(groups, reactor=reactor)
+        #: and their posting-rate counts, at the same time
+        self.post_counts = PostCounts(store, reactor=reactor)
         self.addresses = addresses
         self.links = links
         #: for looking up our own bounce addresses
@@ -80,12 +82,8 @@ class InboundHandler:
                                  person_id=sent.person_id)
         else:
             token = self.addresses.parse(address)
-            member = await self.members.by_token(token) if token is not None else None
-            if member is not None and not member.live:
-                raise Refused(550, "5.1.1", "this group address no longer works: its owner "
-                                            "left the group")
+            member = None if token is None else await self._member(token, address, mail_from)
             if member is not None:
-                await self._check_posting_rate(member, address, mail_from)
                 verified = bool(member.email) and member.email.lower() == mail_from.lower()
                 # the canonical spelling, so that every spelling of one
                 # reply address is one recipient (the server keeps equal
@@ -96,18 +94,39 @@ class InboundHandler:
                                  member_email=member.email)
         raise Refused(550, "5.1.1", "no such address here")
 
-    async def _check_posting_rate(self, member, address: str, mail_from: str) -> None:
+    async def _member(self, token, address: str, mail_from: str):
         """
-        C{450 4.7.1} at RCPT once the member posted C{max_posts_per_hour}
-        times to the group in the last hour: before DATA, so nothing is
-        transferred or stored, and a 4xx, so a real member's mail is sent
-        again later by their MTA rather than lost.
+        The current member a reply address names (None when none: a wrong
+        secret, no such membership), their posting rate checked.  The
+        count is asked for with the lookup: one round trip for a limited
+        RCPT, not two.
         """
         limit = self.max_posts_per_hour
-        if not limit:
-            return
-        posts = await self.store.recent_posts(member.group_id, member.person_id,
-                                              seconds=3600, at_most=limit)
+        counting = self.post_counts.count(token.group_id, token.person_id, limit) \
+            if limit else None
+        try:
+            member = await self.members.by_token(token)
+            if member is not None and not member.live:
+                raise Refused(550, "5.1.1", "this group address no longer works: its owner "
+                                            "left the group")
+        except Exception:
+            _forget(counting)
+            raise
+        if member is None:
+            _forget(counting)
+        elif counting is not None:
+            await self._check_posting_rate(member, address, mail_from, limit, await counting)
+        return member
+
+    async def _check_posting_rate(self, member, address: str, mail_from: str, limit: int,
+                                  posts: int) -> None:
+        """
+        C{450 4.7.1} at RCPT once the member posted C{max_posts_per_hour}
+        (C{limit}) times to the group in the last hour (C{posts}, counted up
+        to C{limit}): before DATA, so nothing is transferred or stored, and
+        a 4xx, so a real member's mail is sent again later by their MTA
+        rather than lost.
+        """
         if posts < limit:
             return
         refused = Refused(450, "4.7.1", f"too many posts from this member in the last hour "
@@ -145,3 +164,9 @@ class InboundHandler:
 
     def deliver(self, envelope: Envelope, raw: bytes):
         return Deferred.fromCoroutine(self._deliver(envelope, raw))
+
+
+def _forget(counting: Deferred | None) -> None:
+    """A count no longer needed: its failure is nobody's to report."""
+    if counting is not None:
+        counting.addErrback(lambda _: None)

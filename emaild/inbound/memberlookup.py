@@ -20,6 +20,7 @@ from twisted.internet import defer
 from emaild.db.batching import Batcher
 from emaild.groups.addresses import ReplyToken
 from emaild.groups.store import GroupStore, Member
+from emaild.inbound.store import InboundStore
 
 #: at most this many addresses per query
 MAX_TOKENS = 100
@@ -42,3 +43,30 @@ class MemberLookups:
         self.queries += 1
         self.tokens += len(tokens)
         return await self.groups.by_tokens(tokens)
+
+
+class PostCounts:
+    """
+    The posting-rate count of each RCPT to a reply address (a member's
+    posts to the group in the last C{seconds}, L{InboundStore.recent_posts}),
+    several per query in the same way.  Asked for beside the member lookup
+    (the address names the group and person before its secret is checked),
+    so a limited RCPT waits for one round trip, not two.
+    """
+
+    def __init__(self, store: InboundStore, seconds: float = 3600.0,
+                 max_members: int = MAX_TOKENS, *, reactor=None):
+        self.store = store
+        self.seconds = seconds
+        self.batches: Batcher[tuple[int, int, int]] = Batcher(
+            self._count, max_items=max_members, reactor=reactor)
+        #: queries sent
+        self.queries = 0
+
+    def count(self, group_id: int, person_id: int, at_most: int) -> defer.Deferred:
+        """Fires with the member's posts in the window, counted up to C{at_most}."""
+        return self.batches.submit((group_id, person_id, at_most))
+
+    async def _count(self, members: list[tuple[int, int, int]]) -> list[int]:
+        self.queries += 1
+        return await self.store.recent_posts(members, seconds=self.seconds)

@@ -48,13 +48,16 @@ _RECEIVE_MANY = Statement(
     "     AS x(n, a, p, g, pe, l, o, k) JOIN v ON v.n = x.n ORDER BY x.k)"
     " SELECT array_agg(id ORDER BY n), "
     f"pg_notify('{INBOUND_CHANNEL}', '') FROM v")
+#: the posting-rate counts of several RCPTs
 _RECENT_POSTS = Statement(
     "inbound_recent_posts",
-    "SELECT count(*) FROM (SELECT 1 FROM inbound_recipients r"
+    "SELECT (SELECT count(*) FROM (SELECT 1 FROM inbound_recipients r"
     "  JOIN inbound_messages m ON m.id = r.message_id"
-    "  WHERE r.purpose = 'relay' AND r.group_id = $1 AND r.person_id = $2"
-    "  AND m.received_at > now() - make_interval(secs => $3::float8)"
-    "  ORDER BY r.message_id DESC LIMIT $4) recent")
+    "  WHERE r.purpose = 'relay' AND r.group_id = k.g AND r.person_id = k.p"
+    "  AND m.received_at > now() - make_interval(secs => $4::float8)"
+    "  ORDER BY r.message_id DESC LIMIT k.at_most) recent)"
+    " FROM unnest($1::bigint[], $2::bigint[], $3::integer[]) WITH ORDINALITY"
+    "   AS k(g, p, at_most, n) ORDER BY k.n")
 
 
 class InboundStore:
@@ -144,15 +147,17 @@ class InboundStore:
         return [ReceivedRow(*r) for r in rows]
 
     # -- limits checked before anything is stored ----------------------------
-    async def recent_posts(self, group_id: int, person_id: int, *, seconds: float,
-                           at_most: int) -> int:
+    async def recent_posts(self, members: Sequence[tuple[int, int, int]], *,
+                           seconds: float) -> list[int]:
         """
-        How many messages the member stored as posts to the group in the
-        last C{seconds} (counting stops at C{at_most}).
+        For each (group id, person id, at most) of C{members}, in order: how
+        many messages the member stored as posts to the group in the last
+        C{seconds} (counting stops at C{at most}).  One statement.
         """
-        rows = await self.db.run_prepared(_RECENT_POSTS,
-                                          (group_id, person_id, float(seconds), at_most))
-        return rows[0][0]
+        rows = await self.db.run_prepared(_RECENT_POSTS, (
+            int_array(g for g, _, _ in members), int_array(p for _, p, _ in members),
+            int_array(n for _, _, n in members), float(seconds)))
+        return [row[0] for row in rows]
 
     async def record_refusal(self, *, reason: str, subject: str, address: str,
                              mail_from: str, reply: str,
