@@ -41,10 +41,11 @@ from emaild.groups.store import (
     post_of_message_txn,
 )
 from emaild.inbound.bounces import record_bounce, unsubscribe_by_mail
+from emaild.inbound.copies import GroupCopies, PostPlan
 from emaild.inbound.inflow import InFlow
 from emaild.inbound.reading import PostToRead, read_posts
 from emaild.inbound.records import Outcome, Pending
-from emaild.inbound.rewrite import ANONYMOUS_NAME, Prepared, build_copy
+from emaild.inbound.rewrite import ANONYMOUS_NAME
 from emaild.inbound.scrub import cased_characters
 from emaild.inbound.store import (
     BOUNCE,
@@ -55,24 +56,16 @@ from emaild.inbound.store import (
     InboundStore,
     process_rows,
 )
-from emaild.links.service import UNSUBSCRIBE as UNSUBSCRIBE_LINK
-from emaild.links.store import LinkRow
 from emaild.metrics import Metrics
-from emaild.outbound.compose import Rendered
-from emaild.outbound.enqueue_store import insert_message_batches_txn
-from emaild.outbound.kinds import Scope
 
 log = Logger()
 
-GROUP_KIND = "group"
 #: a row whose processing raised this often is marked failed
 MAX_ATTEMPTS = 3
 #: rows per transaction, and the copies after which a batch takes no more
 #: rows (a post to a big group queues hundreds in one go)
 BATCH_ROWS = 128
 BATCH_COPIES = 2000
-#: unsubscribe links kept between batches, at most
-LINKS_KEPT = 50_000
 ANONYMOUS = ANONYMOUS_NAME
 
 
@@ -101,20 +94,6 @@ class _Post:
                                                if p.original_message_id else [])
 
 
-@attrs.frozen
-class _Plan:
-    """A post of the batch to make, and what its copies need."""
-
-    pending: Pending
-    prepared: Prepared
-    group_name: str
-    course_id: int
-    candidates: list
-    in_reply_to: list[str]
-    references: list[str]
-    post: NewPost
-
-
 def _unique(items):
     return list(dict.fromkeys(items))
 
@@ -140,10 +119,8 @@ class RelayProcessor(service.Service):
         self._again = False
         #: what the rows of one batch share (see _before_batch)
         self._groups: dict[int, tuple] = {}
-        #: (person, target) -> their unsubscribe link, kept across batches
-        self._links: dict[tuple[int, str], LinkRow] = {}
-        #: link -> (unsubscribe URL, mailto), encoded once (see _unsubscribe)
-        self._unsubscribe_texts: dict[LinkRow, tuple[str, str]] = {}
+        #: makes and queues the copies of each batch's posts
+        self.copies = GroupCopies(config, addresses, links)
         self._read: dict[int, object] = {}
         self._found: dict[int, dict] = {}
         #: rows per transaction, and the copies after which a batch takes
@@ -318,7 +295,7 @@ class RelayProcessor(service.Service):
         """
         ids = iter(await next_post_ids_txn(cursor, len(rows)))
         outcomes: dict[int, Outcome] = {}
-        plans: list[_Plan] = []
+        plans: list[PostPlan] = []
         #: posts planned in this batch: (group, received message) -> post
         #: id, and group -> cited id -> (post id, thread id, our Message-ID)
         made: dict[tuple[int, int], int] = {}
@@ -366,11 +343,11 @@ class RelayProcessor(service.Service):
             candidates = [m for m in members
                           if m.live and m.email and m.person_id != read.author.person_id]
             post_id = next(ids)
-            plans.append(_Plan(pending, prepared, group_name, course_id, candidates,
-                               in_reply_to, references, NewPost(
-                post_id, group_id, read.author.person_id, pending.id, pending.message_id,
-                thread_id, message_id, original, prepared.subject,
-                [m.person_id for m in candidates])))
+            post = NewPost(post_id, group_id, read.author.person_id, pending.id,
+                           pending.message_id, thread_id, message_id, original,
+                           prepared.subject, [m.person_id for m in candidates])
+            plans.append(PostPlan(pending, prepared, group_name, course_id, candidates,
+                                  in_reply_to, references, post))
             made[(group_id, pending.message_id)] = post_id
             for key in filter(None, (message_id, original)):
                 in_batch.setdefault(group_id, {})[key] = (post_id, thread_id or post_id,
@@ -382,73 +359,8 @@ class RelayProcessor(service.Service):
             # a post another row relied on was not made (its copies were
             # all made already, by another process): rows one at a time
             raise PlannedPostNotMade(sorted(relies - claimed.keys()))
-        await self._queue_copies(cursor, plans, claimed, outcomes)
+        await self.copies.queue_txn(cursor, plans, claimed, outcomes)
         return [outcomes[pending.id] for pending in rows]
-
-    async def _queue_copies(self, cursor, plans: list[_Plan], claimed: dict[int, set[int]],
-                            outcomes: dict[int, Outcome]) -> None:
-        """One copy per member each post was claimed for, queued in one statement."""
-        recipients = {p.post.post_id: [m for m in p.candidates
-                                       if m.person_id in claimed.get(p.post.post_id, ())]
-                      for p in plans}
-        await self._unsubscribe_links(
-            [(m.person_id, Scope(p.course_id, GROUP_KIND).target)
-             for p in plans for m in recipients[p.post.post_id]])
-        batches = []
-        # every copy's bounce address from one read of the system's
-        # randomness (20 hex digits each, as token_hex(10) gives one)
-        count = sum(len(recipients[p.post.post_id]) for p in plans if p.post.post_id in claimed)
-        randomness = secrets.token_hex(10 * count)
-        bounce_tokens = (randomness[i:i + 20] for i in range(0, 20 * count, 20))
-        for plan in plans:
-            post, pending = plan.post, plan.pending
-            if post.post_id not in claimed:
-                outcomes[pending.id] = Outcome(
-                    "ignored", "every member already had a copy of this message")
-                continue
-            target = Scope(plan.course_id, GROUP_KIND).target
-            copies = [self._copy(plan, member, self._links[(member.person_id, target)],
-                                 next(bounce_tokens))
-                      for member in recipients[post.post_id]]
-            batches.append((f"group {post.group_id} post {post.post_id}", copies))
-            outcomes[pending.id] = Outcome(
-                "done", f"relayed as post {post.post_id} to {len(copies)} members",
-                copies=len(copies))
-        kind = self.config.kinds.get(GROUP_KIND)
-        qos = self.config.qos_class(kind.qos if kind else None)
-        await insert_message_batches_txn(cursor, "group-relay", qos, batches)
-
-    def _copy(self, plan: _Plan, member, link, bounce_token: str) -> Rendered:
-        """
-        The copy of a post for one member: our headers in front of its one
-        entity; C{bounce_token}: 20 random hex digits for its bounce address.
-        """
-        post, prepared = plan.post, plan.prepared
-        unsubscribe_url, unsubscribe_mailto = self._unsubscribe(link)
-        data = build_copy(
-            prepared, author=prepared.author, group_name=plan.group_name,
-            reply_address=self.addresses.address(member.token),
-            message_id=post.post_message_id, in_reply_to=plan.in_reply_to,
-            references=plan.references, list_id=f"group-{post.group_id}.{self.domain}",
-            unsubscribe_url=unsubscribe_url, unsubscribe_mailto=unsubscribe_mailto,
-            loop_value=self.domain)
-        return Rendered(member.email, f"bounces+{bounce_token}@{self.domain}",
-                        post.post_message_id, prepared.subject, data, member.person_id,
-                        plan.course_id, GROUP_KIND, unsubscribable=True)
-
-    def _unsubscribe(self, link: LinkRow) -> tuple[str, str]:
-        """
-        (URL, mailto) of an unsubscribe link, its token encoded once: a
-        member's link serves the copies of every post while it is kept.
-        """
-        texts = self._unsubscribe_texts.get(link)
-        if texts is None:
-            if len(self._unsubscribe_texts) > LINKS_KEPT:
-                self._unsubscribe_texts.clear()
-            url, token = self.links.url_and_token(link)
-            texts = self._unsubscribe_texts[link] = (
-                url, f"mailto:unsubscribe+{token}@{self.domain}")
-        return texts
 
     async def _group(self, cursor, group_id: int):
         """(name, course id, members also former ones) of the group, or None."""
@@ -458,21 +370,3 @@ class RelayProcessor(service.Service):
                 *found, await members_for_relay_txn(cursor, group_id,
                                                              include_left=True))
         return self._groups[group_id]
-
-    async def _unsubscribe_links(self, keys: list[tuple[int, str]]) -> None:
-        """
-        Unsubscribe links for each (person, target), minted (or reused, see
-        L{LinksService.mint_many}) in one transaction of their own for the
-        whole batch: a link that outlives a rolled-back batch is harmless.
-        Kept from batch to batch while they stay valid for half their
-        lifetime (the store's own rule for reusing one).
-        """
-        fresh_until = self.links.clock() + self.links.ttl[UNSUBSCRIBE_LINK] / 2
-        if len(self._links) > LINKS_KEPT:
-            self._links.clear()
-        missing = _unique(k for k in keys if k not in self._links
-                          or self._links[k].expires_at <= fresh_until)
-        if missing:
-            rows = await self.links.mint_many(
-                [self.links.request(p, UNSUBSCRIBE_LINK, target) for p, target in missing])
-            self._links.update(zip(missing, rows))

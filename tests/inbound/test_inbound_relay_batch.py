@@ -310,8 +310,8 @@ class CopyTextsTests(RelayTestCase):
         for message_id in ids:
             for recipient, body in self.copies(message_id):
                 link = self.outbox.links
-                row = processor._links[(self.ids[recipient.split("@")[0]],
-                                        next(iter({t for _, t in processor._links})))]
+                kept = processor.copies.links_kept
+                row = kept[(self.ids[recipient.split("@")[0]], next(iter({t for _, t in kept})))]
                 url, token = link.url(row), link.token(row)
                 self.assertEqual(link.url_and_token(row), (url, token))
                 message = parse(body)
