@@ -29,7 +29,8 @@ import re
 import attrs
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
-_NAME = re.compile(r"[a-z][a-z0-9_]*")
+#: an identifier PostgreSQL keeps whole (63 bytes at most)
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 #: every statement's name, so that two statements never share one
 _NAMES: set[str] = set()
@@ -67,7 +68,8 @@ class Statement:
         numbers = {int(n) for n in _PLACEHOLDER.findall(self.sql)}
         arity = max(numbers, default=0)
         if numbers != set(range(1, arity + 1)):
-            raise ValueError(f"statement {self.name!r} skips a parameter: ${sorted(numbers)}")
+            raise ValueError(f"statement {self.name!r} numbers its parameters"
+                             f" {sorted(numbers)}: not 1 to {arity}")
         object.__setattr__(self, "arity", arity)
         object.__setattr__(self, "prepare_sql", f"PREPARE {self.name} AS {self.sql}")
         arguments = f"({', '.join(['%s'] * arity)})" if arity else ""
@@ -84,7 +86,6 @@ class Statement:
             raise TypeError(f"statement {self.name!r} takes {self.arity} parameters,"
                             f" given {len(params)}")
         return params
-
 
 
 _NAMED = re.compile(r"%\((\w+)\)s")

@@ -30,7 +30,7 @@ class DeclarationTests(unittest.TestCase):
             Statement("test_prepared_add", "SELECT 1")
 
     def test_name_must_be_an_identifier(self):
-        for name in ("", "1st", "has space", "semi;colon", "Upper"):
+        for name in ("", "1st", "has space", "semi;colon", "Upper", "x" * 64):
             with self.assertRaises(ValueError, msg=name):
                 Statement(name, "SELECT 1")
 
