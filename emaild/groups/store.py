@@ -78,16 +78,21 @@ _BY_TOKENS = Statement(
     "groups_members_by_tokens",
     f"SELECT {_MEMBER} WHERE (m.group_id, m.person_id) IN"
     " (SELECT * FROM unnest($1::bigint[], $2::bigint[]))")
-# two index lookups, not one OR: the planner answers "group_id = g AND
-# (a OR b)" by reading every post of the group, a cost that grows with
-# the group's history on every relay batch
+# each cited id looked up on its own, by the unique Message-ID and by
+# (group, original id): two index probes per id, whatever the size of the
+# group's history.  Not "group_id = g AND (a OR b)", nor "group_id = g AND
+# message_id = ANY(...)": for those the planner (a generic plan, or stale
+# statistics) reads every post of the group, 13.6 ms a batch once a group
+# had 10,000 posts (pg_stat_statements, bench/inbound.py).
 _FIND_POSTS = Statement(
     "groups_find_posts",
-    "SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
-    " WHERE message_id = ANY($2::text[]) AND group_id = $1"
-    " UNION ALL"
-    " SELECT id, coalesce(thread_id, id), message_id, original_message_id FROM group_posts"
-    " WHERE group_id = $1 AND original_message_id = ANY($2::text[])")
+    "SELECT p.id, coalesce(p.thread_id, p.id), p.message_id, p.original_message_id"
+    " FROM unnest($2::text[]) AS c(cited), LATERAL ("
+    "   SELECT id, thread_id, message_id, original_message_id FROM group_posts"
+    "   WHERE message_id = c.cited AND group_id = $1"
+    "   UNION ALL"
+    "   SELECT id, thread_id, message_id, original_message_id FROM group_posts"
+    "   WHERE group_id = $1 AND original_message_id = c.cited) p")
 _NAME_AND_COURSE = Statement("groups_name_and_course",
                              "SELECT name, course_id FROM groups WHERE id = $1")
 _MEMBERS_FOR_RELAY = Statement(

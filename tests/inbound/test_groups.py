@@ -144,13 +144,14 @@ class FindPostsTests(DatabaseTestCase):
         people = PeopleStore(self.db)
         course = await people.ensure_course("", "c1", "Course One")
         group_id = await people.ensure_group(course, "Team A")
-        for first, last in ((1, 0), (1, n)):
+        for first, last in ((1, min(n, 20)), (21, n)):
             await self.db.runOperation(
                 "INSERT INTO group_posts (group_id, message_id, original_message_id)"
                 " SELECT %s, '<ours' || i || '@relay.test>', '<theirs' || i || '@example.org>'"
                 " FROM generate_series(%s, %s) AS i", (group_id, first, last))
             if first == 1:
-                # what autovacuum last saw: no posts yet (as in a new deployment)
+                # what autovacuum last saw: a group with a handful of posts
+                # (as in a new deployment)
                 await self.db.runOperation("ANALYZE group_posts")
         return group_id
 
@@ -196,17 +197,26 @@ class FindPostsTests(DatabaseTestCase):
 
         group_id = await self._group_with_posts(5000)
 
+        async def read_so_far(cursor) -> int:
+            # this session's reads not yet reported (so: since at most a second)
+            await cursor.execute(
+                "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+                " FROM pg_stat_xact_user_tables WHERE relname = 'group_posts'")
+            return cursor.fetchone()[0]
+
         async def lookup(cursor):
+            before = await read_so_far(cursor)
             # what a batch of 40 posts cites: mostly ids we never issued
             found = await find_posts_txn(cursor, group_id, [
                 f"<ours{i}@relay.test>" for i in (1, 2500)] + [
                 f"<theirs{i}@example.org>" for i in (10, 4000)] + [
                 f"<nobody{i}@example.org>" for i in range(36)])
-            await cursor.execute(
-                "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
-                " FROM pg_stat_xact_user_tables WHERE relname = 'group_posts'")
-            return found, cursor.fetchone()[0]
+            return found, await read_so_far(cursor) - before
 
-        found, read = await self.db.transaction(lookup)
-        self.assertEqual(len(found), 8)
-        self.assertLess(read, 50)
+        # PostgreSQL plans a prepared statement for its parameters five
+        # times, then may settle on a generic plan: every pooled connection
+        # past that point
+        for _ in range(8 * self.pool_size):
+            found, read = await self.db.transaction(lookup)
+            self.assertEqual(len(found), 8)
+            self.assertLess(read, 50)
