@@ -89,6 +89,17 @@ _COUNT_SENT = Statement(
     "outbound_count_sent",
     "INSERT INTO send_daily_usage (day, sent) VALUES ($1, $2)"
     " ON CONFLICT (day) DO UPDATE SET sent = send_daily_usage.sent + EXCLUDED.sent")
+_OPTED_OUT = Statement(
+    "outbound_opted_out",
+    "SELECT DISTINCT ON (v.id) v.id, m.person_id, m.course_id, m.kind, m.source,"
+    "   to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])"
+    "   AS v(id, person_id, course_id, kind)"
+    " JOIN mail_optouts m ON m.person_id = v.person_id"
+    "   AND (m.course_id IS NULL OR m.course_id = v.course_id)"
+    "   AND (m.kind IS NULL OR m.kind = v.kind)"
+    # the narrowest matching opt-out names the reason
+    " ORDER BY v.id, m.kind IS NULL, m.course_id IS NULL, m.id")
 _RECORD_SENT = Statement(
     "outbound_record_sent",
     "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[],"
@@ -202,19 +213,9 @@ async def opted_out_txn(cursor, rows) -> dict[int, str]:
     wanted = [(r[0], r[7], r[8], r[9]) for r in rows if r[7] is not None and r[6] is None]
     if not wanted:
         return {}
-    await cursor.execute(
-        "SELECT DISTINCT ON (v.id) v.id, m.person_id, m.course_id, m.kind, m.source,"
-        "   to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-        " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[])"
-        "   AS v(id, person_id, course_id, kind)"
-        " JOIN mail_optouts m ON m.person_id = v.person_id"
-        "   AND (m.course_id IS NULL OR m.course_id = v.course_id)"
-        "   AND (m.kind IS NULL OR m.kind = v.kind)"
-        # the narrowest matching opt-out names the reason
-        " ORDER BY v.id, m.kind IS NULL, m.course_id IS NULL, m.id",
-        ([w[0] for w in wanted], [w[1] for w in wanted], [w[2] for w in wanted],
-         [w[3] for w in wanted]),
-    )
+    await cursor.execute_prepared(_OPTED_OUT, (
+        int_array(w[0] for w in wanted), int_array(w[1] for w in wanted),
+        int_array(w[2] for w in wanted), text_array(w[3] for w in wanted)))
     return {row_id: optout_reason(person_id, Scope(course_id, kind), source, day)
             for row_id, person_id, course_id, kind, source, day in cursor.fetchall()}
 
