@@ -40,13 +40,13 @@ from emaild.groups.store import (
     next_post_ids_txn,
     post_of_message_txn,
 )
+from emaild.inbound.addresspatterns import cased_characters
 from emaild.inbound.bounces import record_bounce, unsubscribe_by_mail
 from emaild.inbound.copies import GroupCopies, PostPlan
 from emaild.inbound.inflow import InFlow
 from emaild.inbound.reading import PostToRead, read_posts
 from emaild.inbound.records import Outcome, Pending
 from emaild.inbound.rewrite import ANONYMOUS_NAME
-from emaild.inbound.scrub import cased_characters
 from emaild.inbound.store import (
     BOUNCE,
     INBOUND_CHANNEL,

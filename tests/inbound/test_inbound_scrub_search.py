@@ -1,6 +1,6 @@
 """
 The scrubber looks for member addresses with a pattern written so the
-regex engine can skip to where one may start (L{scrub._first_search}): it
+regex engine can skip to where one may start (L{addresspatterns._first_search}): it
 must find exactly what the plain case-insensitive pattern finds, from every
 position, for generated member sets and texts dense with case variants
 (the Kelvin sign, long s, dotted and dotless i, final sigma...), quotes,
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from emaild.inbound import scrub
+from emaild.inbound import addresspatterns
 from emaild.inbound.readable import readable
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -68,7 +68,7 @@ class FirstSearchTests(unittest.TestCase):
         rng = random.Random(4)
         checked = found = 0
         for n, keys in enumerate(member_sets(rng)):
-            patterns = scrub._patterns(tuple(sorted(keys)))
+            patterns = addresspatterns.address_patterns(tuple(sorted(keys)))
             for text in texts(rng, list(keys), corpus=n < 2):
                 step = 1 if len(text) < 300 else 211
                 for pos in range(0, len(text) + 1, step):
@@ -83,7 +83,7 @@ class FirstSearchTests(unittest.TestCase):
 
     def test_every_case_variant_of_a_first_character_is_a_start(self):
         # the characters the engine itself matches case-insensitively
-        variants = scrub._case_variants("ks")
+        variants = addresspatterns._case_variants("ks")
         for c in ("k", "K", "\u212a", "s", "S", "\u017f"):
             self.assertIn(c, variants)
 
@@ -98,16 +98,16 @@ class FirstSearchTests(unittest.TestCase):
         import random
 
         everything = "".join(map(chr, range(0x110000)))
-        cased = scrub.cased_characters()
+        cased = addresspatterns.cased_characters()
         odd = "\u0130\u0131\u212a\u212b\u017f\u1e9e\u00df\u03c2\u03c3\u03f4\u0345\u1fbe\u2126"
         sample = random.Random(5).sample(cased, 40)
         for chars in [*map(chr, range(128)), *odd, *sample, "ks", "0.z", "\u4e2d"]:
             pattern = re.compile("[" + "".join(re.escape(c) for c in chars) + "]", re.I)
-            self.assertEqual(scrub._case_variants(chars),
+            self.assertEqual(addresspatterns._case_variants(chars),
                              "".join(sorted(set(pattern.findall(everything)))), repr(chars))
 
     def test_faster_than_the_plain_pattern(self):
-        patterns = scrub._patterns(("m0@members.example", "m1@members.example"))
+        patterns = addresspatterns.address_patterns(("m0@members.example", "m1@members.example"))
         body = "".join(f"{i % 10}" + "X" * 77 + "\r\n" for i in range(26)) + \
             "Meet me at the main room, mm? " * 20
 
@@ -126,8 +126,8 @@ class FirstSearchTests(unittest.TestCase):
     def test_a_big_group_is_searched_with_the_plain_pattern(self):
         # most letters start someone's address there: little to skip, and
         # the pattern would be compiled twice
-        keys = tuple(sorted(f"big.{i}@example.org" for i in range(scrub._FIRST_SEARCH_WORDS + 1)))
-        patterns = scrub._patterns(keys)
+        keys = tuple(sorted(f"big.{i}@example.org" for i in range(addresspatterns.FIRST_SEARCH_WORDS + 1)))
+        patterns = addresspatterns.address_patterns(keys)
         self.assertEqual(patterns.search, patterns.address.search)
-        small = scrub._patterns(keys[:3])
+        small = addresspatterns.address_patterns(keys[:3])
         self.assertNotEqual(small.search, small.address.search)
