@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from emaild.db.database import DatabaseUnavailable
 from emaild.db.prepared import Statement, Variants
-from tests.support import DatabaseTestCase
+from tests.support import DatabaseTestCase, wait_for
 
 ADD = Statement("test_prepared_add", "SELECT $1::integer + $2::integer, $1::integer")
 # a literal %: psycopg2 must not read it as a placeholder, in either mode
@@ -119,14 +119,15 @@ class PreparedTests(DatabaseTestCase):
         self.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                    " AND application_name = 'emaild'")
-        # the first call may find the dead connection; then comes a new session
-        for _ in range(3):
+        # the first calls may find the dead connection (it reconnects with
+        # backoff); then comes a new session
+        async def added():
             try:
-                rows = await self.db.run_prepared(ADD, (2, 2))
-                break
+                return await self.db.run_prepared(ADD, (2, 2))
             except DatabaseUnavailable:
-                continue
-        self.assertEqual(rows, [(4, 2)])
+                return None
+
+        self.assertEqual(await wait_for(added, timeout=20), [(4, 2)])
         self.assertEqual(await self.db.run_prepared(MINE, (ADD.name,)),
                          [(1 if self.prepare else 0,)])
 
