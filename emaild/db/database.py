@@ -21,8 +21,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from emaild.db.pool import CONNECT_TIMEOUT, Connection, Detector, Pool, is_connection_error
+from emaild.db.pool import Connection, Pool
 from emaild.db.prepared import Statement
+from emaild.db.reconnect import CONNECT_TIMEOUT, Detector, is_connection_error
 
 log = Logger()
 

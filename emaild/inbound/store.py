@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 
 from emaild.db.arrays import bool_array, int_array, text_array
 from emaild.db.database import DatabaseUnavailable
-from emaild.db.pool import connection_died
 from emaild.db.prepared import Statement
+from emaild.db.reconnect import connection_died
 from emaild.inbound.records import Outcome, Pending, Received, ReceivedRow, Recipient, Refusal
 
 #: NOTIFY channel that wakes the relay processor when mail arrived

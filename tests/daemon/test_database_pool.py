@@ -24,7 +24,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from emaild.db.pool import CONNECT_TIMEOUT, Connection, Detector
+from emaild.db.pool import Connection
+from emaild.db.reconnect import CONNECT_TIMEOUT, Detector
 from tests.support import wait_for
 
 
