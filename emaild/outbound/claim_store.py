@@ -236,9 +236,7 @@ async def record_txn(cursor, owner: str, decisions: Sequence[Decision], now: flo
         if any(d.state == "queued" for d in others):
             await notify(cursor, OUTBOX_CHANNEL)
     if throttled or pause_until:
-        await cursor.execute(
-            "SELECT tokens, refilled_at, slowdown, slowed_at, paused_until"
-            " FROM send_buckets WHERE name = %s FOR UPDATE", (RELAY_BUCKET,))
+        await cursor.execute_prepared(_LOCK_BUCKET, (RELAY_BUCKET,))
         row = cursor.fetchone()
         if row is not None:
             bucket = Bucket(RELAY_BUCKET, *row)
