@@ -212,3 +212,23 @@ class SinglePartParseTests(unittest.TestCase):
             parse_message(f"From: a@b\r\nContent-Type: {kind}; boundary=x\r\n\r\n"
                           "--x\r\n\r\nhi\r\n--x--\r\n".encode())
             self.assertEqual(len([p for p in parses if any("From" in line for line in p)]), 1)
+
+    def test_a_plain_post_does_not_go_through_the_parser(self):
+        # its header block is split into fields here, as the parser would
+        feeds = []
+        real = email.feedparser.FeedParser.feed
+
+        def counting(self, data):
+            feeds.append(data)
+            return real(self, data)
+
+        self.patch(email.feedparser.FeedParser, "feed", counting)
+        raw = (b"From: Ada <ada@example.org>\r\nSubject: hi\r\n\tthere\r\n"
+               b"Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n")
+        message = parse_message(raw)
+        self.assertEqual(feeds, [])
+        self.assertEqual(state(message), state(BytesParser(policy=POLICY).parsebytes(raw)))
+        # a multipart one still does
+        del feeds[:]
+        parse_message(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n")
+        self.assertEqual(len(feeds), 1)
