@@ -125,3 +125,23 @@ class TokenScanTests(unittest.TestCase):
 
         self.assertLess(best(lambda: readable(body)),
                         best(lambda: module._DATA_URL.search(body)))
+
+
+class AsWrittenTests(unittest.TestCase):
+    def test_reads_as_the_full_reading_does(self):
+        # whether or not it takes the short way
+        short = 0
+        for text in texts():
+            for piece in [text, *text.split("\n")]:
+                self.assertEqual(readable(piece), module.ReadableText(piece).text, piece)
+                short += module._as_written(piece)
+        self.assertGreater(short, 100)
+
+    def test_text_with_a_token_start_is_read(self):
+        for text in ["a%40b", "a=40b", "a&#64;b", "a&commat;b", "a\\u0040b", "xdata:,YUBi",
+                     "x DATA:text/plain;base64,YUBiLmM=", "a\uff20b", "caf\u00e9"]:
+            self.assertFalse(module._as_written(text), text)
+        for text in ["Subject", "Content-Type", "ada at example.org", "a: b", "data", ""]:
+            self.assertTrue(module._as_written(text), text)
+        self.assertEqual(readable("m0%40members.example"), "m0@members.example")
+        self.assertIn("a@b.c", readable("data:text/plain;base64,YUBiLmM="))
