@@ -312,13 +312,19 @@ class ReadableText:
         return start, end
 
 
+#: where an C{=} starts a token: an encoded word or a QP-style octet
+_EQUALS_TOKEN = re.compile(r"=(?:\?|[0-9A-Fa-f]{2})")
+
+
 def _as_written(text: str) -> bool:
     """
-    Whether C{text} has nothing a token could start with (see L{_Scan}):
-    ASCII with no C{= & % \\} and no data: URL, so it reads as written.
+    Whether C{text} has no token in it (see L{_TOKEN}), so it reads as
+    written: ASCII with no C{& % \\}, no C{=} that starts an encoded word or
+    an octet (base64's padding does not), and no data: URL.
     """
-    return text.isascii() and "=" not in text and "&" not in text and "%" not in text \
-        and "\\" not in text and _find_data_url(text, 0) < 0
+    return text.isascii() and "&" not in text and "%" not in text and "\\" not in text \
+        and ("=" not in text or _EQUALS_TOKEN.search(text) is None) \
+        and _find_data_url(text, 0) < 0
 
 
 def readable(text: str) -> str:

@@ -141,7 +141,10 @@ class AsWrittenTests(unittest.TestCase):
         for text in ["a%40b", "a=40b", "a&#64;b", "a&commat;b", "a\\u0040b", "xdata:,YUBi",
                      "x DATA:text/plain;base64,YUBiLmM=", "a\uff20b", "caf\u00e9"]:
             self.assertFalse(module._as_written(text), text)
-        for text in ["Subject", "Content-Type", "ada at example.org", "a: b", "data", ""]:
+        for text in ["a=3Db", "a=?utf-8?q?x?=", "soft=\r\nbreak=20"]:
+            self.assertFalse(module._as_written(text), text)
+        for text in ["Subject", "Content-Type", "ada at example.org", "a: b", "data", "",
+                     "YUBiLmM=\r\nYQ==\r\n", "a = b", "x=\r\ny", "=zz", "=4", "==="]:
             self.assertTrue(module._as_written(text), text)
         self.assertEqual(readable("m0%40members.example"), "m0@members.example")
         self.assertIn("a@b.c", readable("data:text/plain;base64,YUBiLmM="))
