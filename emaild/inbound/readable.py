@@ -280,6 +280,21 @@ def _one_round(text: str) -> tuple[str, _Round] | None:
     return "".join(out), layer
 
 
+#: where an C{=} starts a token: an encoded word or a QP-style octet
+_EQUALS_TOKEN = re.compile(r"=(?:\?|[0-9A-Fa-f]{2})")
+
+
+def _as_written(text: str) -> bool:
+    """
+    Whether C{text} has no token in it (see L{_TOKEN}), so it reads as
+    written: ASCII with no C{& % \\}, no C{=} that starts an encoded word or
+    an octet (base64's padding does not), and no data: URL.
+    """
+    return text.isascii() and "&" not in text and "%" not in text and "\\" not in text \
+        and ("=" not in text or _EQUALS_TOKEN.search(text) is None) \
+        and _find_data_url(text, 0) < 0
+
+
 class ReadableText:
     """
     C{original} as it reads (L{text}), and L{span} to map a span of that
@@ -290,7 +305,10 @@ class ReadableText:
         self.original = original
         self._rounds: list[_Round] = []
         text = original
-        for _ in range(MAX_ROUNDS):
+        # most text reads as written (header names, most header values,
+        # plain lines; the scrubber asks of every header and part, 20 times
+        # for a multipart post): then no round needs to scan it
+        for _ in range(0 if _as_written(original) else MAX_ROUNDS):
             result = _one_round(text)
             if result is None:
                 break
@@ -312,30 +330,8 @@ class ReadableText:
         return start, end
 
 
-#: where an C{=} starts a token: an encoded word or a QP-style octet
-_EQUALS_TOKEN = re.compile(r"=(?:\?|[0-9A-Fa-f]{2})")
-
-
-def _as_written(text: str) -> bool:
-    """
-    Whether C{text} has no token in it (see L{_TOKEN}), so it reads as
-    written: ASCII with no C{& % \\}, no C{=} that starts an encoded word or
-    an octet (base64's padding does not), and no data: URL.
-    """
-    return text.isascii() and "&" not in text and "%" not in text and "\\" not in text \
-        and ("=" not in text or _EQUALS_TOKEN.search(text) is None) \
-        and _find_data_url(text, 0) < 0
-
-
 def readable(text: str) -> str:
-    """
-    C{text} as it reads (see L{ReadableText}); at once for text that reads
-    as written (header names, most header values, plain lines): the
-    scrubber asks this of every header and part, 20 times for a
-    multipart post.
-    """
-    if _as_written(text):
-        return text
+    """C{text} as it reads (see L{ReadableText})."""
     return ReadableText(text).text
 
 

@@ -127,13 +127,23 @@ class TokenScanTests(unittest.TestCase):
                         best(lambda: module._DATA_URL.search(body)))
 
 
+def every_round(text: str) -> str:
+    """The reading without the short way for text that reads as written."""
+    for _ in range(module.MAX_ROUNDS):
+        result = module._one_round(text)
+        if result is None:
+            break
+        text = result[0]
+    return text
+
+
 class AsWrittenTests(unittest.TestCase):
     def test_reads_as_the_full_reading_does(self):
         # whether or not it takes the short way
         short = 0
         for text in texts():
             for piece in [text, *text.split("\n")]:
-                self.assertEqual(readable(piece), module.ReadableText(piece).text, piece)
+                self.assertEqual(readable(piece), every_round(piece), piece)
                 short += module._as_written(piece)
         self.assertGreater(short, 100)
 
