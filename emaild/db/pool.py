@@ -91,6 +91,9 @@ def _read_or_lost(selectable):
 
 class Cursor(txpostgres.Cursor):
     doRead = _read_or_lost
+    #: SQL sent in front of this cursor's next statement, in the same
+    #: message (a transaction's BEGIN: see L{Connection._runInteraction})
+    lead = ""
 
     def _doit(self, name, *args, **kwargs):
         # txpostgres' own, counting each statement psycopg2 accepted to send
@@ -99,12 +102,19 @@ class Cursor(txpostgres.Cursor):
         # socket, not after: libpq may close the socket inside execute, and a
         # closed descriptor left registered corrupts the reactor's tables
         # (its number, reused by the next socket, is never watched again).
+        lead = self.lead
+        if lead:
+            if name != "execute":
+                raise NotImplementedError(f"{name} as a transaction's first statement")
+            args = (lead + args[0], *args[1:])
+            self.lead = ""
         connection = self._connection
         connection.cursorRunning(self)
         try:
             getattr(self._cursor, name)(*args, **kwargs)
         except Exception:
             failure = Failure()
+            self.lead = lead  # refused: nothing was sent, the lead neither
             connection.cursorFinished(self)
             return defer.fail(failure)
         connection.progress.sent += 1
@@ -170,17 +180,27 @@ class Connection(txpostgres.Connection):
         # a failed transaction fails, which is every time the server went away
         # mid-transaction; we report it as RollbackFailed (a dead connection)
         # without the noise.  It also notes when COMMIT was sent (see may_retry).
+        # BEGIN goes in one message with the interaction's first statement:
+        # a round trip less per transaction.  PostgreSQL runs the two in
+        # order and answers with the second's rows, or with the error of the
+        # first that failed (the rest of the message is then skipped).
         cursor = self.cursor()
-        d = cursor.execute("begin")
-        d.addCallback(interaction, *args, **kwargs)
+        cursor.lead = "BEGIN; "
+        d = defer.maybeDeferred(interaction, cursor, *args, **kwargs)
 
         def commit(result):
+            if cursor.lead:  # no statement ran: nothing to commit
+                cursor.lead = ""
+                return result
             before = self.progress.sent
             d = cursor.execute("commit")
             self.progress.commit_sent = self.progress.sent > before
             return d.addCallback(lambda _: result)
 
         def rollback(failure):
+            if cursor.lead:  # nothing was sent: no transaction to roll back
+                cursor.lead = ""
+                return failure
             d = defer.maybeDeferred(cursor.execute, "rollback")
             d.addCallbacks(lambda _: failure,
                            lambda _: defer.fail(txpostgres.RollbackFailed(self, failure)))
