@@ -118,9 +118,20 @@ def _utc_day(now: float) -> datetime.date:
 
 
 async def load_bucket_txn(cursor, name: str, burst: float, now: float) -> Bucket:
-    await cursor.execute_prepared(_ENSURE_BUCKET, (name, burst, now))
+    """
+    The bucket C{name}, its row locked; made full (C{burst} tokens) when
+    there is none yet.  The row is made once and then only updated, so it
+    is locked first and made only when that finds nothing: one statement
+    on every claim, not two.
+    """
     await cursor.execute_prepared(_LOCK_BUCKET, (name,))
-    return Bucket(name, *cursor.fetchone())
+    row = cursor.fetchone()
+    if row is None:
+        # (another process may make it meanwhile: then nothing is inserted)
+        await cursor.execute_prepared(_ENSURE_BUCKET, (name, burst, now))
+        await cursor.execute_prepared(_LOCK_BUCKET, (name,))
+        row = cursor.fetchone()
+    return Bucket(name, *row)
 
 
 async def save_bucket_txn(cursor, bucket: Bucket) -> None:

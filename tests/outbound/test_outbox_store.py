@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
+from emaild.db import pool
 from emaild.db.migrations import migrate
 from emaild.outbound.policy import decide
 from emaild.outbound.store import RateLimits
@@ -101,6 +102,29 @@ class ClaimTests(StoreTestCase):
         self.assertAlmostEqual(empty.retry_in, 0.1, places=6)
         later = yield self.store.claim("me", NOW + 0.35, 100, lim, self.cfg.qos)
         self.assertEqual(len(later.messages), 3)  # 3.5 tokens refilled
+
+    @defer.inlineCallbacks
+    def test_the_bucket_is_made_once_then_only_locked(self):
+        yield defer.ensureDeferred(self.enqueue([f"r{i}@example.org" for i in range(8)]))
+        lim = limits(rate=10.0, burst=3.0)
+        first = yield self.store.claim("me", NOW, 100, lim, self.cfg.qos)
+        self.assertEqual(len(first.messages), 3)  # made full
+        sent = []
+        doit = pool.Cursor._doit
+
+        def recording(cursor, name, *args, **kwargs):
+            sent.append(args[0])
+            return doit(cursor, name, *args, **kwargs)
+
+        self.patch(pool.Cursor, "_doit", recording)
+        yield self.store.claim("me", NOW + 0.1, 100, lim, self.cfg.qos)
+        bucket_statements = [s for s in sent if "_bucket" in s]
+        self.assertEqual([s.split("(")[0].split()[-1] for s in bucket_statements],
+                         ["outbound_lock_bucket", "outbound_save_bucket"])
+        # a bucket whose row is gone is made again, full
+        self.query("DELETE FROM send_buckets")
+        again = yield self.store.claim("me", NOW + 0.2, 100, lim, self.cfg.qos)
+        self.assertEqual(len(again.messages), 3)
 
     @defer.inlineCallbacks
     def test_qos_rate_caps_its_class_only(self):
