@@ -44,6 +44,9 @@ class ClaimResult:
     #: seconds until claiming again is worth it (tokens, quota or a pause);
     #: None when nothing is due
     retry_in: float | None
+    #: the relay bucket's last refill as this claim found it: the time of
+    #: the last claim on it, ours or another process's
+    last_refill: float = 0.0
 
 
 @attrs.frozen
@@ -144,6 +147,7 @@ async def claim_txn(cursor, owner: str, now: float, limit: int, limits: RateLimi
                     classes: Mapping[str, QoSClass]) -> ClaimResult:
     """L{OutboxStore.claim} inside the caller's transaction."""
     relay = await load_bucket_txn(cursor, RELAY_BUCKET, limits.burst, now)
+    last_refill = relay.refilled_at
     relay.refill(limits.rate, limits.burst, now)
     allowed = min(limit, relay.available(now))
     retry_in = relay.wait(limits.rate, now) if allowed == 0 else None
@@ -174,7 +178,7 @@ async def claim_txn(cursor, owner: str, now: float, limit: int, limits: RateLimi
         await cursor.execute_prepared(_ANY_DUE, (now,))
         due = cursor.fetchone() is not None
         await save_bucket_txn(cursor, relay)
-        return ClaimResult([], 0, retry_in if due else None)
+        return ClaimResult([], 0, retry_in if due else None, last_refill)
 
     await cursor.execute_prepared(_CLAIM, (now, text_array(exhausted), allowed))
     rows = cursor.fetchall()
@@ -213,7 +217,7 @@ async def claim_txn(cursor, owner: str, now: float, limit: int, limits: RateLimi
         retry_in = 0.0  # some rows were skipped by a class cap or suppressed: look again
     elif len(claimed) == allowed and allowed < limit:
         retry_in = relay.wait(limits.rate, now)
-    return ClaimResult(claimed, len(suppressed), retry_in)
+    return ClaimResult(claimed, len(suppressed), retry_in, last_refill)
 
 
 async def opted_out_txn(cursor, rows) -> dict[int, str]:

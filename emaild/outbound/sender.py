@@ -13,6 +13,7 @@ commit per message.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
 from typing import Callable
@@ -87,6 +88,16 @@ class Sender(service.Service):
         self._flush_timer = None
         self._flushing: defer.Deferred | None = None
         self._recovering = False    # a lease renewal and recovery is under way
+        #: no claim can take a message before this (our clock): the last
+        #: claim found the relay's bucket empty until then
+        self._claim_not_before = 0.0
+        #: how much later than its next token a claim may run and lose no
+        #: rate: tokens pile up to the burst meanwhile (see L{_token_wait})
+        self._headroom = min(0.5, self.limits.burst - 1.0) / self.limits.rate
+        #: when our last claim ran, and whether another sender claimed
+        #: from the bucket since the one before (see L{_token_wait})
+        self._last_claim = 0.0
+        self._shared = False
         #: counters for /healthz and tests
         self.stats = {"claimed": 0, "sent": 0, "failed": 0, "retried": 0,
                       "throttled": 0, "suppressed": 0, "recovered": 0}
@@ -185,7 +196,31 @@ class Sender(service.Service):
         if self._pumping:
             self._again = True
             return
-        self._schedule(0)
+        self._schedule(self._claim_delay())
+
+    def _claim_delay(self) -> float:
+        """
+        Seconds until a claim can take anything.  Mail queued while the
+        bucket is empty (a NOTIFY for every batch a busy relay processor
+        or enqueue writes, dozens a second) waits for the next token rather
+        than run a claim that can only find the bucket empty.
+        """
+        return max(0.0, self._claim_not_before - self.reactor.seconds())
+
+    def _token_wait(self, retry_in: float) -> float:
+        """
+        When to claim again, C{retry_in} seconds before the bucket's next
+        token.  Several senders on one database read the same bucket, so
+        they would all wait for the same instant, and the one that came
+        first would come first every time and the others never send.  So
+        while another sender claims from the bucket too, we come a random
+        part of the bucket's headroom later: that loses no rate (the bucket
+        keeps filling meanwhile), only the exact spacing of one sender's
+        messages, which a sender alone keeps.
+        """
+        if not self._shared:
+            return retry_in
+        return retry_in + random.random() * self._headroom
 
     def _schedule(self, delay: float) -> None:
         if self._stopping:
@@ -255,7 +290,7 @@ class Sender(service.Service):
         self._pumping = False
         self._pump_done = None
         if self._again:
-            self._schedule(0)
+            self._schedule(self._claim_delay())
 
     async def _claim_and_send(self):
         capacity = self.window - len(self._in_flight)
@@ -263,6 +298,10 @@ class Sender(service.Service):
             return  # a finishing delivery will wake us
         now = self.reactor.seconds()
         result = await self.store.claim(self.owner, now, capacity, self.limits, self.config.qos)
+        # the bucket's last refill is our last claim unless another sender
+        # claimed in between
+        self._shared = bool(self._last_claim) and result.last_refill != self._last_claim
+        self._last_claim = now
         self.stats["claimed"] += len(result.messages)
         self.stats["suppressed"] += result.suppressed
         self.metrics.suppressed.inc(result.suppressed)
@@ -279,7 +318,14 @@ class Sender(service.Service):
         if len(result.messages) == capacity:
             pass  # the window is full: finishing deliveries will wake us
         elif result.retry_in is not None:
-            self._schedule(result.retry_in)
+            wait = self._token_wait(result.retry_in) if result.retry_in > 0 else 0.0
+            if self._headroom > 0:
+                # at most a poll interval: a daily quota's wait lasts hours,
+                # and what counts against it may change sooner.  Without
+                # headroom (a burst of 1) no wait can be made random, and
+                # the senders' claims on wake-ups keep their order mixed
+                self._claim_not_before = now + min(wait, self.poll_interval)
+            self._schedule(wait)
         else:
             await self._sleep_until_due()
 

@@ -146,6 +146,44 @@ class ClockedSenderTests(DatabaseTestCase):
         self.assertTrue(all(g >= 0.2 - 1e-6 for g in gaps), gaps)
 
     @defer.inlineCallbacks
+    def test_wake_ups_while_the_bucket_is_empty_wait_for_its_next_token(self):
+        # every batch the relay processor queues is a NOTIFY: while the
+        # bucket is empty, none of them may run a claim that cannot send
+        self.make_sender(lambda m, n: SENT, rate=4, burst=2)
+        yield defer.ensureDeferred(self.start())
+        yield defer.ensureDeferred(self.enqueue(*[f"r{i}@example.org" for i in range(10)]))
+        t0 = self.clock.seconds()
+        yield defer.ensureDeferred(self.drive(0.05, step=0.05))
+        self.assertEqual(len(self.transport.log), 2)  # the burst; the next token at +0.25 s
+        claims = []
+        claim = self.store.claim
+
+        def counting(*args, **kwargs):
+            claims.append(self.clock.seconds() - t0)
+            return claim(*args, **kwargs)
+
+        self.store.claim = counting
+        for _ in range(18):
+            self.sender.wake()
+            yield defer.ensureDeferred(self.drive(0.01, step=0.01))
+        self.assertEqual(claims, [])
+        yield defer.ensureDeferred(self.drive(0.1, step=0.01))
+        self.assertEqual(len(claims), 1)
+        self.assertGreaterEqual(claims[0], 0.25 - 1e-6)
+        self.assertEqual(len(self.transport.log), 3)
+
+    def test_only_a_shared_bucket_makes_the_next_claim_later_by_chance(self):
+        sender = self.make_sender(lambda m, n: SENT, rate=10, burst=5)
+        self.assertEqual({sender._token_wait(0.1) for _ in range(20)}, {0.1})
+        sender._shared = True
+        waits = {sender._token_wait(0.1) for _ in range(20)}
+        self.assertGreater(len(waits), 1)
+        # no later than the headroom: half a token's time (5 tokens pile up)
+        self.assertTrue(all(0.1 <= w <= 0.1 + 0.05 for w in waits), waits)
+        # a burst of one token has no headroom: nothing is left to chance
+        self.assertEqual(self.make_sender(lambda m, n: SENT, rate=10, burst=1)._headroom, 0.0)
+
+    @defer.inlineCallbacks
     def test_shutdown_releases_deliveries_that_do_not_finish(self):
         hanging = []
         self.make_sender(lambda m, n: hanging.append(defer.Deferred()) or hanging[-1],
