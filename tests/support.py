@@ -157,6 +157,28 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
         await task.deferLater(reactor, interval, lambda: None)
 
 
+def record_statements(case: unittest.TestCase) -> list[str]:
+    """
+    From now until C{case} ends, the SQL of every message the pooled
+    connections send (as psycopg2 sent it, parameters quoted); one refused
+    before sending is not in it.
+    """
+    from emaild.db import pool
+
+    sent: list[str] = []
+    doit = pool.Cursor._doit
+
+    def recording(cursor, name, *args, **kwargs):
+        before = cursor._connection.progress.sent
+        d = doit(cursor, name, *args, **kwargs)
+        if cursor._connection.progress.sent > before:
+            sent.append(cursor._cursor.query.decode())
+        return d
+
+    case.patch(pool.Cursor, "_doit", recording)
+    return sent
+
+
 def http_get(url: str, timeout: float = 10.0):
     """
     GET C{url} with the standard library in a thread (a client that is not

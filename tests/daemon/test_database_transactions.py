@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import psycopg2
 
-from emaild.db import pool
-from tests.support import DatabaseTestCase
+from tests.support import DatabaseTestCase, record_statements
 
 
 class TransactionRoundTripTests(DatabaseTestCase):
@@ -17,18 +16,8 @@ class TransactionRoundTripTests(DatabaseTestCase):
 
     def setUp(self):
         d = super().setUp()
-        #: the SQL of every message psycopg2 sent
-        self.sent: list[str] = []
-        doit = pool.Cursor._doit
-
-        def recording(cursor, name, *args, **kwargs):
-            d = doit(cursor, name, *args, **kwargs)
-            if cursor._connection.progress.sent or not d.called:
-                self.sent.append(cursor._cursor.query.decode())
-            return d
-
-        # from when the database is open and migrated
-        return d.addCallback(lambda _: self.patch(pool.Cursor, "_doit", recording))
+        # the SQL of every message sent, from when the database is open and migrated
+        return d.addCallback(lambda _: setattr(self, "sent", record_statements(self)))
 
     async def test_begin_goes_with_the_first_statement(self):
         async def work(cursor):

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from emaild.db import pool
 from emaild.db.migrations import migrate
 from emaild.outbound.policy import decide
 from emaild.outbound.store import RateLimits
 from emaild.outbound.transport import DeliveryResult, Outcome
-from tests.support import DatabaseTestCase
+from tests.support import DatabaseTestCase, record_statements
 
 NOW = 1_900_000_000.0  # a fixed instant (2030) for deterministic buckets
 
@@ -109,14 +108,7 @@ class ClaimTests(StoreTestCase):
         lim = limits(rate=10.0, burst=3.0)
         first = yield self.store.claim("me", NOW, 100, lim, self.cfg.qos)
         self.assertEqual(len(first.messages), 3)  # made full
-        sent = []
-        doit = pool.Cursor._doit
-
-        def recording(cursor, name, *args, **kwargs):
-            sent.append(args[0])
-            return doit(cursor, name, *args, **kwargs)
-
-        self.patch(pool.Cursor, "_doit", recording)
+        sent = record_statements(self)
         yield self.store.claim("me", NOW + 0.1, 100, lim, self.cfg.qos)
         bucket_statements = [s for s in sent if "_bucket" in s]
         self.assertEqual([s.split("(")[0].split()[-1] for s in bucket_statements],
